@@ -1,0 +1,1 @@
+"""CDISC SDTM datasets: metadata, controlled terminology, Dataset-JSON/CSV I/O, trial design."""

@@ -1,0 +1,148 @@
+"""CDISC Dataset-JSON 1.1 (JSON and NDJSON forms) and CSV for SDTM datasets, driven by schemas/sdtm.
+
+Writers take the column list, order, labels, types and key sequence from the SDTM metadata
+(:mod:`trialbridge.sdtm.metadata`); a DataFrame column the metadata does not know is a programming
+error, not silently dropped. Char values that are missing are written as ``""`` (as the official
+CDISC examples do), numeric missing values as ``null``. Char lengths are the longest value in bytes.
+Output is deterministic: ``datasetJSONCreationDateTime`` comes from ``SOURCE_DATE_EPOCH`` when set.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pandas as pd
+
+from .. import __version__
+from ..errors import InputError
+from ..safeio import atomic_path
+from .metadata import Domain, load_domain
+
+DATASET_JSON_VERSION = "1.1.0"
+NUMERIC_TYPES = {"integer", "float", "double", "decimal"}
+
+
+def creation_datetime() -> str:
+    epoch = os.environ.get("SOURCE_DATE_EPOCH")
+    moment = (dt.datetime.fromtimestamp(int(epoch), tz=dt.timezone.utc) if epoch
+              else dt.datetime.now(tz=dt.timezone.utc))
+    return moment.strftime("%Y-%m-%dT%H:%M:%S")
+
+
+def select_columns(df: pd.DataFrame, domain: Domain) -> list[str]:
+    """Metadata order; Req/Exp variables always, Perm variables when the frame has them."""
+    unknown = [c for c in df.columns if c not in domain.names]
+    if unknown:
+        raise ValueError(f"{domain.domain}: columns not in schemas/sdtm metadata: {unknown}")
+    return [v.name for v in domain.variables if v.core in ("Req", "Exp") or v.name in df.columns]
+
+
+def _cell(value: Any, numeric: bool, integer: bool) -> Any:
+    if value is None or (isinstance(value, float) and math.isnan(value)) or value is pd.NA:
+        return None if numeric else ""
+    if numeric:
+        if integer:
+            return int(value)
+        f = float(value)
+        return int(f) if f.is_integer() and abs(f) < 2**53 else f
+    return str(value)
+
+
+def dataset_frame(df: pd.DataFrame, domain_name: str) -> tuple[Domain, list[str]]:
+    domain = load_domain(domain_name)
+    return domain, select_columns(df, domain)
+
+
+def build_dataset_json(df: pd.DataFrame, domain_name: str, *, study_oid: str,
+                       metadata_version_oid: str = "MDV.TRIALBRIDGE.SDTMIG.3.4") -> dict[str, Any]:
+    domain, cols = dataset_frame(df, domain_name)
+    meta_by_name = {v.name: v for v in domain.variables}
+    rows: list[list[Any]] = []
+    numeric = [meta_by_name[c].data_type in NUMERIC_TYPES for c in cols]
+    integer = [meta_by_name[c].data_type == "integer" for c in cols]
+    frame = df.reindex(columns=cols)
+    for rec in frame.itertuples(index=False, name=None):
+        rows.append([_cell(v, n, i) for v, n, i in zip(rec, numeric, integer)])
+    columns = []
+    for idx, c in enumerate(cols):
+        var = meta_by_name[c]
+        col: dict[str, Any] = {"itemOID": f"IT.{domain.domain}.{c}", "name": c, "label": var.label,
+                               "dataType": var.data_type}
+        if not numeric[idx]:
+            longest = max((len(r[idx].encode("utf-8")) for r in rows), default=0)
+            col["length"] = max(longest, 1)
+        if c in domain.keys:
+            col["keySequence"] = domain.keys.index(c) + 1
+        columns.append(col)
+    return {
+        "datasetJSONCreationDateTime": creation_datetime(),
+        "datasetJSONVersion": DATASET_JSON_VERSION,
+        "fileOID": f"{study_oid}/{domain.domain}",
+        "originator": "trialbridge",
+        "sourceSystem": {"name": "trialbridge", "version": __version__},
+        "studyOID": study_oid,
+        "metaDataVersionOID": metadata_version_oid,
+        "itemGroupOID": f"IG.{domain.domain}",
+        "records": len(rows),
+        "name": domain.domain,
+        "label": domain.label,
+        "columns": columns,
+        "rows": rows,
+    }
+
+
+def write_dataset_json(df: pd.DataFrame, domain_name: str, path: Path, *, study_oid: str,
+                       ndjson: bool = False) -> Path:
+    doc = build_dataset_json(df, domain_name, study_oid=study_oid)
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as fh:
+            if ndjson:
+                rows = doc.pop("rows")
+                fh.write(orjson.dumps(doc) + b"\n")
+                for row in rows:
+                    fh.write(orjson.dumps(row) + b"\n")
+            else:
+                fh.write(orjson.dumps(doc, option=orjson.OPT_INDENT_2) + b"\n")
+    return path
+
+
+def write_csv(df: pd.DataFrame, domain_name: str, path: Path) -> Path:
+    domain, cols = dataset_frame(df, domain_name)
+    with atomic_path(path) as tmp:
+        df.reindex(columns=cols).to_csv(tmp, index=False, lineterminator="\n")
+    return path
+
+
+def read_dataset_json(path: Path) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """Dataset-JSON 1.1 (``.json`` or ``.ndjson``) -> (DataFrame, metadata without rows)."""
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise InputError(f"cannot read file ({exc.strerror})", file=str(path)) from None
+    try:
+        if path.suffix.lower() == ".ndjson":
+            lines = [ln for ln in raw.splitlines() if ln.strip()]
+            meta = orjson.loads(lines[0])
+            rows = [orjson.loads(ln) for ln in lines[1:]]
+        else:
+            meta = orjson.loads(raw)
+            rows = meta.pop("rows", [])
+    except (orjson.JSONDecodeError, IndexError) as exc:
+        raise InputError(f"not valid Dataset-JSON ({exc})", file=str(path)) from None
+    if not isinstance(meta, dict) or not isinstance(meta.get("columns"), list):
+        raise InputError("not Dataset-JSON: no 'columns' list", file=str(path))
+    for key in ("datasetJSONVersion", "itemGroupOID", "name", "label", "records"):
+        if key not in meta:
+            raise InputError(f"not Dataset-JSON 1.1: required attribute '{key}' missing", file=str(path))
+    names = [c.get("name") for c in meta["columns"]]
+    for i, row in enumerate(rows):
+        if not isinstance(row, list) or len(row) != len(names):
+            raise InputError(f"row {i + 1} has {len(row) if isinstance(row, list) else 'no'} values "
+                             f"for {len(names)} columns", file=str(path), record=f"row {i + 1}")
+    df = pd.DataFrame(rows, columns=names)
+    return df, meta

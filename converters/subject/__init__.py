@@ -1,0 +1,1 @@
+"""Subject data: FHIR resources <-> SDTM domains, column by column."""

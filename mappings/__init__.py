@@ -1,0 +1,1 @@
+"""Mapping specs and code tables (package data; see README.md in this folder)."""

@@ -1,0 +1,1 @@
+"""Metadata that drives outputs: report schema, SDTM metadata, Dataset-JSON schema (package data)."""

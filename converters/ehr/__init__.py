@@ -1,0 +1,1 @@
+"""EHR pull: FHIR REST search with paging and Bulk Data $export, SMART backend-services auth."""

@@ -1,0 +1,1 @@
+"""One module per SDTM subject domain: FHIR resource columns -> domain DataFrame."""

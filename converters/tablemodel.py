@@ -107,7 +107,8 @@ class TableCodec:
                 val = self._read_value(item_tp, item, f"{src}[{i}]", rule, enum, report, consumed)
                 if val is not None:
                     items.append(val)
-            consumed.add(src)  # an empty list is consumed too
+            if not raw:
+                consumed.add(src)  # an empty list is read too (and written back as absent)
             return tuple(items)
         if is_dataclass(tp):
             return self.read(tp, raw, src, report, consumed)

@@ -10,7 +10,7 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import click
 
@@ -127,7 +127,7 @@ def demo(outdir: Path) -> None:
         if not record.exists():
             continue
         base = outdir / folder.name
-        steps = [
+        steps: list[tuple[str, list[Path], str, Path, dict[str, Any]]] = [
             ("CT.gov -> FHIR R5", [record], "fhir", base / "fhir-r5", {"fhir_version": "R5"}),
             ("CT.gov -> FHIR R4", [record], "fhir", base / "fhir-r4", {"fhir_version": "R4"}),
             ("FHIR R5 -> CT.gov", [base / "fhir-r5" / f"{folder.name}.bundle.json"], "ctgov",

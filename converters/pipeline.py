@@ -95,9 +95,9 @@ def sniff(path: Path) -> Sniffed:
 
 def _resource_types(obj: dict[str, Any]) -> set[str]:
     if obj.get("resourceType") == "Bundle":
-        return {e.get("resource", {}).get("resourceType") for e in obj.get("entry", []) or []
+        return {str(e["resource"].get("resourceType")) for e in obj.get("entry", []) or []
                 if isinstance(e, dict) and isinstance(e.get("resource"), dict)}
-    return {obj.get("resourceType")}
+    return {str(obj.get("resourceType"))}
 
 
 def expand_inputs(paths: list[Path]) -> list[Path]:

@@ -39,7 +39,7 @@ def set_path(node: dict[str, Any], path: str, value: Any) -> None:
 
 
 @cache
-def _hints(cls: type) -> dict[str, Any]:
+def _hints(cls: Any) -> dict[str, Any]:
     from . import model as model_module  # resolve the model's forward references
     return typing.get_type_hints(cls, globalns=vars(model_module))
 
@@ -110,7 +110,7 @@ class TableCodec:
             if not raw:
                 consumed.add(src)  # an empty list is read too (and written back as absent)
             return tuple(items)
-        if is_dataclass(tp):
+        if isinstance(tp, type) and is_dataclass(tp):
             return self.read(tp, raw, src, report, consumed)
         consumed.add(src)
         return check_scalar(tp, raw, src, rule, enum, report)
@@ -148,7 +148,7 @@ def write(codec: TableCodec, obj: Any) -> dict[str, Any]:
     (``Study.derived_section`` carries ``condition_meshes`` already).
     """
     out: dict[str, Any] = {}
-    cls = type(obj)
+    cls: Any = type(obj)
     hints = _hints(cls)
     opaque = [codec.entry(cls, n)[0] for n in codec.table[cls.__name__]
               if hints.get(n) is Any and getattr(obj, n) is not None]

@@ -9,15 +9,25 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import click
 
 from . import __version__
 from .errors import TrialbridgeError, UsageError
-from .pipeline import (SOURCE_FORMATS, TARGET_FORMATS, Options, convert_subjects, expand_inputs,
-                       load_study, read_studies, sniff, write_studies)
+from .pipeline import (
+    SOURCE_FORMATS,
+    TARGET_FORMATS,
+    Options,
+    convert_subjects,
+    expand_inputs,
+    load_study,
+    read_studies,
+    sniff,
+    write_studies,
+)
 from .report import ConversionReport, Policy
 from .safeio import write_json_atomic
 

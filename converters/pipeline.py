@@ -7,9 +7,10 @@ tables (see :mod:`trialbridge.subject`). A new format is a reader and a writer r
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from .errors import InputError, UsageError
 from .model import Study

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import enum
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any
 
 from .errors import StrictModeError
 
 
-class Kind(str, enum.Enum):
+class Kind(enum.StrEnum):
     UNMAPPED_SOURCE = "unmapped-source"   # an input field that no rule read
     UNMAPPED_CODE = "unmapped-code"       # a code missing from a code table: reported, never guessed
     LOSSY = "lossy"                       # the target cannot carry the value (declared gap)
@@ -27,13 +28,13 @@ class Kind(str, enum.Enum):
     ERROR = "error"                       # the record could not be converted
 
 
-class Severity(str, enum.Enum):
+class Severity(enum.StrEnum):
     INFO = "info"
     WARNING = "warning"
     ERROR = "error"
 
 
-class Policy(str, enum.Enum):
+class Policy(enum.StrEnum):
     """One strictness policy for the whole run (pydicom's validation modes)."""
 
     IGNORE = "ignore"   # keep issues in the report, never fail

@@ -7,11 +7,10 @@ import json
 import jsonschema
 import orjson
 import pytest
-
 from conftest import shared_path
 from trialbridge.cli import main
-from trialbridge.report import ConversionReport, Kind, Policy
 from trialbridge.errors import StrictModeError
+from trialbridge.report import ConversionReport, Kind, Policy
 from trialbridge.safeio import atomic_path
 from trialbridge.specs import schema_text
 
@@ -78,8 +77,7 @@ def test_usage_errors_exit_2(tmp_path, capsys):
 
 def test_atomic_path_leaves_nothing_behind_on_failure(tmp_path):
     target = tmp_path / "x.json"
-    with pytest.raises(RuntimeError):
-        with atomic_path(target) as tmp:
-            tmp.write_text("half")
-            raise RuntimeError("boom")
+    with pytest.raises(RuntimeError), atomic_path(target) as tmp:
+        tmp.write_text("half")
+        raise RuntimeError("boom")
     assert list(tmp_path.iterdir()) == []

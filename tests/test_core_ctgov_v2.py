@@ -6,7 +6,6 @@ import copy
 
 import orjson
 import pytest
-
 from conftest import shared_path
 from trialbridge.ctgov.v2 import read_ctgov_v2, write_ctgov_v2
 from trialbridge.errors import InputError

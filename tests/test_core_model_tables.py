@@ -6,8 +6,8 @@ import dataclasses
 import inspect
 
 from trialbridge import model
-from trialbridge.specs import ctgov_enums, load_spec, load_table, mapping_text
 from trialbridge.sdtm.metadata import known_domains, load_domain
+from trialbridge.specs import ctgov_enums, load_spec, load_table, mapping_text
 
 
 def _model_classes():

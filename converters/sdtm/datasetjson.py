@@ -29,8 +29,8 @@ NUMERIC_TYPES = {"integer", "float", "double", "decimal"}
 
 def creation_datetime() -> str:
     epoch = os.environ.get("SOURCE_DATE_EPOCH")
-    moment = (dt.datetime.fromtimestamp(int(epoch), tz=dt.timezone.utc) if epoch
-              else dt.datetime.now(tz=dt.timezone.utc))
+    moment = (dt.datetime.fromtimestamp(int(epoch), tz=dt.UTC) if epoch
+              else dt.datetime.now(tz=dt.UTC))
     return moment.strftime("%Y-%m-%dT%H:%M:%S")
 
 
@@ -67,7 +67,7 @@ def build_dataset_json(df: pd.DataFrame, domain_name: str, *, study_oid: str,
     integer = [meta_by_name[c].data_type == "integer" for c in cols]
     frame = df.reindex(columns=cols)
     for rec in frame.itertuples(index=False, name=None):
-        rows.append([_cell(v, n, i) for v, n, i in zip(rec, numeric, integer)])
+        rows.append([_cell(v, n, i) for v, n, i in zip(rec, numeric, integer, strict=True)])
     columns = []
     for idx, c in enumerate(cols):
         var = meta_by_name[c]
@@ -99,15 +99,14 @@ def build_dataset_json(df: pd.DataFrame, domain_name: str, *, study_oid: str,
 def write_dataset_json(df: pd.DataFrame, domain_name: str, path: Path, *, study_oid: str,
                        ndjson: bool = False) -> Path:
     doc = build_dataset_json(df, domain_name, study_oid=study_oid)
-    with atomic_path(path) as tmp:
-        with open(tmp, "wb") as fh:
-            if ndjson:
-                rows = doc.pop("rows")
-                fh.write(orjson.dumps(doc) + b"\n")
-                for row in rows:
-                    fh.write(orjson.dumps(row) + b"\n")
-            else:
-                fh.write(orjson.dumps(doc, option=orjson.OPT_INDENT_2) + b"\n")
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        if ndjson:
+            rows = doc.pop("rows")
+            fh.write(orjson.dumps(doc) + b"\n")
+            for row in rows:
+                fh.write(orjson.dumps(row) + b"\n")
+        else:
+            fh.write(orjson.dumps(doc, option=orjson.OPT_INDENT_2) + b"\n")
     return path
 
 

@@ -1,0 +1,337 @@
+"""The subject-data engine: run context, subject index, domain registry and shared derivations.
+
+FHIR subject resources -> SDTM domains, column by column. The engine (:mod:`.pipeline`) reads the
+inputs in two passes, resolves every row to its subject, and hands each domain module *plain columns*;
+the module returns an SDTM-shaped DataFrame; the engine derives the variables every domain derives the
+same way, and writes the domain, its SUPP-- dataset and its provenance file.
+
+How a domain module plugs in
+============================
+Put a module in ``converters/subject/domains/`` (every module there is imported by the engine) and
+register one :class:`DomainPlugin` per domain::
+
+    from ..base import Ctx, DomainPlugin, register_domain
+
+    def extract_ae(res: dict, ctx: Ctx) -> dict | list[dict] | None:
+        # plain dict access only (no pydantic): one row of plain values per SDTM record, or None
+        return {"_subject": ref_of(res.get("subject")), "_encounter": ref_of(res.get("encounter")),
+                "AETERM": ..., "AESTDTC": res.get("onsetDateTime")}
+
+    def map_ae(cols: pd.DataFrame, ctx: Ctx) -> pd.DataFrame:
+        # vectorised code maps, dates, units; return SDTM variables (+ SUPP qualifiers + _src_* columns)
+        ...
+
+    register_domain(DomainPlugin("AE", resource_types=("AdverseEvent",), extract=extract_ae,
+                                 map=map_ae, dtc="AESTDTC", supp={"AETRTEM": ("Treatment Emergent Flag", "DERIVED")}))
+
+Row contract (what ``extract`` returns; keys starting with ``_`` are engine columns, never written):
+
+* ``_subject``  reference to the subject as written (``Patient/1``, ``urn:uuid:..``, absolute URL,
+  ``ResearchSubject/9``). Required: a row whose subject does not resolve is reported (with its resource
+  id) and dropped.
+* ``_encounter`` optional Encounter reference -> VISITNUM/VISIT (see :meth:`Ctx.visits`).
+* Any other key: an SDTM variable name, or a working column the map step consumes (prefix ``_``).
+* The engine adds ``_src_type``, ``_src_id``, ``_src_ver``, ``_src_file``, ``_src_line`` from the
+  resource itself (provenance) -- extractors need not.
+
+``cols`` handed to ``map`` already holds ``STUDYID``, ``USUBJID`` and ``_rfstdtc`` (the subject's
+RFSTDTC) and, where the domain has them, ``VISITNUM``/``VISIT``. After ``map`` the engine fills, *only
+when the map left them out*: ``DOMAIN``; ``--DY``/``--STDY``/``--ENDY`` from ``--DTC``/``--STDTC``/
+``--ENDTC`` vs RFSTDTC (no day 0); ``EPOCH``; ``--SEQ`` (per subject, 1..n in input order, continued
+across chunks). Columns named in ``plugin.supp`` go to ``SUPP<dom>`` (IDVAR = --SEQ; for DM IDVAR is
+blank). ``_src_*`` columns go to ``<dom>.provenance.csv`` (one row per SDTM row: USUBJID, --SEQ,
+resource type, id, versionId, file, line). Every other column must be a variable in schemas/sdtm.
+
+``streamed=True`` plugins (LB, VS from Observation) run in pass 2, chunk by chunk, and are written
+with the chunked writer; the others run after pass 1 on the whole (small) resource set, in
+``depends`` order, and their frames are kept in ``ctx.frames`` for later plugins (DM reads
+``ctx.frames["EX"]`` for RFSTDTC/RFENDTC). Several plugins may share one ``extract`` function (LB and
+VS share the Observation extractor): it is called once per resource and ``accept(row)`` routes the row.
+
+Decisions (written in mappings/subject/README.md as well):
+
+* STUDYID: ``--studyid`` if given; else the study definition's sponsor protocol id
+  (``orgStudyIdInfo.id``, the DDF/USDM sponsor study identifier), else its NCT id; else the
+  identifier of a ResearchStudy in the data (the overall study: the one no other is ``partOf``).
+* USUBJID = ``STUDYID-SUBJID``. SUBJID: ResearchSubject.identifier (first with a value); else, with
+  ``--expose-mrn``, the Patient's MR identifier; else a keyed hash (HMAC-SHA256, salt from the
+  environment variable ``--salt-env`` names, first 16 hex digits, upper case) of the Patient's first
+  identifier ``system|value`` (else its resource id). No salt and a hash needed -> UsageError.
+* SITEID: identifier of the site-level ResearchStudy (one that is ``partOf`` another) the
+  ResearchSubject points to; else the identifier of Patient.managingOrganization; else of the
+  serviceProvider of the subject's first Encounter (reported ``inferred``); else reported ``missing``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from ..errors import UsageError
+from ..model import Study
+from ..report import ConversionReport, Kind
+
+ENGINE_PREFIX = "_"
+SRC_COLUMNS = ("_src_type", "_src_id", "_src_ver", "_src_file", "_src_line")
+DEFAULT_SALT_ENV = "TRIALBRIDGE_SALT"
+
+# ------------------------------------------------------------------------------------- registry
+ExtractFn = Callable[[dict[str, Any], "Ctx"], "dict[str, Any] | list[dict[str, Any]] | None"]
+MapFn = Callable[[pd.DataFrame, "Ctx"], pd.DataFrame]
+
+
+@dataclass(frozen=True)
+class DomainPlugin:
+    """One SDTM domain built from FHIR resources (see the module docstring)."""
+
+    domain: str
+    resource_types: tuple[str, ...]
+    extract: ExtractFn
+    map: MapFn
+    accept: Callable[[dict[str, Any]], bool] | None = None   # route shared-extractor rows
+    streamed: bool = False
+    depends: tuple[str, ...] = ()
+    dtc: str | None = None                  # the --DTC variable --DY/EPOCH derive from
+    supp: dict[str, tuple[str, ...]] = field(default_factory=dict)  # QNAM -> (QLABEL, QORIG[, QEVAL])
+    write: bool = True                      # False: frame kept in ctx.frames only
+
+
+_REGISTRY: dict[str, DomainPlugin] = {}
+
+
+def register_domain(plugin: DomainPlugin) -> DomainPlugin:
+    if plugin.domain in _REGISTRY and _REGISTRY[plugin.domain] is not plugin:
+        existing = _REGISTRY[plugin.domain]
+        if existing.map is not plugin.map:
+            raise ValueError(f"domain {plugin.domain} registered twice")
+    _REGISTRY[plugin.domain] = plugin
+    return plugin
+
+
+def registered_domains() -> dict[str, DomainPlugin]:
+    from . import domains  # noqa: F401  (importing the package imports every domain module)
+    return dict(_REGISTRY)
+
+
+# ------------------------------------------------------------------------------------- references
+_REF_TAIL = re.compile(r"(?:^|/)([A-Z][A-Za-z]+)/([A-Za-z0-9\-.]{1,64})(?:/_history/[^/]+)?$")
+
+
+def ref_of(value: Any) -> str | None:
+    """The reference string of a FHIR Reference (R4/R5), or None."""
+    if isinstance(value, dict):
+        ref = value.get("reference")
+        return ref if isinstance(ref, str) and ref else None
+    return None
+
+
+def normalise_ref(ref: str | None) -> str | None:
+    """``Type/id`` for relative, absolute and versioned references; urn:uuid/urn:oid kept as is;
+    ``#id`` (contained) kept as is."""
+    if not ref:
+        return None
+    if ref.startswith(("urn:", "#")):
+        return ref
+    m = _REF_TAIL.search(ref)
+    return f"{m.group(1)}/{m.group(2)}" if m else ref
+
+
+def contained(res: dict[str, Any], ref: str | None) -> dict[str, Any] | None:
+    """The contained resource ``#id`` points to inside ``res``."""
+    if not ref or not ref.startswith("#"):
+        return None
+    for c in res.get("contained") or ():
+        if isinstance(c, dict) and c.get("id") == ref[1:]:
+            return c
+    return None
+
+
+@dataclass
+class RefIndex:
+    """Aliases (fullUrl, ``Type/id``, absolute URL) -> canonical ``Type/id`` of resources seen."""
+
+    alias: dict[str, str] = field(default_factory=dict)
+
+    def add(self, rtype: str, rid: str | None, full_url: str | None) -> str | None:
+        key = f"{rtype}/{rid}" if rid else (full_url if full_url else None)
+        if key is None:
+            return None
+        self.alias[key] = key
+        if full_url:
+            self.alias[full_url] = key
+            n = normalise_ref(full_url)
+            if n:
+                self.alias.setdefault(n, key)
+        return key
+
+    def resolve(self, ref: str | None) -> str | None:
+        if not ref:
+            return None
+        hit = self.alias.get(ref)
+        if hit is None:
+            n = normalise_ref(ref)
+            hit = self.alias.get(n) if n else None
+        return hit
+
+    def resolve_series(self, refs: pd.Series) -> pd.Series:
+        """Vectorised: exact alias hits first, then normalised forms for the rest."""
+        out = refs.map(self.alias)
+        miss = out.isna() & refs.notna()
+        if miss.any():
+            out[miss] = refs[miss].map(lambda r: self.alias.get(normalise_ref(r) or ""))
+        return out
+
+
+# ------------------------------------------------------------------------------------- context
+@dataclass
+class Ctx:
+    """Everything one run knows; passed to every extract and map function."""
+
+    studyid: str
+    report: ConversionReport
+    study: Study | None = None
+    fhir_version: str | None = None        # "R4" | "R5" | None = detect per resource
+    expose_mrn: bool = False
+    salt_env: str = DEFAULT_SALT_ENV
+    refs: RefIndex = field(default_factory=RefIndex)
+    #: one row per subject: index = canonical Patient key (``Patient/id``); columns USUBJID, SUBJID,
+    #: SITEID, RFSTDTC, RFENDTC, RFICDTC, ARM/ARMCD/ACTARM/ACTARMCD, ARMNRS, _rs (ResearchSubject key)
+    subjects: pd.DataFrame = field(default_factory=pd.DataFrame)
+    #: subject alias (any reference form of the Patient or its ResearchSubject) -> USUBJID
+    subject_alias: dict[str, str] = field(default_factory=dict)
+    #: Encounter key -> (VISITNUM, VISIT, start)
+    visit_map: dict[str, tuple[float, str, str | None]] = field(default_factory=dict)
+    #: small resources kept by type (scrubbed of names/telecom/address lines), key -> resource
+    resources: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
+    frames: dict[str, pd.DataFrame] = field(default_factory=dict)
+    _once: set[str] = field(default_factory=set)
+
+    # -- reporting helpers: never put subject values in messages
+    def once(self, key: str, kind: Kind, message: str, **kw: Any) -> None:
+        """Report a run-level fact (an inference, a lossy step) once, not per row."""
+        if key not in self._once:
+            self._once.add(key)
+            self.report.add(kind, message, **kw)
+
+    def resource(self, rtype: str, ref: str | None) -> dict[str, Any] | None:
+        key = self.refs.resolve(ref)
+        return self.resources.get(rtype, {}).get(key) if key else None
+
+    # -- subject identity
+    def salt(self) -> bytes:
+        value = os.environ.get(self.salt_env)
+        if not value:
+            raise UsageError(f"a keyed-hash subject id is needed but the environment variable "
+                             f"{self.salt_env} (--salt-env) holds no salt; set it, or give "
+                             "ResearchSubject identifiers")
+        return value.encode("utf-8")
+
+    def hashed_id(self, text: str) -> str:
+        return hmac.new(self.salt(), text.encode("utf-8"), hashlib.sha256).hexdigest()[:16].upper()
+
+    def usubjid_series(self, subject_refs: pd.Series) -> pd.Series:
+        out = subject_refs.map(self.subject_alias)
+        miss = out.isna() & subject_refs.notna()
+        if miss.any():
+            out[miss] = subject_refs[miss].map(
+                lambda r: self.subject_alias.get(normalise_ref(r) or ""))
+        return out
+
+
+# ------------------------------------------------------------------------------------- derivations
+_DTC_OK = re.compile(r"^\d{4}(-\d{2}(-\d{2}(T\d{2}:\d{2}(:\d{2}(\.\d+)?)?(Z|[+-]\d{2}:\d{2})?)?)?)?$")
+
+
+def derive_dtc(values: pd.Series) -> tuple[pd.Series, pd.Series]:
+    """FHIR date/dateTime/instant -> ISO 8601 --DTC (vectorised). Partial dates stay partial; the time
+    zone offset and fractional seconds are dropped (SDTM --DTC carries local clock time).
+    Returns (dtc, invalid_mask): values that are not FHIR dates become missing and are flagged."""
+    s = values.astype("object")
+    present = s.notna()
+    if not present.any():
+        return pd.Series([None] * len(s), index=s.index, dtype="object"), pd.Series(False, index=s.index)
+    txt = s[present].astype(str)
+    ok = txt.str.match(_DTC_OK.pattern)
+    out = pd.Series([None] * len(s), index=s.index, dtype="object")
+    out[present] = txt.str.slice(0, 19).where(ok, None)
+    invalid = pd.Series(False, index=s.index)
+    invalid[present] = ~ok
+    return out, invalid
+
+
+def _date_part(dtc: pd.Series) -> pd.Series:
+    """Full dates only (YYYY-MM-DD); partial dates give NaT (no --DY from a partial date)."""
+    s = dtc.astype("object")
+    d = s.where(s.notna() & (s.astype(str).str.len() >= 10), None)
+    return pd.to_datetime(d.astype(str).str.slice(0, 10).where(d.notna(), None),
+                          format="%Y-%m-%d", errors="coerce")
+
+
+def derive_dy(dtc: pd.Series, rfstdtc: pd.Series) -> pd.Series:
+    """SDTMIG study day: date - RFSTDTC (+1 on or after RFSTDTC; there is no day 0). Int64."""
+    d = _date_part(dtc)
+    r = _date_part(rfstdtc)
+    diff = (d - r).dt.days
+    dy = diff + (diff >= 0).astype("float64")
+    return pd.array(np.where(dy.isna(), pd.NA, dy), dtype="Int64")  # type: ignore[call-overload]
+
+
+def derive_epoch(dtc: pd.Series, rfstdtc: pd.Series, rfendtc: pd.Series) -> pd.Series:
+    """EPOCH from the date relative to the reference period (CT EPOCH terms SCREENING, TREATMENT,
+    FOLLOW-UP). An inference (no trial-design TE/TA epochs available): callers report it."""
+    d = _date_part(dtc)
+    r = _date_part(rfstdtc)
+    e = _date_part(rfendtc)
+    out = np.full(len(d), None, dtype=object)
+    dv, rv, ev = d.to_numpy(), r.to_numpy(), e.to_numpy()
+    known = ~pd.isna(dv) & ~pd.isna(rv)
+    before = known & (dv < rv)
+    out[before] = "SCREENING"
+    on = known & (dv >= rv)
+    out[on] = "TREATMENT"
+    after = on & ~pd.isna(ev) & (dv > ev)
+    out[after] = "FOLLOW-UP"
+    return pd.Series(out, index=dtc.index, dtype="object")
+
+
+def derive_seq(usubjid: pd.Series, start: dict[str, int] | None = None) -> pd.Series:
+    """--SEQ: 1..n per subject in row order, continuing from ``start`` (updated in place)."""
+    seq = usubjid.groupby(usubjid, sort=False).cumcount() + 1
+    if start:
+        seq = seq + usubjid.map(start).fillna(0).astype("int64")
+    if start is not None:
+        last = seq.groupby(usubjid, sort=False).max()
+        start.update({k: int(v) for k, v in last.items()})
+    return seq.astype("int64")
+
+
+def first_coding(concept: Any, system: str | None = None) -> dict[str, Any] | None:
+    """The first Coding of a CodeableConcept (of ``system`` when given)."""
+    if not isinstance(concept, dict):
+        return None
+    for c in concept.get("coding") or ():
+        if isinstance(c, dict) and (system is None or c.get("system") == system):
+            return c
+    return None
+
+
+def detect_version(res: dict[str, Any]) -> str:
+    """R4 or R5 from element names that differ (ResearchSubject, Encounter, MedicationX)."""
+    rtype = res.get("resourceType")
+    if rtype == "ResearchSubject":
+        return "R5" if ("subject" in res or "assignedComparisonGroup" in res) else "R4"
+    if rtype == "Encounter":
+        cls = res.get("class")
+        return "R5" if isinstance(cls, list) or "actualPeriod" in res else "R4"
+    if rtype in ("MedicationAdministration", "MedicationStatement", "MedicationRequest"):
+        med = res.get("medication")
+        return "R5" if isinstance(med, dict) else "R4"
+    return "R4"

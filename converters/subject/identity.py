@@ -1,0 +1,242 @@
+"""Subject identity and reference dates: SUBJID/USUBJID, SITEID, arms, RFSTDTC/RFENDTC, RFICDTC.
+
+The rules are written as decisions in ``mappings/subject/dm.yaml`` (rule ids ``dm.SUBJID``,
+``dm.SITEID``, ``dm.ARMCD``, ``dm.RFSTDTC``, ``dm.RFICDTC``); this module is their named code.
+Privacy: a Patient's medical record number is used as SUBJID only with ``--expose-mrn``; otherwise a
+keyed hash. Identifier values never go into report messages.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import pandas as pd
+
+from ..report import Kind
+from ..specs import transform
+from .base import Ctx, first_coding, ref_of
+
+ARM_CODE_MAX = 20
+
+
+def _ident_values(res: dict[str, Any] | None) -> list[dict[str, Any]]:
+    return [i for i in (res or {}).get("identifier") or () if isinstance(i, dict) and i.get("value")]
+
+
+def _is_mrn(ident: dict[str, Any]) -> bool:
+    t = ident.get("type")
+    return isinstance(t, dict) and any(isinstance(c, dict) and c.get("code") == "MR"
+                                       for c in t.get("coding") or ())
+
+
+@transform("subject_id")
+def subject_id_of(patient: dict[str, Any], rs: dict[str, Any] | None, ctx: Ctx) -> str:
+    """SUBJID (rule dm.SUBJID)."""
+    ids = _ident_values(rs)
+    if ids:
+        return str(ids[0]["value"])
+    if ctx.expose_mrn:
+        for ident in _ident_values(patient):
+            if _is_mrn(ident):
+                ctx.once("subjid-mrn", Kind.INFERRED, "SUBJID is the Patient's medical record number "
+                         "(--expose-mrn)", rule="dm.SUBJID", target="SUBJID")
+                return str(ident["value"])
+    pids = _ident_values(patient)
+    basis = (f"{pids[0].get('system', '')}|{pids[0]['value']}" if pids
+             else f"Patient/{patient.get('id')}")
+    ctx.once("subjid-hash", Kind.INFERRED, "SUBJID is a keyed hash (HMAC-SHA256) of the Patient "
+             "identifier: no ResearchSubject identifier in the input", rule="dm.SUBJID", target="SUBJID")
+    return ctx.hashed_id(basis)
+
+
+def _study_identifier(study: dict[str, Any] | None) -> str | None:
+    ids = _ident_values(study)
+    return str(ids[0]["value"]) if ids else None
+
+
+@transform("site_id")
+def site_of(patient: dict[str, Any], rs: dict[str, Any] | None, ctx: Ctx, pkey: str) -> str | None:
+    """SITEID (rule dm.SITEID): site-level ResearchStudy, else managing organisation, else the
+    service provider of the first encounter (inferred), else missing."""
+    if rs is not None:
+        st = ctx.resource("ResearchStudy", ref_of(rs.get("study")))
+        if st is not None and st.get("partOf") and _study_identifier(st):
+            return _study_identifier(st)
+    org_ref = ref_of(patient.get("managingOrganization"))
+    org = ctx.resource("Organization", org_ref)
+    if org_ref:
+        val = _study_identifier(org) or (org.get("id") if org else None)
+        if val:
+            ctx.once("siteid-org", Kind.INFERRED, "SITEID taken from Patient.managingOrganization "
+                     "(no site-level ResearchStudy)", rule="dm.SITEID", target="SITEID")
+            return str(val)
+    encs = [e for e in ctx.resources.get("Encounter", {}).values()
+            if ctx.refs.resolve(e.get("subject")) == pkey and e.get("serviceProvider")]
+    if encs:
+        first = min(encs, key=lambda e: e.get("start") or "")
+        org = ctx.resource("Organization", first["serviceProvider"])
+        val = _study_identifier(org) or (org.get("id") if org else None)
+        if val:
+            ctx.once("siteid-enc", Kind.INFERRED, "SITEID taken from the service provider of the "
+                     "subject's first Encounter (no site-level ResearchStudy)", rule="dm.SITEID",
+                     target="SITEID")
+            return str(val)
+    ctx.report.add(Kind.MISSING, "no site information (site-level ResearchStudy, managing "
+                   "organisation or encounter service provider): SITEID left empty",
+                   rule="dm.SITEID", target="SITEID", record=pkey)
+    return None
+
+
+@transform("armcd_from_label")
+def armcd_from_label(label: str) -> str:
+    """ARMCD from an arm label: upper case letters/digits only, at most 20 characters (SDTMIG)."""
+    code = re.sub(r"[^A-Z0-9]", "", label.upper())
+    return code[:ARM_CODE_MAX] or "ARM"
+
+
+def _arm_name(value: str | None, rs: dict[str, Any], ctx: Ctx) -> str | None:
+    """R4 arms are ResearchStudy.arm.name already; R5 comparison groups are linkIds: resolve them
+    through the ResearchStudy in the data when present."""
+    if not value:
+        return None
+    st = ctx.resource("ResearchStudy", ref_of(rs.get("study")))
+    for g in (st or {}).get("comparisonGroup") or ():
+        if isinstance(g, dict) and g.get("linkId") == value and g.get("name"):
+            return str(g["name"])
+    return value
+
+
+@transform("assign_arms")
+def assign_arms(rs: dict[str, Any] | None, ctx: Ctx, pkey: str) -> dict[str, Any]:
+    """ARMCD/ARM/ACTARMCD/ACTARM/ARMNRS (rule dm.ARMCD)."""
+    out: dict[str, Any] = {"ARMCD": None, "ARM": None, "ACTARMCD": None, "ACTARM": None, "ARMNRS": None}
+    if rs is None:
+        out["ARMNRS"] = "NOT ASSIGNED"
+        ctx.once("armnrs", Kind.INFERRED, "ARMNRS = NOT ASSIGNED for Patients without a "
+                 "ResearchSubject (no arm assignment in the input)", rule="dm.ARMNRS", target="ARMNRS")
+        return out
+    status = rs.get("status")
+    progress_states = {c.get("code") for p in rs.get("progress") or () if isinstance(p, dict)
+                       for c in ((p.get("subjectState") or {}).get("coding") or ()) if isinstance(c, dict)}
+    assigned = _arm_name(rs.get("assignedArm") or rs.get("assignedComparisonGroup"), rs, ctx)
+    actual = _arm_name(rs.get("actualArm") or rs.get("actualComparisonGroup"), rs, ctx)
+    if status == "ineligible" or "ineligible" in progress_states:
+        out["ARMNRS"] = "SCREEN FAILURE"
+        return out
+    if not assigned:
+        out["ARMNRS"] = "NOT ASSIGNED"
+        return out
+    for var_cd, var, name in (("ARMCD", "ARM", assigned), ("ACTARMCD", "ACTARM", actual)):
+        if not name:
+            continue
+        label = _match_arm(name, ctx, pkey)
+        out[var] = label
+        out[var_cd] = armcd_from_label(label)
+    return out
+
+
+def _match_arm(name: str, ctx: Ctx, pkey: str) -> str:
+    study = ctx.study
+    groups = study.arms_interventions.arm_groups if study and study.arms_interventions else ()
+    if not groups:
+        ctx.once("arm-nostudy", Kind.INFERRED, "ARM taken from the ResearchSubject arm name as given "
+                 "(no study definition to match it against)", rule="dm.ARMCD", target="ARM")
+        return name
+    want = name.strip().casefold()
+    for g in groups:
+        if g.label and g.label.strip().casefold() == want:
+            return g.label
+    ctx.report.add(Kind.UNMAPPED_CODE, "ResearchSubject arm matches no arm group of the study "
+                   "definition; kept as given", rule="dm.ARMCD", target="ARM", record=pkey, value=name)
+    return name
+
+
+# ------------------------------------------------------------------------------ reference dates
+def _study_drug_names(ctx: Ctx) -> set[str]:
+    study = ctx.study
+    names: set[str] = set()
+    if study and study.arms_interventions:
+        for iv in study.arms_interventions.interventions:
+            for n in (iv.name, *iv.other_names):
+                if n:
+                    names.add(n.strip().casefold())
+    return names
+
+
+def _med_texts(res: dict[str, Any]) -> list[str]:
+    cc = res.get("medicationCodeableConcept")
+    med = res.get("medication")
+    if isinstance(med, dict):          # R5 CodeableReference
+        cc = med.get("concept") or cc
+    out = []
+    if isinstance(cc, dict):
+        if cc.get("text"):
+            out.append(str(cc["text"]))
+        out += [str(c["display"]) for c in cc.get("coding") or () if isinstance(c, dict) and c.get("display")]
+    return out
+
+
+@transform("reference_dates")
+def reference_dates(ctx: Ctx) -> None:
+    """RFXSTDTC/RFXENDTC (= RFSTDTC/RFENDTC) from study-drug exposure; RFICDTC from Consent."""
+    subj = ctx.subjects
+    if not len(subj):
+        return
+    ex = ctx.frames.get("EX")
+    first: pd.Series | None = None
+    last: pd.Series | None = None
+    if ex is not None and len(ex) and "EXSTDTC" in ex:
+        st = ex[["USUBJID", "EXSTDTC"]].dropna()
+        first = st.groupby("USUBJID")["EXSTDTC"].min()
+        end = ex["EXENDTC"].fillna(ex["EXSTDTC"]) if "EXENDTC" in ex else ex["EXSTDTC"]
+        last = pd.DataFrame({"USUBJID": ex["USUBJID"], "d": end}).dropna().groupby("USUBJID")["d"].max()
+        rule_msg = "RFSTDTC/RFENDTC = first/last study-drug exposure (EX)"
+    else:
+        drugs = _study_drug_names(ctx)
+        rows = []
+        for ma in ctx.resources.get("MedicationAdministration", {}).values():
+            if ma.get("status") in ("not-done", "entered-in-error"):
+                continue
+            if not any(t.strip().casefold() in drugs for t in _med_texts(ma)):
+                continue
+            per = ma.get("effectivePeriod") or ma.get("occurencePeriod") or ma.get("occurrencePeriod") or {}
+            start = ma.get("effectiveDateTime") or ma.get("occurenceDateTime") or \
+                ma.get("occurrenceDateTime") or per.get("start")
+            rows.append({"ref": ref_of(ma.get("subject")), "s": start, "e": per.get("end") or start})
+        if rows:
+            df = pd.DataFrame(rows)
+            df["USUBJID"] = ctx.usubjid_series(df["ref"])
+            df = df.dropna(subset=["USUBJID"])
+            first = df.dropna(subset=["s"]).groupby("USUBJID")["s"].min()
+            last = df.dropna(subset=["e"]).groupby("USUBJID")["e"].max()
+        rule_msg = ("RFSTDTC/RFENDTC = first/last MedicationAdministration of a study intervention "
+                    "(matched by name to the study definition)")
+    from .base import derive_dtc
+    if first is not None and len(first):
+        subj["RFXSTDTC"] = derive_dtc(subj["USUBJID"].map(first))[0]
+        subj["RFXENDTC"] = derive_dtc(subj["USUBJID"].map(last))[0] if last is not None else None
+        subj["RFSTDTC"] = subj["RFXSTDTC"]
+        subj["RFENDTC"] = subj["RFXENDTC"]
+        ctx.once("rfstdtc", Kind.INFERRED, rule_msg, rule="dm.RFSTDTC", target="RFSTDTC")
+    # RFICDTC: Consent.dateTime (R4) / Consent.date (R5), earliest per subject; else the R5
+    # ResearchSubject.progress entry whose reason is informedConsentSigned
+    consent: dict[str, str] = {}
+    for c in ctx.resources.get("Consent", {}).values():
+        if c.get("status") not in (None, "active"):
+            continue
+        ref = ref_of(c.get("patient") or c.get("subject"))
+        u = ctx.subject_alias.get(ctx.refs.resolve(ref) or "") if ref else None
+        d = c.get("dateTime") or c.get("date")
+        if u and d and (u not in consent or d < consent[u]):
+            consent[u] = d
+    rs_res = ctx.resources.get("ResearchSubject", {})
+    for _, row in subj.iterrows():
+        if row["USUBJID"] in consent or not row["_rs"]:
+            continue
+        for p in (rs_res.get(row["_rs"]) or {}).get("progress") or ():
+            reason = first_coding((p or {}).get("reason"))
+            if reason and reason.get("code") == "informedConsentSigned" and p.get("startDate"):
+                consent[row["USUBJID"]] = p["startDate"]
+    if consent:
+        subj["RFICDTC"] = derive_dtc(subj["USUBJID"].map(consent))[0]

@@ -1,0 +1,480 @@
+"""FHIR subject resources (Bundles, NDJSON, Bulk Data folders; R4 or R5) -> SDTM domains.
+
+Two passes over the inputs (see :mod:`.base` for the plug-in contract):
+
+1. *Small* resource types (Patient, ResearchSubject, ResearchStudy, Encounter, Consent, Specimen,
+   Organization, MedicationAdministration, and every type a non-streamed domain plugin reads) are
+   collected: the engine builds the reference index, the subject index (USUBJID/SUBJID/SITEID/arms),
+   the visit index, then maps the non-streamed domains (EX first, then RFSTDTC/RFENDTC, then the rest
+   in ``depends`` order, DM after EX).
+2. *Streamed* types (Observation) are read again chunk by chunk; each chunk is extracted to plain
+   columns, mapped with vectorised pandas code, and appended to the chunked writers (LB, VS). Memory
+   holds one chunk plus the indexes, never the input.
+
+Outputs: ``<dom>.json`` (and ``.csv``/``.ndjson`` on request), ``supp<dom>.*`` when qualifiers exist,
+and ``<dom>.provenance.csv`` (USUBJID, --SEQ -> FHIR resource type/id/versionId/file/line).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from ..errors import UsageError
+from ..report import ConversionReport, Kind
+from ..safeio import atomic_path
+from ..sdtm.metadata import load_domain
+from ..sdtm.output import ChunkedDomainWriter, write_domain
+from . import base
+from .base import SRC_COLUMNS, Ctx, DomainPlugin
+from .reader import iter_chunks
+
+#: resource types the engine itself keeps from pass 1 (indexes, identity, visits, reference dates)
+ENGINE_TYPES = frozenset({"Patient", "ResearchSubject", "ResearchStudy", "Encounter", "Consent",
+                          "Organization", "Specimen", "MedicationAdministration", "Medication"})
+#: Patient elements kept in memory: everything else (names, telecom, address lines, contacts,
+#: photos, narrative) is dropped at read time and never reaches SDTM or the report
+PATIENT_KEEP = ("resourceType", "id", "meta", "identifier", "gender", "birthDate", "_birthDate",
+                "deceasedBoolean", "deceasedDateTime", "managingOrganization", "extension")
+PATIENT_EXTENSIONS = frozenset({
+    "http://hl7.org/fhir/us/core/StructureDefinition/us-core-race",
+    "http://hl7.org/fhir/us/core/StructureDefinition/us-core-ethnicity",
+    "http://hl7.org/fhir/us/core/StructureDefinition/us-core-birthsex",
+    "http://hl7.org/fhir/us/core/StructureDefinition/us-core-sex",
+    "http://hl7.org/fhir/StructureDefinition/individual-recordedSexOrGender",
+})
+MAX_ROW_ISSUES = 200   # per (domain, reason): then one summary issue with the count
+
+
+def convert_subjects(inputs: list[Path], outdir: Path, *, options: Any,
+                     report: ConversionReport) -> list[Path]:
+    plugins = base.registered_domains()
+    outdir.mkdir(parents=True, exist_ok=True)
+    extra = dict(getattr(options, "extra", {}) or {})
+    ctx = Ctx(studyid="", report=report, study=getattr(options, "study", None),
+              fhir_version=getattr(options, "fhir_version", None) if extra.get("force_version") else None,
+              expose_mrn=bool(extra.get("expose_mrn")),
+              salt_env=extra.get("salt_env") or base.DEFAULT_SALT_ENV)
+    run = _Run(ctx, plugins, tuple(getattr(options, "sdtm_formats", ("json",))), outdir)
+    run.pass1(inputs)
+    ctx.studyid = decide_studyid(getattr(options, "studyid", None), ctx)
+    build_subject_index(ctx)
+    build_visit_index(ctx)
+    run.map_collected()
+    run.pass2(inputs)
+    return run.finish()
+
+
+# ----------------------------------------------------------------------------------------- run
+class _Run:
+    def __init__(self, ctx: Ctx, plugins: dict[str, DomainPlugin], formats: tuple[str, ...],
+                 outdir: Path) -> None:
+        self.ctx, self.plugins, self.formats, self.outdir = ctx, plugins, formats, outdir
+        self.rows: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        self.written: list[Path] = []
+        self.seq: dict[str, dict[str, int]] = defaultdict(dict)
+        self.writers: dict[str, ChunkedDomainWriter] = {}
+        self.prov: dict[str, Any] = {}
+        self.issue_counts: dict[tuple[str, str], int] = defaultdict(int)
+        self.supp_frames: dict[str, list[pd.DataFrame]] = defaultdict(list)
+
+    # -- helpers
+    def _by_type(self, streamed: bool) -> dict[str, list[tuple[Any, list[DomainPlugin]]]]:
+        """resource type -> [(extract fn, plugins sharing it)]."""
+        out: dict[str, list[tuple[Any, list[DomainPlugin]]]] = defaultdict(list)
+        for p in self.plugins.values():
+            if p.streamed != streamed:
+                continue
+            for t in p.resource_types:
+                for fn, group in out[t]:
+                    if fn is p.extract:
+                        group.append(p)
+                        break
+                else:
+                    out[t].append((p.extract, [p]))
+        return out
+
+    def row_issue(self, domain: str, reason: str, kind: Kind, message: str, record: str | None,
+                  **kw: Any) -> None:
+        n = self.issue_counts[(domain, reason)] = self.issue_counts[(domain, reason)] + 1
+        if n <= MAX_ROW_ISSUES:
+            self.ctx.report.add(kind, message, record=record, **kw)
+
+    def _extract(self, item: Any, routes: list[tuple[Any, list[DomainPlugin]]],
+                 sink: dict[str, list[dict[str, Any]]]) -> None:
+        res = item.resource
+        meta = res.get("meta")
+        src = (res.get("resourceType"), res.get("id"),
+               meta.get("versionId") if isinstance(meta, dict) else None, item.file, item.line)
+        for fn, group in routes:
+            try:
+                got = fn(res, self.ctx)
+            except (TypeError, AttributeError, KeyError, ValueError) as exc:
+                # a resource of the wrong shape: reported with its id, the run goes on
+                self.row_issue(group[0].domain, "shape", Kind.INVALID_VALUE,
+                               f"resource does not have the expected FHIR shape ({type(exc).__name__})",
+                               record=f"{src[0]}/{src[1]}", file=item.file,
+                               rule=f"{group[0].domain.lower()}.extract")
+                continue
+            if not got:
+                continue
+            for row in (got if isinstance(got, list) else (got,)):
+                row["_src_type"], row["_src_id"], row["_src_ver"], row["_src_file"], \
+                    row["_src_line"] = src
+                for p in group:
+                    if p.accept is None or p.accept(row):
+                        sink[p.domain].append(row)
+
+    # -- pass 1
+    def pass1(self, inputs: list[Path]) -> None:
+        routes = self._by_type(streamed=False)
+        streamed_types = {t for p in self.plugins.values() if p.streamed for t in p.resource_types}
+        wanted = (set(ENGINE_TYPES) | set(routes)) - streamed_types
+        errors: list[tuple[str, int | None, str]] = []
+        for chunk in iter_chunks(inputs, types=wanted, errors=errors):
+            for item in chunk:
+                collect_engine(item, self.ctx)
+                r = routes.get(item.resource.get("resourceType"))
+                if r:
+                    self._extract(item, r, self.rows)
+        self._report_read_errors(errors)
+
+    def _report_read_errors(self, errors: list[tuple[str, int | None, str]]) -> None:
+        for name, line, msg in errors:
+            self.row_issue("READ", "read", Kind.INVALID_VALUE, msg, record=f"line {line}" if line else None,
+                           file=name, rule="subject.read")
+
+    # -- after pass 1
+    def map_collected(self) -> None:
+        order = _plugin_order([p for p in self.plugins.values() if not p.streamed])
+        rf_done = False
+        for p in order:
+            if p.domain != "EX" and not rf_done:
+                derive_reference_dates(self.ctx)
+                rf_done = True
+            frame = self._map(p, self.rows.pop(p.domain, []))
+            if p.domain == "EX":
+                self.ctx.frames["EX"] = frame
+                derive_reference_dates(self.ctx)
+                rf_done = True
+            frame = self._finish_frame(p, frame, self.seq[p.domain])
+            self.ctx.frames[p.domain] = frame
+            if p.write and len(frame):
+                self._write_whole(p, frame)
+        if not rf_done:
+            derive_reference_dates(self.ctx)
+
+    def _map(self, p: DomainPlugin, rows: list[dict[str, Any]]) -> pd.DataFrame:
+        cols = pd.DataFrame.from_records(rows) if rows else pd.DataFrame()
+        if not len(cols):
+            return pd.DataFrame()
+        cols = self._attach_subjects(p, cols)
+        if not len(cols):
+            return pd.DataFrame()
+        dom = load_domain(p.domain)
+        if "VISITNUM" in dom.names and "_encounter" in cols:
+            enc = self.ctx.refs.resolve_series(cols["_encounter"])
+            vm = self.ctx.visit_map
+            cols["VISITNUM"] = enc.map(lambda k: vm[k][0] if k in vm else None).astype("float64")
+            cols["VISIT"] = enc.map(lambda k: vm[k][1] if k in vm else None)
+        return p.map(cols, self.ctx)
+
+    def _attach_subjects(self, p: DomainPlugin, cols: pd.DataFrame) -> pd.DataFrame:
+        ctx = self.ctx
+        subj = cols["_subject"] if "_subject" in cols else pd.Series([None] * len(cols), index=cols.index)
+        usubjid = ctx.usubjid_series(subj)
+        bad = usubjid.isna()
+        if bad.any():
+            for i in cols.index[bad]:
+                has_ref = subj.at[i] is not None and subj.at[i] == subj.at[i]
+                msg = ("subject reference does not resolve to a Patient in the input" if has_ref
+                       else "resource names no subject")
+                self.row_issue(p.domain, "subject", Kind.ERROR, msg,
+                               record=f"{cols.at[i, '_src_type']}/{cols.at[i, '_src_id']}",
+                               file=cols.at[i, "_src_file"], rule="subject.resolve",
+                               source="subject", target="USUBJID")
+            cols = cols.loc[~bad].reset_index(drop=True)
+            usubjid = usubjid.loc[~bad].reset_index(drop=True)
+        cols["USUBJID"] = usubjid.astype("object")
+        cols["STUDYID"] = ctx.studyid
+        subjects = ctx.subjects.set_index("USUBJID") if len(ctx.subjects) else None
+        for name in ("RFSTDTC", "RFENDTC"):
+            cols[f"_{name.lower()}"] = (cols["USUBJID"].map(subjects[name]) if subjects is not None
+                                        else None)
+        return cols
+
+    def _finish_frame(self, p: DomainPlugin, df: pd.DataFrame, seq_start: dict[str, int]) -> pd.DataFrame:
+        """Generic derivations the map left out: DOMAIN, --DY, EPOCH, --SEQ."""
+        if not len(df):
+            return df
+        dom = load_domain(p.domain)
+        names = set(dom.names)
+        d = p.domain
+        if "DOMAIN" in names and "DOMAIN" not in df:
+            df["DOMAIN"] = d
+        if "STUDYID" not in df:
+            df["STUDYID"] = self.ctx.studyid
+        rf = df["_rfstdtc"] if "_rfstdtc" in df else pd.Series([None] * len(df), index=df.index)
+        rfe = df["_rfendtc"] if "_rfendtc" in df else pd.Series([None] * len(df), index=df.index)
+        for dtc, dy in ((f"{d}DTC", f"{d}DY"), (f"{d}STDTC", f"{d}STDY"), (f"{d}ENDTC", f"{d}ENDY")):
+            if dy in names and dy not in df and dtc in df:
+                df[dy] = base.derive_dy(df[dtc], rf)
+        if "EPOCH" in names and "EPOCH" not in df and p.dtc and p.dtc in df:
+            df["EPOCH"] = base.derive_epoch(df[p.dtc], rf, rfe)
+            if df["EPOCH"].notna().any():
+                self.ctx.once("epoch", Kind.INFERRED,
+                              "EPOCH inferred from the date relative to RFSTDTC/RFENDTC (SCREENING "
+                              "before, TREATMENT during, FOLLOW-UP after); no trial-design epochs given",
+                              rule="subject.epoch", target="EPOCH")
+        seq = f"{d}SEQ"
+        if seq in names and seq not in df:
+            df[seq] = base.derive_seq(df["USUBJID"], seq_start)
+        return df
+
+    def _split(self, p: DomainPlugin, df: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+        """(SDTM frame, SUPP frame, provenance frame)."""
+        d = p.domain
+        seq = f"{d}SEQ" if f"{d}SEQ" in df else None
+        prov = pd.DataFrame({"USUBJID": df["USUBJID"].to_numpy(),
+                             "SEQ": df[seq].to_numpy() if seq else None,
+                             **{c[1:]: (df[c].to_numpy() if c in df else None) for c in SRC_COLUMNS}})
+        supp_parts = []
+        for qnam, spec in p.supp.items():
+            if qnam not in df:
+                continue
+            vals = df[qnam]
+            keep = vals.notna() & (vals.astype(str) != "")
+            if not keep.any():
+                continue
+            part = pd.DataFrame({
+                "STUDYID": self.ctx.studyid, "RDOMAIN": d,
+                "USUBJID": df.loc[keep, "USUBJID"].to_numpy(),
+                "IDVAR": seq or "", "IDVARVAL": (df.loc[keep, seq].astype(str).to_numpy() if seq else ""),
+                "QNAM": qnam, "QLABEL": spec[0], "QVAL": vals[keep].astype(str).to_numpy(),
+                "QORIG": spec[1] if len(spec) > 1 else "CRF",
+                "QEVAL": spec[2] if len(spec) > 2 else ""})
+            supp_parts.append(part)
+        supp = pd.concat(supp_parts, ignore_index=True) if supp_parts else pd.DataFrame()
+        names = set(load_domain(d).names)
+        sdtm = df[[c for c in df.columns if c in names]]
+        return sdtm, supp, prov
+
+    def _write_whole(self, p: DomainPlugin, df: pd.DataFrame) -> None:
+        sdtm, supp, prov = self._split(p, df)
+        self.written += write_domain(sdtm, p.domain, self.outdir, self.formats, study_oid=self.ctx.studyid)
+        if len(supp):
+            self.supp_frames[p.domain].append(supp)
+        self.written.append(_write_provenance(prov, p.domain, self.outdir, append=False))
+
+    # -- pass 2
+    def pass2(self, inputs: list[Path]) -> None:
+        routes = self._by_type(streamed=True)
+        if not routes:
+            return
+        streamed = {p.domain: p for p in self.plugins.values() if p.streamed}
+        errors: list[tuple[str, int | None, str]] = []
+        for chunk in iter_chunks(inputs, types=set(routes), errors=errors):
+            sink: dict[str, list[dict[str, Any]]] = defaultdict(list)
+            for item in chunk:
+                self._extract(item, routes[item.resource["resourceType"]], sink)
+            del chunk
+            for dom, rows in sink.items():
+                p = streamed[dom]
+                frame = self._finish_frame(p, self._map(p, rows), self.seq[dom])
+                if not len(frame):
+                    continue
+                sdtm, supp, prov = self._split(p, frame)
+                w = self.writers.get(dom)
+                if w is None:
+                    w = self.writers[dom] = ChunkedDomainWriter(dom, self.outdir, self.formats,
+                                                                study_oid=self.ctx.studyid)
+                w.write(sdtm)
+                if len(supp):
+                    self.supp_frames[dom].append(supp)
+                self.written.append(_write_provenance(prov, dom, self.outdir, append=dom in self.prov))
+                self.prov[dom] = True
+        self._report_read_errors(errors)
+
+    def finish(self) -> list[Path]:
+        for w in self.writers.values():
+            self.written += w.close()
+        for dom, parts in sorted(self.supp_frames.items()):
+            supp = pd.concat(parts, ignore_index=True)
+            self.written += write_domain(supp, f"SUPP{dom}", self.outdir, self.formats,
+                                         study_oid=self.ctx.studyid)
+        for (dom, reason), n in sorted(self.issue_counts.items()):
+            if n > MAX_ROW_ISSUES:
+                self.ctx.report.add(Kind.ERROR if reason == "subject" else Kind.INVALID_VALUE,
+                                    f"{n - MAX_ROW_ISSUES} more {dom} resources with the same problem "
+                                    f"({reason}) not listed one by one", rule=f"subject.{reason}")
+        out: list[Path] = []
+        for p in self.written:
+            if p not in out:
+                out.append(p)
+        return out
+
+
+def _plugin_order(plugins: list[DomainPlugin]) -> list[DomainPlugin]:
+    """EX first (reference dates), then the rest respecting ``depends`` (stable by domain name)."""
+    by = {p.domain: p for p in plugins}
+    done: list[str] = []
+
+    def visit(d: str, stack: tuple[str, ...]) -> None:
+        if d in done or d not in by:
+            return
+        if d in stack:
+            raise ValueError(f"domain dependency cycle: {' -> '.join(stack + (d,))}")
+        for dep in by[d].depends:
+            visit(dep, stack + (d,))
+        done.append(d)
+
+    for d in sorted(by, key=lambda x: (x != "EX", x)):
+        visit(d, ())
+    return [by[d] for d in done]
+
+
+def _write_provenance(prov: pd.DataFrame, domain: str, outdir: Path, *, append: bool) -> Path:
+    target = outdir / f"{domain.lower()}.provenance.csv"
+    if append:
+        prov.to_csv(target, mode="a", header=False, index=False, lineterminator="\n")
+    else:
+        with atomic_path(target) as tmp:
+            prov.to_csv(tmp, index=False, lineterminator="\n")
+    return target
+
+
+# ----------------------------------------------------------------------------------------- pass-1 engine
+def collect_engine(item: Any, ctx: Ctx) -> None:
+    """Index every pass-1 resource; keep the small ones the engine needs (scrubbed)."""
+    res = item.resource
+    rtype = res.get("resourceType")
+    key = ctx.refs.add(rtype, res.get("id"), item.full_url)
+    if key is None or rtype not in ENGINE_TYPES:
+        return
+    if rtype == "Patient":
+        res = {k: res[k] for k in PATIENT_KEEP if k in res}
+        res["extension"] = [e for e in res.get("extension") or () if isinstance(e, dict)
+                            and e.get("url") in PATIENT_EXTENSIONS]
+        addr = item.resource.get("address")
+        if isinstance(addr, list):
+            res["_countries"] = [a.get("country") for a in addr if isinstance(a, dict) and a.get("country")]
+        res["_file"] = item.file
+    elif rtype == "Encounter":
+        per = res.get("actualPeriod") or res.get("period") or {}
+        res = {"resourceType": rtype, "id": res.get("id"),
+               "subject": base.ref_of(res.get("subject") or res.get("patient")),
+               "start": per.get("start") if isinstance(per, dict) else None,
+               "end": per.get("end") if isinstance(per, dict) else None,
+               "serviceProvider": base.ref_of(res.get("serviceProvider"))}
+    ctx.resources.setdefault(rtype, {})[key] = res
+
+
+def decide_studyid(given: str | None, ctx: Ctx) -> str:
+    if given:
+        return given
+    st = ctx.study
+    if st is not None:
+        ident = st.identification
+        if ident and ident.org_study_id and ident.org_study_id.id:
+            return ident.org_study_id.id
+        if ident and ident.nct_id:
+            return ident.nct_id
+    studies = ctx.resources.get("ResearchStudy", {})
+    parts_of = {ctx.refs.resolve(base.ref_of(r.get("partOf")[0] if isinstance(r.get("partOf"), list)
+                                             and r.get("partOf") else r.get("partOf")))
+                for r in studies.values()}
+    for key, r in studies.items():
+        if r.get("partOf") and key not in parts_of:
+            continue
+        for ident in r.get("identifier") or ():
+            if isinstance(ident, dict) and ident.get("value"):
+                ctx.once("studyid", Kind.INFERRED, "STUDYID taken from the ResearchStudy identifier in "
+                         "the data (no --studyid, no --study)", rule="subject.studyid", target="STUDYID")
+                return str(ident["value"])
+    raise UsageError("no STUDYID: give --studyid or --study (a study definition), or include the "
+                     "ResearchStudy with an identifier in the input")
+
+
+def _identifier_value(res: dict[str, Any] | None) -> str | None:
+    for ident in (res or {}).get("identifier") or ():
+        if isinstance(ident, dict) and ident.get("value"):
+            return str(ident["value"])
+    return None
+
+
+def _is_mrn(ident: dict[str, Any]) -> bool:
+    t = ident.get("type")
+    return bool(base.first_coding(t) and any(c.get("code") == "MR" for c in t.get("coding") or ()
+                                             if isinstance(c, dict)))
+
+
+def build_subject_index(ctx: Ctx) -> None:
+    """One row per Patient: USUBJID, SUBJID, SITEID, arms (matched later by DM), consent, aliases."""
+    from .identity import assign_arms, site_of, subject_id_of  # the identity rules live together
+    patients = ctx.resources.get("Patient", {})
+    rs_by_patient: dict[str, list[tuple[str, dict[str, Any]]]] = defaultdict(list)
+    for key, rs in ctx.resources.get("ResearchSubject", {}).items():
+        pref = base.ref_of(rs.get("subject") or rs.get("individual"))
+        pkey = ctx.refs.resolve(pref)
+        if pkey is None or pkey not in patients:
+            ctx.report.add(Kind.MISSING, "ResearchSubject names no Patient present in the input",
+                           record=key, rule="subject.index", source="ResearchSubject.individual|subject")
+            continue
+        rs_by_patient[pkey].append((key, rs))
+    rows = []
+    seen: dict[str, str] = {}
+    for pkey, pat in patients.items():
+        rs_list = rs_by_patient.get(pkey, [])
+        rskey, rs = rs_list[0] if rs_list else (None, None)
+        if len(rs_list) > 1:
+            ctx.report.add(Kind.INFERRED, "Patient has several ResearchSubjects; the first is used",
+                           record=pkey, rule="subject.index")
+        subjid = subject_id_of(pat, rs, ctx)
+        usubjid = f"{ctx.studyid}-{subjid}"
+        if usubjid in seen:
+            ctx.report.add(Kind.ERROR, "two Patients give the same USUBJID; the second is dropped",
+                           record=pkey, rule="subject.index", target="USUBJID")
+            continue
+        seen[usubjid] = pkey
+        rows.append({"_key": pkey, "_rs": rskey, "USUBJID": usubjid, "SUBJID": subjid,
+                     "SITEID": site_of(pat, rs, ctx, pkey), **assign_arms(rs, ctx, pkey)})
+    cols = ["_key", "_rs", "USUBJID", "SUBJID", "SITEID", "ARMCD", "ARM", "ACTARMCD", "ACTARM",
+            "ARMNRS", "RFSTDTC", "RFENDTC", "RFXSTDTC", "RFXENDTC", "RFICDTC"]
+    ctx.subjects = pd.DataFrame(rows, columns=cols)
+    by_key = {r["_key"]: r["USUBJID"] for r in rows}
+    by_key.update({r["_rs"]: r["USUBJID"] for r in rows if r["_rs"]})
+    ctx.subject_alias = {alias: by_key[k] for alias, k in ctx.refs.alias.items() if k in by_key}
+
+
+def build_visit_index(ctx: Ctx) -> None:
+    """VISITNUM/VISIT per Encounter: the subject's encounters in date order, 1..n. The IG notes that
+    encounters need not match protocol visits; with no planned visits in the study model this is an
+    inference and is reported once."""
+    encs = list(ctx.resources.get("Encounter", {}).items())
+    if not encs:
+        return
+    df = pd.DataFrame({"key": [k for k, _ in encs],
+                       "subj": ctx.usubjid_series(pd.Series([e["subject"] for _, e in encs], dtype="object")),
+                       "start": [e.get("start") or "" for _, e in encs]})
+    df = df[df["subj"].notna()].sort_values(["subj", "start", "key"], kind="stable")
+    df["n"] = df.groupby("subj", sort=False).cumcount() + 1
+    ctx.visit_map = {k: (float(n), f"VISIT {n}", s or None)
+                     for k, n, s in zip(df["key"], df["n"], df["start"], strict=True)}
+    if ctx.visit_map:
+        ctx.once("visits", Kind.INFERRED, "VISITNUM/VISIT inferred from the order of each subject's "
+                 "Encounters (no planned visits in the study definition)", rule="subject.visit",
+                 target="VISITNUM")
+
+
+def derive_reference_dates(ctx: Ctx) -> None:
+    from .identity import reference_dates
+    reference_dates(ctx)
+
+
+def iter_plugins(domains: Iterable[str]) -> list[DomainPlugin]:
+    reg = base.registered_domains()
+    return [reg[d] for d in domains if d in reg]

@@ -1,0 +1,168 @@
+"""Stream FHIR resources (plain dicts, parsed with orjson) from subject-data inputs.
+
+Inputs: a Bundle file (collection, transaction, batch, searchset, document: each ``entry.resource``),
+a single resource JSON file, a ``.ndjson`` file, or a folder of Bulk Data NDJSON files (one or several
+resource types per file). Everything is yielded in **chunks** (lists of :class:`Item`), so the memory
+held is one chunk, never the input: NDJSON is read line by line; a Bundle is one JSON document and so
+is parsed whole (bundles are bounded by their file).
+
+``types`` filters by resource type. For NDJSON the filter is applied *before* parsing where it is safe:
+a Bulk Data file named after a type (``Observation.ndjson``, ``Patient1.ndjson``,
+``Observation-2.ndjson``) is skipped when that type is not wanted; in mixed files a line whose first
+key is ``"resourceType": "X"`` is skipped without parsing when X is not wanted.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from ..errors import InputError
+
+DEFAULT_CHUNK = 20_000
+NDJSON_SUFFIXES = (".ndjson", ".jsonl")
+_LEAD_TYPE = re.compile(rb'^\s*\{\s*"resourceType"\s*:\s*"([A-Za-z]+)"')
+_FILE_TYPE = re.compile(r"^([A-Z][A-Za-z]+?)(?:[-_.]?\d+)?\.(?:ndjson|jsonl)$")
+
+
+@dataclass(frozen=True, slots=True)
+class Item:
+    """One resource and where it came from (for provenance and reference resolution)."""
+
+    resource: dict[str, Any]
+    file: str                 # input file name (no folders: paths may carry PHI-like names)
+    full_url: str | None      # Bundle.entry.fullUrl (urn:uuid:... or absolute URL), else None
+    line: int | None = None   # 1-based NDJSON line, or Bundle entry index
+
+
+def list_input_files(paths: Iterable[Path]) -> list[Path]:
+    """Expand folders into their NDJSON/JSON files (sorted, hidden files skipped)."""
+    out: list[Path] = []
+    for p in paths:
+        if p.is_dir():
+            out.extend(sorted(f for f in p.iterdir() if f.is_file() and not f.name.startswith(".")
+                              and f.suffix.lower() in NDJSON_SUFFIXES + (".json",)))
+        elif p.exists():
+            out.append(p)
+        else:
+            raise InputError("no such file or folder", file=str(p))
+    return out
+
+
+def file_resource_type(path: Path) -> str | None:
+    """The resource type a Bulk Data NDJSON file name declares (``Patient1.ndjson`` -> Patient)."""
+    m = _FILE_TYPE.match(path.name)
+    return m.group(1) if m else None
+
+
+def iter_chunks(paths: Iterable[Path], *, types: frozenset[str] | set[str] | None = None,
+                skip_types: frozenset[str] | set[str] | None = None,
+                chunk_size: int = DEFAULT_CHUNK, errors: list[tuple[str, int | None, str]] | None = None
+                ) -> Iterator[list[Item]]:
+    """Yield lists of at most ``chunk_size`` items from every input, in input order.
+
+    ``types``: only these resource types (None = all). ``skip_types``: never these.
+    Lines that are not JSON objects are recorded in ``errors`` as (file, line, message) and skipped
+    (the caller reports them); if ``errors`` is None they raise :class:`InputError`.
+    """
+    buf: list[Item] = []
+    for path in list_input_files(paths):
+        for item in _iter_file(path, types, skip_types, errors):
+            buf.append(item)
+            if len(buf) >= chunk_size:
+                yield buf
+                buf = []
+    if buf:
+        yield buf
+
+
+def iter_resources(paths: Iterable[Path], **kw: Any) -> Iterator[Item]:
+    for chunk in iter_chunks(paths, **kw):
+        yield from chunk
+
+
+def _wanted(rtype: Any, types: Any, skip: Any) -> bool:
+    if types is not None and rtype not in types:
+        return False
+    return not (skip and rtype in skip)
+
+
+def _iter_file(path: Path, types: Any, skip: Any, errors: list | None) -> Iterator[Item]:
+    name = path.name
+    if path.suffix.lower() in NDJSON_SUFFIXES:
+        declared = file_resource_type(path)
+        if declared is not None and not _wanted(declared, types, skip):
+            return
+        yield from _iter_ndjson(path, name, types, skip, errors)
+        return
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise InputError(f"cannot read file ({exc.strerror})", file=name) from None
+    try:
+        obj = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise InputError(f"not valid JSON ({exc})", file=name) from None
+    yield from iter_bundle(obj, name, types, skip, errors)
+
+
+def iter_bundle(obj: Any, name: str, types: Any = None, skip: Any = None,
+                errors: list | None = None) -> Iterator[Item]:
+    """Resources of a parsed Bundle (entries' ``resource``) or of a single resource."""
+    if not isinstance(obj, dict) or "resourceType" not in obj:
+        _fail(errors, name, None, "not a FHIR resource (no resourceType)")
+        return
+    if obj["resourceType"] != "Bundle":
+        if _wanted(obj["resourceType"], types, skip):
+            yield Item(obj, name, None, None)
+        return
+    for i, entry in enumerate(obj.get("entry") or (), start=1):
+        res = entry.get("resource") if isinstance(entry, dict) else None
+        if not isinstance(res, dict):
+            _fail(errors, name, i, "Bundle entry without a resource")
+            continue
+        rtype = res.get("resourceType")
+        if rtype == "Bundle":      # nested bundle (e.g. a searchset of documents)
+            yield from iter_bundle(res, name, types, skip, errors)
+        elif _wanted(rtype, types, skip):
+            yield Item(res, name, entry.get("fullUrl"), i)
+
+
+def _iter_ndjson(path: Path, name: str, types: Any, skip: Any, errors: list | None) -> Iterator[Item]:
+    loads = orjson.loads
+    lead = _LEAD_TYPE.match
+    filtering = types is not None or bool(skip)
+    try:
+        fh = open(path, "rb", buffering=1 << 20)  # noqa: SIM115 (with-block below)
+    except OSError as exc:
+        raise InputError(f"cannot read file ({exc.strerror})", file=name) from None
+    with fh:
+        for n, line in enumerate(fh, start=1):
+            if filtering:
+                m = lead(line)
+                if m is not None and not _wanted(m.group(1).decode(), types, skip):
+                    continue
+            if not line.strip():
+                continue
+            try:
+                res = loads(line)
+            except orjson.JSONDecodeError as exc:
+                _fail(errors, name, n, f"line is not valid JSON ({exc.msg})")
+                continue
+            if not isinstance(res, dict) or "resourceType" not in res:
+                _fail(errors, name, n, "line is not a FHIR resource (no resourceType)")
+                continue
+            if filtering and not _wanted(res["resourceType"], types, skip):
+                continue
+            yield Item(res, name, None, n)
+
+
+def _fail(errors: list | None, name: str, line: int | None, msg: str) -> None:
+    if errors is None:
+        raise InputError(msg, file=name, record=f"line {line}" if line else None)
+    errors.append((name, line, msg))

@@ -1,0 +1,330 @@
+"""Read a folder of SDTM datasets: SAS XPT v5, Dataset-JSON 1.1 (JSON and NDJSON) and CSV.
+
+Every dataset becomes one pandas DataFrame with SDTM-shaped columns: Char variables as strings with
+``None`` for missing (XPT blanks and Dataset-JSON ``""`` alike), Num variables as float64 with NaN.
+A ``define.xml`` beside the datasets, when present, gives labels and the Num/Char typing of CSV
+columns (minimal: ItemGroupDef/ItemRef/ItemDef names, labels and DataType).
+
+When one dataset is present in several forms (``lb.json``, ``lb.ndjson``, ``lb.xpt``) the first of
+:data:`FORM_PREFERENCE` is read and the others are reported as ignored. Large datasets are read in
+chunks by :func:`iter_dataset_chunks` (memory does not grow with the input).
+
+Bad input is an :class:`~trialbridge.errors.InputError` naming the dataset file, the row and the
+variable: unreadable XPT, Dataset-JSON that breaks its schema, text in a numeric column.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import orjson
+import pandas as pd
+
+from ..errors import InputError
+from ..report import ConversionReport, Kind, Severity
+from ..safeio import parse_xml, read_bytes
+
+FORM_PREFERENCE = (".json", ".ndjson", ".xpt", ".csv")
+XPT_ENCODINGS = ("utf-8", "windows-1252")   # SAS files of the pilot era are often cp1252
+NUMERIC_DATATYPES = frozenset({"integer", "float", "double", "decimal"})
+DATASET_JSON_TYPES = frozenset({"string", "integer", "float", "double", "decimal", "boolean",
+                                "datetime", "date", "time", "URI"})
+# Num variables by SDTM naming when neither the file nor define.xml types a CSV column
+# (SDTMIG 3.4 section 4: --SEQ, --DY, --STRESN, ... are Num).
+_NUM_SUFFIXES = ("SEQ", "DY", "STDY", "ENDY", "STRESN", "STNRLO", "STNRHI", "DOSE", "DOSTOT",
+                 "TPTNUM", "REPNUM", "GRPID_N")
+_NUM_NAMES = frozenset({"VISITNUM", "VISITDY", "AGE", "TAETORD", "TSSEQ"})
+
+
+def is_numeric_name(name: str) -> bool:
+    if name in _NUM_NAMES:
+        return True
+    return len(name) > 2 and name[2:] in _NUM_SUFFIXES and name[2:] != "GRPID_N"
+
+
+@dataclass(frozen=True)
+class DatasetFile:
+    name: str          # dataset name upper case: DM, LB, SUPPAE, RELREC
+    path: Path
+    form: str          # json | ndjson | xpt | csv
+
+
+@dataclass
+class DefineInfo:
+    labels: dict[str, dict[str, str]] = field(default_factory=dict)     # dataset -> var -> label
+    numeric: dict[str, set[str]] = field(default_factory=dict)          # dataset -> Num vars
+
+
+@dataclass
+class SdtmFolder:
+    folder: Path
+    files: dict[str, DatasetFile]
+    define: DefineInfo | None
+    frames: dict[str, pd.DataFrame] = field(default_factory=dict)
+
+    def get(self, name: str) -> pd.DataFrame | None:
+        return self.frames.get(name.upper())
+
+
+# ----------------------------------------------------------------------------- discovery
+def find_datasets(folder: Path, report: ConversionReport | None = None) -> dict[str, DatasetFile]:
+    """One file per dataset, chosen by :data:`FORM_PREFERENCE`; the others are reported."""
+    if not folder.is_dir():
+        raise InputError("not a folder of SDTM datasets", file=str(folder))
+    by_name: dict[str, list[Path]] = {}
+    for p in sorted(folder.iterdir()):
+        if p.is_file() and p.suffix.lower() in FORM_PREFERENCE and not p.name.startswith("."):
+            by_name.setdefault(p.stem.upper(), []).append(p)
+    out: dict[str, DatasetFile] = {}
+    for name, paths in sorted(by_name.items()):
+        paths.sort(key=lambda p: FORM_PREFERENCE.index(p.suffix.lower()))
+        chosen = paths[0]
+        out[name] = DatasetFile(name, chosen, chosen.suffix.lower().lstrip("."))
+        if report is not None and len(paths) > 1:
+            report.add(Kind.UNMAPPED_SOURCE, f"{name} is present in {len(paths)} forms; read "
+                       f"{chosen.name}, ignored " + ", ".join(p.name for p in paths[1:]),
+                       source=name, file=str(chosen), severity=Severity.INFO)
+    return out
+
+
+def read_define(folder: Path) -> DefineInfo | None:
+    """Labels and Num typing from a define.xml beside the datasets (Define 1.0, 2.0, 2.1)."""
+    path = folder / "define.xml"
+    if not path.exists():
+        return None
+    root = parse_xml(read_bytes(path), file=str(path))
+    items: dict[str, tuple[str, str, str]] = {}    # OID -> (Name, label, DataType)
+    for el in root.iter():
+        if isinstance(el.tag, str) and el.tag.endswith("}ItemDef"):
+            label = el.get("{http://www.cdisc.org/ns/def/v1.0}Label") or ""
+            for t in el.iter():
+                if isinstance(t.tag, str) and t.tag.endswith("}TranslatedText") and t.text:
+                    label = t.text.strip()
+                    break
+            items[el.get("OID", "")] = (el.get("Name", ""), label, el.get("DataType", ""))
+    info = DefineInfo()
+    for el in root.iter():
+        if isinstance(el.tag, str) and el.tag.endswith("}ItemGroupDef"):
+            ds = (el.get("Name") or "").upper()
+            labels, nums = info.labels.setdefault(ds, {}), info.numeric.setdefault(ds, set())
+            for ref in el:
+                if isinstance(ref.tag, str) and ref.tag.endswith("}ItemRef"):
+                    name, label, dtype = items.get(ref.get("ItemOID", ""), ("", "", ""))
+                    if name:
+                        labels[name] = label
+                        if dtype in NUMERIC_DATATYPES:
+                            nums.add(name)
+    return info
+
+
+# ----------------------------------------------------------------------------- normalising
+def _normalise(df: pd.DataFrame, numeric: set[str], *, file: str, row_offset: int = 0) -> pd.DataFrame:
+    """Char -> object strings with None for blank; Num -> float64 (text there is an InputError)."""
+    out: dict[str, Any] = {}
+    for col in df.columns:
+        s = df[col]
+        if col in numeric:
+            if s.dtype.kind in "fiu":
+                out[col] = s.astype("float64")
+                continue
+            if s.dtype.kind == "b":
+                raise InputError("boolean in a numeric variable", file=file, field=col)
+            text = s.astype("object")
+            blank = text.isna() | (text.map(lambda v: isinstance(v, str) and not v.strip(), na_action="ignore")
+                                   .fillna(False).astype(bool))
+            num = pd.to_numeric(text.where(~blank), errors="coerce")
+            bad = num.isna() & ~blank
+            if bad.any():
+                i = int(np.flatnonzero(bad.to_numpy())[0])
+                raise InputError(f"text in numeric variable {col} (row {row_offset + i + 1})", file=file,
+                                 record=f"row {row_offset + i + 1}", field=col)
+            out[col] = num.astype("float64")
+        else:
+            if s.dtype.kind in "fiu":
+                # a Char variable typed numeric by the source: keep the text form of integers
+                s = s.map(_num_text, na_action="ignore")
+            arr = s.to_numpy(dtype=object, na_value=None)
+            out[col] = pd.Series(_clean_text(arr), index=df.index, dtype=object)
+    return pd.DataFrame(out, index=df.index)
+
+
+def _clean_text(arr: np.ndarray) -> np.ndarray:
+    """Strings right-stripped, blanks and missing as None (one pass, no per-cell pandas)."""
+    out = np.empty(len(arr), dtype=object)
+    for i, v in enumerate(arr):
+        if isinstance(v, str):
+            v = v.rstrip()
+            out[i] = v or None
+        elif v is None or (isinstance(v, float) and v != v):
+            out[i] = None
+        else:
+            out[i] = str(v)
+    return out
+
+
+def _num_text(v: Any) -> str:
+    f = float(v)
+    return str(int(f)) if f.is_integer() else repr(f)
+
+
+def _check_dataset_json_meta(meta: Any, file: str) -> list[dict[str, Any]]:
+    """The parts of the Dataset-JSON 1.1 schema a reader depends on (exact messages are tested)."""
+    if not isinstance(meta, dict):
+        raise InputError("not Dataset-JSON: top level is not an object", file=file)
+    for key in ("datasetJSONCreationDateTime", "datasetJSONVersion", "itemGroupOID", "records",
+                "name", "label", "columns"):
+        if key not in meta:
+            raise InputError(f"not Dataset-JSON 1.1: required attribute '{key}' missing", file=file)
+    cols = meta["columns"]
+    if not isinstance(cols, list) or not cols:
+        raise InputError("not Dataset-JSON 1.1: 'columns' is not a non-empty list", file=file)
+    for i, c in enumerate(cols):
+        if not isinstance(c, dict) or not all(k in c for k in ("itemOID", "name", "label", "dataType")):
+            raise InputError(f"not Dataset-JSON 1.1: column {i + 1} lacks itemOID/name/label/dataType",
+                             file=file)
+        if c["dataType"] not in DATASET_JSON_TYPES:
+            raise InputError(f"not Dataset-JSON 1.1: column {c['name']} has dataType "
+                             f"{c['dataType']!r}", file=file, field=str(c["name"]))
+    if not isinstance(meta["records"], int) or meta["records"] < 0:
+        raise InputError("not Dataset-JSON 1.1: 'records' is not a non-negative integer", file=file)
+    return cols
+
+
+def _json_rows(rows: list[Any], cols: list[dict[str, Any]], *, file: str, offset: int) -> pd.DataFrame:
+    n = len(cols)
+    for i, row in enumerate(rows):
+        if not isinstance(row, list) or len(row) != n:
+            got = len(row) if isinstance(row, list) else "no list of"
+            raise InputError(f"row {offset + i + 1} has {got} values for {n} columns", file=file,
+                             record=f"row {offset + i + 1}")
+    names = [c["name"] for c in cols]
+    df = pd.DataFrame(rows, columns=names, dtype=object) if rows else pd.DataFrame(columns=names, dtype=object)
+    for c in cols:
+        if c["dataType"] in NUMERIC_DATATYPES:
+            s = df[c["name"]]
+            bad = s.map(lambda v: v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))))
+            if bad.any():
+                i = int(np.flatnonzero(bad.to_numpy())[0])
+                raise InputError(f"{c['dataType']} column {c['name']} holds a non-number in row "
+                                 f"{offset + i + 1}", file=file, record=f"row {offset + i + 1}",
+                                 field=c["name"])
+    return df
+
+
+# ----------------------------------------------------------------------------- readers
+def iter_dataset_chunks(ds: DatasetFile, *, chunksize: int = 100_000,
+                        define: DefineInfo | None = None) -> Iterator[pd.DataFrame]:
+    """The dataset in chunks of ``chunksize`` rows, normalised (see module docstring)."""
+    file = str(ds.path)
+    if ds.form == "xpt":
+        yield from _iter_xpt(ds, chunksize, file)
+        return
+    if ds.form in ("json", "ndjson"):
+        yield from _iter_dataset_json(ds, chunksize, file)
+        return
+    numeric = set(define.numeric.get(ds.name, set())) if define else set()
+    try:
+        reader = pd.read_csv(ds.path, dtype=str, keep_default_na=False, chunksize=chunksize,
+                             encoding="utf-8")
+        offset = 0
+        for chunk in reader:
+            num = numeric or {c for c in chunk.columns if is_numeric_name(c)}
+            yield _normalise(chunk, num & set(chunk.columns), file=file, row_offset=offset)
+            offset += len(chunk)
+    except (UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
+        raise InputError(f"not a readable CSV dataset ({type(exc).__name__}: {exc})", file=file) from None
+
+
+def _iter_xpt(ds: DatasetFile, chunksize: int, file: str) -> Iterator[pd.DataFrame]:
+    import pyreadstat
+    last: Exception | None = None
+    for enc in XPT_ENCODINGS:
+        try:
+            _, meta = pyreadstat.read_xport(str(ds.path), metadataonly=True, encoding=enc)
+            numeric = {n for n, t in meta.readstat_variable_types.items() if t == "double"}
+            offset = 0
+            chunks = []
+            for chunk, _ in pyreadstat.read_file_in_chunks(pyreadstat.read_xport, str(ds.path),
+                                                            chunksize=chunksize, encoding=enc):
+                chunks.append(_normalise(chunk, numeric, file=file, row_offset=offset))
+                offset += len(chunk)
+            yield from chunks   # yield only after the whole file decoded in this encoding
+            return
+        except InputError:
+            raise
+        except Exception as exc:    # pyreadstat's ReadstatError / PyreadstatError / UnicodeDecodeError
+            if isinstance(exc, UnicodeDecodeError) or "encoding" in str(exc):
+                last = exc
+                continue
+            raise InputError(f"not a readable SAS XPT v5 file ({exc})", file=file) from None
+    raise InputError(f"XPT text is neither UTF-8 nor Windows-1252 ({last})", file=file)
+
+
+def _iter_dataset_json(ds: DatasetFile, chunksize: int, file: str) -> Iterator[pd.DataFrame]:
+    try:
+        fh = open(ds.path, "rb")
+    except OSError as exc:
+        raise InputError(f"cannot read file ({exc.strerror})", file=file) from None
+    with fh:
+        try:
+            if ds.form == "ndjson":
+                first = fh.readline()
+                meta = orjson.loads(first)
+                cols = _check_dataset_json_meta(meta, file)
+                numeric = {c["name"] for c in cols if c["dataType"] in NUMERIC_DATATYPES}
+                buf: list[Any] = []
+                offset = 0
+                for line in fh:
+                    if not line.strip():
+                        continue
+                    buf.append(orjson.loads(line))
+                    if len(buf) >= chunksize:
+                        yield _normalise(_json_rows(buf, cols, file=file, offset=offset), numeric,
+                                         file=file, row_offset=offset)
+                        offset += len(buf)
+                        buf = []
+                if buf or offset == 0:
+                    yield _normalise(_json_rows(buf, cols, file=file, offset=offset), numeric,
+                                     file=file, row_offset=offset)
+                    offset += len(buf)
+            else:
+                meta = orjson.loads(fh.read())
+                cols = _check_dataset_json_meta(meta, file)
+                numeric = {c["name"] for c in cols if c["dataType"] in NUMERIC_DATATYPES}
+                rows = meta.get("rows", [])
+                if not isinstance(rows, list):
+                    raise InputError("not Dataset-JSON 1.1: 'rows' is not a list", file=file)
+                offset = len(rows)
+                for start in range(0, max(len(rows), 1), chunksize):
+                    part = rows[start:start + chunksize]
+                    yield _normalise(_json_rows(part, cols, file=file, offset=start), numeric,
+                                     file=file, row_offset=start)
+        except orjson.JSONDecodeError as exc:
+            raise InputError(f"not valid Dataset-JSON ({exc})", file=file) from None
+    if offset != meta["records"]:
+        raise InputError(f"'records' says {meta['records']} but the file holds {offset} rows", file=file)
+
+
+def read_dataset(ds: DatasetFile, *, define: DefineInfo | None = None) -> pd.DataFrame:
+    chunks = list(iter_dataset_chunks(ds, chunksize=1_000_000, define=define))
+    return chunks[0] if len(chunks) == 1 else pd.concat(chunks, ignore_index=True)
+
+
+def read_sdtm_folder(folder: Path, *, report: ConversionReport | None = None,
+                     datasets: set[str] | None = None) -> SdtmFolder:
+    """Read every dataset of the folder (or only ``datasets``) into DataFrames."""
+    files = find_datasets(folder, report)
+    if not files:
+        raise InputError("folder holds no SDTM datasets (.json, .ndjson, .xpt, .csv)", file=str(folder))
+    define = read_define(folder)
+    out = SdtmFolder(folder=folder, files=files, define=define)
+    for name, ds in files.items():
+        if datasets is not None and name not in datasets:
+            continue
+        out.frames[name] = read_dataset(ds, define=define)
+    return out
+
+

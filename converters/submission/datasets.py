@@ -1,0 +1,227 @@
+"""Any SDTM dataset on disk (XPT, Dataset-JSON, NDJSON, CSV), ours or anyone's, as one shape.
+
+The validator, the Define-XML writer and the packager read folders through :func:`load_folder`.
+Column metadata comes from the file itself (XPT and Dataset-JSON carry names, labels, types and
+lengths); a CSV carries none, so it takes them from ``schemas/sdtm`` when the domain is known there
+and is otherwise all text. When a folder holds one dataset in several forms, Dataset-JSON is read
+(it has the richest metadata), then XPT, NDJSON, CSV; the others are listed in ``Dataset.other_forms``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pandas as pd
+
+from ..errors import InputError
+from ..safeio import atomic_path
+from ..sdtm.datasetjson import NUMERIC_TYPES, creation_datetime, read_dataset_json
+from ..sdtm.metadata import Domain, load_domain
+from ..sdtm.xpt import SAS_DATE_FORMATS, XptColumn, XptMeta, read_xpt
+
+FORM_ORDER = ("json", "xpt", "ndjson", "csv")
+
+
+@dataclass(frozen=True)
+class Column:
+    name: str
+    label: str
+    data_type: str                   # Dataset-JSON 1.1 dataType
+    length: int | None = None
+    key_sequence: int | None = None
+    display_format: str | None = None
+    target_data_type: str | None = None   # Dataset-JSON targetDataType: "integer" = SAS date number
+
+    @property
+    def sas_type(self) -> str:
+        numeric = self.data_type in NUMERIC_TYPES or self.target_data_type in ("integer", "decimal")
+        return "Num" if numeric else "Char"
+
+
+@dataclass
+class Dataset:
+    name: str
+    label: str
+    frame: pd.DataFrame
+    columns: list[Column]
+    path: Path
+    form: str                        # json | ndjson | xpt | csv
+    encoding: str = "utf-8"
+    header: dict[str, Any] = field(default_factory=dict)   # Dataset-JSON top-level attributes
+    other_forms: list[Path] = field(default_factory=list)
+
+    def column(self, name: str) -> Column | None:
+        return next((c for c in self.columns if c.name == name), None)
+
+
+def known_domain(name: str) -> Domain | None:
+    try:
+        return load_domain(name)
+    except (KeyError, FileNotFoundError):
+        return None
+
+
+def _xpt_data_type(col: XptColumn, series: pd.Series, domain: Domain | None) -> str:
+    if domain is not None and col.name in domain.names:
+        return domain.var(col.name).data_type
+    if col.type == "Char":
+        return "string"
+    for kind, fmt in SAS_DATE_FORMATS.items():
+        if col.format and col.format.startswith(fmt[:-1]):
+            return kind
+    values = pd.to_numeric(series, errors="coerce").dropna()
+    return "integer" if len(values) and bool((values == values.round()).all()) else "double"
+
+
+def read_dataset(path: Path) -> Dataset:
+    form = path.suffix.lower().lstrip(".")
+    if form in ("json", "ndjson"):
+        df, meta = read_dataset_json(path)
+        cols = [Column(name=c["name"], label=c.get("label", ""), data_type=c.get("dataType", "string"),
+                       length=c.get("length"), key_sequence=c.get("keySequence"),
+                       display_format=c.get("displayFormat"),
+                       target_data_type=c.get("targetDataType")) for c in meta["columns"]]
+        return Dataset(name=str(meta["name"]).upper(), label=meta.get("label", ""), frame=df,
+                       columns=cols, path=path, form=form, header=meta)
+    if form == "xpt":
+        df, xmeta = read_xpt(path)
+        domain = known_domain(xmeta.name)
+        cols = [Column(name=c.name, label=c.label, data_type=_xpt_data_type(c, df[c.name], domain),
+                       length=c.length if c.type == "Char" else None, display_format=c.format,
+                       target_data_type="integer" if c.type == "Num" and _xpt_data_type(
+                           c, df[c.name], None) in SAS_DATE_FORMATS else None)
+                for c in xmeta.columns]
+        return Dataset(name=xmeta.name.upper(), label=xmeta.label, frame=df, columns=cols, path=path,
+                       form="xpt", encoding=xmeta.encoding)
+    if form == "csv":
+        try:
+            df = pd.read_csv(path, dtype=str, keep_default_na=False)
+        except (OSError, UnicodeDecodeError, pd.errors.ParserError) as exc:
+            raise InputError(f"not a readable CSV file ({exc})", file=str(path)) from None
+        name = path.stem.upper()
+        domain = known_domain(name)
+        cols = []
+        for c in df.columns:
+            var = domain.var(c) if domain is not None and c in domain.names else None
+            dtype = var.data_type if var else "string"
+            if dtype in NUMERIC_TYPES:
+                df[c] = pd.to_numeric(df[c].replace("", None), errors="coerce")
+            cols.append(Column(name=c, label=var.label if var else "", data_type=dtype,
+                               length=None if dtype in NUMERIC_TYPES else
+                               max([len(v.encode()) for v in df[c]] + [1])))
+        return Dataset(name=name, label=domain.label if domain else "", frame=df, columns=cols,
+                       path=path, form="csv")
+    raise InputError("not a dataset file (.xpt, .json, .ndjson, .csv)", file=str(path))
+
+
+def dataset_files(folder: Path) -> list[Path]:
+    if not folder.is_dir():
+        raise InputError("no such folder", file=str(folder))
+    return sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")
+                  and p.suffix.lower().lstrip(".") in FORM_ORDER
+                  and p.name.lower() not in ("report.json", "findings.json"))
+
+
+def load_folder(folder: Path) -> dict[str, Dataset]:
+    """One :class:`Dataset` per dataset name in ``folder`` (read from its preferred form)."""
+    by_name: dict[str, list[Path]] = {}
+    for p in dataset_files(folder):
+        by_name.setdefault(p.stem.upper(), []).append(p)
+    out: dict[str, Dataset] = {}
+    for name, paths in sorted(by_name.items()):
+        paths.sort(key=lambda p: FORM_ORDER.index(p.suffix.lower().lstrip(".")))
+        try:
+            ds = read_dataset(paths[0])
+        except InputError:
+            if paths[0].suffix.lower() == ".json" and len(paths) > 1:
+                ds = read_dataset(paths[1])   # a .json that is not Dataset-JSON: try another form
+                paths = paths[1:]
+            else:
+                raise
+        ds.other_forms = paths[1:]
+        out[name] = ds
+    return out
+
+
+# ------------------------------------------------------------------ writing any dataset
+def _cell(value: Any, numeric: bool, integer: bool) -> Any:
+    if value is None or value is pd.NA or value is pd.NaT or (
+            isinstance(value, float) and math.isnan(value)):
+        return None if numeric else ""
+    if numeric:
+        f = float(value)
+        if integer or (f.is_integer() and abs(f) < 2**53):
+            return int(f)
+        return f
+    if hasattr(value, "isoformat"):
+        return value.isoformat()
+    return str(value)
+
+
+def dataset_json_document(ds: Dataset, *, study_oid: str | None = None,
+                          metadata_version_oid: str | None = None) -> dict[str, Any]:
+    """A Dataset-JSON 1.1 document for any dataset, keeping the column metadata it was read with."""
+    rows: list[list[Any]] = []
+    kinds = [(c.data_type in NUMERIC_TYPES, c.data_type == "integer") for c in ds.columns]
+    frame = ds.frame.reindex(columns=[c.name for c in ds.columns])
+    for rec in frame.itertuples(index=False, name=None):
+        rows.append([_cell(v, n, i) for v, (n, i) in zip(rec, kinds, strict=True)])
+    columns = []
+    for c in ds.columns:
+        col: dict[str, Any] = {"itemOID": f"IT.{ds.name}.{c.name}", "name": c.name, "label": c.label,
+                               "dataType": c.data_type}
+        if c.length is not None and c.data_type not in NUMERIC_TYPES:
+            col["length"] = c.length
+        if c.target_data_type:
+            col["targetDataType"] = c.target_data_type
+        if c.display_format:
+            col["displayFormat"] = c.display_format
+        if c.key_sequence is not None:
+            col["keySequence"] = c.key_sequence
+        columns.append(col)
+    src = ds.header
+    from .. import __version__
+    doc: dict[str, Any] = {
+        "datasetJSONCreationDateTime": creation_datetime(),
+        "datasetJSONVersion": "1.1.0",
+        "fileOID": src.get("fileOID", f"{study_oid or 'STUDY'}/{ds.name}"),
+        "originator": src.get("originator", "trialbridge"),
+        "sourceSystem": src.get("sourceSystem", {"name": "trialbridge", "version": __version__}),
+        "studyOID": study_oid or src.get("studyOID", "STUDY"),
+        "metaDataVersionOID": metadata_version_oid or src.get("metaDataVersionOID",
+                                                              "MDV.TRIALBRIDGE.SDTMIG.3.4"),
+    }
+    if src.get("metaDataRef"):
+        doc["metaDataRef"] = src["metaDataRef"]
+    doc.update({"itemGroupOID": src.get("itemGroupOID", f"IG.{ds.name}"), "records": len(rows),
+                "name": ds.name, "label": ds.label, "columns": columns, "rows": rows})
+    return doc
+
+
+def write_dataset_json_any(ds: Dataset, path: Path, *, ndjson: bool = False,
+                           study_oid: str | None = None) -> Path:
+    doc = dataset_json_document(ds, study_oid=study_oid)
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        if ndjson:
+            rows = doc.pop("rows")
+            fh.write(orjson.dumps(doc) + b"\n")
+            for row in rows:
+                fh.write(orjson.dumps(row) + b"\n")
+        else:
+            fh.write(orjson.dumps(doc, option=orjson.OPT_INDENT_2) + b"\n")
+    return path
+
+
+def xpt_meta(ds: Dataset) -> XptMeta:
+    cols = []
+    for c in ds.columns:
+        if c.sas_type == "Char":
+            cols.append(XptColumn(c.name, c.label, "Char", c.length))
+        else:
+            fmt = c.display_format or SAS_DATE_FORMATS.get(c.data_type)
+            cols.append(XptColumn(c.name, c.label, "Num", 8, fmt))
+    return XptMeta(name=ds.name, label=ds.label, columns=tuple(cols), rows=len(ds.frame))

@@ -99,7 +99,7 @@ def build_ta_te(study: Study, report: ConversionReport) -> tuple[list[dict[str, 
     ta: list[dict[str, Any]] = []
     randomized = bool(study.design and study.design.design_info
                       and study.design.design_info.allocation == "RANDOMIZED") and len(arms) > 1
-    for arm, armcd in zip(arms, codes):
+    for arm, armcd in zip(arms, codes, strict=True):
         names = tuple(interventions[i].name or "" for i, a in links.items() if any(x is arm for x in a))
         seq: list[dict[str, Any]] = []
         if screening:

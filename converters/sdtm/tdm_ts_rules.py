@@ -488,13 +488,13 @@ def ts_regid(ctx: WriteContext) -> list[TsRow]:
 @transform("ts.regid.reverse")
 def ts_regid_reverse(ctx: ReadContext, rows: list[dict[str, Any]]) -> None:
     from ..specs import load_spec
-    by_name = {v: k for k, v in load_spec("sdtm_ts.yaml")["registries"].items()}
+    by_name = {v.casefold(): k for k, v in load_spec("sdtm_ts.yaml")["registries"].items()}
     secondary = []
     for r in rows:
         val, ref = tsval(r), r.get("TSVCDREF") or ""
         if not val:
             continue
-        kind = by_name.get(ref)
+        kind = by_name.get(ref.casefold())   # registry names, e.g. the MSG sample's 'clinicaltrials.gov'
         if kind == "NCT" or (not ref and re.fullmatch(r"NCT\d{8}", val)):
             if ctx.get("identification.nct_id") is None:
                 ctx.set("identification.nct_id", val)

@@ -19,7 +19,6 @@ written by :func:`trialbridge.sdtm.output.write_domain`.
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Any
 
@@ -122,6 +121,15 @@ def build_tdm(study: Study, *, ct: ControlledTerminology, report: ConversionRepo
     }
 
 
+def _typed(df: pd.DataFrame, domain: str) -> pd.DataFrame:
+    """Carried rows hold "" for missing numbers (as read); numeric columns get None back."""
+    from .metadata import load_domain
+    for var in load_domain(domain).variables:
+        if var.type == "Num" and var.name in df.columns:
+            df[var.name] = [None if v in ("", None) else v for v in df[var.name]]
+    return df
+
+
 def apply_carry(frames: dict[str, pd.DataFrame], carry: dict[str, Any], studyid: str) -> dict[str, pd.DataFrame]:
     out = dict(frames)
     ts_carry: dict[str, list[dict[str, Any]]] = carry.get("TS", {})
@@ -133,13 +141,13 @@ def apply_carry(frames: dict[str, pd.DataFrame], carry: dict[str, Any], studyid:
         merged["STUDYID"], merged["DOMAIN"] = studyid, "TS"
         merged = merged.fillna("")
         merged = merged.sort_values(["TSPARMCD", "TSSEQ"], kind="stable").reset_index(drop=True)
-        out["TS"] = merged
+        out["TS"] = _typed(merged, "TS")
     for dom in ("TA", "TE", "TV", "TI"):
         if dom in carry:
             df = pd.DataFrame(carry[dom])
             if len(df):
                 df["STUDYID"], df["DOMAIN"] = studyid, dom
-            out[dom] = df
+            out[dom] = _typed(df, dom)
     return out
 
 

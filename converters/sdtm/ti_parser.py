@@ -131,9 +131,7 @@ def parse_criteria(text: str | None) -> ParsedCriteria:
             indent = _width(m.group("indent"))
             body = m.group("text")
             is_top = False
-            if current is None or top_kind is None:
-                is_top = True
-            elif kind == top_kind and indent <= top_indent:
+            if current is None or top_kind is None or kind == top_kind and indent <= top_indent:
                 is_top = True
             elif kind == "num" and top_kind == "num":
                 maj = _major(marker)
@@ -157,7 +155,7 @@ def parse_criteria(text: str | None) -> ParsedCriteria:
         # a plain line
         line = clean(raw)
         sub = _SUBGROUP.match(line)
-        if sub and not clean(sub.group("rest")) and (current is None or _width(raw) <= top_indent):
+        if sub and not clean(sub.group("rest")) and (current is None or _width(raw[:len(raw) - len(raw.lstrip())]) <= top_indent):
             sticky_scat = clean(sub.group("group"))
             current = None
             blank_before = True

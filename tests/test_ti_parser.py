@@ -1,0 +1,82 @@
+"""Eligibility criteria text -> TI criteria (trialbridge.sdtm.ti_parser)."""
+
+from __future__ import annotations
+
+import json
+
+from conftest import SAMPLES, shared_path
+from test_sdtm_tdm import SEED_CRITERIA
+from trialbridge.sdtm.ti_parser import criteria_to_markdown, parse_criteria
+
+
+def test_seed_acceptance_case() -> None:
+    parsed = parse_criteria(SEED_CRITERIA)
+    incl = [c for c in parsed.criteria if c.category == "INCLUSION"]
+    excl = [c for c in parsed.criteria if c.category == "EXCLUSION"]
+    assert [c.label for c in incl] == ["1", "2", "3", "4", "5-1", "5-2"]
+    assert [c.subcategory for c in incl][4:] == ["lupus cytopenia sub-group", "lupus nephritis sub-group"]
+    assert len(excl) == 8 and excl[-1].subcategory == "lupus nephritis sub-group"
+    assert all(c.subcategory is None for c in excl[:-1] + incl[:4])
+    # sub-items folded into their parent, markdown escapes undone, no bullet glyphs left
+    assert "at least 4 of the 11 Revised American College" in incl[1].text
+    assert "Platelet count < 100,000/mm3" in incl[4].text
+    assert not any(c.text.startswith(("*", "•", "-")) for c in parsed.criteria)
+
+
+def test_sample_record_if_present() -> None:
+    path = SAMPLES / "NCT04835883" / "ctgov.json"
+    if not path.exists():
+        return
+    crit = json.loads(path.read_text())["protocolSection"]["eligibilityModule"]["eligibilityCriteria"]
+    parsed = parse_criteria(crit)
+    assert [c.category for c in parsed.criteria] == ["INCLUSION"] * 6 + ["EXCLUSION"] * 8
+
+
+def test_nested_bullets_and_lettered_items() -> None:
+    text = ("Inclusion Criteria:\n\n* Adults\n* One of:\n  * condition A\n  * condition B\n"
+            "    * detail of B\n\nExclusion Criteria:\n\n1. History of:\n   a) stroke\n   b) MI\n2. Pregnancy")
+    parsed = parse_criteria(text)
+    assert [(c.category, c.text) for c in parsed.criteria] == [
+        ("INCLUSION", "Adults"), ("INCLUSION", "One of: condition A condition B detail of B"),
+        ("EXCLUSION", "History of: a) stroke b) MI"), ("EXCLUSION", "Pregnancy")]
+
+
+def test_standalone_subgroup_heading_and_no_headings() -> None:
+    text = "Inclusion Criteria:\n\n* Adults\n\nFor the paediatric cohort only:\n\n* Age 6-11\n* Weight > 20 kg"
+    parsed = parse_criteria(text)
+    assert [c.subcategory for c in parsed.criteria] == [None, "paediatric cohort", "paediatric cohort"]
+    plain = parse_criteria("* Adults\n* Signed consent")
+    assert not plain.headings_found and [c.category for c in plain.criteria] == ["INCLUSION"] * 2
+    assert parse_criteria(None).criteria == [] and parse_criteria("  ").criteria == []
+
+
+def test_markdown_round_trip() -> None:
+    parsed = parse_criteria(SEED_CRITERIA)
+    again = parse_criteria(criteria_to_markdown(parsed.criteria))
+    assert [(c.category, c.text, c.subcategory) for c in again.criteria] == [
+        (c.category, c.text, c.subcategory) for c in parsed.criteria]
+
+
+def test_shared_ctgov_records_nested_criteria() -> None:
+    folder = shared_path("ctgov", "api_v2_json")
+    nested_seen = 0
+    for path in sorted(folder.glob("*.json")):
+        rec = json.loads(path.read_text())
+        crit = rec.get("protocolSection", {}).get("eligibilityModule", {}).get("eligibilityCriteria")
+        if not crit:
+            continue
+        parsed = parse_criteria(crit)
+        lines = [ln for ln in crit.splitlines() if ln.strip().startswith(("*", "-", "•")) or
+                 ln.strip()[:3].rstrip(".)").isdigit()]
+        top = [ln for ln in lines if not ln.startswith((" ", "\t"))]
+        nested = len(lines) - len(top)
+        nested_seen += nested > 0
+        assert parsed.criteria, path.name
+        # every criterion has text, nested items were folded (fewer criteria than item lines)
+        assert all(c.text for c in parsed.criteria)
+        if nested:
+            assert len(parsed.criteria) < len(lines), path.name
+        cats = [c.category for c in parsed.criteria]
+        if "Exclusion Criteria" in crit and "Inclusion Criteria" in crit:
+            assert cats == sorted(cats, key=lambda c: c != "INCLUSION"), path.name
+    assert nested_seen >= 1

@@ -67,7 +67,9 @@ def known_domain(name: str) -> Domain | None:
 
 def _xpt_data_type(col: XptColumn, series: pd.Series, domain: Domain | None) -> str:
     if domain is not None and col.name in domain.names:
-        return domain.var(col.name).data_type
+        var = domain.var(col.name)
+        if (var.type == "Num") == (col.type == "Num"):   # a type conflict stays visible
+            return var.data_type
     if col.type == "Char":
         return "string"
     for kind, fmt in SAS_DATE_FORMATS.items():

@@ -384,10 +384,11 @@ def build_define(datasets: dict[str, Dataset], *, ct: ControlledTerminology | No
     mdv.extend(b.where_clauses)
     mdv.extend(list(groups))
     mdv.extend(b.item_defs)
+    emitted = set()
     for oid in sorted(k for k in b.codelist_values if not k.startswith("@")):
         ccode = next(iter(b.codelist_values[f"@{oid}"]))
         cl = ct.codelist(ccode)
-        el = etree.SubElement(mdv, _o("CodeList"), {
+        el = etree.Element(_o("CodeList"), {
             "OID": oid, "Name": cl.name,
             "DataType": "integer" if oid in b.numeric_codelists else "text",
             _d("StandardOID"): STD_CT})
@@ -401,7 +402,15 @@ def build_define(datasets: dict[str, Dataset], *, ct: ControlledTerminology | No
                 item.set(_d("ExtendedValue"), "Yes")
             else:
                 etree.SubElement(item, _o("Alias"), {"Context": "nci:ExtCodeID", "Name": term.code})
+        if not len(el):
+            continue   # no valid term used: no codelist (ODM needs one item at least)
         etree.SubElement(el, _o("Alias"), {"Context": "nci:ExtCodeID", "Name": cl.code})
+        mdv.append(el)
+        emitted.add(oid)
+    for item_def in b.item_defs:
+        for ref in item_def.findall(_o("CodeListRef")):
+            if ref.get("CodeListOID") not in emitted:
+                item_def.remove(ref)
     for oid, method in sorted(b.methods.items()):
         mt = etree.SubElement(mdv, _o("MethodDef"), {"OID": oid, "Name": method["name"],
                                                       "Type": method["type"]})
@@ -445,8 +454,15 @@ def _schema(path: str) -> etree.XMLSchema:
 def check_define_schema(doc: etree._ElementTree | etree._Element | Path,
                         xsd: Path | None = None) -> list[str]:
     """XSD errors (empty when valid) as 'line N: message'."""
+    name = str(doc) if isinstance(doc, Path) else "define.xml"
     if isinstance(doc, Path):
         doc = parse_xml(read_bytes(doc), file=str(doc))
+    root = doc.getroot() if isinstance(doc, etree._ElementTree) else doc
+    if root.tag != _o("ODM"):
+        raise InputError(f"not Define-XML 2.x: root element {root.tag} (Define 1.0 is ODM 1.2; "
+                         "not checked against the data)", file=name)
+    if xsd is None and DEF20_NS in root.nsmap.values():   # Define-XML 2.0: its own schema
+        xsd = define_xsd_path().parent.parent / "2.0" / "define2-0-0.xsd"
     schema = _schema(str(xsd or define_xsd_path()))
     ok = schema.validate(doc)
     return [] if ok else [f"line {e.line}: {e.message}" for e in schema.error_log]

@@ -1,0 +1,513 @@
+"""``trialbridge validate``: conformance checks on a folder of SDTM datasets, ours or anyone's.
+
+The checks are listed as data in ``mappings/submission/checks.csv`` (id, severity, what it checks,
+the published rule it is nearest to); each ``check_*`` function here implements one or a few of
+them. Findings name the check, dataset, variable and the 1-based row numbers concerned. Subject
+values are kept only with ``report_values`` (``--report-values``). The JSON report is checked
+against ``schemas/submission/findings.schema.json``.
+
+CDISC CORE: with ``core=PATH`` the CDISC rules engine (``core`` executable, or a source checkout with
+``core.py`` run by Python >= 3.12 from ``TRIALBRIDGE_CORE_PYTHON`` or ``python3.12``; its rules cache
+is the user's, ``<PATH>/resources/cache`` or ``TRIALBRIDGE_CORE_CACHE``) runs on the same folder and
+its issues are merged as ``CORE.<rule id>`` findings. When it is not available the report says so
+(``core.status = "not-available"``) and the project's own checks stand alone.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+from dataclasses import dataclass, field
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import orjson
+import pandas as pd
+
+from .. import __version__
+from ..errors import InputError
+from ..sdtm.ct import ControlledTerminology, pinned_ct
+from ..sdtm.xpt import XPT_CHAR_MAX, check_xpt_frame
+from ..specs import mapping_text, read_csv_rows, schema_text
+from .datasets import Dataset, dataset_files, known_domain, read_dataset, xpt_meta
+from .define import check_define_schema, read_define
+
+MAX_ROWS_LISTED = 1000
+#: TS parameters the FDA TCG expects in every study (TSPARMCD); SSTDTC has its own (error) check.
+FDA_TS_PARAMETERS = ("ADDON", "AGEMAX", "AGEMIN", "LENGTH", "PLANSUB", "RANDOM", "SEXPOP",
+                     "STOPRULE", "TBLIND", "TCNTRL", "TDIGRP", "TINDTP", "TITLE", "TPHASE", "TTYPE",
+                     "SDTIGVER", "SPONSOR", "STYPE", "ACTSUB", "INTMODEL", "INTTYPE", "NARMS")
+ISO8601_RE = re.compile(
+    r"^(?P<y>\d{4}|-)(?:-(?P<m>\d{2}|-)(?:-(?P<d>\d{2}|-)(?:T(?P<H>\d{2}|-)(?::(?P<M>\d{2}|-)"
+    r"(?::(?P<S>\d{2}(?:\.\d+)?))?)?(?:Z|[+-]\d{2}:\d{2})?)?)?)?$")
+ISO_DURATION_RE = re.compile(r"^-?P(?!$)(\d+(\.\d+)?Y)?(\d+(\.\d+)?M)?(\d+(\.\d+)?W)?(\d+(\.\d+)?D)?"
+                             r"(T(?=\d)(\d+(\.\d+)?H)?(\d+(\.\d+)?M)?(\d+(\.\d+)?S)?)?$")
+
+
+@cache
+def check_table() -> dict[str, dict[str, str]]:
+    return {r["id"]: r for r in read_csv_rows(mapping_text("submission/checks.csv"))}
+
+
+@dataclass
+class Finding:
+    check: str
+    message: str
+    dataset: str | None = None
+    variable: str | None = None
+    rows: list[int] = field(default_factory=list)
+    values: list[Any] | None = None
+    file: str | None = None
+    severity: str | None = None      # from checks.csv unless given (CORE findings)
+
+    def to_json(self, report_values: bool) -> dict[str, Any]:
+        sev = self.severity or check_table()[self.check]["severity"]
+        out: dict[str, Any] = {"check": self.check, "severity": sev, "message": self.message}
+        for key in ("dataset", "variable", "file"):
+            if getattr(self, key):
+                out[key] = getattr(self, key)
+        if self.rows:
+            out["rows"] = self.rows[:MAX_ROWS_LISTED]
+            out["rowCount"] = len(self.rows)
+        if report_values and self.values:
+            out["values"] = self.values[:MAX_ROWS_LISTED]
+        return out
+
+
+def _rows(mask: pd.Series) -> list[int]:
+    return [int(i) + 1 for i in mask.to_numpy().nonzero()[0]]
+
+
+def _text(series: pd.Series) -> pd.Series:
+    return series.astype("string").fillna("").str.strip()
+
+
+def _finding(check: str, message: str, ds: Dataset, variable: str | None = None,
+             mask: pd.Series | None = None, values: pd.Series | None = None) -> Finding:
+    if check not in check_table():
+        raise KeyError(f"check {check} is not in mappings/submission/checks.csv")
+    rows = _rows(mask) if mask is not None else []
+    vals = [str(v) for v in values[mask.to_numpy()].tolist()] if values is not None and \
+        mask is not None else None
+    return Finding(check, message, dataset=ds.name, variable=variable, rows=rows, values=vals,
+                   file=str(ds.path))
+
+
+# ------------------------------------------------------------------ per-dataset checks
+def check_variables(ds: Dataset) -> list[Finding]:
+    """Required/expected variables present, required not null, types and lengths per metadata."""
+    meta = known_domain(ds.name)
+    if meta is None:
+        return []
+    out = []
+    frame = ds.frame
+    for var in meta.variables:
+        if var.name not in frame.columns:
+            if var.core == "Req":
+                out.append(_finding("TB-REQ-VAR", f"Required variable {var.name} is missing", ds,
+                                    var.name))
+            elif var.core == "Exp":
+                out.append(_finding("TB-EXP-VAR", f"Expected variable {var.name} is missing", ds,
+                                    var.name))
+            continue
+        col = ds.column(var.name)
+        numeric_data = col is not None and col.sas_type == "Num"
+        if (var.type == "Num") != numeric_data:
+            out.append(_finding("TB-TYPE", f"{var.name} is {'Num' if numeric_data else 'Char'} in "
+                                f"the data, {var.type} in SDTM metadata", ds, var.name))
+        series = frame[var.name]
+        if var.core == "Req":
+            empty = series.isna() if numeric_data else _text(series) == ""
+            if empty.any():
+                out.append(_finding("TB-REQ-NULL", f"Required variable {var.name} is null in "
+                                    f"{int(empty.sum())} record(s)", ds, var.name, empty))
+        if var.type == "Char" and var.length and not numeric_data:
+            nbytes = _text(series).str.encode("utf-8").str.len()
+            limit = min(var.length, XPT_CHAR_MAX)
+            too_long = nbytes > limit
+            if too_long.any() and limit < XPT_CHAR_MAX:   # over 200: TB-XPT-LENGTH says it
+                out.append(_finding("TB-LENGTH", f"{int(too_long.sum())} value(s) longer than "
+                                    f"{limit} (SDTM metadata length)", ds, var.name, too_long,
+                                    series))
+    return out
+
+
+def check_xpt_limits(ds: Dataset) -> list[Finding]:
+    """What stops the dataset being an FDA XPT v5 file (names, labels, 200 bytes, ASCII)."""
+    ids = {"xpt-name": "TB-XPT-NAME", "xpt-label": "TB-XPT-LABEL", "xpt-length": "TB-XPT-LENGTH",
+           "xpt-ascii": "TB-XPT-ASCII"}
+    out = []
+    for p in check_xpt_frame(ds.frame, xpt_meta(ds)):
+        f = Finding(ids[p.check], p.message, dataset=ds.name, variable=p.variable,
+                    rows=list(p.rows), file=str(ds.path))
+        if p.variable and p.rows:
+            f.values = [str(ds.frame[p.variable].iloc[r - 1]) for r in p.rows[:MAX_ROWS_LISTED]]
+        out.append(f)
+    if ds.encoding != "utf-8":
+        out.append(Finding("TB-XPT-ASCII", f"file is not UTF-8/ASCII; read as {ds.encoding}",
+                           dataset=ds.name, file=str(ds.path)))
+    return out
+
+
+def check_ct(ds: Dataset, ct: ControlledTerminology) -> list[Finding]:
+    """Values of CT-constrained variables are terms of the codelist (pinned version)."""
+    meta = known_domain(ds.name)
+    if meta is None:
+        return []
+    out = []
+    for var in meta.variables:
+        if not var.codelist or var.name not in ds.frame.columns:
+            continue
+        try:
+            cl = ct.codelist(var.codelist)
+        except KeyError:
+            continue
+        series = ds.frame[var.name]
+        text = _text(series)
+        if ds.column(var.name) is not None and ds.column(var.name).sas_type == "Num":
+            text = series.map(lambda v: "" if pd.isna(v) else
+                              str(int(v)) if float(v).is_integer() else str(v))
+        bad = (text != "") & ~text.isin(list(cl.terms))
+        if bad.any():
+            check = "TB-CT-EXT" if cl.extensible else "TB-CT"
+            kind = "extensible" if cl.extensible else "non-extensible"
+            out.append(_finding(check, f"{int(bad.sum())} value(s) not in {kind} codelist "
+                                f"{cl.short_name} ({cl.code}, CT {ct.version})", ds, var.name, bad,
+                                series))
+    return out
+
+
+def _seq_name(ds: Dataset) -> str | None:
+    for col in ds.frame.columns:
+        if col.endswith("SEQ") and len(col) == 5 and col not in ("TSSEQ",):
+            return col
+    return None
+
+
+def check_seq(ds: Dataset) -> list[Finding]:
+    seq = _seq_name(ds)
+    if seq is None or "USUBJID" not in ds.frame.columns or ds.name.startswith(("SUPP", "RELREC")):
+        return []
+    keys = [c for c in ("STUDYID", "USUBJID") if c in ds.frame.columns]
+    frame = ds.frame[keys + [seq]].copy()
+    frame[seq] = pd.to_numeric(frame[seq], errors="coerce")
+    dup = frame.duplicated(keep=False) & frame[seq].notna()
+    if not dup.any():
+        return []
+    return [_finding("TB-SEQ-DUP", f"{seq} is not unique within USUBJID ({int(dup.sum())} records)",
+                     ds, seq, dup, ds.frame["USUBJID"])]
+
+
+def check_dm_subjects(datasets: dict[str, Dataset]) -> list[Finding]:
+    subject_sets = [d for n, d in datasets.items() if n != "DM" and "USUBJID" in d.frame.columns]
+    dm = datasets.get("DM")
+    if dm is None or "USUBJID" not in dm.frame.columns:
+        if subject_sets:
+            first = subject_sets[0]
+            return [Finding("TB-DM-MISSING", "datasets with USUBJID but no DM dataset",
+                            dataset=first.name, file=str(first.path))]
+        return []
+    known = set(_text(dm.frame["USUBJID"]))
+    out = []
+    for ds in subject_sets:
+        subj = _text(ds.frame["USUBJID"])
+        bad = (subj != "") & ~subj.isin(known)
+        if bad.any():
+            out.append(_finding("TB-DM-SUBJ", f"{int(bad.sum())} record(s) with a USUBJID not in DM "
+                                f"({subj[bad].nunique()} subject(s))", ds, "USUBJID", bad,
+                                ds.frame["USUBJID"]))
+    return out
+
+
+def iso8601_valid(value: str) -> bool:
+    """SDTM ISO 8601 date/time: partial (right-truncated, or '-' for a missing component)."""
+    m = ISO8601_RE.match(value)
+    if not m:
+        return False
+    y, mo, d = m.group("y"), m.group("m"), m.group("d")
+    if mo and mo != "-" and not 1 <= int(mo) <= 12:
+        return False
+    if d and d != "-":
+        if y == "-" or not mo or mo == "-":
+            return 1 <= int(d) <= 31
+        try:
+            dt.date(int(y), int(mo), int(d))
+        except ValueError:
+            return False
+    hh, mm, ss = m.group("H"), m.group("M"), m.group("S")
+    if hh and hh != "-" and int(hh) > 23 or mm and mm != "-" and int(mm) > 59:
+        return False
+    return not (ss and float(ss) >= 60)
+
+
+def check_dates(ds: Dataset) -> list[Finding]:
+    out = []
+    for col in ds.frame.columns:
+        if not (col.endswith("DTC") or col.endswith("DUR")):
+            continue
+        text = _text(ds.frame[col])
+        uniq = [v for v in text.unique() if v]
+        if col.endswith("DUR"):
+            bad_values = {v for v in uniq if not ISO_DURATION_RE.match(v)}
+        else:
+            bad_values = {v for v in uniq if not iso8601_valid(v)}
+        if bad_values:
+            bad = text.isin(bad_values)
+            out.append(_finding("TB-ISO8601", f"{int(bad.sum())} value(s) not ISO 8601", ds, col,
+                                bad, ds.frame[col]))
+    for col in ds.frame.columns:
+        if not col.endswith("STDTC") or len(col) != 7:
+            continue
+        end = col[:2] + "ENDTC"
+        if end not in ds.frame.columns:
+            continue
+        st, en = _text(ds.frame[col]), _text(ds.frame[end])
+        full = st.str.match(r"^\d{4}-\d{2}-\d{2}") & en.str.match(r"^\d{4}-\d{2}-\d{2}")
+        st_day, en_day = st.str[:10], en.str[:10]
+        both_times = st.str.match(r"^.{10}T\d{2}:\d{2}") & en.str.match(r"^.{10}T\d{2}:\d{2}")
+        later = full & ((st_day > en_day) | ((st_day == en_day) & both_times &
+                                             (st.str[:16] > en.str[:16])))
+        if later.any():
+            out.append(_finding("TB-DATE-ORDER", f"{col} after {end} in {int(later.sum())} "
+                                "record(s)", ds, col, later, st))
+    return out
+
+
+def check_ts(datasets: dict[str, Dataset]) -> list[Finding]:
+    if not datasets:
+        return []
+    ts = datasets.get("TS")
+    if ts is None:
+        first = next(iter(datasets.values()))
+        return [Finding("TB-TS-MISSING", "no TS dataset in the folder", file=str(first.path.parent))]
+    if "TSPARMCD" not in ts.frame.columns:
+        return [_finding("TB-REQ-VAR", "Required variable TSPARMCD is missing", ts, "TSPARMCD")]
+    present = set(_text(ts.frame["TSPARMCD"]))
+    out = []
+    if "SSTDTC" not in present:
+        out.append(_finding("TB-TS-SSTDTC", "TS has no SSTDTC (study start date) parameter", ts,
+                            "TSPARMCD"))
+    missing = [p for p in FDA_TS_PARAMETERS if p not in present]
+    if missing:
+        out.append(_finding("TB-TS-PARAM", f"TS parameters missing: {', '.join(missing)}", ts,
+                            "TSPARMCD"))
+    return out
+
+
+def check_define(folder: Path, datasets: dict[str, Dataset]) -> list[Finding]:
+    path = folder / "define.xml"
+    if not path.exists():
+        return []
+    out = []
+    try:
+        errors = check_define_schema(path)
+    except InputError as exc:
+        return [Finding("TB-DEFINE-XSD", exc.detail, file=str(path))]
+    for err in errors[:50]:
+        out.append(Finding("TB-DEFINE-XSD", err, file=str(path)))
+    try:
+        doc = read_define(path)
+    except InputError as exc:
+        return [*out, Finding("TB-DEFINE-XSD", exc.detail, file=str(path))]
+    for name, ds in datasets.items():
+        dd = doc.datasets.get(name)
+        if dd is None:
+            out.append(_finding("TB-DEFINE-DATASET", f"dataset {name} is not in define.xml", ds))
+            continue
+        for col in ds.columns:
+            item = dd.item(col.name)
+            if item is None:
+                out.append(_finding("TB-DEFINE-VAR", f"{col.name} is not in define.xml", ds,
+                                    col.name))
+                continue
+            series = ds.frame[col.name]
+            if item.length and item.data_type == "text" and col.sas_type == "Char":
+                too_long = _text(series).str.encode("utf-8").str.len() > item.length
+                if too_long.any():
+                    out.append(_finding("TB-DEFINE-LENGTH", f"{int(too_long.sum())} value(s) "
+                                        f"longer than define.xml Length {item.length}", ds,
+                                        col.name, too_long, series))
+            cl = doc.codelists.get(item.codelist or "")
+            if cl is not None and cl.values:
+                text = _text(series) if col.sas_type == "Char" else series.map(
+                    lambda v: "" if pd.isna(v) else str(int(v)) if float(v).is_integer() else str(v))
+                bad = (text != "") & ~text.isin(list(cl.values))
+                if bad.any():
+                    out.append(_finding("TB-DEFINE-CT", f"{int(bad.sum())} value(s) not in "
+                                        f"define.xml codelist {cl.oid}", ds, col.name, bad, series))
+        data_names = {c.name for c in ds.columns}
+        for item in dd.items:
+            if item.name not in data_names:
+                out.append(_finding("TB-DEFINE-VAR", f"{item.name} is in define.xml but not in "
+                                    "the data", ds, item.name))
+    for name in doc.datasets:
+        if name not in datasets:
+            out.append(Finding("TB-DEFINE-DATASET", f"define.xml describes {name}, which is not "
+                               "in the folder", dataset=name, file=str(path)))
+    return out
+
+
+# ------------------------------------------------------------------ CDISC CORE
+@dataclass
+class CoreResult:
+    status: str              # not-requested | not-available | ran | failed
+    detail: str = ""
+    findings: list[Finding] = field(default_factory=list)
+
+
+def core_command(core: Path) -> list[str]:
+    """How to start CORE at ``core``; raises FileNotFoundError saying why it cannot."""
+    if core.is_file() and os.access(core, os.X_OK):
+        return [str(core)]
+    if core.is_dir() and (core / "core.py").is_file():
+        python = os.environ.get("TRIALBRIDGE_CORE_PYTHON") or shutil.which("python3.12") or ""
+        if not python:
+            raise FileNotFoundError("CORE needs Python >= 3.12: none found (set "
+                                    "TRIALBRIDGE_CORE_PYTHON)")
+        probe = subprocess.run([python, "-c", "import sys; print(sys.version_info >= (3, 12))"],
+                               capture_output=True, text=True, timeout=60, check=False)
+        if probe.stdout.strip() != "True":
+            raise FileNotFoundError(f"{python} is not Python >= 3.12 (CORE needs it)")
+        return [python, str(core / "core.py")]
+    if core.is_dir() and (core / "core").is_file():
+        return core_command(core / "core")
+    raise FileNotFoundError(f"no CORE engine at {core} (expected the core executable or a "
+                            "cdisc-rules-engine checkout with core.py)")
+
+
+def run_core(core: Path, folder: Path, *, timeout: int = 3600) -> CoreResult:
+    try:
+        cmd = core_command(core)
+    except (FileNotFoundError, OSError, subprocess.SubprocessError) as exc:
+        return CoreResult("not-available", str(exc))
+    base = core if core.is_dir() else core.parent
+    cache_dir = Path(os.environ.get("TRIALBRIDGE_CORE_CACHE", base / "resources" / "cache"))
+    if not cache_dir.is_dir():
+        return CoreResult("not-available", f"no CORE rules cache at {cache_dir} (set "
+                          "TRIALBRIDGE_CORE_CACHE)")
+    with tempfile.TemporaryDirectory(prefix="trialbridge-core-") as tmp:
+        out = Path(tmp) / "core-report"
+        args = [*cmd, "validate", "-s", "sdtmig", "-v", "3-4", "-d", str(folder), "-o", str(out),
+                "-of", "JSON", "-ca", str(cache_dir)]
+        if (folder / "define.xml").exists():
+            args += ["-dxp", str(folder / "define.xml")]
+        try:
+            proc = subprocess.run(args, capture_output=True, text=True, timeout=timeout,
+                                  cwd=str(base), check=False)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            return CoreResult("failed", f"CORE did not run: {exc}")
+        report = out.with_suffix(".json")
+        if proc.returncode != 0 or not report.exists():
+            tail = (proc.stderr or proc.stdout or "").strip().splitlines()[-1:] or [""]
+            return CoreResult("failed", f"CORE exited {proc.returncode}: {tail[0][:300]}")
+        data = orjson.loads(report.read_bytes())
+    return CoreResult("ran", f"CORE {' '.join(cmd)}", parse_core_issues(data))
+
+
+def parse_core_issues(data: dict[str, Any]) -> list[Finding]:
+    """CORE's JSON report ``Issue_Details`` -> findings, one per rule/dataset/variables."""
+    groups: dict[tuple[str, str, str, str], Finding] = {}
+    for issue in data.get("Issue_Details", []) or []:
+        rule = str(issue.get("core_id") or issue.get("rule_id") or "unknown")
+        dataset = str(issue.get("dataset") or "").split(".")[0].upper()
+        variables = issue.get("variables") or []
+        variable = ", ".join(str(v) for v in variables) if isinstance(variables, list) else str(variables)
+        message = str(issue.get("message") or "")
+        key = (rule, dataset, variable, message)
+        f = groups.get(key)
+        if f is None:
+            f = groups[key] = Finding(f"CORE.{rule}", message, dataset=dataset or None,
+                                      variable=variable or None, values=[], severity="error")
+        row = issue.get("row")
+        if isinstance(row, int) and row >= 1:
+            f.rows.append(row)
+        if issue.get("values") is not None and f.values is not None:
+            f.values.append(issue.get("values"))
+    return list(groups.values())
+
+
+# ------------------------------------------------------------------ the run
+@dataclass
+class ValidationResult:
+    folder: Path
+    datasets: dict[str, Dataset]
+    findings: list[Finding]
+    core: CoreResult
+    ct_version: str
+
+    def counts(self) -> dict[str, int]:
+        out = {"error": 0, "warning": 0, "info": 0}
+        for f in self.findings:
+            out[f.severity or check_table()[f.check]["severity"]] += 1
+        return out
+
+    def to_json(self, report_values: bool = False) -> dict[str, Any]:
+        return {
+            "findingsVersion": "1.0", "tool": f"trialbridge {__version__}",
+            "folder": str(self.folder), "ctVersion": self.ct_version, "sdtmigVersion": "3.4",
+            "datasets": [{"name": d.name, "file": d.path.name, "form": d.form,
+                          "records": len(d.frame)} for d in self.datasets.values()],
+            "core": {"status": self.core.status, **({"detail": self.core.detail}
+                                                    if self.core.detail else {})},
+            "counts": self.counts(),
+            "findings": [f.to_json(report_values) for f in self.findings],
+        }
+
+
+def load_for_validation(folder: Path) -> tuple[dict[str, Dataset], list[Finding]]:
+    """Every dataset in the folder; when one is in several forms, each form is read once, the
+    preferred form checked; an unreadable file is a finding, not a crash."""
+    datasets: dict[str, Dataset] = {}
+    findings: list[Finding] = []
+    order = ("json", "xpt", "ndjson", "csv")
+    files = sorted(dataset_files(folder), key=lambda p: (p.stem.upper(),
+                                                          order.index(p.suffix.lower()[1:])))
+    for path in files:
+        name = path.stem.upper()
+        if name in datasets:
+            datasets[name].other_forms.append(path)
+            continue
+        try:
+            datasets[name] = read_dataset(path)
+        except InputError as exc:
+            findings.append(Finding("TB-READ", exc.detail, dataset=name, file=str(path)))
+    return datasets, findings
+
+
+def validate_folder(folder: Path, *, ct: ControlledTerminology | None = None,
+                    core: Path | None = None) -> ValidationResult:
+    ct = ct or pinned_ct()
+    datasets, findings = load_for_validation(folder)
+    for ds in datasets.values():
+        findings += check_variables(ds)
+        findings += check_xpt_limits(ds)
+        findings += check_ct(ds, ct)
+        findings += check_seq(ds)
+        findings += check_dates(ds)
+    findings += check_dm_subjects(datasets)
+    findings += check_ts(datasets)
+    findings += check_define(folder, datasets)
+    core_result = CoreResult("not-requested")
+    if core is not None:
+        core_result = run_core(core, folder)
+        findings += core_result.findings
+        findings.append(Finding("TB-CORE", f"CDISC CORE {core_result.status}"
+                                f"{': ' + core_result.detail if core_result.detail else ''}",
+                                severity="warning" if core_result.status in
+                                ("not-available", "failed") else "info"))
+    return ValidationResult(folder, datasets, findings, core_result, ct.version)
+
+
+@cache
+def findings_schema() -> dict[str, Any]:
+    return orjson.loads(schema_text("submission/findings.schema.json"))
+
+
+def check_findings_json(doc: dict[str, Any]) -> None:
+    jsonschema.validate(doc, findings_schema())

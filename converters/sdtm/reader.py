@@ -15,9 +15,10 @@ variable: unreadable XPT, Dataset-JSON that breaks its schema, text in a numeric
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import orjson
@@ -79,14 +80,16 @@ def find_datasets(folder: Path, report: ConversionReport | None = None) -> dict[
         if p.is_file() and p.suffix.lower() in FORM_PREFERENCE and not p.name.startswith("."):
             by_name.setdefault(p.stem.upper(), []).append(p)
     out: dict[str, DatasetFile] = {}
+    ignored: list[str] = []
     for name, paths in sorted(by_name.items()):
         paths.sort(key=lambda p: FORM_PREFERENCE.index(p.suffix.lower()))
         chosen = paths[0]
         out[name] = DatasetFile(name, chosen, chosen.suffix.lower().lstrip("."))
-        if report is not None and len(paths) > 1:
-            report.add(Kind.UNMAPPED_SOURCE, f"{name} is present in {len(paths)} forms; read "
-                       f"{chosen.name}, ignored " + ", ".join(p.name for p in paths[1:]),
-                       source=name, file=str(chosen), severity=Severity.INFO)
+        ignored.extend(p.name for p in paths[1:])
+    if report is not None and ignored:
+        report.add(Kind.UNMAPPED_SOURCE, f"{len(ignored)} file(s) hold a dataset also present in a preferred "
+                   f"form ({' > '.join(FORM_PREFERENCE)}) and were not read: " + ", ".join(ignored[:12])
+                   + (" ..." if len(ignored) > 12 else ""), file=str(folder), severity=Severity.INFO)
     return out
 
 

@@ -1,0 +1,207 @@
+"""Shared vocabulary of the SDTM -> FHIR subject writer: URLs, ids, dates, numbers, code tables.
+
+* One project base URL (:data:`BASE`); every project extension and naming system hangs off it
+  (documented in ``mappings/fhir_subject/README.md``).
+* Resource ids are derived from business keys (STUDYID, USUBJID, domain, --SEQ / VISITNUM), so the
+  same input gives the same output byte for byte.
+* ISO 8601 ``--DTC`` values: partial dates stay partial; a time without a zone is never silently
+  shifted: it gets the user's ``default_tz`` (reported as inferred) or is cut to its date with the
+  full SDTM text kept in the ``sdtm-dtc`` extension (reported as lossy).
+* Numbers keep their exact text (orjson ``Fragment``), so ``5.10`` stays ``5.10``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+from functools import cache
+from typing import Any
+
+import numpy as np
+import orjson
+import pandas as pd
+
+from ..specs import load_table
+
+BASE = "https://trialbridge.org/fhir"
+SD = f"{BASE}/StructureDefinition"
+EXT_SDTM = f"{SD}/sdtm"                  # complex: one sub-extension per SDTM variable (url = name)
+EXT_SUPPQUAL = f"{SD}/suppqual"          # complex: QNAM, QLABEL, QVAL, QORIG, QEVAL
+EXT_RELREC = f"{SD}/relrec"              # complex: RELID, RELTYPE, target (valueReference)
+EXT_DTC = f"{SD}/sdtm-dtc"               # on a date primitive: the original SDTM --DTC text
+SID = f"{BASE}/sid"                      # naming systems: {SID}/studyid, /usubjid, /subjid, /lbseq ...
+CS = f"{BASE}/CodeSystem"                # CDISC submission values: {CS}/sdtm-LBTESTCD ...
+UCUM = "http://unitsofmeasure.org"
+LOINC = "http://loinc.org"
+MEDDRA = "http://terminology.hl7.org/CodeSystem/mdr"
+R5_PROGRESS = "http://hl7.org/fhir/5.0/StructureDefinition/extension-ResearchSubject.progress"
+R5_AE_OCCURRENCE = "http://hl7.org/fhir/5.0/StructureDefinition/extension-AdverseEvent.occurrence[x]"
+BODY_POSITION = "http://hl7.org/fhir/StructureDefinition/observation-bodyPosition"
+US_CORE_RACE = "http://hl7.org/fhir/us/core/StructureDefinition/us-core-race"
+US_CORE_ETHNICITY = "http://hl7.org/fhir/us/core/StructureDefinition/us-core-ethnicity"
+
+_ID_BAD = re.compile(r"[^A-Za-z0-9.\-]")
+
+
+@cache
+def slug(text: str) -> str:
+    """A FHIR-id-safe form of a business key; a short hash keeps altered keys distinct."""
+    s = _ID_BAD.sub("-", text)
+    if s != text or len(s) > 40:
+        s = s[:30] + "." + hashlib.sha1(text.encode()).hexdigest()[:8]
+    return s
+
+
+def make_id(*parts: str) -> str:
+    rid = "-".join(parts)
+    if len(rid) > 64:
+        rid = rid[:47] + "." + hashlib.sha1(rid.encode()).hexdigest()[:16]
+    return rid
+
+
+def num_text(v: Any) -> str | None:
+    """A Num SDTM value as text: integers without '.0'."""
+    if v is None or (isinstance(v, float) and v != v):
+        return None
+    f = float(v)
+    return str(int(f)) if f.is_integer() else repr(f)
+
+
+def num_json(v: Any) -> Any:
+    if v is None or (isinstance(v, float) and v != v):
+        return None
+    f = float(v)
+    return int(f) if f.is_integer() and abs(f) < 2**53 else f
+
+
+# ----------------------------------------------------------------------------- decimals
+_FHIR_DEC = r"-?(?:0|[1-9][0-9]{0,17})(?:\.[0-9]{1,17})?(?:[eE][+-]?[0-9]{1,9})?"
+_NUM_IN = re.compile(r"^(<=|>=|<|>)?\s*(-?)(0*)(\d*)(\.\d+)?$")
+
+
+@dataclass
+class Decimals:
+    """Vectorised parse of SDTM result text into FHIR decimals (exact text kept)."""
+
+    value: list[Any]          # orjson.Fragment or None
+    comparator: list[Any]     # '<', '<=', '>=', '>' or None
+    normalised: np.ndarray    # bool: the decimal text differs from the source (e.g. '.94')
+
+
+def parse_decimals(s: pd.Series) -> Decimals:
+    text = s.where(s.notna(), "").astype(str).str.strip()
+    m = text.str.extract(r"^(<=|>=|<|>)?\s*(" + r"-?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d{1,9})?" + r")$")
+    comp, num = m[0], m[1]
+    ok = num.notna()
+    canon = num.where(~ok, num.str.replace(r"^(-?)\.", r"\g<1>0.", regex=True)
+                      .str.replace(r"^(-?)0+(\d)", r"\1\2", regex=True)
+                      .str.replace(r"\.$", "", regex=True))
+    valid = ok & canon.fillna("").str.fullmatch(_FHIR_DEC)
+    normalised = (valid & (canon != num)).to_numpy(dtype=bool)
+    vals = [orjson.Fragment(c.encode()) if v else None for c, v in zip(canon.fillna("").tolist(),
+                                                                         valid.tolist())]
+    comps = [c if isinstance(c, str) and v else None for c, v in zip(comp.tolist(), valid.tolist())]
+    return Decimals(vals, comps, normalised)
+
+
+# ----------------------------------------------------------------------------- dates
+_DTC = re.compile(r"^(\d{4})(?:-(\d{2})(?:-(\d{2})(?:T(\d{2}):(\d{2})(?::(\d{2})(\.\d+)?)?"
+                  r"(Z|[+-]\d{2}:\d{2})?)?)?)?$")
+
+
+@dataclass
+class Dates:
+    value: list[Any]          # FHIR dateTime/date text or None
+    original: list[Any]       # the SDTM text when it differs from value (kept in EXT_DTC), else None
+    counts: dict[str, int]    # issue kind -> number of values: seconds-added, zone-added, time-cut, cut, invalid
+
+
+def convert_dates(s: pd.Series, *, default_tz: str | None, date_only: bool = False) -> Dates:
+    """SDTM ISO 8601 text -> FHIR dateTime (or date), vectorised. See module docstring for policy."""
+    text = s.where(s.notna(), "").astype(str).str.strip()
+    m = text.str.extract(_DTC.pattern)
+    y, mo, d, hh, mi, ss, frac, tz = (m[i] for i in range(8))
+    matched = y.notna()
+    date = y.fillna("") + ("-" + mo).fillna("") + ("-" + d).fillna("")
+    has_time = matched & hh.notna()
+    secs = ss.fillna("00") + frac.fillna("")
+    out = date.copy()
+    counts: dict[str, int] = {}
+    if date_only:
+        cut = has_time
+        counts["time-cut"] = int(cut.sum())
+    else:
+        full = has_time & d.notna()
+        zone = tz.copy()
+        no_zone = full & tz.isna()
+        if default_tz:
+            zone = zone.where(~no_zone, default_tz)
+            counts["zone-added"] = int(no_zone.sum())
+            timed = full
+        else:
+            counts["time-cut"] = int(no_zone.sum())
+            timed = full & tz.notna()
+        counts["seconds-added"] = int((timed & ss.isna()).sum())
+        out = out.where(~timed, date + "T" + hh.fillna("") + ":" + mi.fillna("") + ":" + secs + zone.fillna(""))
+    # not ISO 8601 as SDTM allows it in full (e.g. '2014---15', '2014-01-02T10'): keep the longest
+    # valid leading part
+    present = text != ""
+    bad = present & ~matched
+    if bad.any():
+        lead = text.where(bad, "").str.extract(r"^(\d{4}(?:-\d{2}(?:-\d{2})?)?)")[0]
+        lead = lead.str.replace(r"-$", "", regex=True)
+        out = out.where(~bad, lead.fillna(""))
+        counts["cut"] = int((bad & lead.notna()).sum())
+        counts["invalid"] = int((bad & lead.isna()).sum())
+    vals = out.where(present & (out != ""), None).tolist()
+    orig = text.where(present & (out != text), None).tolist()
+    return Dates(vals, orig, {k: v for k, v in counts.items() if v})
+
+
+# ----------------------------------------------------------------------------- code tables
+@cache
+def code_table(name: str) -> dict[tuple[str, str], dict[str, str]]:
+    """(source_system, source_code) -> row of a mappings/fhir_subject code table."""
+    return {(r["source_system"], r["source_code"]): r for r in load_table(f"fhir_subject/{name}")}
+
+
+def code_row(table: str, system: str, code: Any) -> dict[str, str] | None:
+    if code is None:
+        return None
+    return code_table(table).get((system, str(code)))
+
+
+@cache
+def ucum_for(unit: str) -> str | None:
+    row = code_table("cdisc_unit_ucum.csv").get(("CDISC UNIT", unit))
+    return row["target_code"] if row else None
+
+
+@cache
+def lb_loinc_index() -> dict[str, list[dict[str, str]]]:
+    idx: dict[str, list[dict[str, str]]] = {}
+    for r in load_table("fhir_subject/lb_loinc.csv"):
+        idx.setdefault(r["target_code"], []).append(r)
+    return idx
+
+
+def lb_loinc(testcd: str, spec: str | None, method: str | None) -> tuple[str | None, int]:
+    """The one LOINC code for LBTESTCD (+LBSPEC, LBMETHOD), and the number of candidates.
+
+    More than one candidate is ambiguous: the caller reports it and writes no LOINC coding.
+    """
+    rows = lb_loinc_index().get(testcd, [])
+    if spec:
+        rows = [r for r in rows if r["lbspec"] == spec]
+    if method:
+        rows = [r for r in rows if r["lbmethod"] == method]
+    codes = sorted({r["source_code"] for r in rows})
+    return (codes[0] if len(codes) == 1 else None), len(codes)
+
+
+def cdisc_coding(variable: str, code: str, display: str | None = None) -> dict[str, Any]:
+    c: dict[str, Any] = {"system": f"{CS}/sdtm-{variable}", "code": code}
+    if display:
+        c["display"] = display
+    return c

@@ -1,0 +1,1142 @@
+"""SDTM subject datasets -> FHIR R4 or R5 (one Bundle, or Bulk-style NDJSON per resource type).
+
+Reader -> SDTM-shaped DataFrames (:mod:`trialbridge.sdtm.reader`) -> this writer. Per domain the
+spec ``mappings/fhir_subject/<domain>.yaml`` names the rules (variable -> FHIR element, with the Joint
+Mapping IG row it follows) and the derived variables that are not carried (``--DY``). Every other
+variable of a record is carried in the project extension ``sdtm`` (one sub-extension per variable),
+SUPPQUAL rows in ``suppqual`` extensions on their parent, record-level RELREC links in ``relrec``
+extensions with references; nothing is dropped without a report entry.
+
+Speed: the columns of a chunk are converted vectorised (dates, decimals, ids, code lookups per
+distinct code); the per-row work is a dict assembly from prepared lists, serialised once with orjson.
+Findings (LB, VS) are streamed chunk by chunk; no pydantic in this path (tests validate outputs).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pandas as pd
+
+from ..errors import InputError, UsageError
+from ..report import ConversionReport, Kind, Severity
+from ..safeio import atomic_path
+from ..sdtm.reader import DatasetFile, DefineInfo, find_datasets, iter_dataset_chunks, read_dataset, read_define
+from ..specs import load_spec
+from . import subject_terms as T
+
+SUBJECT_DOMAINS = ("DM", "SV", "DS", "AE", "CM", "EX", "MH", "PR", "VS", "LB")
+STREAMED = frozenset({"LB", "VS"})
+TRIAL_DESIGN = frozenset({"TS", "TA", "TE", "TV", "TI", "TD", "TM"})
+KEYS = frozenset({"STUDYID", "DOMAIN", "USUBJID"})
+MAX_EXAMPLES = 5
+
+
+
+def domain_spec(domain: str) -> dict[str, Any]:
+    return load_spec(f"fhir_subject/{domain.lower()}.yaml")
+
+
+def mapped_variables(domain: str) -> set[str]:
+    return {r["source"] for r in domain_spec(domain)["rules"]}
+
+
+def derived_variables(domain: str) -> set[str]:
+    return set(domain_spec(domain).get("derived", []))
+
+
+def rule_id(domain: str, variable: str) -> str | None:
+    for r in domain_spec(domain)["rules"]:
+        if r["source"] == variable:
+            return str(r["id"])
+    return None
+
+
+# ----------------------------------------------------------------------------- run context
+@dataclass
+class Ctx:
+    version: str
+    report: ConversionReport
+    default_tz: str | None
+    studyid: str = ""
+    study_ref: str = ""
+    site_refs: dict[str, str] = field(default_factory=dict)
+    patients: dict[str, str] = field(default_factory=dict)          # USUBJID -> Patient id
+    encounters: set[str] = field(default_factory=set)
+    ambiguous_visits: set[str] = field(default_factory=set)
+    supp: dict[str, dict[tuple[str, str, str], list[dict[str, Any]]]] = field(default_factory=dict)
+    supp_used: set[tuple[str, str, str, str]] = field(default_factory=set)
+    relrec: dict[str, dict[tuple[str, str, str], list[dict[str, Any]]]] = field(default_factory=dict)
+    progress: dict[str, list[dict[str, Any]]] = field(default_factory=dict)   # USUBJID -> DS items
+    disposed: set[str] = field(default_factory=set)
+    tallies: dict[tuple[Any, ...], list[Any]] = field(default_factory=dict)
+    counts: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+
+    @property
+    def r5(self) -> bool:
+        return self.version == "R5"
+
+    def tally(self, kind: Kind, domain: str, variable: str | None, message: str, n: int = 1, *,
+              target: str | None = None, record: str | None = None, value: Any = None,
+              severity: Severity | None = None) -> None:
+        """Aggregate one issue per (kind, domain, variable, message); flushed with its count."""
+        if n <= 0:
+            return
+        key = (kind, domain, variable, message, target, severity)
+        cur = self.tallies.get(key)
+        if cur is None:
+            self.tallies[key] = [n, record, value]
+        else:
+            cur[0] += n
+
+    def flush(self) -> None:
+        for (kind, domain, variable, message, target, severity), (n, record, value) in self.tallies.items():
+            src = f"{domain}.{variable}" if variable else domain
+            self.report.add(kind, f"{message} ({n} value{'s' if n != 1 else ''})", source=src,
+                            target=target, record=record, value=value, severity=severity,
+                            rule=rule_id(domain, variable) if variable and domain in SPECCED else None)
+        self.tallies.clear()
+
+
+SPECCED = frozenset(SUBJECT_DOMAINS)
+
+
+def _ref(rtype: str, rid: str) -> dict[str, str]:
+    return {"reference": f"{rtype}/{rid}"}
+
+
+# ----------------------------------------------------------------------------- column helpers
+def _col(df: pd.DataFrame, name: str) -> list[Any]:
+    if name not in df.columns:
+        return [None] * len(df)
+    s = df[name]
+    if s.dtype.kind == "f":
+        return [None if v != v else v for v in s.tolist()]
+    return s.tolist()
+
+
+def _dates(df: pd.DataFrame, var: str, ctx: Ctx, domain: str, keys: list[str], *,
+           date_only: bool = False, target: str = "") -> tuple[list[Any], list[Any]]:
+    if var not in df.columns:
+        return [None] * len(df), [None] * len(df)
+    d = T.convert_dates(df[var], default_tz=ctx.default_tz, date_only=date_only)
+    first = next((k for k, o in zip(keys, d.original) if o is not None), None)
+    msgs = {
+        "seconds-added": (Kind.INFERRED, "time without seconds: ':00' added (SDTM text kept in "
+                                         "extension sdtm-dtc)"),
+        "zone-added": (Kind.INFERRED, f"time without zone: --default-tz {ctx.default_tz} applied "
+                                      "(SDTM text kept in extension sdtm-dtc)"),
+        "time-cut": (Kind.LOSSY, "time without zone (or a date-only element): FHIR keeps the date; "
+                                 "the full SDTM text is kept in extension sdtm-dtc (set --default-tz "
+                                 "to keep the time)"),
+        "cut": (Kind.LOSSY, "not a complete ISO 8601 value: FHIR keeps its valid leading part; "
+                            "SDTM text kept in extension sdtm-dtc"),
+        "invalid": (Kind.INVALID_VALUE, "not an ISO 8601 date: kept only in extension sdtm-dtc"),
+    }
+    for k, n in d.counts.items():
+        kind, msg = msgs[k]
+        ctx.tally(kind, domain, var, msg, n, target=target, record=first)
+    return d.value, d.original
+
+
+def _put_date(res: dict[str, Any], key: str, val: Any, orig: Any) -> None:
+    if val is not None:
+        res[key] = val
+    if orig is not None:
+        res["_" + key] = {"extension": [{"url": T.EXT_DTC, "valueString": orig}]}
+
+
+def _period(start: Any, start_o: Any, end: Any, end_o: Any) -> dict[str, Any] | None:
+    p: dict[str, Any] = {}
+    _put_date(p, "start", start, start_o)
+    _put_date(p, "end", end, end_o)
+    return p or None
+
+
+def _sub_ext(var: str, values: list[Any], numeric: bool) -> list[Any]:
+    if numeric:
+        return [None if v is None else {"url": var, "valueDecimal": T.num_json(v)} for v in values]
+    return [None if v is None else {"url": var, "valueString": v} for v in values]
+
+
+class Extras:
+    """Per-row extensions: the carried SDTM variables, SUPPQUAL and RELREC of each record."""
+
+    def __init__(self, df: pd.DataFrame, domain: str, ctx: Ctx, *, consumed: set[str],
+                 idvars: dict[str, list[Any]]) -> None:
+        derived = derived_variables(domain) if domain in SPECCED else set()
+        carried = [c for c in df.columns if c not in consumed and c not in KEYS and c not in derived]
+        cols = [_sub_ext(c, _col(df, c), df[c].dtype.kind == "f") for c in carried]
+        self.sdtm = [[e for e in row if e is not None] for row in zip(*cols)] if cols else None
+        for c in derived & set(df.columns):
+            n = int(df[c].notna().sum())
+            ctx.tally(Kind.LOSSY, domain, c, "derived variable not carried to FHIR (recomputed from "
+                      "the reference start date by FHIR -> SDTM)", n)
+        usubjid = _col(df, "USUBJID")
+        self.supp: list[list[dict[str, Any]]] | None = None
+        self.relrec: list[list[dict[str, Any]]] | None = None
+        for attr, index in (("supp", ctx.supp.get(domain)), ("relrec", ctx.relrec.get(domain))):
+            if not index:
+                continue
+            wanted = {k[1] for k in index}
+            out: list[list[dict[str, Any]]] = []
+            for i, u in enumerate(usubjid):
+                found: list[dict[str, Any]] = []
+                for iv in wanted:
+                    val = "" if not iv else idvars.get(iv, [None] * len(usubjid))[i]
+                    key = (u or "", iv, "" if val is None else (T.num_text(val) if isinstance(val, float)
+                                                                  else str(val)))
+                    hit = index.get(key)
+                    if hit:
+                        found.extend(hit)
+                        if attr == "supp":
+                            ctx.supp_used.add((domain, *key))
+                out.append(found)
+            setattr(self, attr, out)
+
+    def ext(self, i: int) -> list[dict[str, Any]] | None:
+        out: list[dict[str, Any]] = []
+        if self.sdtm is not None and self.sdtm[i]:
+            out.append({"url": T.EXT_SDTM, "extension": self.sdtm[i]})
+        if self.supp is not None:
+            out.extend(self.supp[i])
+        if self.relrec is not None:
+            out.extend(self.relrec[i])
+        return out or None
+
+
+def _idvar_cols(df: pd.DataFrame) -> dict[str, list[Any]]:
+    return {c: _col(df, c) for c in df.columns}
+
+
+def _coded(table: str, system: str, values: list[Any], ctx: Ctx, domain: str, var: str,
+           target: str) -> list[dict[str, str] | None]:
+    """Code lookups once per distinct value; a code missing from the table is reported."""
+    cache: dict[Any, dict[str, str] | None] = {}
+    out = []
+    for v in values:
+        if v is None:
+            out.append(None)
+            continue
+        if v not in cache:
+            cache[v] = T.code_row(table, system, v)
+            if cache[v] is None:
+                ctx.tally(Kind.UNMAPPED_CODE, domain, var, f"code not in table fhir_subject/{table} "
+                          f"({system}); the SDTM text is kept", target=target, value=v)
+        out.append(cache[v])
+    return out
+
+
+def _coding(row: dict[str, str]) -> dict[str, str]:
+    return {"system": row["target_system"], "code": row["target_code"], "display": row["target_display"]}
+
+
+def _require(df: pd.DataFrame, domain: str, path: Path | str) -> None:
+    for var in domain_spec(domain).get("required", []):
+        if var not in df.columns:
+            raise InputError(f"required variable {var} is missing from dataset {domain}", file=str(path),
+                             field=var)
+        miss = df[var].isna()
+        if miss.any():
+            i = int(miss.to_numpy().nonzero()[0][0])
+            raise InputError(f"required variable {var} is empty in row {i + 1}", file=str(path),
+                             record=f"row {i + 1}", field=var)
+
+
+def _seq_ids(df: pd.DataFrame, domain: str, prefix: str, ctx: Ctx, path: Path | str,
+             seen: set[str] | None = None) -> tuple[list[str], list[str]]:
+    """Deterministic ids from STUDYID/USUBJID/--SEQ; a duplicated key is an InputError."""
+    seqvar = f"{domain}SEQ"
+    seqs = [T.num_text(v) for v in _col(df, seqvar)]
+    studies = _col(df, "STUDYID")
+    subjects = _col(df, "USUBJID")
+    ids = [T.make_id(prefix, T.slug(st or ctx.studyid), T.slug(u), s or "")
+           for st, u, s in zip(studies, subjects, seqs)]
+    seen = set() if seen is None else seen
+    for i, rid in enumerate(ids):
+        if rid in seen:
+            raise InputError(f"duplicated key USUBJID/{seqvar} in dataset {domain} (row {i + 1})",
+                             file=str(path), record=f"{subjects[i]}/{seqs[i]}", field=seqvar)
+        seen.add(rid)
+    return ids, seqs
+
+
+# ----------------------------------------------------------------------------- resources
+def build_studies(dm: pd.DataFrame, ts: pd.DataFrame | None, ctx: Ctx) -> list[dict[str, Any]]:
+    studyids = sorted({s for s in _col(dm, "STUDYID") if s})
+    if len(studyids) != 1:
+        raise InputError(f"DM holds {len(studyids)} STUDYID values; one study per folder",
+                         field="STUDYID")
+    ctx.studyid = studyids[0]
+    sid = T.make_id("study", T.slug(ctx.studyid))
+    ctx.study_ref = f"ResearchStudy/{sid}"
+    status = "unknown" if ctx.r5 else "active"
+    if not ctx.r5:
+        ctx.tally(Kind.INFERRED, "DM", "STUDYID", "FHIR R4 ResearchStudy.status is required and SDTM "
+                  "has no study status: 'active' written", target="ResearchStudy.status")
+    study: dict[str, Any] = {"resourceType": "ResearchStudy", "id": sid,
+                             "identifier": [{"system": f"{T.SID}/studyid", "value": ctx.studyid}],
+                             "status": status}
+    if ts is not None and "TSPARMCD" in ts.columns:
+        titles = [v for p, v in zip(_col(ts, "TSPARMCD"), _col(ts, "TSVAL")) if p == "TITLE" and v]
+        if titles:
+            study["title"] = titles[0]
+    out = [study]
+    for site in sorted({s for s in _col(dm, "SITEID") if s}):
+        rid = T.make_id("study", T.slug(ctx.studyid), "site", T.slug(site))
+        ctx.site_refs[site] = f"ResearchStudy/{rid}"
+        out.append({"resourceType": "ResearchStudy", "id": rid,
+                    "identifier": [{"system": f"{T.SID}/siteid", "value": site}],
+                    "status": status, "partOf": [{"reference": ctx.study_ref}]})
+    return out
+
+
+def build_ds(df: pd.DataFrame, ctx: Ctx, path: Path | str) -> None:
+    """DS records -> ResearchSubject.progress (R5) or its R5 cross-version extension (R4)."""
+    _require(df, "DS", path)
+    keys = [f"{u}/{T.num_text(s)}" for u, s in zip(_col(df, "USUBJID"), _col(df, "DSSEQ"))]
+    start, start_o = _dates(df, "DSSTDTC", ctx, "DS", keys, target="ResearchSubject.progress.startDate")
+    ex = Extras(df, "DS", ctx, consumed=mapped_variables("DS"), idvars=_idvar_cols(df))
+    for i, (u, cat, decod, term) in enumerate(zip(_col(df, "USUBJID"), _col(df, "DSCAT"),
+                                                  _col(df, "DSDECOD"), _col(df, "DSTERM"))):
+        kind = "Enrollment" if cat == "DISPOSITION EVENT" else "Milestone"
+        if cat == "DISPOSITION EVENT":
+            ctx.disposed.add(u)
+        reason: dict[str, Any] = {}
+        if decod:
+            reason["coding"] = [T.cdisc_coding("DSDECOD", decod)]
+        if term:
+            reason["text"] = term
+        item: dict[str, Any] = {"type": {"coding": [{
+            "system": "http://terminology.hl7.org/CodeSystem/research-subject-state-type", "code": kind}]}}
+        if reason:
+            item["reason"] = reason
+        _put_date(item, "startDate", start[i], start_o[i])
+        extra = ex.ext(i)
+        if extra:
+            item["extension"] = extra
+        ctx.progress.setdefault(u, []).append(item)
+
+
+def _progress_r4(item: dict[str, Any]) -> dict[str, Any]:
+    subs: list[dict[str, Any]] = [{"url": "type", "valueCodeableConcept": item["type"]}]
+    if "reason" in item:
+        subs.append({"url": "reason", "valueCodeableConcept": item["reason"]})
+    if "startDate" in item or "_startDate" in item:
+        sub: dict[str, Any] = {"url": "startDate"}
+        _put_date(sub, "valueDateTime", item.get("startDate"),
+                  item.get("_startDate", {}).get("extension", [{}])[0].get("valueString"))
+        subs.append(sub)
+    subs.extend(item.get("extension", []))
+    return {"url": T.R5_PROGRESS, "extension": subs}
+
+
+def build_dm(df: pd.DataFrame, ctx: Ctx, path: Path | str) -> Iterator[tuple[str, dict[str, Any]]]:
+    _require(df, "DM", path)
+    users = _col(df, "USUBJID")
+    dup = pd.Series(users).duplicated()
+    if dup.any():
+        i = int(dup.to_numpy().nonzero()[0][0])
+        raise InputError(f"duplicated key USUBJID in dataset DM (row {i + 1})", file=str(path),
+                         record=str(users[i]), field="USUBJID")
+    keys = [str(u) for u in users]
+    consumed = mapped_variables("DM")
+    birth, birth_o = _dates(df, "BRTHDTC", ctx, "DM", keys, date_only=True, target="Patient.birthDate")
+    death, death_o = _dates(df, "DTHDTC", ctx, "DM", keys, target="Patient.deceasedDateTime")
+    rfst, rfst_o = _dates(df, "RFSTDTC", ctx, "DM", keys, target="ResearchSubject.period.start")
+    rfen, rfen_o = _dates(df, "RFENDTC", ctx, "DM", keys, target="ResearchSubject.period.end")
+    sex = _coded("sdtm_to_fhir_codes.csv", "CDISC SEX", _col(df, "SEX"), ctx, "DM", "SEX", "Patient.gender")
+    race = _coded("sdtm_to_fhir_codes.csv", "CDISC RACE", _col(df, "RACE"), ctx, "DM", "RACE",
+                  "Patient.extension(us-core-race)")
+    eth = _coded("sdtm_to_fhir_codes.csv", "CDISC ETHNIC", _col(df, "ETHNIC"), ctx, "DM", "ETHNIC",
+                 "Patient.extension(us-core-ethnicity)")
+    # SEX codes outside the table stay in the sdtm extension (never guessed)
+    sex_raw = _col(df, "SEX")
+    arm, actarm = _col(df, "ARMCD"), _col(df, "ACTARMCD")
+    id_ok = T._ID_BAD  # R5 comparison groups are FHIR ids
+    arm_bad = [a is not None and (bool(id_ok.search(a)) or len(a) > 64) for a in arm]
+    act_bad = [a is not None and (bool(id_ok.search(a)) or len(a) > 64) for a in actarm]
+    if ctx.r5 and (any(arm_bad) or any(act_bad)):
+        ctx.tally(Kind.LOSSY, "DM", "ARMCD", "ARMCD/ACTARMCD is not a FHIR id, so R5 "
+                  "assignedComparisonGroup/actualComparisonGroup cannot hold it: kept in extension sdtm",
+                  sum(arm_bad) + sum(act_bad), target="ResearchSubject.assignedComparisonGroup")
+    ex = Extras(df, "DM", ctx, consumed=consumed, idvars={"": users})
+    cols = [_col(df, c) for c in ("STUDYID", "SUBJID", "SITEID", "COUNTRY", "DTHFL", "RACE", "ETHNIC")]
+    for i, u in enumerate(users):
+        st, subjid, site, country, dthfl, race_t, eth_t = (c[i] for c in cols)
+        pid = T.make_id("pat", T.slug(st or ctx.studyid), T.slug(u))
+        ctx.patients[u] = pid
+        pat: dict[str, Any] = {"resourceType": "Patient", "id": pid}
+        pext: list[dict[str, Any]] = []
+        if race_t:
+            subs: list[dict[str, Any]] = []
+            if race[i]:
+                subs.append({"url": "ombCategory", "valueCoding": _coding(race[i])})  # type: ignore[arg-type]
+            subs.append({"url": "text", "valueString": race_t})
+            pext.append({"url": T.US_CORE_RACE, "extension": subs})
+        if eth_t:
+            subs = []
+            if eth[i]:
+                subs.append({"url": "ombCategory", "valueCoding": _coding(eth[i])})  # type: ignore[arg-type]
+            subs.append({"url": "text", "valueString": eth_t})
+            pext.append({"url": T.US_CORE_ETHNICITY, "extension": subs})
+        carried = ex.ext(i) or []
+        extra_vars: list[dict[str, Any]] = []
+        if sex_raw[i] is not None and sex[i] is None:
+            extra_vars.append({"url": "SEX", "valueString": sex_raw[i]})
+        if ctx.r5 and arm_bad[i]:
+            extra_vars.append({"url": "ARMCD", "valueString": arm[i]})
+        if ctx.r5 and act_bad[i]:
+            extra_vars.append({"url": "ACTARMCD", "valueString": actarm[i]})
+        if extra_vars:
+            if carried and carried[0]["url"] == T.EXT_SDTM:
+                carried[0]["extension"].extend(extra_vars)
+            else:
+                carried.insert(0, {"url": T.EXT_SDTM, "extension": extra_vars})
+        pext.extend(carried)
+        if pext:
+            pat["extension"] = pext
+        pat["identifier"] = [{"system": f"{T.SID}/usubjid", "value": u}]
+        if sex[i]:
+            pat["gender"] = sex[i]["target_code"]  # type: ignore[index]
+        _put_date(pat, "birthDate", birth[i], birth_o[i])
+        if death[i] is not None or death_o[i] is not None:
+            _put_date(pat, "deceasedDateTime", death[i], death_o[i])
+        elif dthfl == "Y":
+            pat["deceasedBoolean"] = True
+        if country:
+            pat["address"] = [{"country": country}]
+        yield "Patient", pat
+
+        rs: dict[str, Any] = {"resourceType": "ResearchSubject",
+                              "id": T.make_id("rsub", T.slug(st or ctx.studyid), T.slug(u))}
+        items = ctx.progress.get(u, [])
+        if items and not ctx.r5:
+            rs["extension"] = [_progress_r4(it) for it in items]
+        if subjid:
+            rs["identifier"] = [{"system": f"{T.SID}/subjid", "value": subjid}]
+        if ctx.r5:
+            rs["status"] = "active"
+        else:
+            rs["status"] = "off-study" if u in ctx.disposed else "on-study"
+        if items and ctx.r5:
+            rs["progress"] = items
+        per = _period(rfst[i], rfst_o[i], rfen[i], rfen_o[i])
+        if per:
+            rs["period"] = per
+        rs["study"] = {"reference": ctx.site_refs.get(site, ctx.study_ref)}
+        rs["subject" if ctx.r5 else "individual"] = _ref("Patient", pid)
+        if ctx.r5:
+            if arm[i] and not arm_bad[i]:
+                rs["assignedComparisonGroup"] = arm[i]
+            if actarm[i] and not act_bad[i]:
+                rs["actualComparisonGroup"] = actarm[i]
+        else:
+            if arm[i]:
+                rs["assignedArm"] = arm[i]
+            if actarm[i]:
+                rs["actualArm"] = actarm[i]
+        yield "ResearchSubject", rs
+    if not ctx.r5 and ctx.disposed:
+        ctx.tally(Kind.INFERRED, "DS", "DSCAT", "R4 ResearchSubject.status derived: 'off-study' when the "
+                  "subject has a DISPOSITION EVENT, else 'on-study'", len(ctx.disposed),
+                  target="ResearchSubject.status")
+
+
+def _subject_refs(df: pd.DataFrame, domain: str, ctx: Ctx) -> tuple[list[Any], list[bool]]:
+    users = _col(df, "USUBJID")
+    refs = []
+    keep = []
+    missing = 0
+    cache: dict[Any, Any] = {}
+    for u in users:
+        if u not in cache:
+            pid = ctx.patients.get(u)
+            cache[u] = _ref("Patient", pid) if pid else None
+        r = cache[u]
+        refs.append(r)
+        keep.append(r is not None)
+        missing += r is None
+    if missing:
+        ctx.tally(Kind.MISSING, domain, "USUBJID", "record of a subject not in DM: not written (its "
+                  "subject reference would not resolve)", missing, severity=Severity.WARNING)
+    return refs, keep
+
+
+def _encounter_refs(df: pd.DataFrame, ctx: Ctx) -> list[Any]:
+    if "VISITNUM" not in df.columns or not ctx.encounters:
+        return [None] * len(df)
+    out = []
+    for st, u, v in zip(_col(df, "STUDYID"), _col(df, "USUBJID"), _col(df, "VISITNUM")):
+        if v is None:
+            out.append(None)
+            continue
+        rid = T.make_id("enc", T.slug(st or ctx.studyid), T.slug(u), T.num_text(v) or "")
+        out.append(_ref("Encounter", rid) if rid in ctx.encounters else None)
+    return out
+
+
+def build_sv(df: pd.DataFrame, ctx: Ctx, path: Path | str) -> Iterator[tuple[str, dict[str, Any]]]:
+    _require(df, "SV", path)
+    users, visits = _col(df, "USUBJID"), [T.num_text(v) for v in _col(df, "VISITNUM")]
+    keys = [f"{u}/VISITNUM {v}" for u, v in zip(users, visits)]
+    st, st_o = _dates(df, "SVSTDTC", ctx, "SV", keys, target="Encounter.period.start")
+    en, en_o = _dates(df, "SVENDTC", ctx, "SV", keys, target="Encounter.period.end")
+    subj, keep = _subject_refs(df, "SV", ctx)
+    ex = Extras(df, "SV", ctx, consumed=mapped_variables("SV"), idvars=_idvar_cols(df))
+    names = _col(df, "VISIT")
+    studies = _col(df, "STUDYID")
+    # SDTMIG key is USUBJID/VISITNUM/SVSTDTC: a repeated VISITNUM gets its start date in the id, and
+    # records of other domains with that VISITNUM get no encounter reference (it would be ambiguous)
+    starts = _col(df, "SVSTDTC")
+    pairs = pd.Series([f"{u}\x00{v}" for u, v in zip(users, visits)])
+    repeated = pairs.duplicated(keep=False).tolist()
+    if any(repeated):
+        ctx.tally(Kind.INFERRED, "SV", "VISITNUM", "VISITNUM repeated for a subject: Encounter id takes "
+                  "SVSTDTC too, and other domains' records of that visit get no encounter reference",
+                  sum(repeated), target="Encounter.id")
+    for i, u in enumerate(users):
+        if not keep[i]:
+            continue
+        base_id = T.make_id("enc", T.slug(studies[i] or ctx.studyid), T.slug(u), visits[i] or "")
+        rid = base_id if not repeated[i] else T.make_id("enc", T.slug(studies[i] or ctx.studyid), T.slug(u),
+                                                        visits[i] or "", T.slug(starts[i] or "none"))
+        if rid in ctx.encounters or rid in ctx.ambiguous_visits:
+            raise InputError(f"duplicated key USUBJID/VISITNUM/SVSTDTC in dataset SV (row {i + 1})",
+                             file=str(path), record=keys[i], field="VISITNUM")
+        ctx.encounters.add(rid)
+        if repeated[i]:
+            ctx.ambiguous_visits.add(base_id)
+        enc: dict[str, Any] = {"resourceType": "Encounter", "id": rid}
+        extra = ex.ext(i)
+        if extra:
+            enc["extension"] = extra
+        enc["identifier"] = [{"system": f"{T.SID}/visitnum", "value": visits[i]}]
+        enc["status"] = "completed" if ctx.r5 else "finished"
+        if not ctx.r5:
+            enc["class"] = {"system": "http://terminology.hl7.org/CodeSystem/v3-NullFlavor", "code": "UNK"}
+        if names[i]:
+            enc["type"] = [{"text": names[i]}]
+        enc["subject"] = subj[i]
+        per = _period(st[i], st_o[i], en[i], en_o[i])
+        if per:
+            enc["actualPeriod" if ctx.r5 else "period"] = per
+        yield "Encounter", enc
+
+
+def _common(df: pd.DataFrame, domain: str, prefix: str, ctx: Ctx, path: Path | str,
+            ) -> tuple[list[str], list[str], list[Any], list[bool], list[Any], Extras, list[str]]:
+    _require(df, domain, path)
+    ids, seqs = _seq_ids(df, domain, prefix, ctx, path)
+    subj, keep = _subject_refs(df, domain, ctx)
+    enc = _encounter_refs(df, ctx)
+    ex = Extras(df, domain, ctx, consumed=mapped_variables(domain), idvars=_idvar_cols(df))
+    keys = [f"{u}/{s}" for u, s in zip(_col(df, "USUBJID"), seqs)]
+    return ids, seqs, subj, keep, enc, ex, keys
+
+
+def _start(res: dict[str, Any], rtype: str, rid: str, ext: Any, seq_system: str, seq: str | None) -> None:
+    res["resourceType"] = rtype
+    res["id"] = rid
+    if ext:
+        res["extension"] = ext
+    if seq is not None:
+        res["identifier"] = [{"system": seq_system, "value": seq}]
+
+
+def build_ae(df: pd.DataFrame, ctx: Ctx, path: Path | str) -> Iterator[tuple[str, dict[str, Any]]]:
+    ids, seqs, subj, keep, enc, ex, keys = _common(df, "AE", "ae", ctx, path)
+    st, st_o = _dates(df, "AESTDTC", ctx, "AE", keys, target="AdverseEvent.occurrence")
+    en, en_o = _dates(df, "AEENDTC", ctx, "AE", keys, target="AdverseEvent.occurrence")
+    rec, rec_o = _dates(df, "AEDTC", ctx, "AE", keys, target="AdverseEvent.recordedDate")
+    table = "sdtm_to_fhir_codes.csv"
+    ser = _coded(table, "AESER", _col(df, "AESER"), ctx, "AE", "AESER", "AdverseEvent.seriousness")
+    out = _coded(table, "AEOUT", _col(df, "AEOUT"), ctx, "AE", "AEOUT", "AdverseEvent.outcome")
+    sev = (_coded(table, "AESEV", _col(df, "AESEV"), ctx, "AE", "AESEV", "AdverseEvent.severity")
+           if not ctx.r5 else [None] * len(df))
+    raw = {c: _col(df, c) for c in ("AETERM", "AEDECOD", "AEPTCD", "AESER", "AEOUT", "AESEV")}
+    sysr = f"{T.SID}/aeseq"
+    for i in range(len(df)):
+        if not keep[i]:
+            continue
+        res: dict[str, Any] = {}
+        extra = ex.ext(i) or []
+        # codes missing from a table stay in the sdtm extension (never guessed, never dropped)
+        lost = [{"url": c, "valueString": raw[c][i]} for c, m in (("AESER", ser), ("AEOUT", out),
+                                                                   ("AESEV", sev))
+                if raw[c][i] is not None and m[i] is None and not (c == "AESEV" and ctx.r5)]
+        if lost:
+            extra = _merge_sdtm(extra, lost)
+        if not ctx.r5 and (en[i] is not None or en_o[i] is not None):
+            extra.append({"url": T.R5_AE_OCCURRENCE, "valuePeriod": _period(st[i], st_o[i], en[i], en_o[i])})
+        _start(res, "AdverseEvent", ids[i], extra or None, sysr, seqs[i])
+        code: dict[str, Any] = {}
+        if raw["AEDECOD"][i] or raw["AEPTCD"][i]:
+            c: dict[str, Any] = {"system": T.MEDDRA}
+            if raw["AEPTCD"][i]:
+                c["code"] = raw["AEPTCD"][i]
+            if raw["AEDECOD"][i]:
+                c["display"] = raw["AEDECOD"][i]
+            code["coding"] = [c]
+        if raw["AETERM"][i]:
+            code["text"] = raw["AETERM"][i]
+        if ctx.r5:
+            res["status"] = "completed"
+        res["actuality"] = "actual"
+        if code:
+            res["code" if ctx.r5 else "event"] = code
+        res["subject"] = subj[i]
+        if enc[i]:
+            res["encounter"] = enc[i]
+        if ctx.r5:
+            if en[i] is not None or en_o[i] is not None:
+                res["occurrencePeriod"] = _period(st[i], st_o[i], en[i], en_o[i])
+            else:
+                _put_date(res, "occurrenceDateTime", st[i], st_o[i])
+        else:
+            _put_date(res, "date", st[i], st_o[i])
+        _put_date(res, "recordedDate", rec[i], rec_o[i])
+        if ser[i]:
+            res["seriousness"] = {"coding": [_coding(ser[i])]}
+        if sev[i]:
+            res["severity"] = {"coding": [_coding(sev[i])]}
+        if out[i]:
+            oc = {"coding": [_coding(out[i])]}
+            res["outcome"] = [oc] if ctx.r5 else oc
+        res["study"] = [{"reference": ctx.study_ref}]
+        yield "AdverseEvent", res
+
+
+def _merge_sdtm(extra: list[dict[str, Any]], subs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    if extra and extra[0]["url"] == T.EXT_SDTM:
+        extra[0]["extension"].extend(subs)
+        return extra
+    return [{"url": T.EXT_SDTM, "extension": subs}, *extra]
+
+
+def _quantity(values: list[Any], units: list[Any], ctx: Ctx, domain: str, var: str) -> list[Any]:
+    out = []
+    for v, u in zip(values, units):
+        if v is None and u is None:
+            out.append(None)
+            continue
+        q: dict[str, Any] = {}
+        if v is not None:
+            q["value"] = v
+        if u is not None:
+            q["unit"] = u
+            code = T.ucum_for(u)
+            if code:
+                q["system"] = T.UCUM
+                q["code"] = code
+            else:
+                ctx.tally(Kind.UNMAPPED_CODE, domain, var, "unit not in table fhir_subject/"
+                          "cdisc_unit_ucum.csv: Quantity.unit only, no UCUM code", target="Quantity.code",
+                          value=u)
+        out.append(q)
+    return out
+
+
+def _dose(df: pd.DataFrame, var: str, unit: str, ctx: Ctx, domain: str) -> list[Any]:
+    vals = [None if v is None else __import__("orjson").Fragment(T.num_text(v).encode()) for v in _col(df, var)]
+    return _quantity(vals, _col(df, unit), ctx, domain, unit)
+
+
+def build_cm(df: pd.DataFrame, ctx: Ctx, path: Path | str) -> Iterator[tuple[str, dict[str, Any]]]:
+    ids, seqs, subj, keep, enc, ex, keys = _common(df, "CM", "cm", ctx, path)
+    st, st_o = _dates(df, "CMSTDTC", ctx, "CM", keys, target="MedicationStatement.effectivePeriod")
+    en, en_o = _dates(df, "CMENDTC", ctx, "CM", keys, target="MedicationStatement.effectivePeriod")
+    da, da_o = _dates(df, "CMDTC", ctx, "CM", keys, target="MedicationStatement.dateAsserted")
+    dose = _dose(df, "CMDOSE", "CMDOSU", ctx, "CM")
+    raw = {c: _col(df, c) for c in ("CMTRT", "CMINDC", "CMROUTE", "CMDOSFRQ", "CMDOSTXT", "CMCAT")}
+    for i in range(len(df)):
+        if not keep[i]:
+            continue
+        res: dict[str, Any] = {}
+        _start(res, "MedicationStatement", ids[i], ex.ext(i), f"{T.SID}/cmseq", seqs[i])
+        res["status"] = "recorded" if ctx.r5 else "unknown"
+        if raw["CMCAT"][i]:
+            res["category"] = [{"text": raw["CMCAT"][i]}] if ctx.r5 else {"text": raw["CMCAT"][i]}
+        med = {"text": raw["CMTRT"][i]} if raw["CMTRT"][i] else {"text": "(no CMTRT)"}
+        if ctx.r5:
+            res["medication"] = {"concept": med}
+        else:
+            res["medicationCodeableConcept"] = med
+        res["subject"] = subj[i]
+        if enc[i]:
+            res["encounter" if ctx.r5 else "context"] = enc[i]
+        per = _period(st[i], st_o[i], en[i], en_o[i])
+        if per:
+            res["effectivePeriod"] = per
+        _put_date(res, "dateAsserted", da[i], da_o[i])
+        if raw["CMINDC"][i]:
+            res["reason" if ctx.r5 else "reasonCode"] = (
+                [{"concept": {"text": raw["CMINDC"][i]}}] if ctx.r5 else [{"text": raw["CMINDC"][i]}])
+        dos: dict[str, Any] = {}
+        if raw["CMDOSTXT"][i]:
+            dos["text"] = raw["CMDOSTXT"][i]
+        if raw["CMDOSFRQ"][i]:
+            dos["timing"] = {"code": {"text": raw["CMDOSFRQ"][i]}}
+        if raw["CMROUTE"][i]:
+            dos["route"] = {"text": raw["CMROUTE"][i]}
+        if dose[i]:
+            dos["doseAndRate"] = [{"doseQuantity": dose[i]}]
+        if dos:
+            res["dosage"] = [dos]
+        yield "MedicationStatement", res
+    if any(v is None for v in raw["CMTRT"]):
+        ctx.tally(Kind.MISSING, "CM", "CMTRT", "CMTRT empty: medication text '(no CMTRT)' written",
+                  sum(v is None for v in raw["CMTRT"]), target="MedicationStatement.medication")
+
+
+def build_ex(df: pd.DataFrame, ctx: Ctx, path: Path | str) -> Iterator[tuple[str, dict[str, Any]]]:
+    ids, seqs, subj, keep, enc, ex, keys = _common(df, "EX", "ex", ctx, path)
+    st, st_o = _dates(df, "EXSTDTC", ctx, "EX", keys, target="MedicationAdministration.effective")
+    en, en_o = _dates(df, "EXENDTC", ctx, "EX", keys, target="MedicationAdministration.effective")
+    dose = _dose(df, "EXDOSE", "EXDOSU", ctx, "EX")
+    raw = {c: _col(df, c) for c in ("EXTRT", "EXROUTE", "EXOCCUR")}
+    eff = "occurence" if ctx.r5 else "effective"     # R5 spells it 'occurence'
+    for i in range(len(df)):
+        if not keep[i]:
+            continue
+        res: dict[str, Any] = {}
+        _start(res, "MedicationAdministration", ids[i], ex.ext(i), f"{T.SID}/exseq", seqs[i])
+        res["status"] = "not-done" if raw["EXOCCUR"][i] == "N" else "completed"
+        med = {"text": raw["EXTRT"][i]}
+        if ctx.r5:
+            res["medication"] = {"concept": med}
+        else:
+            res["medicationCodeableConcept"] = med
+        res["subject"] = subj[i]
+        if enc[i]:
+            res["encounter" if ctx.r5 else "context"] = enc[i]
+        per = _period(st[i], st_o[i], en[i], en_o[i])
+        if per:
+            res[f"{eff}Period"] = per
+        else:
+            res[f"_{eff}DateTime"] = {"extension": [{
+                "url": "http://hl7.org/fhir/StructureDefinition/data-absent-reason", "valueCode": "unknown"}]}
+        dos: dict[str, Any] = {}
+        if raw["EXROUTE"][i]:
+            dos["route"] = {"text": raw["EXROUTE"][i]}
+        if dose[i]:
+            dos["dose"] = dose[i]
+        if dos:
+            res["dosage"] = dos
+        yield "MedicationAdministration", res
+
+
+def build_mh(df: pd.DataFrame, ctx: Ctx, path: Path | str) -> Iterator[tuple[str, dict[str, Any]]]:
+    ids, seqs, subj, keep, enc, ex, keys = _common(df, "MH", "mh", ctx, path)
+    st, st_o = _dates(df, "MHSTDTC", ctx, "MH", keys, target="Condition.onsetDateTime")
+    en, en_o = _dates(df, "MHENDTC", ctx, "MH", keys, target="Condition.abatementDateTime")
+    rec, rec_o = _dates(df, "MHDTC", ctx, "MH", keys, target="Condition.recordedDate")
+    raw = {c: _col(df, c) for c in ("MHTERM", "MHDECOD", "MHCAT", "MHSEV")}
+    for i in range(len(df)):
+        if not keep[i]:
+            continue
+        res: dict[str, Any] = {}
+        _start(res, "Condition", ids[i], ex.ext(i), f"{T.SID}/mhseq", seqs[i])
+        if ctx.r5:
+            res["clinicalStatus"] = {"coding": [{
+                "system": "http://terminology.hl7.org/CodeSystem/condition-clinical", "code": "unknown"}]}
+        if raw["MHCAT"][i]:
+            res["category"] = [{"text": raw["MHCAT"][i]}]
+        if raw["MHSEV"][i]:
+            res["severity"] = {"text": raw["MHSEV"][i]}
+        code: dict[str, Any] = {}
+        if raw["MHDECOD"][i]:
+            code["coding"] = [{"system": T.MEDDRA, "display": raw["MHDECOD"][i]}]
+        if raw["MHTERM"][i]:
+            code["text"] = raw["MHTERM"][i]
+        if code:
+            res["code"] = code
+        res["subject"] = subj[i]
+        if enc[i]:
+            res["encounter"] = enc[i]
+        _put_date(res, "onsetDateTime", st[i], st_o[i])
+        _put_date(res, "abatementDateTime", en[i], en_o[i])
+        _put_date(res, "recordedDate", rec[i], rec_o[i])
+        yield "Condition", res
+
+
+def build_pr(df: pd.DataFrame, ctx: Ctx, path: Path | str) -> Iterator[tuple[str, dict[str, Any]]]:
+    ids, seqs, subj, keep, enc, ex, keys = _common(df, "PR", "pr", ctx, path)
+    st, st_o = _dates(df, "PRSTDTC", ctx, "PR", keys, target="Procedure.performed")
+    en, en_o = _dates(df, "PRENDTC", ctx, "PR", keys, target="Procedure.performed")
+    raw = {c: _col(df, c) for c in ("PRTRT", "PROCCUR", "PRINDC", "PRLOC")}
+    occ = "occurrence" if ctx.r5 else "performed"
+    for i in range(len(df)):
+        if not keep[i]:
+            continue
+        res: dict[str, Any] = {}
+        _start(res, "Procedure", ids[i], ex.ext(i), f"{T.SID}/prseq", seqs[i])
+        res["status"] = "not-done" if raw["PROCCUR"][i] == "N" else "completed"
+        if raw["PRTRT"][i]:
+            res["code"] = {"text": raw["PRTRT"][i]}
+        res["subject"] = subj[i]
+        if enc[i]:
+            res["encounter"] = enc[i]
+        per = _period(st[i], st_o[i], en[i], en_o[i])
+        if per:
+            res[f"{occ}Period"] = per
+        if raw["PRINDC"][i]:
+            res["reason" if ctx.r5 else "reasonCode"] = (
+                [{"concept": {"text": raw["PRINDC"][i]}}] if ctx.r5 else [{"text": raw["PRINDC"][i]}])
+        if raw["PRLOC"][i]:
+            res["bodySite"] = [{"text": raw["PRLOC"][i]}]
+        yield "Procedure", res
+
+
+_CATEGORY = {
+    "VS": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/observation-category",
+                       "code": "vital-signs", "display": "Vital Signs"}]},
+    "LB": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/observation-category",
+                       "code": "laboratory", "display": "Laboratory"}]},
+}
+
+
+def build_findings(df: pd.DataFrame, domain: str, ctx: Ctx, path: Path | str,
+                   seen: set[str]) -> Iterator[tuple[str, dict[str, Any]]]:
+    """VS and LB -> Observation (one chunk; ``seen`` carries ids across chunks for duplicates)."""
+    p = domain
+    _require(df, domain, path)
+    ids, seqs = _seq_ids(df, domain, p.lower(), ctx, path, seen)
+    subj, keep = _subject_refs(df, domain, ctx)
+    enc = _encounter_refs(df, ctx)
+    consumed = mapped_variables(domain)
+    ex = Extras(df, domain, ctx, consumed=consumed, idvars=_idvar_cols(df))
+    keys = [f"{u}/{s}" for u, s in zip(_col(df, "USUBJID"), seqs)]
+    eff, eff_o = _dates(df, f"{p}DTC", ctx, domain, keys, target="Observation.effectiveDateTime")
+    n = len(df)
+    res_text = df[f"{p}ORRES"] if f"{p}ORRES" in df.columns else pd.Series([None] * n, dtype=object)
+    dec = T.parse_decimals(res_text)
+    if dec.normalised.any():
+        ctx.tally(Kind.INFERRED, domain, f"{p}ORRES", "numeric text rewritten as a FHIR decimal (e.g. a "
+                  "leading zero added)", int(dec.normalised.sum()), target="Observation.valueQuantity.value")
+    units = _col(df, f"{p}ORRESU")
+    qty = _quantity(dec.value, [u if v is not None else None for u, v in zip(units, dec.value)],
+                    ctx, domain, f"{p}ORRESU")
+    texts = res_text.tolist()
+    lo = T.parse_decimals(df[f"{p}ORNRLO"]) if f"{p}ORNRLO" in df.columns else None
+    hi = T.parse_decimals(df[f"{p}ORNRHI"]) if f"{p}ORNRHI" in df.columns else None
+    lo_raw = _col(df, f"{p}ORNRLO")
+    hi_raw = _col(df, f"{p}ORNRHI")
+    stnrc = _col(df, f"{p}STNRC")
+    nrind = _coded("sdtm_to_fhir_codes.csv", "CDISC NRIND", _col(df, f"{p}NRIND"), ctx, domain,
+                   f"{p}NRIND", "Observation.interpretation")
+    nrind_raw = _col(df, f"{p}NRIND")
+    stat, reasnd = _col(df, f"{p}STAT"), _col(df, f"{p}REASND")
+    cat = _col(df, f"{p}CAT")
+    loc, method, pos = _col(df, f"{p}LOC"), _col(df, f"{p}METHOD"), _col(df, f"{p}POS")
+    codes = _test_codes(df, domain, ctx)
+    base_cat = _CATEGORY[domain]
+    seq_sys = f"{T.SID}/{p.lower()}seq"
+    status_done = "final"
+    out = []
+    for i in range(n):
+        if not keep[i]:
+            continue
+        res: dict[str, Any] = {"resourceType": "Observation", "id": ids[i]}
+        extra = ex.ext(i) or []
+        if pos[i]:
+            extra.append({"url": T.BODY_POSITION, "valueCodeableConcept": {"text": pos[i]}})
+        # parts SDTM holds that the chosen FHIR shape cannot: kept in the sdtm extension
+        lost = []
+        if texts[i] is not None and qty[i] is None and units[i] is not None:
+            lost.append({"url": f"{p}ORRESU", "valueString": units[i]})
+        if lo_raw[i] is not None and (lo is None or lo.value[i] is None):
+            lost.append({"url": f"{p}ORNRLO", "valueString": lo_raw[i]})
+        if hi_raw[i] is not None and (hi is None or hi.value[i] is None):
+            lost.append({"url": f"{p}ORNRHI", "valueString": hi_raw[i]})
+        if lost:
+            extra = _merge_sdtm(extra, lost)
+        if extra:
+            res["extension"] = extra
+        if seqs[i] is not None:
+            res["identifier"] = [{"system": seq_sys, "value": seqs[i]}]
+        res["status"] = "cancelled" if stat[i] == "NOT DONE" else status_done
+        res["category"] = [base_cat, {"text": cat[i]}] if cat[i] else [base_cat]
+        res["code"] = codes[i]
+        res["subject"] = subj[i]
+        if enc[i]:
+            res["encounter"] = enc[i]
+        _put_date(res, "effectiveDateTime", eff[i], eff_o[i])
+        if qty[i] is not None:
+            q = qty[i]
+            if dec.comparator[i]:
+                q = {"value": q["value"], "comparator": dec.comparator[i], **{k: v for k, v in q.items()
+                                                                              if k != "value"}}
+            res["valueQuantity"] = q
+        elif texts[i] is not None:
+            res["valueCodeableConcept"] = {"text": texts[i]}
+        if stat[i] == "NOT DONE" or reasnd[i]:
+            dar: dict[str, Any] = {"coding": [{
+                "system": "http://terminology.hl7.org/CodeSystem/data-absent-reason", "code": "not-performed"}]}
+            if reasnd[i]:
+                dar["text"] = reasnd[i]
+            res["dataAbsentReason"] = dar
+        if nrind_raw[i] is not None:
+            res["interpretation"] = [{"coding": [_coding(nrind[i])]} if nrind[i] else {"text": nrind_raw[i]}]
+        if loc[i]:
+            res["bodySite"] = {"text": loc[i]}
+        if method[i]:
+            res["method"] = {"text": method[i]}
+        rr: dict[str, Any] = {}
+        if lo is not None and lo.value[i] is not None:
+            rr["low"] = _range_q(lo.value[i], units[i])
+        if hi is not None and hi.value[i] is not None:
+            rr["high"] = _range_q(hi.value[i], units[i])
+        if stnrc[i]:
+            rr["text"] = stnrc[i]
+        if rr:
+            res["referenceRange"] = [rr]
+        out.append(("Observation", res))
+    return iter(out)
+
+
+def _range_q(value: Any, unit: Any) -> dict[str, Any]:
+    q: dict[str, Any] = {"value": value}
+    if unit is not None:
+        q["unit"] = unit
+        code = T.ucum_for(unit)
+        if code:
+            q["system"] = T.UCUM
+            q["code"] = code
+    return q
+
+
+def _test_codes(df: pd.DataFrame, domain: str, ctx: Ctx) -> list[dict[str, Any]]:
+    """Observation.code per distinct (TESTCD, TEST, LOINC, SPEC, METHOD): built once, shared."""
+    p = domain
+    cols = [_col(df, c) for c in (f"{p}TESTCD", f"{p}TEST", f"{p}LOINC", f"{p}SPEC", f"{p}METHOD")]
+    cache: dict[tuple[Any, ...], dict[str, Any]] = {}
+    out = []
+    for key in zip(*cols):
+        cc = cache.get(key)
+        if cc is None:
+            testcd, test, loinc, spec, meth = key
+            coding = [T.cdisc_coding(f"{p}TESTCD", testcd, test)]
+            if loinc:
+                coding.append({"system": T.LOINC, "code": loinc})
+            elif domain == "LB":
+                code, n = T.lb_loinc(testcd, spec, meth)
+                if code:
+                    coding.append({"system": T.LOINC, "code": code})
+                    ctx.tally(Kind.INFERRED, "LB", "LBTESTCD", "LOINC code taken from the CDISC LOINC-to-LB "
+                              "table (one candidate for LBTESTCD/LBSPEC/LBMETHOD)", target="Observation.code")
+                elif (testcd, spec, meth) not in ctx.counts:
+                    ctx.counts[(testcd, spec, meth)] = 1  # type: ignore[index]
+                    msg = (f"LBTESTCD is ambiguous in the CDISC LOINC-to-LB table ({n} LOINC candidates"
+                           f"{'' if spec else ', no LBSPEC'}): no LOINC coding written" if n > 1 else
+                           "LBTESTCD has no LOINC code in the CDISC LOINC-to-LB table: no LOINC coding written")
+                    ctx.report.add(Kind.UNMAPPED_CODE, msg, source="LB.LBTESTCD", target="Observation.code",
+                                   rule=rule_id("LB", "LBTESTCD"), value=testcd)
+            else:
+                row = T.code_row("sdtm_to_fhir_codes.csv", "VSTESTCD", testcd)
+                if row:
+                    coding.append(_coding(row))
+                elif (testcd, "VS") not in ctx.counts:
+                    ctx.counts[(testcd, "VS")] = 1  # type: ignore[index]
+                    ctx.report.add(Kind.UNMAPPED_CODE, "VSTESTCD has no LOINC code in fhir_subject/"
+                                   "sdtm_to_fhir_codes.csv: no LOINC coding written", source="VS.VSTESTCD",
+                                   target="Observation.code", rule=rule_id("VS", "VSTESTCD"), value=testcd)
+            cc = {"coding": coding}
+            cache[key] = cc
+        out.append(cc)
+    return out
+
+
+# ----------------------------------------------------------------------------- SUPPQUAL / RELREC
+def index_supp(name: str, df: pd.DataFrame, ctx: Ctx, path: Path | str) -> None:
+    for var in ("RDOMAIN", "USUBJID", "QNAM", "QVAL"):
+        if var not in df.columns:
+            raise InputError(f"required variable {var} is missing from dataset {name}", file=str(path),
+                             field=var)
+    idx = ctx.supp.setdefault(name[4:], {})
+    cols = [_col(df, c) for c in ("USUBJID", "IDVAR", "IDVARVAL", "QNAM", "QLABEL", "QVAL", "QORIG", "QEVAL")]
+    for u, iv, ivv, *q in zip(*cols):
+        subs = [{"url": n, "valueString": v} for n, v in zip(("QNAM", "QLABEL", "QVAL", "QORIG", "QEVAL"), q)
+                if v is not None]
+        idx.setdefault((u or "", iv or "", ivv or ""), []).append({"url": T.EXT_SUPPQUAL, "extension": subs})
+
+
+_PREFIX = {"AE": ("AdverseEvent", "ae"), "CM": ("MedicationStatement", "cm"),
+           "EX": ("MedicationAdministration", "ex"), "MH": ("Condition", "mh"), "PR": ("Procedure", "pr"),
+           "LB": ("Observation", "lb"), "VS": ("Observation", "vs")}
+
+
+def index_relrec(df: pd.DataFrame, ctx: Ctx, path: Path | str) -> None:
+    groups: dict[tuple[str, str], list[tuple[str, str, str, str | None]]] = defaultdict(list)
+    dataset_level = 0
+    for st, rd, u, iv, ivv, rt, rel in zip(*(_col(df, c) for c in (
+            "STUDYID", "RDOMAIN", "USUBJID", "IDVAR", "IDVARVAL", "RELTYPE", "RELID"))):
+        if not u:
+            dataset_level += 1
+            continue
+        groups[(u, rel or "")].append((rd or "", iv or "", ivv or "", rt))
+    if dataset_level:
+        ctx.tally(Kind.LOSSY, "RELREC", "RELTYPE", "dataset-level RELREC relationship (no USUBJID): FHIR "
+                  "links resources, not datasets; not carried", dataset_level)
+    for (u, rel), members in groups.items():
+        refs = {}
+        for rd, iv, ivv, _ in members:
+            if rd in _PREFIX and iv == f"{rd}SEQ":
+                rtype, pre = _PREFIX[rd]
+                refs[(rd, iv, ivv)] = f"{rtype}/{T.make_id(pre, T.slug(ctx.studyid), T.slug(u), ivv)}"
+            elif rd == "DS":
+                refs[(rd, iv, ivv)] = f"ResearchSubject/{T.make_id('rsub', T.slug(ctx.studyid), T.slug(u))}"
+        for rd, iv, ivv, rt in members:
+            subs: list[dict[str, Any]] = [{"url": "RELID", "valueString": rel}]
+            if rt:
+                subs.append({"url": "RELTYPE", "valueString": rt})
+            for other, ref in refs.items():
+                if other != (rd, iv, ivv):
+                    subs.append({"url": "target", "valueReference": {"reference": ref}})
+            ctx.relrec.setdefault(rd, {}).setdefault((u, iv, ivv), []).append(
+                {"url": T.EXT_RELREC, "extension": subs})
+
+
+# ----------------------------------------------------------------------------- output sinks
+class Sink:
+    """A Bundle (collection) or one NDJSON file per resource type, all written atomically."""
+
+    def __init__(self, outdir: Path, *, ndjson: bool, bundle_name: str, stack: contextlib.ExitStack,
+                 indent: bool = True) -> None:
+        self.outdir, self.ndjson, self.stack = outdir, ndjson, stack
+        self.bundle_name = bundle_name
+        self.entries: list[dict[str, Any]] = []
+        self.files: dict[str, Any] = {}
+        self.targets: list[Path] = []
+        self.counts: dict[str, int] = defaultdict(int)
+        self.indent = indent
+
+    def add_many(self, items: Iterable[tuple[str, dict[str, Any]]]) -> None:
+        if not self.ndjson:
+            for rtype, res in items:
+                self.counts[rtype] += 1
+                self.entries.append({"fullUrl": f"{T.BASE}/{rtype}/{res['id']}", "resource": res})
+            return
+        by_type: dict[str, list[bytes]] = defaultdict(list)
+        dumps = orjson.dumps
+        for rtype, res in items:
+            by_type[rtype].append(dumps(res))
+        for rtype, lines in by_type.items():
+            self.counts[rtype] += len(lines)
+            self._file(rtype).write(b"\n".join(lines) + b"\n")
+
+    def _file(self, rtype: str) -> Any:
+        fh = self.files.get(rtype)
+        if fh is None:
+            target = self.outdir / f"{rtype}.ndjson"
+            tmp = self.stack.enter_context(atomic_path(target))
+            fh = self.stack.enter_context(open(tmp, "wb"))
+            self.files[rtype] = fh
+            self.targets.append(target)
+        return fh
+
+    def finish(self, bundle_id: str) -> list[Path]:
+        if self.ndjson:
+            return sorted(self.targets)
+        target = self.outdir / f"{self.bundle_name}.bundle.json"
+        tmp = self.stack.enter_context(atomic_path(target))
+        bundle = {"resourceType": "Bundle", "id": bundle_id, "type": "collection", "entry": self.entries}
+        opt = orjson.OPT_INDENT_2 if self.indent else 0
+        tmp.write_bytes(orjson.dumps(bundle, option=opt) + b"\n")
+        return [target]
+
+
+# ----------------------------------------------------------------------------- entry point
+def subject_domains_in(folder: Path) -> list[str]:
+    """The subject domains (DM, AE, LB, ...) a folder holds: the integrator's dispatch test."""
+    names = {p.stem.upper() for p in folder.iterdir() if p.is_file()}
+    return [d for d in SUBJECT_DOMAINS if d in names]
+
+
+BUILDERS: dict[str, Callable[..., Iterator[tuple[str, dict[str, Any]]]]] = {
+    "SV": build_sv, "AE": build_ae, "CM": build_cm, "EX": build_ex, "MH": build_mh, "PR": build_pr}
+
+
+def convert_sdtm_to_fhir(folder: Path, outdir: Path, *, options: Any, report: ConversionReport,
+                         chunksize: int = 100_000) -> list[Path]:
+    """Read the SDTM datasets of ``folder`` and write FHIR (``options.fhir_version`` R4 or R5).
+
+    ``options.extra``: ``ndjson`` (one file per resource type), ``default_tz`` (e.g. ``+00:00``: the
+    zone given to SDTM times that have none; without it such times are cut to their date and the
+    text kept in an extension), ``compact`` (bundle without indentation).
+    """
+    version = (getattr(options, "fhir_version", None) or "R5").upper()
+    if version not in ("R4", "R5"):
+        raise UsageError(f"--fhir-version must be R4 or R5, not {version}")
+    extra = dict(getattr(options, "extra", {}) or {})
+    tz = extra.get("default_tz")
+    if tz is not None and not _valid_tz(tz):
+        raise UsageError(f"--default-tz must be Z or +hh:mm / -hh:mm, not {tz!r}")
+    ctx = Ctx(version=version, report=report, default_tz=tz)
+    files = find_datasets(folder, report)
+    define = read_define(folder)
+    if "DM" not in files:
+        raise InputError("no DM dataset: subject data needs dm.xpt / dm.json / dm.ndjson / dm.csv",
+                         file=str(folder))
+    frames = {n: _read(files[n], define) for n in files
+              if n not in STREAMED and n not in TRIAL_DESIGN or n == "TS"}
+    for name, ds in files.items():
+        if name in TRIAL_DESIGN or name in SUBJECT_DOMAINS or name == "RELREC" or name.startswith("SUPP"):
+            continue
+        report.add(Kind.UNMAPPED_SOURCE, f"dataset {name} has no SDTM -> FHIR mapping yet: not converted "
+                   f"({len(frames.get(name, []))} records)", source=name, file=str(ds.path))
+    dm = frames["DM"]
+    studies = build_studies(dm, frames.get("TS"), ctx)
+    for name, df in frames.items():
+        if name.startswith("SUPP"):
+            index_supp(name, df, ctx, files[name].path)
+    if "RELREC" in frames:
+        index_relrec(frames["RELREC"], ctx, files["RELREC"].path)
+    if "DS" in frames:
+        build_ds(frames["DS"], ctx, files["DS"].path)
+    outdir.mkdir(parents=True, exist_ok=True)
+    written: list[Path] = []
+    with contextlib.ExitStack() as stack:
+        sink = Sink(outdir, ndjson=bool(extra.get("ndjson")), bundle_name=T.slug(ctx.studyid),
+                    stack=stack, indent=not extra.get("compact"))
+        sink.add_many(("ResearchStudy", s) for s in studies)
+        sink.add_many(build_dm(dm, ctx, files["DM"].path))
+        for name in ("SV", "AE", "CM", "EX", "MH", "PR"):
+            if name in frames:
+                sink.add_many(BUILDERS[name](frames[name], ctx, files[name].path))
+        for name in ("VS", "LB"):
+            if name in files:
+                seen: set[str] = set()
+                for chunk in iter_dataset_chunks(files[name], chunksize=chunksize, define=define):
+                    sink.add_many(build_findings(chunk, name, ctx, files[name].path, seen))
+        _report_unattached(ctx, frames)
+        written = sink.finish(T.make_id("bundle", T.slug(ctx.studyid)))
+        report.extra.setdefault("sdtm_to_fhir", {})["resources"] = dict(sorted(sink.counts.items()))
+        report.extra["sdtm_to_fhir"]["fhirVersion"] = version
+    ctx.flush()
+    return written
+
+
+def _read(ds: DatasetFile, define: DefineInfo | None) -> pd.DataFrame:
+    return read_dataset(ds, define=define)
+
+
+def _valid_tz(tz: str) -> bool:
+    import re
+    return bool(re.fullmatch(r"Z|[+-](0[0-9]|1[0-3]):[0-5][0-9]|[+-]14:00", tz))
+
+
+def _report_unattached(ctx: Ctx, frames: dict[str, pd.DataFrame]) -> None:
+    for dom, idx in ctx.supp.items():
+        unused = [k for k in idx if (dom, *k) not in ctx.supp_used]
+        n = sum(len(idx[k]) for k in unused)
+        if n:
+            where = "its parent domain is not converted" if dom not in SUBJECT_DOMAINS else "no parent record"
+            ctx.tally(Kind.LOSSY if dom not in SUBJECT_DOMAINS else Kind.MISSING, f"SUPP{dom}", "IDVARVAL",
+                      f"SUPPQUAL rows not attached ({where})", n, record=f"{unused[0][0]}/{unused[0][2]}")

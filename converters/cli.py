@@ -30,6 +30,7 @@ from .pipeline import (
 )
 from .report import ConversionReport, Policy
 from .safeio import write_json_atomic
+from .submission.commands import package_command, validate_command
 
 log = logging.getLogger("trialbridge")
 
@@ -161,6 +162,10 @@ def demo(outdir: Path) -> None:
                     click.echo(f"   wrote {p}")
             worst = max(worst, code)
     sys.exit(worst)
+
+
+cli.add_command(validate_command)
+cli.add_command(package_command)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

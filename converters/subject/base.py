@@ -82,6 +82,7 @@ from ..report import ConversionReport, Kind
 ENGINE_PREFIX = "_"
 SRC_COLUMNS = ("_src_type", "_src_id", "_src_ver", "_src_file", "_src_line")
 DEFAULT_SALT_ENV = "TRIALBRIDGE_SALT"
+MAX_ROW_ISSUES = 200   # per (domain, reason); the rest are counted in one summary issue
 
 # ------------------------------------------------------------------------------------- registry
 ExtractFn = Callable[[dict[str, Any], "Ctx"], "dict[str, Any] | list[dict[str, Any]] | None"]
@@ -212,7 +213,32 @@ class Ctx:
     #: small resources kept by type (scrubbed of names/telecom/address lines), key -> resource
     resources: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
     frames: dict[str, pd.DataFrame] = field(default_factory=dict)
+    issue_counts: dict[tuple[str, str], int] = field(default_factory=dict)
     _once: set[str] = field(default_factory=set)
+
+    def row_issue(self, domain: str, reason: str, kind: Kind, message: str, record: str | None,
+                  **kw: Any) -> None:
+        """A per-resource issue (record = ResourceType/id); after MAX_ROW_ISSUES of one
+        (domain, reason) the rest are counted and summarised at the end of the run."""
+        n = self.issue_counts[(domain, reason)] = self.issue_counts.get((domain, reason), 0) + 1
+        if n <= MAX_ROW_ISSUES:
+            self.report.add(kind, message, record=record, **kw)
+
+    def row_issues(self, domain: str, reason: str, kind: Kind, message: str, frame: pd.DataFrame,
+                   mask: Any, **kw: Any) -> None:
+        """:meth:`row_issue` for every row of ``frame`` where ``mask`` is true (vectorised callers);
+        ``value`` may be a column name whose row value is attached (kept only with --report-values)."""
+        value_col = kw.pop("value_col", None)
+        idx = frame.index[np.asarray(mask, dtype=bool)]
+        room = max(0, MAX_ROW_ISSUES - self.issue_counts.get((domain, reason), 0))
+        for i in idx[:room]:
+            self.row_issue(domain, reason, kind, message,
+                           record=f"{frame.at[i, '_src_type']}/{frame.at[i, '_src_id']}",
+                           file=frame.at[i, "_src_file"],
+                           value=frame.at[i, value_col] if value_col else None, **kw)
+        rest = len(idx) - min(len(idx), room)
+        if rest > 0:
+            self.issue_counts[(domain, reason)] = self.issue_counts.get((domain, reason), 0) + rest
 
     # -- reporting helpers: never put subject values in messages
     def once(self, key: str, kind: Kind, message: str, **kw: Any) -> None:

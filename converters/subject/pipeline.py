@@ -47,7 +47,6 @@ PATIENT_EXTENSIONS = frozenset({
     "http://hl7.org/fhir/us/core/StructureDefinition/us-core-sex",
     "http://hl7.org/fhir/StructureDefinition/individual-recordedSexOrGender",
 })
-MAX_ROW_ISSUES = 200   # per (domain, reason): then one summary issue with the count
 
 
 def convert_subjects(inputs: list[Path], outdir: Path, *, options: Any,
@@ -79,7 +78,6 @@ class _Run:
         self.seq: dict[str, dict[str, int]] = defaultdict(dict)
         self.writers: dict[str, ChunkedDomainWriter] = {}
         self.prov: dict[str, Any] = {}
-        self.issue_counts: dict[tuple[str, str], int] = defaultdict(int)
         self.supp_frames: dict[str, list[pd.DataFrame]] = defaultdict(list)
 
     # -- helpers
@@ -98,11 +96,8 @@ class _Run:
                     out[t].append((p.extract, [p]))
         return out
 
-    def row_issue(self, domain: str, reason: str, kind: Kind, message: str, record: str | None,
-                  **kw: Any) -> None:
-        n = self.issue_counts[(domain, reason)] = self.issue_counts[(domain, reason)] + 1
-        if n <= MAX_ROW_ISSUES:
-            self.ctx.report.add(kind, message, record=record, **kw)
+    def row_issue(self, *a: Any, **kw: Any) -> None:
+        self.ctx.row_issue(*a, **kw)
 
     def _extract(self, item: Any, routes: list[tuple[Any, list[DomainPlugin]]],
                  sink: dict[str, list[dict[str, Any]]]) -> None:
@@ -306,10 +301,10 @@ class _Run:
             supp = pd.concat(parts, ignore_index=True)
             self.written += write_domain(supp, f"SUPP{dom}", self.outdir, self.formats,
                                          study_oid=self.ctx.studyid)
-        for (dom, reason), n in sorted(self.issue_counts.items()):
-            if n > MAX_ROW_ISSUES:
+        for (dom, reason), n in sorted(self.ctx.issue_counts.items()):
+            if n > base.MAX_ROW_ISSUES:
                 self.ctx.report.add(Kind.ERROR if reason == "subject" else Kind.INVALID_VALUE,
-                                    f"{n - MAX_ROW_ISSUES} more {dom} resources with the same problem "
+                                    f"{n - base.MAX_ROW_ISSUES} more {dom} resources with the same problem "
                                     f"({reason}) not listed one by one", rule=f"subject.{reason}")
         out: list[Path] = []
         for p in self.written:

@@ -1,0 +1,267 @@
+"""Shared Observation extraction and vectorised findings mapping for VS and LB.
+
+One extractor reads an Observation into plain columns in one pass (plain dict access, no models);
+blood pressure given as one Observation with components becomes one row per component (VSGRPID =
+the Observation id), as two Observations it is two rows. The map steps (``map_findings``) do code
+maps, unit mapping/conversion, reference ranges, interpretation and status with pandas.
+Rules: ``mappings/subject/vs.yaml`` and ``lb.yaml``.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from ...report import Kind
+from ...specs import load_table
+from .. import units
+from ..base import Ctx, derive_dtc
+from .dm import code_table
+
+LOINC = "http://loinc.org"
+CATEGORIES = {"vital-signs": "VS", "laboratory": "LB"}
+FIELDS = ("_subject", "_encounter", "_cat", "_loinc", "_status", "_eff", "_v", "_vu", "_vcmp",
+          "_vtext", "_dar", "_interp", "_rlo", "_rhi", "_ru", "_rtext", "_spec_type", "_fast",
+          "_grp", "_spec_dtc")
+
+
+def _q(d: Any) -> tuple[Any, Any]:
+    if isinstance(d, dict):
+        return d.get("value"), d.get("code") or d.get("unit")
+    return None, None
+
+
+def _value(src: dict[str, Any], row: dict[str, Any]) -> None:
+    vq = src.get("valueQuantity")
+    if vq is not None:
+        row["_v"] = vq.get("value")
+        row["_vu"] = vq.get("code") if vq.get("system", units.UCUM_SYSTEM) == units.UCUM_SYSTEM else None
+        if row["_vu"] is None and vq.get("unit"):
+            row["_vu"] = vq.get("unit")
+        row["_vcmp"] = vq.get("comparator")
+        return
+    cc = src.get("valueCodeableConcept")
+    if cc is not None:
+        c = (cc.get("coding") or [{}])[0]
+        row["_vtext"] = cc.get("text") or c.get("display") or c.get("code")
+        return
+    for k in ("valueString", "valueInteger", "valueBoolean"):
+        if k in src:
+            row["_vtext"] = src[k]
+            return
+    dar = src.get("dataAbsentReason")
+    if isinstance(dar, dict):
+        c = (dar.get("coding") or [{}])[0]
+        row["_dar"] = dar.get("text") or c.get("display") or c.get("code")
+
+
+def _loinc(code: Any) -> str | None:
+    if isinstance(code, dict):
+        for c in code.get("coding") or ():
+            if c.get("system") == LOINC:
+                return c.get("code")
+    return None
+
+
+def extract_observation(res: dict[str, Any], ctx: Ctx) -> dict[str, Any] | list[dict[str, Any]] | None:
+    """Observation -> one row (or one per component). Hot path: keep it plain."""
+    cat = None
+    for cc in res.get("category") or ():
+        for c in cc.get("coding") or ():
+            cat = CATEGORIES.get(c.get("code"))
+            if cat:
+                break
+        if cat:
+            break
+    if cat is None:
+        return None
+    if res.get("status") == "entered-in-error":
+        ctx.row_issue(cat, "entered-in-error", Kind.LOSSY, "Observation entered-in-error: not converted",
+                      record=f"Observation/{res.get('id')}", rule=f"{cat.lower()}.STAT")
+        return None
+    subj = res.get("subject")
+    enc = res.get("encounter")
+    eff = res.get("effectiveDateTime") or res.get("effectiveInstant")
+    if eff is None:
+        per = res.get("effectivePeriod")
+        eff = per.get("start") if isinstance(per, dict) else None
+    row: dict[str, Any] = {
+        "_subject": subj.get("reference") if isinstance(subj, dict) else None,
+        "_encounter": enc.get("reference") if isinstance(enc, dict) else None,
+        "_cat": cat, "_loinc": _loinc(res.get("code")), "_status": res.get("status"), "_eff": eff,
+        "_v": None, "_vu": None, "_vcmp": None, "_vtext": None, "_dar": None, "_interp": None,
+        "_rlo": None, "_rhi": None, "_ru": None, "_rtext": None, "_spec_type": None, "_fast": None,
+        "_grp": None, "_spec_dtc": None}
+    interp = res.get("interpretation")
+    if interp:
+        c = (interp[0].get("coding") or [{}])[0]
+        row["_interp"] = c.get("code")
+    rr = res.get("referenceRange")
+    if rr:
+        r0 = rr[0]
+        row["_rlo"], lu = _q(r0.get("low"))
+        row["_rhi"], hu = _q(r0.get("high"))
+        row["_ru"] = lu or hu
+        row["_rtext"] = r0.get("text")
+    sp = res.get("specimen")
+    if cat == "LB" and isinstance(sp, dict):
+        spec = ctx.resource("Specimen", sp.get("reference"))
+        if spec is not None:
+            st = spec.get("type")
+            row["_spec_type"] = (st.get("coding") or [{}])[0].get("code") if isinstance(st, dict) else None
+            col = spec.get("collection") or {}
+            fs = col.get("fastingStatusCodeableConcept")
+            row["_fast"] = (fs.get("coding") or [{}])[0].get("code") if isinstance(fs, dict) else None
+            row["_spec_dtc"] = col.get("collectedDateTime") or (col.get("collectedPeriod") or {}).get("start")
+    comps = res.get("component")
+    if comps:
+        out = []
+        has_top = "valueQuantity" in res or "valueCodeableConcept" in res or "valueString" in res
+        if has_top:
+            _value(res, row)
+            out.append(row)
+        for comp in comps:
+            r = dict(row)
+            r["_loinc"] = _loinc(comp.get("code"))
+            r["_v"] = r["_vu"] = r["_vcmp"] = r["_vtext"] = r["_dar"] = None
+            _value(comp, r)
+            if r["_dar"] is None and row["_dar"] is None and r["_v"] is None and r["_vtext"] is None:
+                dar = res.get("dataAbsentReason")
+                if isinstance(dar, dict):
+                    _value({"dataAbsentReason": dar}, r)
+            ci = comp.get("interpretation")
+            if ci:
+                r["_interp"] = (ci[0].get("coding") or [{}])[0].get("code")
+            crr = comp.get("referenceRange")
+            if crr:
+                r["_rlo"], lu = _q(crr[0].get("low"))
+                r["_rhi"], hu = _q(crr[0].get("high"))
+                r["_ru"] = lu or hu
+                r["_rtext"] = crr[0].get("text")
+            r["_grp"] = res.get("id")
+            out.append(r)
+        return out
+    if "hasMember" in res and not any(k.startswith("value") for k in res):
+        ctx.once(f"panel-{cat}", Kind.LOSSY, "panel Observations (hasMember, no value) are groupings, "
+                 "not results: not converted (their members are)", rule=f"{cat.lower()}.panel")
+        return None
+    _value(res, row)
+    return row
+
+
+def accept_vs(row: dict[str, Any]) -> bool:
+    return row["_cat"] == "VS"
+
+
+def accept_lb(row: dict[str, Any]) -> bool:
+    return row["_cat"] == "LB"
+
+
+@cache
+def standard_units(domain: str) -> dict[str, tuple[str, str]]:
+    return {r["testcd"]: (r["ucum"], r["cdisc_unit"]) for r in load_table("codes/standard_units.csv")
+            if r["domain"] == domain}
+
+
+def _fmt(x: pd.Series) -> pd.Series:
+    """Numbers -> SDTM character results: up to 10 significant digits, no float noise."""
+    arr = x.to_numpy(dtype="float64", na_value=np.nan)
+    out = np.full(len(arr), None, dtype=object)
+    ok = ~np.isnan(arr)
+    if ok.any():
+        out[ok] = [f"{v:.10g}" for v in arr[ok]]
+    return pd.Series(out, index=x.index)
+
+
+def map_findings(cols: pd.DataFrame, ctx: Ctx, d: str, testcd: pd.Series, unit_codelist: str,
+                 unit_override: pd.Series | None = None) -> pd.DataFrame:
+    """The shared part of VS and LB: results, units, standardisation, ranges, NRIND, status, dates.
+    ``testcd`` is already mapped (rows without one are dropped by the caller)."""
+    out = pd.DataFrame(index=cols.index)
+    out["STUDYID"] = ctx.studyid
+    out["DOMAIN"] = d
+    out["USUBJID"] = cols["USUBJID"]
+    # --ORRES: numeric as given (comparator kept in front), else coded/text value
+    v = cols["_v"].astype("object")
+    num = pd.to_numeric(v, errors="coerce")
+    vstr = v.where(v.isna(), v.astype(str))
+    cmp_ = cols["_vcmp"].astype("object")
+    has_cmp = cmp_.notna()
+    orres = vstr.where(~has_cmp, cmp_.fillna("") + vstr.fillna(""))
+    orres = orres.fillna(cols["_vtext"].astype("object").map(lambda t: None if t is None or t != t else str(t)))
+    out[f"{d}ORRES"] = orres
+    # --ORRESU: UCUM -> CDISC term valid in the codelist (test-specific override first)
+    vu = cols["_vu"].astype("object")
+    orresu = units.map_units(vu, unit_codelist)
+    if unit_override is not None:
+        orresu = unit_override.where(unit_override.notna(), orresu)
+    bad_u = vu.notna() & orresu.isna()
+    if bad_u.any():
+        ctx.row_issues(d, "unit", Kind.UNMAPPED_CODE, f"unit not in the CDISC {unit_codelist} "
+                       "codelist (UCUM table)", cols, bad_u, rule=f"{d.lower()}.ORRESU",
+                       source="valueQuantity.code", target=f"{d}ORRESU", value_col="_vu")
+    out[f"{d}ORRESU"] = orresu
+    # --STRESN/--STRESC/--STRESU: convert to the test's standard unit where one is set
+    std = standard_units(d)
+    std_ucum = testcd.map(lambda t: std[t][0] if t in std else None)
+    std_cdisc = testcd.map(lambda t: std[t][1] if t in std else None)
+    numeric = num.notna() & ~has_cmp
+    to_ucum = std_ucum.where(std_ucum.notna(), vu)
+    conv, ok = units.convert(num.where(numeric), vu.where(numeric), to_ucum.where(numeric))
+    failed = numeric & vu.notna() & ~ok
+    if failed.any():
+        ctx.row_issues(d, "convert", Kind.UNMAPPED_CODE, "result unit cannot be converted to the "
+                       "standard unit (UCUM)", cols, failed, rule=f"{d.lower()}.STRESN",
+                       target=f"{d}STRESN", value_col="_vu")
+    unitless = numeric & vu.isna()
+    conv = conv.where(~unitless, num)
+    stresu = std_cdisc.where(std_ucum.notna(), orresu)
+    keep = (ok & stresu.notna()) | unitless
+    out[f"{d}STRESN"] = conv.where(keep)
+    stresc = _fmt(out[f"{d}STRESN"])
+    out[f"{d}STRESC"] = stresc.where(stresc.notna(), orres.where(~numeric | has_cmp))
+    out[f"{d}STRESU"] = stresu.where(keep & ~unitless)
+    # reference ranges (LB): original as given, standard converted like the result
+    if d == "LB":
+        rlo, rhi = cols["_rlo"].astype("object"), cols["_rhi"].astype("object")
+        out["LBORNRLO"] = rlo.where(rlo.isna(), rlo.astype(str))
+        out["LBORNRHI"] = rhi.where(rhi.isna(), rhi.astype(str))
+        ru = cols["_ru"].astype("object").fillna(vu)
+        lo, lok = units.convert(rlo, ru, to_ucum)
+        hi, hok = units.convert(rhi, ru, to_ucum)
+        out["LBSTNRLO"] = lo.where(lok & keep)
+        out["LBSTNRHI"] = hi.where(hok & keep)
+        out["LBSTNRC"] = cols["_rtext"].astype("object").where(rlo.isna() & rhi.isna())
+        interp = cols["_interp"].astype("object")
+        nr = interp.map(code_table("nrind"))
+        bad_i = interp.notna() & nr.isna()
+        if bad_i.any():
+            ctx.row_issues(d, "nrind", Kind.UNMAPPED_CODE, "interpretation code not in table nrind",
+                           cols, bad_i, rule="lb.NRIND", target="LBNRIND", value_col="_interp")
+        if interp.isin(["HH", "LL", "AA"]).any():
+            ctx.once("nrind-crit", Kind.LOSSY, "critical interpretations (HH/LL/AA) become HIGH/LOW/"
+                     "ABNORMAL: NRIND has no critical terms", rule="lb.NRIND", target="LBNRIND")
+        out["LBNRIND"] = nr
+    elif cols["_interp"].notna().any():
+        ctx.once("vs-interp", Kind.LOSSY, "Observation.interpretation on vital signs is not carried "
+                 "(VSCLSIG needs an investigator's judgement, Joint IG)", rule="vs.interpretation")
+    # --STAT / --REASND: cancelled or data absent -> NOT DONE
+    nd = (cols["_status"] == "cancelled") | cols["_dar"].notna()
+    nd &= out[f"{d}ORRES"].isna()
+    out[f"{d}STAT"] = np.where(nd, "NOT DONE", None)
+    out[f"{d}REASND"] = cols["_dar"].where(nd)
+    # --DTC (LB: specimen collection first, per the Joint IG)
+    eff = cols["_spec_dtc"].fillna(cols["_eff"]) if d == "LB" else cols["_eff"]
+    out[f"{d}DTC"], bad = derive_dtc(eff)
+    if bad.any():
+        ctx.row_issues(d, "dtc", Kind.INVALID_VALUE, "effective[x] is not a FHIR dateTime", cols, bad,
+                       rule=f"{d.lower()}.DTC", target=f"{d}DTC")
+    for c in ("VISITNUM", "VISIT", "_rfstdtc", "_rfendtc", "_src_type", "_src_id", "_src_ver",
+              "_src_file", "_src_line"):
+        if c in cols:
+            out[c] = cols[c]
+    out[f"{d}GRPID"] = cols["_grp"]
+    return out

@@ -1,0 +1,57 @@
+"""LB (Laboratory Test Results) from Observations of category ``laboratory`` (streamed, pass 2).
+
+Rules: ``mappings/subject/lb.yaml``. LBTESTCD/LBTEST/LBSPEC/LBMETHOD/LBLOINC via the CDISC
+LOINC-to-LB table (``mappings/codes/loinc_to_lb.csv``, preferred row per LOINC); LBCAT from the
+LOINC class; LBFAST from Specimen.collection.fastingStatus; LBDTC from the Specimen collection time
+when the Observation names its Specimen.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+
+import pandas as pd
+
+from ...report import Kind
+from ...specs import load_table
+from ..base import Ctx, DomainPlugin, register_domain
+from ._findings import accept_lb, extract_observation, map_findings
+from .dm import code_table
+
+
+@cache
+def loinc_lb() -> dict[str, dict[str, str]]:
+    return {r["source_code"]: r for r in load_table("codes/loinc_to_lb.csv") if r["preferred"] == "Y"}
+
+
+def map_lb(cols: pd.DataFrame, ctx: Ctx) -> pd.DataFrame:
+    table = loinc_lb()
+    loinc = cols["_loinc"].astype("object")
+    hit = loinc.map(lambda c: table.get(c) if isinstance(c, str) else None)
+    bad = hit.isna()
+    if bad.any():
+        ctx.row_issues("LB", "testcd", Kind.UNMAPPED_CODE, "Observation.code has no LOINC in the CDISC "
+                       "LOINC-to-LB table: row not converted", cols, bad, rule="lb.LBTESTCD",
+                       source="Observation.code", target="LBTESTCD", value_col="_loinc")
+        cols, hit, loinc = cols.loc[~bad], hit.loc[~bad], loinc.loc[~bad]
+    if not len(cols):
+        return pd.DataFrame()
+    testcd = hit.map(lambda r: r["target_code"])
+    out = map_findings(cols, ctx, "LB", testcd, "UNIT")
+    out["LBTESTCD"] = testcd
+    out["LBTEST"] = hit.map(lambda r: r["LBTEST"])
+    out["LBLOINC"] = loinc
+    out["LBSPEC"] = hit.map(lambda r: r["LBSPEC"] or None)
+    out["LBMETHOD"] = hit.map(lambda r: r["LBMETHOD"] or None)
+    out["LBCAT"] = hit.map(lambda r: code_table("lbcat").get(r["loinc_class"]))
+    fast = cols["_fast"].astype("object")
+    out["LBFAST"] = fast.map(code_table("fast"))
+    badf = fast.notna() & out["LBFAST"].isna()
+    if badf.any():
+        ctx.row_issues("LB", "fast", Kind.UNMAPPED_CODE, "fasting status code not in table fast", cols,
+                       badf, rule="lb.LBFAST", target="LBFAST", value_col="_fast")
+    return out.reset_index(drop=True)
+
+
+register_domain(DomainPlugin("LB", resource_types=("Observation",), extract=extract_observation,
+                             accept=accept_lb, map=map_lb, streamed=True, dtc="LBDTC"))

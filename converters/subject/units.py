@@ -1,0 +1,121 @@
+"""Units: UCUM <-> CDISC UNIT/VSRESU terms and real UCUM unit conversion, vectorised.
+
+* UCUM -> CDISC term: ``mappings/codes/ucum_cdisc_units.csv`` (the CDISC Unit-UCUM table), then
+  ``ucum_cdisc_units_extra.csv``; failing those, a UCUM expression that ucumvert proves *identical*
+  (same dimension, factor 1: ``10*3/uL`` = ``10*9/L``) to one in the table. The term must be in the
+  target codelist of the pinned CT. Anything else is unknown: reported, never guessed.
+* Conversion: ucumvert (a UCUM grammar on top of pint) computes, once per unit pair, the linear
+  transform ``y = a*x + b`` (offsets for Cel/[degF]); the values are converted in one numpy step.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from ..sdtm.ct import pinned_ct
+from ..specs import load_table
+
+UCUM_SYSTEM = "http://unitsofmeasure.org"
+
+
+@cache
+def _registry() -> Any:
+    from ucumvert import PintUcumRegistry  # loads its UCUM grammar once (about 1 s)
+    return PintUcumRegistry()
+
+
+@cache
+def _quantity_unit(ucum: str) -> Any:
+    try:
+        return _registry().from_ucum(ucum)
+    except Exception:  # noqa: BLE001  (any parse failure = not a UCUM expression we can use)
+        return None
+
+
+@cache
+def linear(from_ucum: str, to_ucum: str) -> tuple[float, float] | None:
+    """(a, b) with to = a*from + b, or None when the units are not convertible."""
+    if from_ucum == to_ucum:
+        return (1.0, 0.0)
+    src, dst = _quantity_unit(from_ucum), _quantity_unit(to_ucum)
+    if src is None or dst is None:
+        return None
+    reg = _registry()
+    try:
+        u_src = src.units if hasattr(src, "units") else src
+        f_src = float(src.magnitude) if hasattr(src, "magnitude") else 1.0
+        u_dst = dst.units if hasattr(dst, "units") else dst
+        f_dst = float(dst.magnitude) if hasattr(dst, "magnitude") else 1.0
+        y0 = reg.Quantity(0.0 * f_src, u_src).to(u_dst).magnitude / f_dst
+        y1 = reg.Quantity(1.0 * f_src, u_src).to(u_dst).magnitude / f_dst
+    except Exception:  # noqa: BLE001  (pint DimensionalityError and friends)
+        return None
+    return (float(y1 - y0), float(y0))
+
+
+@cache
+def _ucum_table() -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    for name in ("codes/ucum_cdisc_units.csv", "codes/ucum_cdisc_units_extra.csv"):
+        for r in load_table(name):
+            out.setdefault(r["source_code"], [])
+            if r["target_code"] not in out[r["source_code"]]:
+                out[r["source_code"]].append(r["target_code"])
+    return out
+
+
+@cache
+def _codelist_ucum(codelist: str) -> tuple[tuple[str, str], ...]:
+    """(UCUM, CDISC term) pairs whose term is in ``codelist``."""
+    terms = pinned_ct().codelist(codelist).terms
+    # annotated expressions ({beats}/min) are left out: annotations carry meaning UCUM arithmetic ignores
+    return tuple((u, t) for u, ts in _ucum_table().items() for t in ts if t in terms and "{" not in u)
+
+
+@cache
+def cdisc_unit(ucum: str, codelist: str = "UNIT") -> str | None:
+    """The CDISC term for a UCUM expression, valid in ``codelist``, or None."""
+    terms = pinned_ct().codelist(codelist).terms
+    for t in _ucum_table().get(ucum, ()):
+        if t in terms:
+            return t
+    if ucum in terms and _quantity_unit(ucum) is None:
+        return None
+    q = _quantity_unit(ucum)
+    if q is None:
+        return None
+    for u, t in _codelist_ucum(codelist):
+        lin = linear(ucum, u) if _quantity_unit(u) is not None else None
+        if lin is not None and abs(lin[0] - 1.0) < 1e-12 and lin[1] == 0.0:
+            return t
+    return None
+
+
+def map_units(ucum: pd.Series, codelist: str = "UNIT") -> pd.Series:
+    """Vectorised :func:`cdisc_unit` (one lookup per distinct unit)."""
+    uniq = {u: cdisc_unit(u, codelist) for u in pd.unique(ucum.dropna())}
+    return ucum.map(uniq)
+
+
+def convert(values: pd.Series, from_ucum: pd.Series, to_ucum: pd.Series) -> tuple[pd.Series, pd.Series]:
+    """Convert numeric ``values`` row-wise; returns (converted float Series, ok mask).
+    Rows whose unit pair is not convertible get NaN and ok=False."""
+    vals = pd.to_numeric(values, errors="coerce").to_numpy(dtype="float64", na_value=np.nan)
+    out = np.full(len(vals), np.nan)
+    ok = np.zeros(len(vals), dtype=bool)
+    pairs = pd.DataFrame({"f": from_ucum.to_numpy(), "t": to_ucum.to_numpy()})
+    valid = pairs["f"].notna().to_numpy() & pairs["t"].notna().to_numpy()
+    if valid.any():
+        keys = pairs.loc[valid].drop_duplicates()
+        for f, t in zip(keys["f"], keys["t"], strict=True):
+            lin = linear(f, t)
+            if lin is None:
+                continue
+            m = valid & (pairs["f"].to_numpy() == f) & (pairs["t"].to_numpy() == t)
+            out[m] = vals[m] * lin[0] + lin[1]
+            ok[m] = True
+    return pd.Series(out, index=values.index), pd.Series(ok, index=values.index)

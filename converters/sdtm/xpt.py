@@ -213,7 +213,7 @@ def _prepare(df: pd.DataFrame, meta: XptMeta) -> tuple[pd.DataFrame, dict[str, s
 
 def estimate_xpt_bytes(n_rows: int, widths: list[int]) -> int:
     """Size of an XPT v5 file: 80-byte header records, 140-byte namestr per variable, rows."""
-    header = 80 * 8 + 140 * len(widths)
+    header = 80 * 10 + 140 * len(widths)   # library, member, namestr and obs header records
     header = -(-header // 80) * 80
     data = n_rows * sum(widths)
     return header + -(-data // 80) * 80
@@ -282,17 +282,20 @@ def split_xpt(df: pd.DataFrame, meta: XptMeta, path: Path, *, max_bytes: int,
     budget = max_bytes - estimate_xpt_bytes(0, widths) - 80
     if budget < row_bytes:
         raise XptError(f"split size {max_bytes} bytes cannot hold one row", file=str(path))
-    keys = df[by] if by in df.columns else pd.Series(range(len(df)))
+    keys = df[by].reset_index(drop=True) if by in df.columns else pd.Series(range(len(df)))
+    starts = [int(i) for i in (keys != keys.shift()).to_numpy().nonzero()[0]] + [len(df)]
     # group boundaries: a part never splits a subject's records
     parts: list[tuple[int, int]] = []
-    start = 0
-    size = 0
-    change = (keys != keys.shift()).to_numpy()
-    for i in range(len(df)):
-        if change[i] and i > start and size + row_bytes > budget:
-            parts.append((start, i))
-            start, size = i, 0
-        size += row_bytes
+    start = size = 0
+    for a, b in zip(starts, starts[1:], strict=False):
+        group = (b - a) * row_bytes
+        if group > budget:
+            raise XptError(f"the records of one {by} need {group} bytes, over the split size "
+                           f"{max_bytes}", file=str(path))
+        if size and size + group > budget:
+            parts.append((start, a))
+            start, size = a, 0
+        size += group
     parts.append((start, len(df)))
     if len(meta.name) + len(str(len(parts))) > XPT_NAME_MAX:
         raise XptError(f"{len(parts)} parts: part names would exceed {XPT_NAME_MAX} characters",

@@ -18,7 +18,7 @@ from ..errors import InputError
 from ..model import Study
 from ..report import ConversionReport, Kind, Severity
 from ..specs import get_transform, load_spec, transform
-from .rules import NCT_ID, convert_value, is_set, get_in, put
+from .rules import NCT_ID, convert_value, get_in, is_set, put
 from .v2 import codec
 
 SPEC = "ctgov_legacy_xml.yaml"

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import re
 import textwrap
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 from ..report import ConversionReport, Kind
 from ..specs import get_transform, load_codemap, transform

@@ -1,0 +1,79 @@
+"""CM (Concomitant/Prior Medications) from MedicationStatement, MedicationRequest and
+MedicationAdministration of anything that is not the study drug (rows routed by
+:func:`~trialbridge.subject.domains.ex.extract_medication`). Rules: mappings/subject/cm.yaml.
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from ...report import Kind
+from ..base import SRC_COLUMNS, Ctx, DomainPlugin, register_domain
+from . import _codes as C
+from .ex import MED_TYPES, extract_medication
+
+NOT_TAKEN = frozenset({"not-taken", "not-done", "cancelled", "stopped-before-start"})
+
+
+def condition_text(ref: str | None, ctx: Ctx) -> str | None:
+    cond = ctx.resource("Condition", ref)
+    return cond.get("_text") if cond else None
+
+
+def map_cm(cols: pd.DataFrame, ctx: Ctx) -> pd.DataFrame:
+    cols = C.drop_rows(cols, cols["_status"].eq("entered-in-error"), ctx,
+                       "medication record entered-in-error: dropped", rule="cm.status")
+    if not len(cols):
+        return pd.DataFrame()
+    study_ms = cols["_drug"].notna()
+    if study_ms.any():
+        ctx.once("cm.study-drug-statement", Kind.LOSSY, "MedicationStatement/Request of the study drug: "
+                 "EX is built from MedicationAdministration only; kept in CM", rule="cm.study-drug")
+    out = pd.DataFrame(index=cols.index)
+    for v in ("STUDYID", "USUBJID", "_rfstdtc", "_rfendtc", *SRC_COLUMNS):
+        if v in cols:
+            out[v] = cols[v]
+    out["CMSPID"] = cols["_spid"]
+    out["CMTRT"] = cols["_trt"]
+    no_trt = out["CMTRT"].isna()
+    if no_trt.any():
+        keys = C.record_key(cols)
+        for i in cols.index[no_trt]:
+            ctx.report.add(Kind.ERROR, "medication has no name (no text, display or Medication.code): "
+                           "CMTRT is required", rule="cm.CMTRT", target="CMTRT", record=keys.at[i])
+        out, cols = out.loc[~no_trt], cols.loc[~no_trt]
+        if not len(out):
+            return pd.DataFrame()
+    ctx.once("cm.CMDECOD", Kind.LOSSY, "CMDECOD/CMCLAS are WHODrug-coded by the sponsor; no WHODrug coding "
+             "in the data, left empty", rule="cm.CMDECOD", target="CMDECOD")
+    negated = cols["_status"].isin(NOT_TAKEN) | cols["_do_not_perform"].astype(bool)
+    out["CMPRESP"] = negated.map({True: "Y", False: None})
+    out["CMOCCUR"] = negated.map({True: "N", False: None})
+    indc_ref = cols["_indc_ref"].map(lambda r: condition_text(r, ctx) if isinstance(r, str) else None)
+    out["CMINDC"] = cols["_indc"].where(cols["_indc"].notna(), indc_ref)
+    out["CMDOSE"] = pd.to_numeric(cols["_dose"], errors="coerce")
+    # SDTMIG: CMDOSTXT only for doses that are not a single number
+    out["CMDOSTXT"] = cols["_dostxt"].where(out["CMDOSE"].isna(), None)
+    out["CMDOSU"] = C.ct_unit(cols, "_dose_u", ctx, rule="cm.CMDOSU", target="CMDOSU")
+    out["CMDOSFRM"] = C.map_codes(cols, "_form", ctx, table="fhir_dose_form.csv", codelist="FRM",
+                                  rule="cm.CMDOSFRM", target="CMDOSFRM")
+    freq = C.map_codes(cols, "_freq", ctx, table="fhir_frequency.csv", codelist="FREQ",
+                       rule="cm.CMDOSFRQ", target="CMDOSFRQ")
+    is_admin = cols["_src_type"].eq("MedicationAdministration")
+    out["CMDOSFRQ"] = freq.where(~is_admin, "ONCE")
+    out["CMROUTE"] = C.map_codes(cols, "_route", ctx, table="fhir_route.csv", codelist="ROUTE",
+                                 rule="cm.CMROUTE", target="CMROUTE")
+    out["CMSTDTC"] = C.dtc(cols, "_start", ctx, rule="cm.CMSTDTC", target="CMSTDTC")
+    out["CMENDTC"] = C.dtc(cols, "_end", ctx, rule="cm.CMENDTC", target="CMENDTC")
+    many = cols["_n_dosage"].fillna(0).astype(int) > 1
+    if many.any():
+        keys = C.record_key(cols)
+        for i in cols.index[many]:
+            ctx.report.add(Kind.LOSSY, "several dosage entries: only the first is mapped", rule="cm.dosage",
+                           source="dosage", target="CMDOSE", record=keys.at[i])
+    return out
+
+
+register_domain(DomainPlugin("CM", resource_types=MED_TYPES, extract=extract_medication, map=map_cm,
+                             accept=lambda row: row.get("_route_to") == "CM", dtc="CMSTDTC",
+                             depends=("MH",)))

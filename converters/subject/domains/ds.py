@@ -1,0 +1,134 @@
+"""DS (Disposition) from ResearchSubject (R4 status + the R5 progress cross-version extension;
+R5 progress) and Consent (INFORMED CONSENT OBTAINED milestone). Rules: mappings/subject/ds.yaml.
+
+A disposition record needs a reason: an NCIt-coded progress.reason is looked up in the CT by
+C-code (NCOMPLT -> DISPOSITION EVENT, PROTMLST -> PROTOCOL MILESTONE, OTHEVENT -> OTHER EVENT), or
+mappings/codes/fhir_disposition.csv. A subject who left (off-study, withdrawn, not-registered) with
+no coded reason gets no guessed DSDECOD: it is reported missing.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pandas as pd
+
+from ...report import Kind
+from ...sdtm.ct import pinned_ct
+from ..base import SRC_COLUMNS, Ctx, DomainPlugin, ref_of, register_domain
+from . import _codes as C
+
+TABLE = "fhir_disposition.csv"
+R4_STATUS = "http://hl7.org/fhir/research-subject-status"
+R5_STATE = "http://terminology.hl7.org/CodeSystem/research-subject-state"
+TERMINAL = frozenset({"off-study", "withdrawn", "ineligible", "not-registered"})
+CATEGORY_OF = {"NCOMPLT": "DISPOSITION EVENT", "PROTMLST": "PROTOCOL MILESTONE", "OTHEVENT": "OTHER EVENT"}
+
+
+def _reason(codes: C.Codings) -> tuple[str | None, str | None]:
+    """(DSDECOD, DSCAT) for coded reasons: the table first, then NCIt C-codes in the DS codelists."""
+    idx = C.table_index(TABLE)
+    for sc in codes:
+        row = idx.get(sc) or idx.get(("state-change-reason", sc[1]) if not sc[0] else ("", ""))
+        if row:
+            return row["target_code"], row["DSCAT"]
+    ct = pinned_ct()
+    for system, code in codes:
+        if system in C.NCIT_SYSTEMS:
+            for short, cat in CATEGORY_OF.items():
+                term = ct.codelist(short).by_code(code)
+                if term is not None:
+                    return term.value, cat
+    return None, None
+
+
+def _progress(res: dict[str, Any]) -> list[dict[str, Any]]:
+    """R5 progress entries, or the R4 cross-version extension read into the same shape."""
+    if isinstance(res.get("progress"), list):
+        return [p for p in res["progress"] if isinstance(p, dict)]
+    out = []
+    for ext in C.extension(res, C.XV + "ResearchSubject.progress"):
+        item: dict[str, Any] = {}
+        for name in ("type", "subjectState", "milestone", "reason"):
+            sub = C.sub_ext(ext, name)
+            if sub:
+                item[name] = sub[0].get("valueCodeableConcept")
+        for name in ("startDate", "endDate"):
+            sub = C.sub_ext(ext, name)
+            if sub:
+                item[name] = sub[0].get("valueDateTime") or sub[0].get("valueDate")
+        out.append(item)
+    return out
+
+
+def extract_ds(res: dict[str, Any], ctx: Ctx) -> list[dict[str, Any]] | None:
+    rtype = res["resourceType"]
+    if rtype == "Consent":
+        if res.get("status") != "active":
+            return None
+        codes = (("Consent", "active"),)
+        return [{"_subject": ref_of(res.get("patient") or res.get("subject")), "_codes": codes,
+                 "_term": None, "_date": res.get("dateTime") or res.get("date"), "_kind": "consent"}]
+    rows = []
+    subject = ref_of(res.get("individual") or res.get("subject"))
+    state = None
+    for p in _progress(res):
+        st = C.codings(p.get("subjectState"))
+        if st:
+            state = st[0][1]
+        reason = C.codings(p.get("reason"))
+        if reason:
+            rows.append({"_subject": subject, "_codes": reason, "_term": C.text_of(p.get("reason")),
+                         "_date": p.get("startDate"), "_kind": "progress"})
+    if res.get("progress") is None:           # R4
+        state = res.get("status") if state is None else state
+        per = res.get("period") or {}
+        rows.append({"_subject": subject, "_codes": ((R4_STATUS, str(res.get("status"))),),
+                     "_term": None, "_date": per.get("end") or per.get("start"), "_kind": "status",
+                     "_state": state})
+    else:
+        rows.append({"_subject": subject, "_codes": ((R5_STATE, str(state)),), "_term": None,
+                     "_date": (res.get("period") or {}).get("end"), "_kind": "status", "_state": state})
+    return rows
+
+
+def map_ds(cols: pd.DataFrame, ctx: Ctx) -> pd.DataFrame:
+    dec = cols["_codes"].map(_reason)
+    cols = cols.assign(DSDECOD=dec.map(lambda t: t[0]), DSCAT=dec.map(lambda t: t[1]))
+    keys = C.record_key(cols)
+    # reasons coded but not found
+    for i in cols.index[cols["DSDECOD"].isna() & cols["_kind"].eq("progress")]:
+        ctx.report.unmapped_code("|".join(f"{s}#{c}" for s, c in cols.at[i, "_codes"]), TABLE + " / CT DS codelists",
+                                 rule="ds.DSDECOD", source="ResearchSubject.progress.reason", target="DSDECOD",
+                                 record=keys.at[i])
+    # a status row only matters when the subject left and no progress reason gave a disposition event
+    has_event = cols.loc[cols["DSCAT"].eq("DISPOSITION EVENT") & cols["_kind"].ne("status"), "USUBJID"]
+    is_status = cols["_kind"].eq("status")
+    terminal = cols.get("_state", pd.Series([None] * len(cols), index=cols.index)).isin(TERMINAL)
+    need = is_status & terminal & ~cols["USUBJID"].isin(set(has_event))
+    for i in cols.index[need & cols["DSDECOD"].isna()]:
+        ctx.report.add(Kind.MISSING, "subject left the study with no coded reason: DSDECOD not guessed",
+                       rule="ds.DSDECOD", source="ResearchSubject.status", target="DSDECOD", record=keys.at[i])
+    keep = (~is_status | need) & cols["DSDECOD"].notna()
+    # one INFORMED CONSENT OBTAINED per subject (Consent and an R5 progress reason may both say it)
+    ic = keep & cols["DSDECOD"].eq("INFORMED CONSENT OBTAINED")
+    dup = ic & cols.loc[ic].duplicated(subset=["USUBJID"], keep="first").reindex(cols.index, fill_value=False)
+    keep &= ~dup
+    cols = cols.loc[keep]
+    if not len(cols):
+        return pd.DataFrame()
+    out = pd.DataFrame(index=cols.index)
+    for v in ("STUDYID", "USUBJID", "_rfstdtc", "_rfendtc", *SRC_COLUMNS):
+        if v in cols:
+            out[v] = cols[v]
+    out["DSDECOD"] = cols["DSDECOD"]
+    out["DSTERM"] = cols["_term"].where(cols["_term"].notna(), cols["DSDECOD"])
+    out["DSCAT"] = cols["DSCAT"]
+    out["DSSTDTC"] = C.dtc(cols, "_date", ctx, rule="ds.DSSTDTC", target="DSSTDTC")
+    order = out.assign(_o=out["DSCAT"].ne("PROTOCOL MILESTONE").astype(int))
+    out = order.sort_values(["USUBJID", "_o", "DSSTDTC"], kind="stable").drop(columns="_o")
+    return out.reset_index(drop=True)
+
+
+register_domain(DomainPlugin("DS", resource_types=("ResearchSubject", "Consent"), extract=extract_ds,
+                             map=map_ds, dtc="DSSTDTC"))

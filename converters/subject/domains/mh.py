@@ -1,0 +1,121 @@
+"""MH (Medical History) from Condition. Rules: mappings/subject/mh.yaml.
+
+A Condition is medical history when no AdverseEvent points to it (R4 resultingCondition, R5
+resultingEffect) and it is either on the problem list (category problem-list-item / health-concern)
+or began before the subject's reference start (RFICDTC, else RFSTDTC). A Condition with neither a
+category nor an onset is taken as history (reported). An on-study encounter diagnosis with no
+AdverseEvent is not MH and not AE: it is reported for review, never guessed into AE.
+
+The extractor also keeps a small index of every Condition (text, codings, body site) in
+``ctx.resources["Condition"]`` for AE (resultingCondition), CM (reasonReference) and PR (reasons).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pandas as pd
+
+from ...report import Kind
+from ..base import SRC_COLUMNS, Ctx, DomainPlugin, ref_of, register_domain
+from . import _codes as C
+
+HISTORY_CATEGORIES = frozenset({"problem-list-item", "health-concern"})
+CAT_SYSTEM = "http://terminology.hl7.org/CodeSystem/condition-category"
+STATUS_TABLE = "fhir_condition_status.csv"
+
+
+def extract_condition(res: dict[str, Any], ctx: Ctx) -> dict[str, Any] | None:
+    key = ctx.refs.resolve(f"Condition/{res.get('id')}") or f"Condition/{res.get('id')}"
+    text = C.text_of(res.get("code"))
+    ctx.resources.setdefault("Condition", {})[key] = {
+        "_text": text, "_codings": C.codings(res.get("code")),
+        "_meddra": C.coding_in(res.get("code"), C.MEDDRA_SYSTEMS),
+        "_site": C.codings(C.first(res.get("bodySite")))}
+    start, _ = C.period_or_datetime(res, "onset")
+    end, _ = C.period_or_datetime(res, "abatement")
+    if end is None and isinstance(res.get("abatementPeriod"), dict):
+        end = res["abatementPeriod"].get("end")
+    cats = {code for cat in res.get("category") or () for s, code in C.codings(cat) if s == CAT_SYSTEM}
+    meddra = C.coding_in(res.get("code"), C.MEDDRA_SYSTEMS)
+    return {"_subject": ref_of(res.get("subject")), "_encounter": ref_of(res.get("encounter")),
+            "_key": key, "_history_cat": bool(cats & HISTORY_CATEGORIES), "_has_cat": bool(cats),
+            "MHTERM": text, "MHSPID": C.ident_value(res),
+            "MHDECOD": meddra.get("display") if meddra else None,
+            "_start": start, "_end": end, "_recorded": res.get("recordedDate"),
+            "_ver": C.codings(res.get("verificationStatus")), "_clin": C.codings(res.get("clinicalStatus")),
+            "_site": C.codings(C.first(res.get("bodySite")))}
+
+
+def _ae_condition_keys(ctx: Ctx) -> set[str]:
+    ae = ctx.frames.get("AE")
+    if ae is None or not len(ae) or "_cond_key" not in ae:
+        return set()
+    return {k for k in ae["_cond_key"] if isinstance(k, str)}
+
+
+def map_mh(cols: pd.DataFrame, ctx: Ctx) -> pd.DataFrame:
+    ae_keys = _ae_condition_keys(ctx)
+    cols = cols.loc[~cols["_key"].isin(ae_keys)].reset_index(drop=True)   # those are AE terms
+    if not len(cols):
+        return pd.DataFrame()
+    occur = C.map_codes(cols, "_ver", ctx, table=STATUS_TABLE, codelist=None, rule="mh.MHOCCUR",
+                        target="MHOCCUR")
+    drop = occur.eq("DROP")
+    cols = C.drop_rows(cols, drop, ctx, "Condition entered-in-error: dropped", rule="mh.MHOCCUR")
+    occur = occur.loc[~drop].reset_index(drop=True)
+    if not len(cols):
+        return pd.DataFrame()
+    start = C.dtc(cols, "_start", ctx, rule="mh.MHSTDTC", target="MHSTDTC")
+    subj = ctx.subjects.set_index("USUBJID") if len(ctx.subjects) else None
+    ref_start = (cols["USUBJID"].map(subj["RFICDTC"]) if subj is not None and "RFICDTC" in subj else
+                 pd.Series([None] * len(cols), index=cols.index))
+    ref_start = ref_start.where(ref_start.notna(), cols.get("_rfstdtc"))
+    # ISO strings compare in time order on their common prefix; a partial onset compares on its precision
+    before = pd.Series([isinstance(s, str) and isinstance(r, str) and s[:len(r)] < r[:len(s)]
+                        for s, r in zip(start, ref_start, strict=True)], index=cols.index)
+    no_info = ~cols["_has_cat"] & start.isna()
+    is_mh = cols["_history_cat"] | before | no_info
+    if no_info.any():
+        ctx.once("mh.no-info", Kind.INFERRED, "Condition with neither category nor onset taken as medical "
+                 "history", rule="mh.select", target="MHTERM")
+    not_mh = ~is_mh
+    if not_mh.any():
+        keys = C.record_key(cols)
+        for i in cols.index[not_mh]:
+            ctx.report.add(Kind.UNMAPPED_SOURCE, "Condition with onset on or after the study start, not on the "
+                           "problem list and not referenced by an AdverseEvent: neither MH nor AE (review)",
+                           rule="mh.select", source="Condition", record=keys.at[i])
+        cols, start, occur = cols.loc[is_mh], start.loc[is_mh], occur.loc[is_mh]
+    if not len(cols):
+        return pd.DataFrame()
+    out = pd.DataFrame(index=cols.index)
+    for v in ("STUDYID", "USUBJID", "_rfstdtc", "_rfendtc", "VISITNUM", "VISIT", *SRC_COLUMNS):
+        if v in cols:
+            out[v] = cols[v]
+    out["MHSPID"] = cols["MHSPID"]
+    out["MHTERM"] = cols["MHTERM"]
+    out["MHDECOD"] = cols["MHDECOD"]
+    out["MHPRESP"] = occur.map(lambda v: "Y" if v == "N" else None)
+    out["MHOCCUR"] = occur.where(occur.eq("N"), None)
+    out["MHLOC"] = C.map_codes(cols, "_site", ctx, table="fhir_body_site.csv", codelist="LOC",
+                               rule="mh.MHLOC", target="MHLOC")
+    out["MHDTC"] = C.dtc(cols, "_recorded", ctx, rule="mh.MHDTC", target="MHDTC")
+    out["MHSTDTC"] = start
+    out["MHENDTC"] = C.dtc(cols, "_end", ctx, rule="mh.MHENDTC", target="MHENDTC")
+    enrtpt = C.map_codes(cols, "_clin", ctx, table=STATUS_TABLE, codelist=None, rule="mh.MHENRTPT",
+                         target="MHENRTPT")
+    # an end date says more than 'BEFORE'; no ENRTPT for a refuted (never occurred) condition
+    enrtpt = enrtpt.where(~(enrtpt.eq("BEFORE") & out["MHENDTC"].notna()), None)
+    enrtpt = enrtpt.where(out["MHOCCUR"].isna(), None)
+    out["MHENRTPT"] = enrtpt
+    out["MHENTPT"] = out["MHDTC"].where(enrtpt.notna(), None)
+    missing = out["MHTERM"].isna()
+    if missing.any():
+        out = C.drop_rows(out, missing, ctx, "Condition has no code text or display: MHTERM is required",
+                          rule="mh.MHTERM", kind=Kind.ERROR)
+    return out
+
+
+register_domain(DomainPlugin("MH", resource_types=("Condition",), extract=extract_condition, map=map_mh,
+                             dtc="MHDTC", depends=("AE",)))

@@ -1,0 +1,64 @@
+"""SV (Subject Visits) from Encounter (R4 period/class, R5 actualPeriod/class list).
+VISITNUM/VISIT come from the engine's visit index (the same numbering every domain uses).
+Rules: mappings/subject/sv.yaml.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pandas as pd
+
+from ...report import Kind
+from ..base import SRC_COLUMNS, Ctx, DomainPlugin, ref_of, register_domain
+from . import _codes as C
+
+ACT = "http://terminology.hl7.org/CodeSystem/v3-ActCode"
+#: encounter classes that are not protocol visits (emergency, inpatient): SVUPDES carries their reason
+UNPLANNED_CLASSES = frozenset({"EMER", "IMP", "ACUTE", "NONAC", "SS"})
+SKIP_STATUS = frozenset({"planned", "entered-in-error", "unknown"})
+
+
+def extract_sv(res: dict[str, Any], ctx: Ctx) -> dict[str, Any] | None:
+    per = res.get("actualPeriod") or res.get("period") or {}
+    cls = res.get("class")
+    classes: set[str] = set()
+    if isinstance(cls, dict):                  # R4 Coding
+        classes = {str(cls.get("code"))} if cls.get("system") == ACT else set()
+    elif isinstance(cls, list):                # R5 CodeableConcept list
+        classes = {code for c in cls for s, code in C.codings(c) if s == ACT}
+    reasons = [C.text_of(r) for r in res.get("reasonCode") or () if C.text_of(r)]
+    reasons += [C.text_of(v) for r in res.get("reason") or () if isinstance(r, dict)
+                for v in r.get("value") or () if C.text_of(v)]
+    rid = res.get("id")
+    return {"_subject": ref_of(res.get("subject")), "_encounter": f"Encounter/{rid}" if rid else None,
+            "_status": res.get("status"), "_start": per.get("start") if isinstance(per, dict) else None,
+            "_end": per.get("end") if isinstance(per, dict) else None,
+            "_unplanned": bool(classes & UNPLANNED_CLASSES), "_reason": reasons[0] if reasons else None}
+
+
+def map_sv(cols: pd.DataFrame, ctx: Ctx) -> pd.DataFrame:
+    cols = C.drop_rows(cols, cols["_status"].isin(SKIP_STATUS), ctx,
+                       "Encounter planned, unknown or entered-in-error: not a visit record", rule="sv.status")
+    if not len(cols):
+        return pd.DataFrame()
+    out = pd.DataFrame(index=cols.index)
+    for v in ("STUDYID", "USUBJID", "_rfstdtc", "_rfendtc", "VISITNUM", "VISIT", *SRC_COLUMNS):
+        if v in cols:
+            out[v] = cols[v]
+    missed = cols["_status"].eq("cancelled")
+    out["SVPRESP"] = missed.map({True: "Y", False: None})
+    out["SVOCCUR"] = missed.map({True: "N", False: None})
+    out["SVREASOC"] = cols["_reason"].where(missed, None)
+    out["SVSTDTC"] = C.dtc(cols, "_start", ctx, rule="sv.SVSTDTC", target="SVSTDTC")
+    out["SVENDTC"] = C.dtc(cols, "_end", ctx, rule="sv.SVENDTC", target="SVENDTC")
+    unplanned = cols["_unplanned"].astype(bool) & ~missed
+    out["SVUPDES"] = cols["_reason"].where(unplanned, None)
+    if unplanned.any():
+        ctx.once("sv.unplanned", Kind.INFERRED, "emergency/inpatient Encounters taken as unplanned visits "
+                 "(SVUPDES from the encounter reason)", rule="sv.SVUPDES", target="SVUPDES")
+    return out
+
+
+register_domain(DomainPlugin("SV", resource_types=("Encounter",), extract=extract_sv, map=map_sv,
+                             dtc="SVSTDTC"))

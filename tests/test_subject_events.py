@@ -1,0 +1,217 @@
+"""AE, MH, DS, SV from FHIR: the NCT04835883 sample, official HL7 examples, Synthea, bad input;
+plus the lint of the event specs (mappings/subject/{ae,mh,ds,sv}.yaml)."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+from conftest import SAMPLES, shared_path
+from trialbridge.cli import main
+from trialbridge.sdtm.ct import pinned_ct
+from trialbridge.sdtm.metadata import load_domain
+from trialbridge.specs import load_spec
+
+SAMPLE = SAMPLES / "NCT04835883"
+EVENT_DOMAINS = ("AE", "MH", "DS", "SV")
+DS_CODELISTS = {"DISPOSITION EVENT": "NCOMPLT", "PROTOCOL MILESTONE": "PROTMLST", "OTHER EVENT": "OTHEVENT"}
+
+
+@pytest.fixture(autouse=True)
+def _salt(monkeypatch: pytest.MonkeyPatch) -> None:
+    # third-party data has no ResearchSubject: subject ids are keyed hashes
+    monkeypatch.setenv("TRIALBRIDGE_SALT", "test-salt")
+
+
+def convert(inputs: list[Path], out: Path, *extra: str) -> tuple[int, dict[str, Any]]:
+    rc = main(["convert", *map(str, inputs), "--to", "sdtm", "-o", str(out), "--sdtm-format", "csv", *extra])
+    report = json.loads((out / "report.json").read_text()) if (out / "report.json").exists() else {}
+    return rc, report
+
+
+def read(out: Path, dom: str) -> pd.DataFrame:
+    p = out / f"{dom.lower()}.csv"
+    return pd.read_csv(p, dtype=str, keep_default_na=False) if p.exists() else pd.DataFrame()
+
+
+@pytest.fixture(scope="module")
+def sample_out(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any]]:
+    if not (SAMPLE / "ctgov.json").exists():
+        pytest.skip("samples/NCT04835883/ctgov.json not present yet")
+    out = tmp_path_factory.mktemp("events")
+    rc, report = convert([SAMPLE / "subjects.bundle.json"], out, "--study", str(SAMPLE / "ctgov.json"))
+    assert rc == 0, report.get("counts")
+    return out, report
+
+
+def check_domain(df: pd.DataFrame, dom: str, *, allow_empty_required: tuple[str, ...] = ()) -> None:
+    meta = load_domain(dom)
+    assert list(df.columns) == [n for n in meta.names if n in df.columns]
+    ct = pinned_ct()
+    for v in meta.variables:
+        if v.name in df and v.codelist and v.name != "DOMAIN":
+            vals = set(df[v.name]) - {""}
+            bad = {x for x in vals if not ct.is_valid(v.codelist, x)}
+            assert not bad, f"{dom}.{v.name}: not in CT {v.codelist}: {bad}"
+    for name in meta.required:
+        if name in allow_empty_required:
+            continue
+        assert name in df and (df[name] != "").all(), f"{dom}.{name} (Req) empty"
+    keys = [k for k in meta.keys if k in df]
+    if f"{dom}SEQ" in df:
+        assert not df.duplicated(["USUBJID", f"{dom}SEQ"]).any()
+    else:
+        assert not df.duplicated(keys).any(), f"{dom} keys {keys} not unique"
+
+
+def test_sample_events(sample_out: tuple[Path, dict[str, Any]]) -> None:
+    out, report = sample_out
+    ae, mh, ds, sv = (read(out, d) for d in EVENT_DOMAINS)
+    for dom, df in zip(EVENT_DOMAINS, (ae, mh, ds, sv), strict=True):
+        assert len(df), dom
+        # AEDECOD is Req but needs MedDRA coding by the sponsor: left empty and reported per record
+        check_domain(df, dom, allow_empty_required=("AEDECOD",))
+    uncoded = [i for i in report["issues"] if i.get("rule") == "ae.AEDECOD" and i["kind"] == "missing"]
+    assert len(uncoded) == (ae["AEDECOD"] == "").sum()
+    for _, row in ds.iterrows():
+        assert pinned_ct().is_valid(DS_CODELISTS[row["DSCAT"]], row["DSDECOD"])
+    # the protocol's story: 10 consents, 8 completed, 1 withdrawn by subject, 1 ongoing
+    assert (ds["DSDECOD"] == "INFORMED CONSENT OBTAINED").sum() == 10
+    assert (ds["DSDECOD"] == "COMPLETED").sum() == 8
+    assert (ds["DSDECOD"] == "WITHDRAWAL BY SUBJECT").sum() == 1
+    # serious pneumonia: hospitalisation, term and site from its Condition, which is not MH
+    pna = ae[ae["AETERM"] == "Community-acquired pneumonia"].iloc[0]
+    assert (pna["AESER"], pna["AESHOSP"], pna["AELOC"], pna["AESEV"]) == ("Y", "Y", "LUNG", "SEVERE")
+    assert "pneumonia" not in " ".join(mh["MHTERM"]).lower()
+    assert set(ae["AEREL"]) <= {"CERTAIN", "PROBABLE", "POSSIBLE", "UNLIKELY", "CONDITIONAL", "UNASSESSABLE"}
+    assert (ae["AEDECOD"] != "").sum() == 1          # only the MedDRA-coded infusion reaction
+    tb = mh[mh["MHTERM"].str.startswith("Tuberculosis")].iloc[0]
+    assert (tb["MHOCCUR"], tb["MHPRESP"]) == ("N", "Y")
+    missed = sv[sv["SVOCCUR"] == "N"]
+    assert len(missed) == 1 and missed.iloc[0]["SVSTDTC"] == ""
+    assert (sv["SVUPDES"] != "").sum() == 1
+    # no PHI: names, MRN, addresses never reach any output or the report
+    bundle = json.loads((SAMPLE / "subjects.bundle.json").read_text())
+    secrets = set()
+    for e in bundle["entry"]:
+        r = e["resource"]
+        if r["resourceType"] == "Patient":
+            secrets |= {r["identifier"][0]["value"], r["name"][0]["family"], r["telecom"][0]["value"]}
+    blob = "".join(p.read_text() for p in out.iterdir() if p.is_file())
+    assert not [s for s in secrets if s in blob]
+
+
+def _official(version: str, names: list[str], tmp: Path) -> list[Path]:
+    base = shared_path("fhir", f"hl7.fhir.{version}.examples-{'4.0.1' if version == 'r4' else '5.0.0'}")
+    files = [base / n for n in names if (base / n).exists()]
+    if not files:
+        pytest.skip(f"no {version} examples")
+    return files
+
+
+def test_official_r4_examples_convert(tmp_path: Path) -> None:
+    files = _official("r4", ["Patient-example.json", "AdverseEvent-example.json", "Condition-example.json",
+                             "Condition-example2.json", "Encounter-example.json"], tmp_path)
+    rc, report = convert(files, tmp_path / "o", "--studyid", "EX1")
+    assert rc in (0, 1)
+    # AdverseEvent-example names Patient/example: converted, its term from event.text
+    ae = read(tmp_path / "o", "AE")
+    if len(ae):
+        check_domain(ae, "AE", allow_empty_required=("AEDECOD",))
+        assert set(ae["AESEV"]) <= {"MILD", "MODERATE", "SEVERE", ""}
+    # every record that could not be converted names its resource
+    for i in report["issues"]:
+        if i["kind"] == "error":
+            assert i.get("record")
+
+
+def test_official_r5_examples_convert(tmp_path: Path) -> None:
+    base = shared_path("fhir", "hl7.fhir.r5.examples-5.0.0")
+    files = sorted(p for p in base.iterdir() if re.match(r"(Condition|Encounter|ResearchSubject|Patient)-", p.name))[:40]
+    rc, report = convert(files, tmp_path / "o", "--studyid", "EX5")
+    assert rc in (0, 1)
+    for dom in ("MH", "SV", "DS"):
+        df = read(tmp_path / "o", dom)
+        if len(df):
+            check_domain(df, dom)
+
+
+def test_synthea_events_convert(tmp_path: Path) -> None:
+    base = shared_path("fhir", "synthea_r4_bundles")
+    files = sorted(base.glob("*.json"))[:2]
+    rc, report = convert(files, tmp_path / "o", "--studyid", "SYN")
+    assert rc in (0, 1)
+    for dom in EVENT_DOMAINS:
+        df = read(tmp_path / "o", dom)
+        if len(df):
+            check_domain(df, dom, allow_empty_required=("AEDECOD",))
+    assert len(read(tmp_path / "o", "SV")) > 0
+
+
+def test_bad_event_resources_are_reported(tmp_path: Path) -> None:
+    pat = {"resourceType": "Patient", "id": "p1", "identifier": [{"system": "urn:x", "value": "S1"}]}
+    rs = {"resourceType": "ResearchSubject", "id": "rs1", "status": "withdrawn", "study": {"reference": "ResearchStudy/x"},
+          "individual": {"reference": "Patient/p1"}, "identifier": [{"value": "S1"}]}
+    good = {"resourceType": "AdverseEvent", "id": "ae-ok", "actuality": "actual", "subject": {"reference": "Patient/p1"},
+            "event": {"text": "Nausea"}, "date": "2020-01-02",
+            "severity": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/adverse-event-severity",
+                                     "code": "grade-9"}]}}
+    orphan = {"resourceType": "AdverseEvent", "id": "ae-orphan", "actuality": "actual",
+              "subject": {"reference": "Patient/nobody"}, "event": {"text": "Rash"}}
+    nosubj = {"resourceType": "Condition", "id": "c-nosubj", "code": {"text": "Asthma"}}
+    wrong = {"resourceType": "AdverseEvent", "id": "ae-wrong", "actuality": "actual",
+             "subject": {"reference": "Patient/p1"}, "event": "not a CodeableConcept", "suspectEntity": "x"}
+    broken = {"resourceType": "AdverseEvent", "id": "ae-broken", "actuality": "actual",
+              "subject": {"reference": "Patient/p1"}, "event": {"text": "Cough"},
+              "resultingCondition": [{"reference": "Condition/missing"}]}
+    bundle = {"resourceType": "Bundle", "type": "collection",
+              "entry": [{"resource": r} for r in (pat, rs, good, orphan, nosubj, wrong, broken)]}
+    src = tmp_path / "bad.json"
+    src.write_text(json.dumps(bundle))
+    rc, report = convert([src], tmp_path / "o", "--studyid", "BAD")
+    assert rc == 1
+    by_record = {(i.get("record"), i.get("rule")) for i in report["issues"]}
+    assert ("AdverseEvent/ae-ok", "ae.AESEV") in by_record            # unknown code, not guessed
+    assert ("AdverseEvent/ae-orphan", "subject.resolve") in by_record  # subject does not resolve
+    assert ("Condition/c-nosubj", "subject.resolve") in by_record      # names no subject
+    assert ("AdverseEvent/ae-wrong", "ae.AETERM") in by_record         # wrong shape: no usable term
+    assert ("AdverseEvent/ae-broken", "ae.AETERM") in by_record        # broken reference
+    ae = read(tmp_path / "o", "AE")
+    assert set(ae["AESEV"]) == {""}
+    ds_missing = [i for i in report["issues"] if i.get("rule") == "ds.DSDECOD" and i["kind"] == "missing"]
+    assert ds_missing and ds_missing[0]["record"] == "ResearchSubject/rs1"
+
+
+@pytest.mark.parametrize("dom", ["ae", "mh", "ds", "sv", "cm", "ex", "pr"])
+def test_spec_lint(dom: str) -> None:
+    spec = load_spec(f"subject/{dom}.yaml")
+    ids = [r["id"] for r in spec["rules"]]
+    assert len(ids) == len(set(ids)), "duplicate rule ids"
+    names = set(load_domain(dom.upper()).names)
+    for r in spec["rules"]:
+        assert r["cite"], r["id"]
+        for t in r["target"].split():
+            assert t.startswith("(") or t in names, f"{r['id']}: {t} not in schemas/sdtm/{dom}.csv"
+        for table in re.findall(r"mappings/codes/([\w.]+\.csv)", r["via"]):
+            assert (Path(__file__).parent.parent / "mappings" / "codes" / table).exists(), table
+    src = (Path(__file__).parent.parent / "converters" / "subject" / "domains" / f"{dom}.py").read_text()
+    used = set(re.findall(rf'rule="({dom}\.[\w.-]+)"', src))
+    assert used <= set(ids), f"rule ids used in code but not in the spec: {used - set(ids)}"
+    for g in spec["gaps"]:
+        assert g["decision"] and g["cite"]
+
+
+def test_code_tables_hold_valid_ct() -> None:
+    from trialbridge.specs import load_table
+    ct = pinned_ct()
+    for name in ("fhir_ae_severity", "fhir_ae_outcome", "fhir_route", "fhir_dose_form", "fhir_frequency",
+                 "fhir_dose_unit_extra", "fhir_disposition", "fhir_body_site"):
+        for row in load_table(f"codes/{name}.csv"):
+            term = ct.term(row["codelist"], row["target_code"])
+            assert term is not None, (name, row)
+            if row.get("target_ccode"):
+                assert term.code == row["target_ccode"], (name, row)

@@ -159,7 +159,10 @@ def write(codec: TableCodec, obj: Any) -> dict[str, Any]:
             continue
         if hints.get(name) is not Any and any(path.startswith(o + ".") for o in opaque):
             continue
-        set_path(out, path, _write_value(codec, val))
+        written = _write_value(codec, val)
+        if written == {}:
+            continue  # an object whose every field was left out (e.g. after an invalid value)
+        set_path(out, path, written)
     return out
 
 

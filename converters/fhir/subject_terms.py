@@ -100,8 +100,8 @@ def parse_decimals(s: pd.Series) -> Decimals:
     valid = ok & canon.fillna("").str.fullmatch(_FHIR_DEC)
     normalised = (valid & (canon != num)).to_numpy(dtype=bool)
     vals = [orjson.Fragment(c.encode()) if v else None for c, v in zip(canon.fillna("").tolist(),
-                                                                         valid.tolist())]
-    comps = [c if isinstance(c, str) and v else None for c, v in zip(comp.tolist(), valid.tolist())]
+                                                                         valid.tolist(), strict=False)]
+    comps = [c if isinstance(c, str) and v else None for c, v in zip(comp.tolist(), valid.tolist(), strict=False)]
     return Decimals(vals, comps, normalised)
 
 
@@ -154,8 +154,10 @@ def convert_dates(s: pd.Series, *, default_tz: str | None, date_only: bool = Fal
         out = out.where(~bad, lead.fillna(""))
         counts["cut"] = int((bad & lead.notna()).sum())
         counts["invalid"] = int((bad & lead.isna()).sum())
-    vals = out.where(present & (out != ""), None).tolist()
-    orig = text.where(present & (out != text), None).tolist()
+    keep_v = (present & (out.fillna("") != "")).tolist()
+    keep_o = (present & (out.fillna("") != text)).tolist()
+    vals = [v if k else None for v, k in zip(out.fillna("").tolist(), keep_v, strict=False)]
+    orig = [t if k else None for t, k in zip(text.tolist(), keep_o, strict=False)]
     return Dates(vals, orig, {k: v for k, v in counts.items() if v})
 
 

@@ -126,7 +126,7 @@ def _dates(df: pd.DataFrame, var: str, ctx: Ctx, domain: str, keys: list[str], *
     if var not in df.columns:
         return [None] * len(df), [None] * len(df)
     d = T.convert_dates(df[var], default_tz=ctx.default_tz, date_only=date_only)
-    first = next((k for k, o in zip(keys, d.original) if o is not None), None)
+    first = next((k for k, o in zip(keys, d.original, strict=False) if o is not None), None)
     msgs = {
         "seconds-added": (Kind.INFERRED, "time without seconds: ':00' added (SDTM text kept in "
                                          "extension sdtm-dtc)"),
@@ -173,7 +173,7 @@ class Extras:
         derived = derived_variables(domain) if domain in SPECCED else set()
         carried = [c for c in df.columns if c not in consumed and c not in KEYS and c not in derived]
         cols = [_sub_ext(c, _col(df, c), df[c].dtype.kind == "f") for c in carried]
-        self.sdtm = [[e for e in row if e is not None] for row in zip(*cols)] if cols else None
+        self.sdtm = [[e for e in row if e is not None] for row in zip(*cols, strict=False)] if cols else None
         for c in derived & set(df.columns):
             n = int(df[c].notna().sum())
             ctx.tally(Kind.LOSSY, domain, c, "derived variable not carried to FHIR (recomputed from "
@@ -257,7 +257,7 @@ def _seq_ids(df: pd.DataFrame, domain: str, prefix: str, ctx: Ctx, path: Path | 
     studies = _col(df, "STUDYID")
     subjects = _col(df, "USUBJID")
     ids = [T.make_id(prefix, T.slug(st or ctx.studyid), T.slug(u), s or "")
-           for st, u, s in zip(studies, subjects, seqs)]
+           for st, u, s in zip(studies, subjects, seqs, strict=False)]
     seen = set() if seen is None else seen
     for i, rid in enumerate(ids):
         if rid in seen:
@@ -284,7 +284,7 @@ def build_studies(dm: pd.DataFrame, ts: pd.DataFrame | None, ctx: Ctx) -> list[d
                              "identifier": [{"system": f"{T.SID}/studyid", "value": ctx.studyid}],
                              "status": status}
     if ts is not None and "TSPARMCD" in ts.columns:
-        titles = [v for p, v in zip(_col(ts, "TSPARMCD"), _col(ts, "TSVAL")) if p == "TITLE" and v]
+        titles = [v for p, v in zip(_col(ts, "TSPARMCD"), _col(ts, "TSVAL"), strict=False) if p == "TITLE" and v]
         if titles:
             study["title"] = titles[0]
     out = [study]
@@ -300,11 +300,11 @@ def build_studies(dm: pd.DataFrame, ts: pd.DataFrame | None, ctx: Ctx) -> list[d
 def build_ds(df: pd.DataFrame, ctx: Ctx, path: Path | str) -> None:
     """DS records -> ResearchSubject.progress (R5) or its R5 cross-version extension (R4)."""
     _require(df, "DS", path)
-    keys = [f"{u}/{T.num_text(s)}" for u, s in zip(_col(df, "USUBJID"), _col(df, "DSSEQ"))]
+    keys = [f"{u}/{T.num_text(s)}" for u, s in zip(_col(df, "USUBJID"), _col(df, "DSSEQ"), strict=False)]
     start, start_o = _dates(df, "DSSTDTC", ctx, "DS", keys, target="ResearchSubject.progress.startDate")
     ex = Extras(df, "DS", ctx, consumed=mapped_variables("DS"), idvars=_idvar_cols(df))
     for i, (u, cat, decod, term) in enumerate(zip(_col(df, "USUBJID"), _col(df, "DSCAT"),
-                                                  _col(df, "DSDECOD"), _col(df, "DSTERM"))):
+                                                  _col(df, "DSDECOD"), _col(df, "DSTERM"), strict=False)):
         kind = "Enrollment" if cat == "DISPOSITION EVENT" else "Milestone"
         if cat == "DISPOSITION EVENT":
             ctx.disposed.add(u)
@@ -473,7 +473,7 @@ def _encounter_refs(df: pd.DataFrame, ctx: Ctx) -> list[Any]:
     if "VISITNUM" not in df.columns or not ctx.encounters:
         return [None] * len(df)
     out = []
-    for st, u, v in zip(_col(df, "STUDYID"), _col(df, "USUBJID"), _col(df, "VISITNUM")):
+    for st, u, v in zip(_col(df, "STUDYID"), _col(df, "USUBJID"), _col(df, "VISITNUM"), strict=False):
         if v is None:
             out.append(None)
             continue
@@ -485,7 +485,7 @@ def _encounter_refs(df: pd.DataFrame, ctx: Ctx) -> list[Any]:
 def build_sv(df: pd.DataFrame, ctx: Ctx, path: Path | str) -> Iterator[tuple[str, dict[str, Any]]]:
     _require(df, "SV", path)
     users, visits = _col(df, "USUBJID"), [T.num_text(v) for v in _col(df, "VISITNUM")]
-    keys = [f"{u}/VISITNUM {v}" for u, v in zip(users, visits)]
+    keys = [f"{u}/VISITNUM {v}" for u, v in zip(users, visits, strict=False)]
     st, st_o = _dates(df, "SVSTDTC", ctx, "SV", keys, target="Encounter.period.start")
     en, en_o = _dates(df, "SVENDTC", ctx, "SV", keys, target="Encounter.period.end")
     subj, keep = _subject_refs(df, "SV", ctx)
@@ -495,7 +495,7 @@ def build_sv(df: pd.DataFrame, ctx: Ctx, path: Path | str) -> Iterator[tuple[str
     # SDTMIG key is USUBJID/VISITNUM/SVSTDTC: a repeated VISITNUM gets its start date in the id, and
     # records of other domains with that VISITNUM get no encounter reference (it would be ambiguous)
     starts = _col(df, "SVSTDTC")
-    pairs = pd.Series([f"{u}\x00{v}" for u, v in zip(users, visits)])
+    pairs = pd.Series([f"{u}\x00{v}" for u, v in zip(users, visits, strict=False)])
     repeated = pairs.duplicated(keep=False).tolist()
     if any(repeated):
         ctx.tally(Kind.INFERRED, "SV", "VISITNUM", "VISITNUM repeated for a subject: Encounter id takes "
@@ -537,7 +537,7 @@ def _common(df: pd.DataFrame, domain: str, prefix: str, ctx: Ctx, path: Path | s
     subj, keep = _subject_refs(df, domain, ctx)
     enc = _encounter_refs(df, ctx)
     ex = Extras(df, domain, ctx, consumed=mapped_variables(domain), idvars=_idvar_cols(df))
-    keys = [f"{u}/{s}" for u, s in zip(_col(df, "USUBJID"), seqs)]
+    keys = [f"{u}/{s}" for u, s in zip(_col(df, "USUBJID"), seqs, strict=False)]
     return ids, seqs, subj, keep, enc, ex, keys
 
 
@@ -576,6 +576,8 @@ def build_ae(df: pd.DataFrame, ctx: Ctx, path: Path | str) -> Iterator[tuple[str
         if not ctx.r5 and (en[i] is not None or en_o[i] is not None):
             extra.append({"url": T.R5_AE_OCCURRENCE, "valuePeriod": _period(st[i], st_o[i], en[i], en_o[i])})
         _start(res, "AdverseEvent", ids[i], extra or None, sysr, seqs[i])
+        if not ctx.r5 and "identifier" in res:     # R4 AdverseEvent.identifier is 0..1
+            res["identifier"] = res["identifier"][0]
         code: dict[str, Any] = {}
         if raw["AEDECOD"][i] or raw["AEPTCD"][i]:
             c: dict[str, Any] = {"system": T.MEDDRA}
@@ -622,7 +624,7 @@ def _merge_sdtm(extra: list[dict[str, Any]], subs: list[dict[str, Any]]) -> list
 
 def _quantity(values: list[Any], units: list[Any], ctx: Ctx, domain: str, var: str) -> list[Any]:
     out = []
-    for v, u in zip(values, units):
+    for v, u in zip(values, units, strict=False):
         if v is None and u is None:
             out.append(None)
             continue
@@ -812,7 +814,7 @@ def build_findings(df: pd.DataFrame, domain: str, ctx: Ctx, path: Path | str,
     enc = _encounter_refs(df, ctx)
     consumed = mapped_variables(domain)
     ex = Extras(df, domain, ctx, consumed=consumed, idvars=_idvar_cols(df))
-    keys = [f"{u}/{s}" for u, s in zip(_col(df, "USUBJID"), seqs)]
+    keys = [f"{u}/{s}" for u, s in zip(_col(df, "USUBJID"), seqs, strict=False)]
     eff, eff_o = _dates(df, f"{p}DTC", ctx, domain, keys, target="Observation.effectiveDateTime")
     n = len(df)
     res_text = df[f"{p}ORRES"] if f"{p}ORRES" in df.columns else pd.Series([None] * n, dtype=object)
@@ -821,7 +823,7 @@ def build_findings(df: pd.DataFrame, domain: str, ctx: Ctx, path: Path | str,
         ctx.tally(Kind.INFERRED, domain, f"{p}ORRES", "numeric text rewritten as a FHIR decimal (e.g. a "
                   "leading zero added)", int(dec.normalised.sum()), target="Observation.valueQuantity.value")
     units = _col(df, f"{p}ORRESU")
-    qty = _quantity(dec.value, [u if v is not None else None for u, v in zip(units, dec.value)],
+    qty = _quantity(dec.value, [u if v is not None else None for u, v in zip(units, dec.value, strict=False)],
                     ctx, domain, f"{p}ORRESU")
     texts = res_text.tolist()
     lo = T.parse_decimals(df[f"{p}ORNRLO"]) if f"{p}ORNRLO" in df.columns else None
@@ -918,7 +920,7 @@ def _test_codes(df: pd.DataFrame, domain: str, ctx: Ctx) -> list[dict[str, Any]]
     cols = [_col(df, c) for c in (f"{p}TESTCD", f"{p}TEST", f"{p}LOINC", f"{p}SPEC", f"{p}METHOD")]
     cache: dict[tuple[Any, ...], dict[str, Any]] = {}
     out = []
-    for key in zip(*cols):
+    for key in zip(*cols, strict=False):
         cc = cache.get(key)
         if cc is None:
             testcd, test, loinc, spec, meth = key
@@ -961,10 +963,21 @@ def index_supp(name: str, df: pd.DataFrame, ctx: Ctx, path: Path | str) -> None:
                              field=var)
     idx = ctx.supp.setdefault(name[4:], {})
     cols = [_col(df, c) for c in ("USUBJID", "IDVAR", "IDVARVAL", "QNAM", "QLABEL", "QVAL", "QORIG", "QEVAL")]
-    for u, iv, ivv, *q in zip(*cols):
-        subs = [{"url": n, "valueString": v} for n, v in zip(("QNAM", "QLABEL", "QVAL", "QORIG", "QEVAL"), q)
+    for u, iv, ivv, *q in zip(*cols, strict=False):
+        subs = [{"url": n, "valueString": v} for n, v in zip(("QNAM", "QLABEL", "QVAL", "QORIG", "QEVAL"), q, strict=False)
                 if v is not None]
-        idx.setdefault((u or "", iv or "", ivv or ""), []).append({"url": T.EXT_SUPPQUAL, "extension": subs})
+        idx.setdefault((u or "", iv or "", _idvarval(ivv)), []).append({"url": T.EXT_SUPPQUAL, "extension": subs})
+
+
+def _idvarval(v: Any) -> str:
+    """IDVARVAL as the parent's key text: padded numbers ('   2', '2.0') read as the --SEQ they name."""
+    if v is None:
+        return ""
+    t = str(v).strip()
+    try:
+        return T.num_text(float(t)) or t
+    except ValueError:
+        return t
 
 
 _PREFIX = {"AE": ("AdverseEvent", "ae"), "CM": ("MedicationStatement", "cm"),
@@ -975,12 +988,12 @@ _PREFIX = {"AE": ("AdverseEvent", "ae"), "CM": ("MedicationStatement", "cm"),
 def index_relrec(df: pd.DataFrame, ctx: Ctx, path: Path | str) -> None:
     groups: dict[tuple[str, str], list[tuple[str, str, str, str | None]]] = defaultdict(list)
     dataset_level = 0
-    for st, rd, u, iv, ivv, rt, rel in zip(*(_col(df, c) for c in (
-            "STUDYID", "RDOMAIN", "USUBJID", "IDVAR", "IDVARVAL", "RELTYPE", "RELID"))):
+    for rd, u, iv, ivv, rt, rel in zip(*(_col(df, c) for c in (
+            "RDOMAIN", "USUBJID", "IDVAR", "IDVARVAL", "RELTYPE", "RELID")), strict=False):
         if not u:
             dataset_level += 1
             continue
-        groups[(u, rel or "")].append((rd or "", iv or "", ivv or "", rt))
+        groups[(u, rel or "")].append((rd or "", iv or "", _idvarval(ivv), rt))
     if dataset_level:
         ctx.tally(Kind.LOSSY, "RELREC", "RELTYPE", "dataset-level RELREC relationship (no USUBJID): FHIR "
                   "links resources, not datasets; not carried", dataset_level)
@@ -1036,7 +1049,7 @@ class Sink:
         if fh is None:
             target = self.outdir / f"{rtype}.ndjson"
             tmp = self.stack.enter_context(atomic_path(target))
-            fh = self.stack.enter_context(open(tmp, "wb"))
+            fh = self.stack.enter_context(open(tmp, "wb"))  # noqa: SIM115  (closed by the ExitStack)
             self.files[rtype] = fh
             self.targets.append(target)
         return fh

@@ -268,7 +268,7 @@ def _iter_xpt(ds: DatasetFile, chunksize: int, file: str) -> Iterator[pd.DataFra
 
 def _iter_dataset_json(ds: DatasetFile, chunksize: int, file: str) -> Iterator[pd.DataFrame]:
     try:
-        fh = open(ds.path, "rb")
+        fh = open(ds.path, "rb")  # noqa: SIM115  (closed by the with below)
     except OSError as exc:
         raise InputError(f"cannot read file ({exc.strerror})", file=file) from None
     with fh:

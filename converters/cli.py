@@ -16,6 +16,7 @@ from typing import Any
 import click
 
 from . import __version__
+from .ehr.commands import pull
 from .errors import TrialbridgeError, UsageError
 from .pipeline import (
     SOURCE_FORMATS,
@@ -163,6 +164,8 @@ def demo(outdir: Path) -> None:
             worst = max(worst, code)
     sys.exit(worst)
 
+
+cli.add_command(pull)
 
 cli.add_command(validate_command)
 cli.add_command(package_command)

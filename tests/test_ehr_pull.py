@@ -128,6 +128,9 @@ def test_group_export_follows_the_bulk_data_ig(ehr: EhrServer, tmp_path: Path) -
     assert state["manifest"]["requiresAccessToken"] is False
     assert {e["count"] for e in state["files"].values()} >= {1, 2, 5}
     assert len(ehr.state()["deletedJobs"]) == 1                # done: the server may drop the files
+    seen = len(ehr.state()["requests"])
+    assert pull(ehr, "--group", "grp-1", "-o", str(out)) == 0  # a re-run finds everything complete
+    assert len(ehr.state()["requests"]) == seen and counts(out) == GROUP_COUNTS
 
 
 def test_export_type_and_since_parameters(ehr: EhrServer, tmp_path: Path) -> None:
@@ -271,6 +274,21 @@ def test_smart_es384_with_v1_scopes_and_proactive_refresh(ehr: EhrServer, tmp_pa
         client.get_json("Patient?_id=p2")
         assert auth.tokens_fetched == 2
     assert len(ehr.state()["tokenRequests"]) == 3
+
+
+def test_smart_with_a_given_token_url_and_scope_in_a_json_config(ehr: EhrServer,
+                                                                 tmp_path: Path) -> None:
+    ehr.config(auth="required")
+    smart_config(ehr, tmp_path / "creds", client_id="tb-json")
+    config = tmp_path / "creds" / "auth.json"
+    config.write_bytes(orjson.dumps({"client_id": "tb-json", "private_key_file": "client.pem",
+                                     "kid": "key-1", "alg": "RS384", "token_url": ehr.token_url,
+                                     "scope": "system/Patient.rs system/Observation.rs"}))
+    assert pull(ehr, "--search", "Patient?_id=p3", "--auth-config", str(config),
+                "-o", str(tmp_path / "s")) == 0
+    assert counts(tmp_path / "s") == {"Patient": 1}
+    assert ehr.state()["tokenRequests"][0]["scope"] == "system/Patient.rs system/Observation.rs"
+    assert not ehr.requests(".well-known")                      # nothing to discover
 
 
 def test_smart_assertion_signed_with_the_wrong_key_is_refused(ehr: EhrServer, tmp_path: Path,

@@ -15,9 +15,11 @@ import fcntl
 import hashlib
 import json
 import os
+import platform
 import queue
 import shutil
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -83,16 +85,22 @@ def _node_version(node: str) -> tuple[int, int]:
 
 
 def _suitable_node(node: str, npm: str) -> str:
-    """This machine's node when recent enough, else one installed from the npm registry
-    (the ``node`` package ships the binary) into tests/ehr_server/.node."""
+    """This machine's node when recent enough, else Node 22 from the npm registry (the
+    ``node-<os>-<cpu>`` package behind the ``node`` package: the binary, no install script)
+    installed into tests/ehr_server/.node."""
     if _node_version(node) >= NODE_MIN:
         return node
+    cpu = {"x86_64": "x64", "amd64": "x64", "aarch64": "arm64", "arm64": "arm64"}.get(
+        platform.machine().lower(), platform.machine().lower())
+    package = f"node-{sys.platform}-{cpu}@22"
     prefix = HERE / ".node"
     local = prefix / "node_modules" / ".bin" / "node"
     with _install_lock():
         if not local.exists():
             _run_npm([npm, "install", "--no-save", "--no-audit", "--no-fund", "--prefix", str(prefix),
-                      "node@22"], "installing Node 22 from the npm registry")
+                      package], f"installing {package} from the npm registry")
+    if _node_version(str(local)) < NODE_MIN:
+        pytest.fail(f"{local} is older than Node {NODE_MIN[0]}.{NODE_MIN[1]}")
     return str(local)
 
 

@@ -79,3 +79,22 @@ def test_extensions_are_declared_under_one_base() -> None:
         assert ext_url(name) == base + name and set(decl["versions"]) <= {"R4", "R5"}
     with pytest.raises(KeyError, match="not declared"):
         ext_url("no-such-extension")
+
+
+def test_the_one_country_table_is_consistent() -> None:
+    # mappings/codes/iso3166_countries.csv serves FHIR region/location, TS FCNTRY and DM COUNTRY
+    from trialbridge.specs import load_table, mapping_text
+    assert SPEC["country_table"] == "codes/iso3166_countries.csv"
+    assert mapping_text(SPEC["country_table"]).startswith("# source:")
+    rows = load_table(SPEC["country_table"])
+    names = [r["source_code"] for r in rows]
+    assert len(names) == len(set(names))
+    codes: dict[str, tuple[str, str]] = {}
+    for r in rows:
+        assert re.fullmatch(r"[A-Z]{3}", r["target_code"]) and re.fullmatch(r"[A-Z]{2}", r["alpha_2"])
+        assert r["kind"] in ("iso", "iso-common", "iso-official", "ctgov-spelling")
+        assert codes.setdefault(r["target_code"], (r["alpha_2"], r["numeric"])) == (r["alpha_2"], r["numeric"])
+    assert len(codes) == 249
+    for flag in ([r["target_code"] for r in rows if r["kind"] == "iso"],
+                 [r["target_code"] for r in rows if r["ctgov_preferred"] == "Y"]):
+        assert sorted(flag) == sorted(codes), "one ISO short name and one CT.gov spelling per country"

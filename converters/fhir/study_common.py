@@ -1,8 +1,8 @@
 """Shared pieces of the FHIR ResearchStudy writer and reader: the spec, code tables, ids, paths.
 
-Everything here is driven by ``mappings/fhir_study.yaml`` and the ``mappings/codes/ctgov_to_fhir_*.csv``
-tables; no code value is written in Python. Model paths are turned into CT.gov paths with
-``mappings/ctgov_v2.yaml`` so that reports name the CT.gov field a user knows.
+Everything here is driven by ``mappings/fhir_study.yaml``, the ``mappings/codes/ctgov_to_fhir_*.csv``
+tables and ``mappings/codes/iso3166_countries.csv``; no code value is written in Python. Model paths are turned
+into CT.gov paths with ``mappings/ctgov_v2.yaml`` so that reports name the CT.gov field a user knows.
 """
 
 from __future__ import annotations
@@ -126,13 +126,16 @@ def reverse(enum: str, cc: Any, version: str) -> str | None:
 
 @cache
 def countries() -> tuple[dict[str, dict[str, str]], dict[str, str]]:
-    """(name -> row, alpha-2 -> preferred (ISO) name)."""
+    """(name as spelled -> Coding (ISO 3166-1 alpha-2, ISO short name as display), alpha-2 -> ISO short name).
+
+    The spec's ``country_table`` is the project's one country table (alpha-3 in ``target_code``)."""
+    rows = load_table(spec()["country_table"])
+    by_code = {row["alpha_2"]: row["source_code"] for row in rows if row["kind"] == "iso"}
+    iso3166 = system("iso3166")
     by_name: dict[str, dict[str, str]] = {}
-    by_code: dict[str, str] = {}
-    for row in load_table(spec()["country_table"]):
-        by_name.setdefault(row["source_code"], row)
-        if row["kind"] == "iso":
-            by_code[row["target_code"]] = row["source_code"]
+    for row in rows:
+        by_name.setdefault(row["source_code"], {"system": iso3166, "code": row["alpha_2"],
+                                                "display": by_code[row["alpha_2"]]})
     return by_name, by_code
 
 

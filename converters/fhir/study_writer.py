@@ -695,12 +695,11 @@ def map_sites(ctx: Ctx) -> None:
     for name in seen:
         row = by_name.get(name)
         if row is None:
-            ctx.report.unmapped_code(name, "ctgov_to_fhir_country.csv", rule="fhir.study.sites",
+            ctx.report.unmapped_code(name, "iso3166_countries.csv", rule="fhir.study.sites",
                                      source=ctgov_path("contacts_locations.locations[].country"), record=ctx.key)
             regions.append({"text": name})
         else:
-            regions.append({"coding": [{"system": row["target_system"], "code": row["target_code"],
-                                        "display": row["target_display"]}], "text": name})
+            regions.append({"coding": [dict(row)], "text": name})
     put(ctx.rs, "region" if ctx.r5 else "location", regions)
 
 

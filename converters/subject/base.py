@@ -287,7 +287,9 @@ def derive_dtc(values: pd.Series) -> tuple[pd.Series, pd.Series]:
     txt = s[present].astype(str)
     ok = txt.str.match(_DTC_OK.pattern)
     out = pd.Series([None] * len(s), index=s.index, dtype="object")
-    out[present] = txt.str.slice(0, 19).where(ok, None)
+    vals = txt.str.slice(0, 19).to_numpy(dtype=object)
+    vals[~ok.to_numpy()] = None
+    out[present] = vals
     invalid = pd.Series(False, index=s.index)
     invalid[present] = ~ok
     return out, invalid

@@ -16,9 +16,8 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 
@@ -30,8 +29,7 @@ _LEAD_TYPE = re.compile(rb'^\s*\{\s*"resourceType"\s*:\s*"([A-Za-z]+)"')
 _FILE_TYPE = re.compile(r"^([A-Z][A-Za-z]+?)(?:[-_.]?\d+)?\.(?:ndjson|jsonl)$")
 
 
-@dataclass(frozen=True, slots=True)
-class Item:
+class Item(NamedTuple):
     """One resource and where it came from (for provenance and reference resolution)."""
 
     resource: dict[str, Any]
@@ -81,9 +79,12 @@ def iter_chunks(paths: Iterable[Path], *, types: frozenset[str] | set[str] | Non
         yield buf
 
 
-def iter_resources(paths: Iterable[Path], **kw: Any) -> Iterator[Item]:
-    for chunk in iter_chunks(paths, **kw):
-        yield from chunk
+def iter_resources(paths: Iterable[Path], *, types: Any = None, skip_types: Any = None,
+                   errors: list[tuple[str, int | None, str]] | None = None) -> Iterator[Item]:
+    """One item at a time (the caller extracts and drops each parsed resource at once: holding
+    thousands of parsed dicts costs more in allocation than the parsing itself)."""
+    for path in list_input_files(paths):
+        yield from _iter_file(path, types, skip_types, errors)
 
 
 def _wanted(rtype: Any, types: Any, skip: Any) -> bool:

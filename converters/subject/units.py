@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from ..sdtm.ct import pinned_ct
-from ..specs import load_table
+from ..specs import load_table, transform
 
 UCUM_SYSTEM = "http://unitsofmeasure.org"
 
@@ -76,6 +76,7 @@ def _codelist_ucum(codelist: str) -> tuple[tuple[str, str], ...]:
     return tuple((u, t) for u, ts in _ucum_table().items() for t in ts if t in terms and "{" not in u)
 
 
+@transform("cdisc_unit")
 @cache
 def cdisc_unit(ucum: str, codelist: str = "UNIT") -> str | None:
     """The CDISC term for a UCUM expression, valid in ``codelist``, or None."""
@@ -101,6 +102,7 @@ def map_units(ucum: pd.Series, codelist: str = "UNIT") -> pd.Series:
     return ucum.map(uniq)
 
 
+@transform("ucum_convert")
 def convert(values: pd.Series, from_ucum: pd.Series, to_ucum: pd.Series) -> tuple[pd.Series, pd.Series]:
     """Convert numeric ``values`` row-wise; returns (converted float Series, ok mask).
     Rows whose unit pair is not convertible get NaN and ok=False."""

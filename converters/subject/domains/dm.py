@@ -136,7 +136,13 @@ def map_dm(cols: pd.DataFrame, ctx: Ctx) -> pd.DataFrame:
         cols["_sexval"] = cols["_birthsex"].fillna(cols["_gender"])
         ctx.row_issues("DM", "sex", Kind.UNMAPPED_CODE, "sex/gender code not in table sex", cols,
                        unmapped, rule="dm.SEX", target="SEX", value_col="_sexval")
+        ctx.row_issues("DM", "sex-unmapped", Kind.MISSING, "SEX required: code unmapped, left empty",
+                       cols, unmapped, rule="dm.SEX", target="SEX")
     out["SEX"] = sex
+    nosex = sex.isna() & ~unmapped
+    if nosex.any():
+        ctx.row_issues("DM", "sex-missing", Kind.MISSING, "SEX required but the Patient has no birth "
+                       "sex or gender", cols, nosex, rule="dm.SEX", target="SEX")
     # RACE / ETHNIC from OMB categories (rule dm.RACE / dm.ETHNIC)
     race_t, eth_t = code_table("race"), code_table("ethnic")
     races: list[Any] = []

@@ -1,0 +1,73 @@
+"""DM from Patient + ResearchSubject (R4 and R5 arm elements), race/ethnicity, SUPPDM, privacy."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import orjson
+import pandas as pd
+import pytest
+from trialbridge.model import ArmGroup, ArmsInterventions, Identification, Intervention, OrgStudyId, Study
+from trialbridge.pipeline import Options
+from trialbridge.report import ConversionReport
+from trialbridge.subject.pipeline import convert_subjects
+
+OMB = "urn:oid:2.16.840.1.113883.6.238"
+RACE = "http://hl7.org/fhir/us/core/StructureDefinition/us-core-race"
+
+
+def _bundle(tmp_path: Path, r5: bool) -> Path:
+    pat = {"resourceType": "Patient", "id": "p1", "gender": "male", "birthDate": "1960-03-15",
+           "name": [{"family": "Hidden"}], "telecom": [{"value": "555-0100"}],
+           "address": [{"line": ["9 Lane"], "country": "DEU"}],
+           "extension": [{"url": "http://hl7.org/fhir/us/core/StructureDefinition/us-core-birthsex", "valueCode": "F"},
+                         {"url": RACE, "extension": [{"url": "ombCategory", "valueCoding": {"system": OMB, "code": "2106-3"}},
+                                                     {"url": "ombCategory", "valueCoding": {"system": OMB, "code": "2028-9"}}]}]}
+    rs = {"resourceType": "ResearchSubject", "id": "rs1", "status": "on-study" if not r5 else "active",
+          "identifier": [{"value": "1001"}], "study": {"reference": "ResearchStudy/site"}}
+    if r5:
+        rs.update(subject={"reference": "Patient/p1"}, assignedComparisonGroup="g1", actualComparisonGroup="g1")
+    else:
+        rs.update(individual={"reference": "Patient/p1"}, assignedArm="Drug A", actualArm="drug a")
+    site = {"resourceType": "ResearchStudy", "id": "site", "identifier": [{"value": "SITE-07"}],
+            "partOf": [{"reference": "ResearchStudy/main"}],
+            "comparisonGroup": [{"linkId": "g1", "name": "Drug A"}]}
+    consent = {"resourceType": "Consent", "id": "c1", "status": "active", "dateTime": "2021-02-01",
+               "patient": {"reference": "Patient/p1"}}
+    ma = {"resourceType": "MedicationAdministration", "id": "m1", "status": "completed",
+          "subject": {"reference": "Patient/p1"}, "medicationCodeableConcept": {"text": "Drug A"},
+          "effectivePeriod": {"start": "2021-03-01T08:00:00", "end": "2021-03-01T09:00:00"}}
+    f = tmp_path / "b.json"
+    f.write_bytes(orjson.dumps({"resourceType": "Bundle", "type": "transaction",
+                                "entry": [{"resource": r} for r in (pat, rs, site, consent, ma)]}))
+    return f
+
+
+STUDY = Study(identification=Identification(nct_id="NCT00000001", org_study_id=OrgStudyId(id="PROT-1")),
+              arms_interventions=ArmsInterventions(arm_groups=(ArmGroup(label="Drug A"),),
+                                                 interventions=(Intervention(type="DRUG", name="Drug A"),)))
+
+
+@pytest.mark.parametrize("r5", [False, True])
+def test_dm_from_patient_and_research_subject(tmp_path: Path, r5: bool) -> None:
+    report = ConversionReport()
+    convert_subjects([_bundle(tmp_path, r5)], tmp_path / "out",
+                     options=Options(study=STUDY, sdtm_formats=("json", "csv")), report=report)
+    dm = pd.read_csv(tmp_path / "out" / "dm.csv", dtype=str).iloc[0]
+    assert dm["STUDYID"] == "PROT-1" and dm["USUBJID"] == "PROT-1-1001" and dm["SUBJID"] == "1001"
+    assert dm["SITEID"] == "SITE-07" and dm["COUNTRY"] == "DEU"
+    assert dm["SEX"] == "F"                       # birth sex wins over gender (rule dm.SEX)
+    assert dm["RACE"] == "MULTIPLE"
+    assert (dm["ARM"], dm["ARMCD"], dm["ACTARM"]) == ("Drug A", "DRUGA", "Drug A")
+    assert dm["RFICDTC"] == "2021-02-01" and dm["RFSTDTC"] == "2021-03-01T08:00:00"
+    assert dm["AGE"] == "60" and dm["AGEU"] == "YEARS"
+    supp = pd.read_csv(tmp_path / "out" / "suppdm.csv", dtype=str)
+    assert set(supp["QVAL"]) == {"WHITE", "ASIAN"} and set(supp["QNAM"]) == {"RACE1", "RACE2"}
+    blob = b"".join(p.read_bytes() for p in (tmp_path / "out").iterdir()) + orjson.dumps(report.to_json())
+    assert b"Hidden" not in blob and b"555-0100" not in blob and b"9 Lane" not in blob
+
+
+def test_studyid_override(tmp_path: Path) -> None:
+    convert_subjects([_bundle(tmp_path, False)], tmp_path / "out",
+                     options=Options(study=STUDY, studyid="OVR", sdtm_formats=("csv",)), report=ConversionReport())
+    assert pd.read_csv(tmp_path / "out" / "dm.csv")["STUDYID"].tolist() == ["OVR"]

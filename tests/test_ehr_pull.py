@@ -194,6 +194,11 @@ def test_429_with_retry_after_is_honoured(ehr: EhrServer, tmp_path: Path,
     assert pull(ehr, "--group", "grp-1", "-o", str(tmp_path / "e")) == 0
     assert "HTTP 503; retrying in 1.0 s" in caplog.text
     assert counts(tmp_path / "e") == GROUP_COUNTS
+    ehr.fault("drop", match="/fhir/Patient", count=2)             # no answer at all, twice
+    assert pull(ehr, "--search", "Patient?_id=p1", "-o", str(tmp_path / "d")) == 0
+    assert "GET http://127.0.0.1:" in caplog.text and "/fhir/Patient: connection dropped; " \
+        "retrying in" in caplog.text
+    assert len(ehr.requests("/fhir/Patient")) == 3 and counts(tmp_path / "d") == {"Patient": 1}
 
 
 def test_server_error_file_is_downloaded_and_reported(ehr: EhrServer, tmp_path: Path,

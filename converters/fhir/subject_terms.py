@@ -89,20 +89,37 @@ class Decimals:
     normalised: np.ndarray    # bool: the decimal text differs from the source (e.g. '.94')
 
 
+_DEC_IN = re.compile(r"^(<=|>=|<|>)?\s*(-?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d{1,9})?)$")
+_DEC_OK = re.compile(_FHIR_DEC)
+
+
+def _parse_decimal(text: Any) -> tuple[Any, Any, bool]:
+    if not isinstance(text, str):
+        return None, None, False
+    m = _DEC_IN.match(text.strip())
+    if not m:
+        return None, None, False
+    comp, num = m.group(1), m.group(2)
+    canon = re.sub(r"^(-?)\.", r"\g<1>0.", num)
+    canon = re.sub(r"^(-?)0+(\d)", r"\1\2", canon)
+    canon = canon[:-1] if canon.endswith(".") else canon
+    if not _DEC_OK.fullmatch(canon):
+        return None, None, False
+    return orjson.Fragment(canon.encode()), comp, canon != num
+
+
 def parse_decimals(s: pd.Series) -> Decimals:
-    text = s.where(s.notna(), "").astype(str).str.strip()
-    m = text.str.extract(r"^(<=|>=|<|>)?\s*(" + r"-?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d{1,9})?" + r")$")
-    comp, num = m[0], m[1]
-    ok = num.notna()
-    canon = num.where(~ok, num.str.replace(r"^(-?)\.", r"\g<1>0.", regex=True)
-                      .str.replace(r"^(-?)0+(\d)", r"\1\2", regex=True)
-                      .str.replace(r"\.$", "", regex=True))
-    valid = ok & canon.fillna("").str.fullmatch(_FHIR_DEC)
-    normalised = (valid & (canon != num)).to_numpy(dtype=bool)
-    vals = [orjson.Fragment(c.encode()) if v else None for c, v in zip(canon.fillna("").tolist(),
-                                                                         valid.tolist(), strict=False)]
-    comps = [c if isinstance(c, str) and v else None for c, v in zip(comp.tolist(), valid.tolist(), strict=False)]
-    return Decimals(vals, comps, normalised)
+    """One regex match per distinct text (results repeat a lot in findings data)."""
+    cache: dict[Any, tuple[Any, Any, bool]] = {}
+    vals, comps, norm = [], [], []
+    for t in s.tolist():
+        r = cache.get(t)
+        if r is None:
+            r = cache[t] = _parse_decimal(t)
+        vals.append(r[0])
+        comps.append(r[1])
+        norm.append(r[2])
+    return Decimals(vals, comps, np.array(norm, dtype=bool))
 
 
 # ----------------------------------------------------------------------------- dates

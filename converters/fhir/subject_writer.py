@@ -15,6 +15,7 @@ Findings (LB, VS) are streamed chunk by chunk; no pydantic in this path (tests v
 from __future__ import annotations
 
 import contextlib
+import gc
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -1092,6 +1093,18 @@ def convert_sdtm_to_fhir(folder: Path, outdir: Path, *, options: Any, report: Co
     if tz is not None and not _valid_tz(tz):
         raise UsageError(f"--default-tz must be Z or +hh:mm / -hh:mm, not {tz!r}")
     ctx = Ctx(version=version, report=report, default_tz=tz)
+    # millions of small dicts, none cyclic: the cyclic GC would rescan them over and over
+    gc_was = gc.isenabled()
+    gc.disable()
+    try:
+        return _convert(folder, outdir, ctx, extra, chunksize)
+    finally:
+        if gc_was:
+            gc.enable()
+
+
+def _convert(folder: Path, outdir: Path, ctx: Ctx, extra: dict[str, Any], chunksize: int) -> list[Path]:
+    report, version = ctx.report, ctx.version
     files = find_datasets(folder, report)
     define = read_define(folder)
     if "DM" not in files:

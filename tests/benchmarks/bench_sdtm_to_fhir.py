@@ -14,7 +14,6 @@ from types import SimpleNamespace
 
 import orjson
 import pytest
-
 from trialbridge.fhir.subject_writer import convert_sdtm_to_fhir
 from trialbridge.report import ConversionReport
 
@@ -75,7 +74,8 @@ def test_bench_lb_1m_to_ndjson(tmp_path: Path) -> None:
     cpu = time.process_time() - cpu0
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     obs = tmp_path / "fhir" / "Observation.ndjson"
-    n = sum(1 for _ in open(obs, "rb"))
+    with open(obs, "rb") as fh:
+        n = sum(1 for _ in fh)
     size = obs.stat().st_size / 1e6
     print(f"\nSDTM LB -> FHIR R5 NDJSON: {ROWS:,} rows in {wall:.1f} s wall / {cpu:.1f} s CPU = "
           f"{ROWS / wall:,.0f} rows/s; peak RSS {peak_mb:,.0f} MB; Observation.ndjson {size:,.0f} MB; "

@@ -58,7 +58,7 @@ def test_dm_from_patient_and_research_subject(tmp_path: Path, r5: bool) -> None:
     assert dm["SITEID"] == "SITE-07" and dm["COUNTRY"] == "DEU"
     assert dm["SEX"] == "F"                       # birth sex wins over gender (rule dm.SEX)
     assert dm["RACE"] == "MULTIPLE"
-    assert (dm["ARM"], dm["ARMCD"], dm["ACTARM"]) == ("Drug A", "DRUGA", "Drug A")
+    assert (dm["ARM"], dm["ARMCD"], dm["ACTARM"]) == ("Drug A", "DRUG_A", "Drug A")  # as TA derives it
     assert dm["RFICDTC"] == "2021-02-01" and dm["RFSTDTC"] == "2021-03-01T08:00:00"
     assert dm["AGE"] == "60" and dm["AGEU"] == "YEARS"
     supp = pd.read_csv(tmp_path / "out" / "suppdm.csv", dtype=str)

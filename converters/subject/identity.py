@@ -89,10 +89,14 @@ def site_of(patient: dict[str, Any], rs: dict[str, Any] | None, ctx: Ctx, pkey: 
 
 
 @transform("armcd_from_label")
-def armcd_from_label(label: str) -> str:
-    """ARMCD from an arm label: upper case letters/digits only, at most 20 characters (SDTMIG)."""
-    code = re.sub(r"[^A-Z0-9]", "", label.upper())
-    return code[:ARM_CODE_MAX] or "ARM"
+def armcd_from_label(label: str, study_labels: list[str] | None = None) -> str:
+    """ARMCD from an arm label, derived exactly as TA derives it (one rule for TA and DM:
+    :func:`trialbridge.sdtm.tdm_design.derive_armcd`), so DM.ARMCD matches TA.ARMCD."""
+    from ..sdtm.tdm_design import derive_armcd
+    labels = list(study_labels or ())
+    if label in labels:
+        return derive_armcd(labels)[labels.index(label)]
+    return derive_armcd([label])[0]
 
 
 def _arm_name(value: str | None, rs: dict[str, Any], ctx: Ctx) -> str | None:
@@ -132,7 +136,8 @@ def assign_arms(rs: dict[str, Any] | None, ctx: Ctx, pkey: str) -> dict[str, Any
             continue
         label = _match_arm(name, ctx, pkey)
         out[var] = label
-        out[var_cd] = armcd_from_label(label)
+        arms = ctx.study.arms_interventions.arm_groups if ctx.study and ctx.study.arms_interventions else ()
+        out[var_cd] = armcd_from_label(label, [a.label or "" for a in arms])
     return out
 
 

@@ -45,6 +45,19 @@ def _finish(report: ConversionReport, outdir: Path, strict: bool) -> int:
     return 1 if report.has_errors(strict=strict) else 0
 
 
+def describe_sdtm_folders(written: list[Path], report: ConversionReport) -> list[Path]:
+    """Every folder that received SDTM datasets gets its define.xml (Define-XML 2.1)."""
+    from .submission.define import write_define_for_folder
+    folders = sorted({p.parent for p in written
+                      if p.suffix in (".json", ".ndjson", ".xpt", ".csv") and ".provenance." not in p.name})
+    out = []
+    for folder in folders:
+        path = write_define_for_folder(folder, report)
+        report.outputs.remove(str(path))  # listed once, with the other outputs, by run_convert
+        out.append(path)
+    return out
+
+
 def run_convert(inputs: Sequence[Path], to: str, outdir: Path, *, source: str | None = None,
                 fhir_version: str = "R5", sdtm_formats: str = "json", study: Path | None = None,
                 studyid: str | None = None, strict: bool = False, report_values: bool = False,
@@ -75,6 +88,8 @@ def run_convert(inputs: Sequence[Path], to: str, outdir: Path, *, source: str | 
         written.extend(write_studies(studies, to, outdir, options, report))
     if subject_inputs:
         written.extend(convert_subjects(subject_inputs, to, outdir, options, report))
+    if to == "sdtm":
+        written.extend(describe_sdtm_folders(written, report))
     report.file = report.record = None
     report.outputs = [str(p) for p in written]
     return _finish(report, outdir, strict), report
@@ -95,7 +110,8 @@ def cli() -> None:
               help="Source format (detected from the content when left out).")
 @click.option("--fhir-version", default="R5", show_default=True, help="R4 or R5 for FHIR output.")
 @click.option("--sdtm-format", "sdtm_formats", default="json", show_default=True,
-              help="Comma-separated SDTM output forms: json, csv.")
+              help="Comma-separated SDTM output forms: json (Dataset-JSON 1.1), ndjson, csv, xpt (SAS XPT v5). "
+                   "A define.xml (Define-XML 2.1) describing them is always written.")
 @click.option("--study", type=click.Path(path_type=Path), default=None,
               help="Study definition (any readable format) for subject-data conversions.")
 @click.option("--studyid", default=None, help="STUDYID when no study definition is given.")

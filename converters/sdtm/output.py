@@ -16,6 +16,7 @@ import pandas as pd
 
 from .. import __version__
 from ..errors import UsageError
+from ..report import ConversionReport
 from ..safeio import atomic_path
 from .datasetjson import DATASET_JSON_VERSION, NUMERIC_TYPES, creation_datetime, write_csv, write_dataset_json
 
@@ -23,7 +24,7 @@ SDTM_FORMATS = ("json", "ndjson", "csv", "xpt")
 
 
 def write_domain(df: pd.DataFrame, domain: str, outdir: Path, formats: tuple[str, ...], *,
-                 study_oid: str) -> list[Path]:
+                 study_oid: str, report: ConversionReport | None = None) -> list[Path]:
     bad = [f for f in formats if f not in SDTM_FORMATS]
     if bad:
         raise UsageError(f"unknown --sdtm-format {', '.join(bad)} (choose from {', '.join(SDTM_FORMATS)})")
@@ -38,8 +39,9 @@ def write_domain(df: pd.DataFrame, domain: str, outdir: Path, formats: tuple[str
         elif fmt == "csv":
             write_csv(df, domain, target)
         elif fmt == "xpt":
-            # the XPT v5 writer arrives with the submission-package work (trialbridge.sdtm.xpt)
-            importlib.import_module("trialbridge.sdtm.xpt").write_xpt(df, domain, target)
+            # XPT v5 is ASCII only: text is spelled in ASCII and every changed value reported
+            importlib.import_module("trialbridge.sdtm.xpt").write_xpt(
+                df, domain, target, transliterate=True, ascii_report=report)
         written.append(target)
     return written
 

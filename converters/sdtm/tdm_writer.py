@@ -211,6 +211,6 @@ def write_tdm(study: Study, outdir: Path, *, formats: tuple[str, ...] = ("json",
     outdir.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
     for dom in TDM_DOMAINS:
-        written.extend(write_domain(frames[dom], dom, outdir, formats, study_oid=studyid))
+        written.extend(write_domain(frames[dom], dom, outdir, formats, study_oid=studyid, report=report))
     report.outputs.extend(str(p) for p in written)
     return written

@@ -12,6 +12,12 @@ Conformance Guide asks for ASCII text in transport files. A non-ASCII value is t
 transliterated (``’`` -> ``'`` would silently change submitted data) and not written in some
 unstated 8-bit encoding. Fix the source, or write Dataset-JSON, which is UTF-8.
 
+A *conversion* that asks for XPT (``--sdtm-format xpt``) instead calls :func:`to_ascii` first: each
+non-ASCII character gets the ASCII spelling in ``mappings/codes/xpt_ascii.csv`` (``≥`` -> ``>=``,
+``µ`` -> ``u``), else its NFKD decomposition without accents, else ``?``; every changed value is
+reported ``lossy`` with its row and variable (never the value), and the Dataset-JSON beside it keeps
+the UTF-8 original. ``--strict`` turns those reports into a failure.
+
 **Lengths.** For a domain known to ``schemas/sdtm`` a character variable's length is the metadata
 length, raised to the longest value when data is longer (``lengths="metadata"``, the default), or
 the longest value (``lengths="data"``, what the FDA TCG asks of submitted data: "the allotted length
@@ -37,7 +43,9 @@ from __future__ import annotations
 import datetime as dt
 import math
 import re
+import unicodedata
 from dataclasses import dataclass, field, replace
+from functools import cache
 from pathlib import Path
 from typing import Any, Literal
 
@@ -45,6 +53,7 @@ import pandas as pd
 import pyreadstat
 
 from ..errors import ConversionError, InputError
+from ..report import ConversionReport, Kind, Severity
 from ..safeio import atomic_path
 from .metadata import Domain, load_domain
 
@@ -255,15 +264,58 @@ def xpt_meta_for_domain(df: pd.DataFrame, domain: Domain, *,
     return XptMeta(name=domain.domain, label=domain.label, columns=tuple(columns), rows=len(df))
 
 
+@cache
+def _ascii_table() -> dict[int, str]:
+    from ..specs import load_table
+    return {ord(r["source_code"]): r["target_code"] for r in load_table("codes/xpt_ascii.csv")}
+
+
+def _ascii_text(text: str) -> str:
+    out = text.translate(_ascii_table())
+    if out.isascii():
+        return out
+    decomposed = unicodedata.normalize("NFKD", out)
+    return "".join(ch if ch.isascii() else "?" for ch in decomposed if not unicodedata.combining(ch))
+
+
+def to_ascii(df: pd.DataFrame, domain: str, report: ConversionReport | None) -> pd.DataFrame:
+    """Character columns spelled in ASCII for XPT v5; each changed value reported (row, variable)."""
+    out = df.copy()
+    for name in df.columns:
+        col = df[name]
+        if col.dtype.kind in "biufcmM":
+            continue
+        text = col.astype("string")
+        mask = text.notna() & ~text.fillna("").map(str.isascii).astype(bool)
+        if not mask.any():
+            continue
+        out.loc[mask, name] = text[mask].map(_ascii_text)
+        rows = _rows(mask)
+        if report is not None:
+            shown = ", ".join(str(r) for r in rows[:_MAX_LISTED])
+            more = f" and {len(rows) - _MAX_LISTED} more" if len(rows) > _MAX_LISTED else ""
+            report.add(Kind.LOSSY, f"{len(rows)} value(s) with non-ASCII characters spelled in ASCII for "
+                       f"XPT v5 (mappings/codes/xpt_ascii.csv; row {shown}{more}); the Dataset-JSON keeps "
+                       "the original", rule="xpt.ascii", source=f"{domain}.{name}",
+                       target=f"{domain.lower()}.xpt {name}", severity=Severity.WARNING)
+    return out
+
+
 def write_xpt(df: pd.DataFrame, domain: str, path: Path, *,
               lengths: Literal["metadata", "data"] = "metadata",
-              split_bytes: int | None = None, split_by: str = "USUBJID") -> list[Path]:
+              split_bytes: int | None = None, split_by: str = "USUBJID",
+              ascii_report: ConversionReport | None = None, transliterate: bool = False) -> list[Path]:
     """Write one SDTM domain as XPT v5 (columns, labels, types from ``schemas/sdtm``).
+
+    ``transliterate=True`` spells non-ASCII text in ASCII first (:func:`to_ascii`, reported to
+    ``ascii_report``); otherwise non-ASCII text is refused.
 
     With ``split_bytes`` (e.g. :data:`FDA_MAX_XPT_BYTES`) a dataset estimated larger than that is
     also written as parts in ``split/`` beside ``path``, none larger, whole ``split_by`` groups each.
     """
     dom = load_domain(domain)
+    if transliterate:
+        df = to_ascii(df, dom.domain, ascii_report)
     meta = xpt_meta_for_domain(df, dom, lengths=lengths)
     frame = df.reindex(columns=meta.names)
     written = [write_xpt_table(frame, path, meta)]

@@ -271,7 +271,8 @@ class _Run:
 
     def _write_whole(self, p: DomainPlugin, df: pd.DataFrame) -> None:
         sdtm, supp, prov = self._split(p, df)
-        self.written += write_domain(sdtm, p.domain, self.outdir, self.formats, study_oid=self.ctx.studyid)
+        self.written += write_domain(sdtm, p.domain, self.outdir, self.formats, study_oid=self.ctx.studyid,
+                                     report=self.ctx.report)
         if len(supp):
             self.supp_frames[p.domain].append(supp)
         self.written.append(_write_provenance(prov, p.domain, self.outdir, append=False))
@@ -317,7 +318,7 @@ class _Run:
         for dom, parts in sorted(self.supp_frames.items()):
             supp = pd.concat(parts, ignore_index=True)
             self.written += write_domain(supp, f"SUPP{dom}", self.outdir, self.formats,
-                                         study_oid=self.ctx.studyid)
+                                         study_oid=self.ctx.studyid, report=self.ctx.report)
         for (dom, reason), n in sorted(self.ctx.issue_counts.items()):
             if n > base.MAX_ROW_ISSUES:
                 self.ctx.report.add(Kind.ERROR if reason == "subject" else Kind.INVALID_VALUE,

@@ -10,6 +10,7 @@ and is otherwise all text. When a folder holds one dataset in several forms, Dat
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -120,11 +121,16 @@ def read_dataset(path: Path) -> Dataset:
     raise InputError("not a dataset file (.xpt, .json, .ndjson, .csv)", file=str(path))
 
 
+DATASET_STEM = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,7}$")
+
+
 def dataset_files(folder: Path) -> list[Path]:
     if not folder.is_dir():
         raise InputError("no such folder", file=str(folder))
+    # a dataset file is named by its dataset (a SAS name): side files such as dm.provenance.csv,
+    # report.json or findings.json are not datasets
     return sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")
-                  and p.suffix.lower().lstrip(".") in FORM_ORDER
+                  and p.suffix.lower().lstrip(".") in FORM_ORDER and DATASET_STEM.match(p.stem)
                   and p.name.lower() not in ("report.json", "findings.json"))
 
 

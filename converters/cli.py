@@ -30,6 +30,7 @@ from .pipeline import (
     write_studies,
 )
 from .report import ConversionReport, Policy
+from .roundtrip import roundtrip_command
 from .safeio import write_json_atomic
 from .submission.commands import package_command, validate_command
 
@@ -83,6 +84,12 @@ def run_convert(inputs: Sequence[Path], to: str, outdir: Path, *, source: str | 
         if sniffed.kind in ("fhir-subjects",):
             subject_inputs.append(path)
             continue
+        if sniffed.kind == "sdtm-folder" and to == "fhir":
+            from .fhir.subject_writer import convert_sdtm_to_fhir, subject_domains_in
+            if subject_domains_in(path):
+                # subject domains: SDTM -> FHIR resources (the trial design alone goes to ResearchStudy)
+                written.extend(convert_sdtm_to_fhir(path, outdir, options=options, report=report))
+                continue
         studies = read_studies(path, sniffed, report)
         report.file = str(path)
         written.extend(write_studies(studies, to, outdir, options, report))
@@ -117,6 +124,11 @@ def cli() -> None:
 @click.option("--studyid", default=None, help="STUDYID when no study definition is given.")
 @click.option("--ct", "ct_file", type=click.Path(path_type=Path), default=None,
               help="A newer NCI SDTM Terminology file (tab-delimited) to use instead of the pinned CT.")
+@click.option("--ndjson", is_flag=True,
+              help="SDTM -> FHIR: one NDJSON file per resource type (Bulk Data layout) instead of a Bundle.")
+@click.option("--default-tz", default=None,
+              help="SDTM -> FHIR: time zone (Z or +hh:mm) for SDTM times without one; without it such "
+                   "times are cut to their date, the text kept in an extension, and the loss reported.")
 @click.option("--strict", is_flag=True, help="Stop at the first warning; warnings fail the run.")
 @click.option("--report-values", is_flag=True,
               help="Include source values in report.json (may contain subject data).")
@@ -126,12 +138,14 @@ def cli() -> None:
               help="Allow a medical record number to become USUBJID (off by default).")
 def convert(inputs: tuple[Path, ...], to: str, outdir: Path, source: str | None, fhir_version: str,
             sdtm_formats: str, study: Path | None, studyid: str | None, ct_file: Path | None,
-            strict: bool, report_values: bool, salt_env: str, expose_mrn: bool) -> None:
+            ndjson: bool, default_tz: str | None, strict: bool, report_values: bool, salt_env: str,
+            expose_mrn: bool) -> None:
     """Convert INPUTS (files or folders) to another format."""
     code, _ = run_convert(inputs, to, outdir, source=source, fhir_version=fhir_version,
                           sdtm_formats=sdtm_formats, study=study, studyid=studyid, strict=strict,
                           report_values=report_values, ct_file=ct_file,
-                          extra={"salt_env": salt_env, "expose_mrn": expose_mrn})
+                          extra={"salt_env": salt_env, "expose_mrn": expose_mrn, "ndjson": ndjson,
+                                 "default_tz": default_tz})
     sys.exit(code)
 
 
@@ -183,6 +197,7 @@ def demo(outdir: Path) -> None:
 
 cli.add_command(pull)
 
+cli.add_command(roundtrip_command)
 cli.add_command(validate_command)
 cli.add_command(package_command)
 

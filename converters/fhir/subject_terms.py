@@ -22,10 +22,12 @@ import numpy as np
 import orjson
 import pandas as pd
 
-from ..specs import load_table
+from ..specs import load_spec, load_table
 
-BASE = "https://trialbridge.org/fhir"
-SD = f"{BASE}/StructureDefinition"
+# One project base for every extension, naming system and code system the project defines; it is set
+# once, in mappings/fhir_study.yaml (extension_base), and shared by the study and subject writers.
+SD = load_spec("fhir_study.yaml")["extension_base"].rstrip("/")
+BASE = SD.rsplit("/StructureDefinition", 1)[0]
 EXT_SDTM = f"{SD}/sdtm"                  # complex: one sub-extension per SDTM variable (url = name)
 EXT_SUPPQUAL = f"{SD}/suppqual"          # complex: QNAM, QLABEL, QVAL, QORIG, QEVAL
 EXT_RELREC = f"{SD}/relrec"              # complex: RELID, RELTYPE, target (valueReference)

@@ -320,3 +320,18 @@ def test_golden_samples(folder: Path) -> None:
         _golden(folder / f"fhir-{version.lower()}.bundle.json", bundle)
         if version == "R5":
             _golden(folder / "fhir-r5.report.json", report.to_json())
+
+
+def test_gap_scan_in_one_walk_equals_one_walk_per_gap() -> None:
+    # the writer's gap scan (leaves_under_each) must find exactly what leaves_under finds, path by path
+    from fhir_study_support import study
+    from trialbridge.fhir.study_common import leaves_under, leaves_under_each, spec
+    from trialbridge.model import Contact, ContactsLocations, Location
+    odd = _study(contacts_locations=ContactsLocations(locations=(
+        Location(city="A"), Location(city="B", contacts=(Contact(name="x", role=""),)),
+        Location(contacts=(Contact(role="PRINCIPAL_INVESTIGATOR"), Contact(name="y"))))))
+    studies = [odd] + [study(p) for p in record_paths()]
+    for version in ("R4", "R5"):
+        paths = tuple(g["path"] for g in spec()["gaps"] if version in g["versions"])
+        for s in studies:
+            assert leaves_under_each(s, paths) == [list(leaves_under(s, p)) for p in paths]

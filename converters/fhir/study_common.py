@@ -32,6 +32,7 @@ def spec() -> dict[str, Any]:
     return load_spec(SPEC_NAME)
 
 
+@cache
 def ext_url(name: str) -> str:
     exts = spec()["extensions"]
     if name not in exts:
@@ -259,3 +260,58 @@ def leaves_under(obj: Any, gpath: str) -> Iterator[tuple[str, Any]]:
             yield from model.iter_leaves(val, path)
         elif val not in (None, {}, []):
             yield path, val
+
+
+class _PathNode:
+    """One segment of a prefix tree of generic paths: the paths ending here, the segments below."""
+
+    __slots__ = ("ends", "children")
+
+    def __init__(self) -> None:
+        self.ends: list[int] = []
+        self.children: dict[tuple[str, bool], _PathNode] = {}
+
+
+@cache
+def _path_tree(gpaths: tuple[str, ...]) -> _PathNode:
+    root = _PathNode()
+    for n, gpath in enumerate(gpaths):
+        node = root
+        for seg in _segments(gpath):
+            node = node.children.setdefault(seg, _PathNode())
+        node.ends.append(n)
+    return root
+
+
+def leaves_under_each(obj: Any, gpaths: tuple[str, ...]) -> list[list[tuple[str, Any]]]:
+    """``[list(leaves_under(obj, p)) for p in gpaths]`` in one walk of the study: shared prefixes
+    (``status.``, ``contacts_locations.locations[]``) are visited once (hot path: the writers' gap scan)."""
+    out: list[list[tuple[str, Any]]] = [[] for _ in gpaths]
+
+    def visit(node: _PathNode, val: Any, path: str) -> None:
+        for n in node.ends:
+            if is_dataclass(val) or isinstance(val, tuple):
+                out[n].extend(model.iter_leaves(val, path))
+            elif val not in (None, {}, []):
+                out[n].append((path, val))
+        for (name, is_list), child in node.children.items():
+            sub = getattr(val, name, None)
+            if sub is None:
+                continue
+            base = f"{path}.{name}" if path else name
+            if is_list:
+                if not child.ends and len(child.children) == 1:
+                    # e.g. locations[] on the way to locations[].contacts[].role: skip the items with nothing below
+                    ((below, _),) = child.children
+                    for i, item in enumerate(sub):
+                        if getattr(item, below, None) not in (None, (), [], {}):
+                            visit(child, item, f"{base}[{i}]")
+                    continue
+                for i, item in enumerate(sub):
+                    if item is not None:
+                        visit(child, item, f"{base}[{i}]")
+            else:
+                visit(child, sub, base)
+
+    visit(_path_tree(gpaths), obj, "")
+    return out

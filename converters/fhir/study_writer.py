@@ -13,14 +13,15 @@ from __future__ import annotations
 
 import re
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from functools import cache
+from typing import Any, NamedTuple
 
 from ..model import Study
 from ..report import ConversionReport, Kind
 from ..specs import get_transform, transform
-from .study_common import coding, concept, countries, ctgov_path, ext_url, full_url, leaves_under, lookup, rid, spec, system
+from .study_common import coding, concept, countries, ctgov_path, ext_url, full_url, leaves_under_each, lookup, rid, spec, system
 
 CONTACTPOINT_EXT = "http://hl7.org/fhir/StructureDefinition/contactpoint-extension"
 DATA_ABSENT_EXT = "http://hl7.org/fhir/StructureDefinition/data-absent-reason"
@@ -652,35 +653,38 @@ def map_sites(ctx: Ctx) -> None:
     cl = ctx.study.contacts_locations
     if cl is None:
         return
+    r5 = ctx.r5
     sites: list[dict[str, Any]] = []
-    seen: list[str] = []
+    seen: dict[str, None] = {}   # distinct countries in first-seen order
     status_url = ext_url("site-recruitment-status")
     status_cc: dict[str, Any] = {}
+    # hot loop (one Location per site, 100+ in large trials): paths are only formatted when needed
     for i, loc in enumerate(cl.locations):
-        base = f"contacts_locations.locations[{i}]"
         res: dict[str, Any] = {"resourceType": "Location"}
         if loc.status:
             if loc.status not in status_cc:
-                status_cc[loc.status] = ctx.concept("Status", loc.status, f"{base}.status", "fhir.study.sites",
-                                                    version="R5")
+                status_cc[loc.status] = ctx.concept("Status", loc.status, f"contacts_locations.locations[{i}].status",
+                                                    "fhir.study.sites", version="R5")
             res["extension"] = [{"url": status_url, "valueCodeableConcept": status_cc[loc.status]}]
         put(res, "name", loc.facility)
         address = {k: v for k, v in (("city", loc.city), ("state", loc.state), ("postalCode", loc.zip),
                                      ("country", loc.country)) if v}
-        put(res, "address", address)
+        if address:
+            res["address"] = address
         gp = loc.geo_point
         if gp is not None:
             if gp.lat is not None and gp.lon is not None:
                 res["position"] = {"longitude": gp.lon, "latitude": gp.lat}
             else:
-                ctx.lossy_under(gp, f"{base}.geo_point", "position needs both latitude and longitude",
-                                "fhir.study.sites")
-        if ctx.r5:
+                ctx.lossy_under(gp, f"contacts_locations.locations[{i}].geo_point",
+                                "position needs both latitude and longitude", "fhir.study.sites")
+        if r5 and loc.contacts:
             contacts = []
             for j, c in enumerate(loc.contacts):
                 detail: dict[str, Any] = {}
                 put(detail, "name", [{"text": c.name}] if c.name else None)
-                put(detail, "telecom", _telecom(ctx, c, f"{base}.contacts[{j}]", "fhir.study.site_contacts"))
+                put(detail, "telecom", _telecom(ctx, c, f"contacts_locations.locations[{i}].contacts[{j}]",
+                                                "fhir.study.site_contacts"))
                 if detail:
                     contacts.append(detail)
             put(res, "contact", contacts)
@@ -688,7 +692,7 @@ def map_sites(ctx: Ctx) -> None:
             continue
         sites.append(ref(ctx.add(res, f"site|{i}|{loc.facility}|{loc.city}"), "Location", loc.facility))
         if loc.country and loc.country not in seen:
-            seen.append(loc.country)
+            seen[loc.country] = None
     put(ctx.rs, "site", sites)
     by_name, _ = countries()
     regions = []
@@ -782,6 +786,21 @@ def _gaps(version: str) -> list[dict[str, Any]]:
     return [g for g in spec()["gaps"] if version in g["versions"]]
 
 
+class _Plan(NamedTuple):
+    transforms: tuple[Callable[[Ctx], None], ...]   # each once, in the order of its first rule
+    gap_paths: tuple[str, ...]
+    gap_issues: tuple[tuple[str, str], ...]          # (lossy message, gap id), parallel to gap_paths
+
+
+@cache
+def _plan(version: str) -> _Plan:
+    """What the spec says to do for one FHIR version, worked out once (the spec is cached and never mutated)."""
+    names = dict.fromkeys(rule["transform"] for rule in _rules(version))
+    gaps = _gaps(version)
+    return _Plan(tuple(get_transform(name) for name in names), tuple(g["path"] for g in gaps),
+                 tuple((f"FHIR {version} cannot carry this value: {g['reason']}", g["id"]) for g in gaps))
+
+
 def write_fhir_bundle(study: Study, *, version: str = "R5", report: ConversionReport) -> dict[str, Any]:
     """Study -> FHIR Bundle (collection) with the ResearchStudy first, then every resource it references."""
     version = version.upper()
@@ -790,15 +809,12 @@ def write_fhir_bundle(study: Study, *, version: str = "R5", report: ConversionRe
     key = study.key
     ctx = Ctx(study=study, version=version, report=report, key=key)
     ctx.rs = {"resourceType": "ResearchStudy", "id": rid("ResearchStudy", key)}
-    done: set[str] = set()
-    for rule in _rules(version):
-        name = rule["transform"]
-        if name not in done:
-            done.add(name)
-            get_transform(name)(ctx)
-    for gap in _gaps(version):
-        for path, _ in leaves_under(study, gap["path"]):
-            ctx.lossy(path, f"FHIR {version} cannot carry this value: {gap['reason']}", gap["id"])
+    plan = _plan(version)
+    for run in plan.transforms:
+        run(ctx)
+    for (message, gap_id), leaves in zip(plan.gap_issues, leaves_under_each(study, plan.gap_paths), strict=True):
+        for path, _ in leaves:
+            ctx.lossy(path, message, gap_id)
     rs: dict[str, Any] = {"resourceType": "ResearchStudy", "id": ctx.rs["id"]}
     if ctx.rs_ext:
         rs["extension"] = ctx.rs_ext

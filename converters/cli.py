@@ -177,10 +177,13 @@ def demo(outdir: Path) -> None:
             ("CT.gov -> SDTM trial design", [record], "sdtm", base / "sdtm",
              {"sdtm_formats": "json,csv"}),
         ]
+        steps.append(("SDTM trial design -> CT.gov", [base / "sdtm"], "ctgov", base / "ctgov-from-sdtm", {}))
         subjects = folder / "subjects.bundle.json"
         if subjects.exists():
             steps.append(("FHIR subjects -> SDTM", [subjects], "sdtm", base / "sdtm-subjects",
-                          {"study": record}))
+                          {"study": record, "sdtm_formats": "json,csv,xpt"}))
+            steps.append(("SDTM subjects -> FHIR R5", [base / "sdtm-subjects"], "fhir",
+                          base / "fhir-from-sdtm", {}))
         for title, ins, to, out, kw in steps:
             click.echo(f"== {folder.name}: {title} -> {out}")
             try:

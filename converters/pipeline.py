@@ -60,6 +60,10 @@ def sniff(path: Path) -> Sniffed:
             return Sniffed("sdtm", "sdtm-folder")
         raise InputError("folder holds neither SDTM datasets nor FHIR NDJSON files", file=str(path))
     if path.suffix.lower() == ".ndjson":
+        with open(path, "rb") as fh:
+            first = fh.readline(1 << 20)
+        if b'"datasetJSONVersion"' in first:
+            return Sniffed("sdtm", "sdtm-dataset")  # Dataset-JSON in its NDJSON form
         return Sniffed("fhir", "fhir-subjects")
     data = read_bytes(path)
     name = str(path)

@@ -81,3 +81,13 @@ def test_atomic_path_leaves_nothing_behind_on_failure(tmp_path):
         tmp.write_text("half")
         raise RuntimeError("boom")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_ndjson_is_told_apart_by_content(tmp_path):
+    from trialbridge.pipeline import sniff
+    fhir = tmp_path / "Patient.ndjson"
+    fhir.write_text('{"resourceType": "Patient", "id": "p1"}\n')
+    dsj = tmp_path / "ts.ndjson"
+    dsj.write_text('{"datasetJSONVersion": "1.1.0", "name": "TS"}\n["S1", "TS"]\n')
+    assert sniff(fhir).kind == "fhir-subjects"
+    assert sniff(dsj).kind == "sdtm-dataset"

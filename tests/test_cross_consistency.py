@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pandas as pd
+import pytest
 
 from conftest import SAMPLES
 from trialbridge.cli import main
@@ -21,3 +22,21 @@ def test_dm_arms_and_studyid_match_the_trial_design_of_the_same_study(tmp_path):
     assert set(dm["ARMCD"].replace("", pd.NA).dropna()) <= set(ta["ARMCD"])
     assert set(dm["ARM"].replace("", pd.NA).dropna()) <= set(ta["ARM"])
     assert set(dm["STUDYID"]) == set(ts["STUDYID"]) == set(ta["STUDYID"])
+
+
+
+@pytest.mark.parametrize("version", ["R5", "R4"])
+@pytest.mark.parametrize("nct", ["NCT04835883", "NCT04522505"])
+def test_trial_design_via_fhir_equals_trial_design_from_ctgov(tmp_path, nct, version):
+    """CT.gov -> SDTM and CT.gov -> FHIR -> SDTM give the same five trial design datasets: FHIR
+    carries every value the trial design datasets use (what it cannot carry is registry metadata)."""
+    study = SAMPLES / nct / "ctgov.json"
+    assert main(["convert", str(study), "--to", "sdtm", "-o", str(tmp_path / "direct")]) == 0
+    assert main(["convert", str(study), "--to", "fhir", "--fhir-version", version,
+                 "-o", str(tmp_path / "fhir")]) == 0
+    bundle = tmp_path / "fhir" / f"{nct}.bundle.json"
+    assert main(["convert", str(bundle), "--to", "sdtm", "-o", str(tmp_path / "via")]) == 0
+    for dom in ("ts", "ta", "te", "tv", "ti"):
+        direct, _ = read_dataset_json(tmp_path / "direct" / f"{dom}.json")
+        via, _ = read_dataset_json(tmp_path / "via" / f"{dom}.json")
+        pd.testing.assert_frame_equal(direct, via, obj=f"{nct} {version} {dom}")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pandas as pd
 import pytest
-
 from conftest import SAMPLES
 from trialbridge.cli import main
 from trialbridge.sdtm.datasetjson import read_dataset_json

@@ -1110,7 +1110,7 @@ def _convert(folder: Path, outdir: Path, ctx: Ctx, extra: dict[str, Any], chunks
     if "DM" not in files:
         raise InputError("no DM dataset: subject data needs dm.xpt / dm.json / dm.ndjson / dm.csv",
                          file=str(folder))
-    frames = {n: _read(files[n], define) for n in files
+    frames = {n: _read(files[n], define, report) for n in files
               if n not in STREAMED and n not in TRIAL_DESIGN or n == "TS"}
     for name, ds in files.items():
         if name in TRIAL_DESIGN or name in SUBJECT_DOMAINS or name == "RELREC" or name.startswith("SUPP"):
@@ -1139,7 +1139,8 @@ def _convert(folder: Path, outdir: Path, ctx: Ctx, extra: dict[str, Any], chunks
         for name in ("VS", "LB"):
             if name in files:
                 seen: set[str] = set()
-                for chunk in iter_dataset_chunks(files[name], chunksize=chunksize, define=define):
+                for chunk in iter_dataset_chunks(files[name], chunksize=chunksize, define=define,
+                                                 report=report):
                     sink.add_many(build_findings(chunk, name, ctx, files[name].path, seen))
         _report_unattached(ctx, frames)
         written = sink.finish(T.make_id("bundle", T.slug(ctx.studyid)))
@@ -1149,8 +1150,8 @@ def _convert(folder: Path, outdir: Path, ctx: Ctx, extra: dict[str, Any], chunks
     return written
 
 
-def _read(ds: DatasetFile, define: DefineInfo | None) -> pd.DataFrame:
-    return read_dataset(ds, define=define)
+def _read(ds: DatasetFile, define: DefineInfo | None, report: ConversionReport) -> pd.DataFrame:
+    return read_dataset(ds, define=define, report=report)
 
 
 def _valid_tz(tz: str) -> bool:

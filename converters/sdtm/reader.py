@@ -5,9 +5,11 @@ Every dataset becomes one pandas DataFrame with SDTM-shaped columns: Char variab
 A ``define.xml`` beside the datasets, when present, gives labels and the Num/Char typing of CSV
 columns (minimal: ItemGroupDef/ItemRef/ItemDef names, labels and DataType).
 
-When one dataset is present in several forms (``lb.json``, ``lb.ndjson``, ``lb.xpt``) the first of
-:data:`FORM_PREFERENCE` is read and the others are reported as ignored. Large datasets are read in
-chunks by :func:`iter_dataset_chunks` (memory does not grow with the input).
+Which files are datasets, and which form of a dataset present in several forms (``lb.json``,
+``lb.ndjson``, ``lb.xpt``) is read, is decided by :mod:`.files` (json, ndjson, xpt, csv); the others are
+reported as ignored. XPT is read by :func:`.files.read_dataset_file` (Windows-1252 fallback reported).
+Dataset-JSON and CSV are read here in chunks by :func:`iter_dataset_chunks` (memory does not grow with
+the input), with the Dataset-JSON structure checks and the define.xml typing of CSV this reader adds.
 
 Bad input is an :class:`~trialbridge.errors.InputError` naming the dataset file, the row and the
 variable: unreadable XPT, Dataset-JSON that breaks its schema, text in a numeric column.
@@ -27,9 +29,12 @@ import pandas as pd
 from ..errors import InputError
 from ..report import ConversionReport, Kind, Severity
 from ..safeio import parse_xml, read_bytes
+from . import files
+from .files import DatasetFile
 
-FORM_PREFERENCE = (".json", ".ndjson", ".xpt", ".csv")
-XPT_ENCODINGS = ("utf-8", "windows-1252")   # SAS files of the pilot era are often cp1252
+__all__ = ["DatasetFile", "DefineInfo", "SdtmFolder", "find_datasets", "iter_dataset_chunks", "read_dataset",
+           "read_define", "read_sdtm_folder"]
+
 NUMERIC_DATATYPES = frozenset({"integer", "float", "double", "decimal"})
 DATASET_JSON_TYPES = frozenset({"string", "integer", "float", "double", "decimal", "boolean",
                                 "datetime", "date", "time", "URI"})
@@ -44,13 +49,6 @@ def is_numeric_name(name: str) -> bool:
     if name in _NUM_NAMES:
         return True
     return len(name) > 2 and name[2:] in _NUM_SUFFIXES and name[2:] != "GRPID_N"
-
-
-@dataclass(frozen=True)
-class DatasetFile:
-    name: str          # dataset name upper case: DM, LB, SUPPAE, RELREC
-    path: Path
-    form: str          # json | ndjson | xpt | csv
 
 
 @dataclass
@@ -72,25 +70,15 @@ class SdtmFolder:
 
 # ----------------------------------------------------------------------------- discovery
 def find_datasets(folder: Path, report: ConversionReport | None = None) -> dict[str, DatasetFile]:
-    """One file per dataset, chosen by :data:`FORM_PREFERENCE`; the others are reported."""
-    if not folder.is_dir():
-        raise InputError("not a folder of SDTM datasets", file=str(folder))
-    by_name: dict[str, list[Path]] = {}
-    for p in sorted(folder.iterdir()):
-        if p.is_file() and p.suffix.lower() in FORM_PREFERENCE and not p.name.startswith("."):
-            by_name.setdefault(p.stem.upper(), []).append(p)
-    out: dict[str, DatasetFile] = {}
-    ignored: list[str] = []
-    for name, paths in sorted(by_name.items()):
-        paths.sort(key=lambda p: FORM_PREFERENCE.index(p.suffix.lower()))
-        chosen = paths[0]
-        out[name] = DatasetFile(name, chosen, chosen.suffix.lower().lstrip("."))
-        ignored.extend(p.name for p in paths[1:])
+    """One file per dataset (:func:`.files.find_datasets`); the other forms are reported."""
+    found = files.find_datasets(folder)
+    ignored = [p.name for ds in found.values() for p in ds.other_forms]
     if report is not None and ignored:
+        order = " > ".join(f".{f}" for f in files.FORMS)
         report.add(Kind.UNMAPPED_SOURCE, f"{len(ignored)} file(s) hold a dataset also present in a preferred "
-                   f"form ({' > '.join(FORM_PREFERENCE)}) and were not read: " + ", ".join(ignored[:12])
+                   f"form ({order}) and were not read: " + ", ".join(ignored[:12])
                    + (" ..." if len(ignored) > 12 else ""), file=str(folder), severity=Severity.INFO)
-    return out
+    return found
 
 
 def read_define(folder: Path) -> DefineInfo | None:
@@ -218,12 +206,12 @@ def _json_rows(rows: list[Any], cols: list[dict[str, Any]], *, file: str, offset
 
 
 # ----------------------------------------------------------------------------- readers
-def iter_dataset_chunks(ds: DatasetFile, *, chunksize: int = 100_000,
-                        define: DefineInfo | None = None) -> Iterator[pd.DataFrame]:
+def iter_dataset_chunks(ds: DatasetFile, *, chunksize: int = 100_000, define: DefineInfo | None = None,
+                        report: ConversionReport | None = None) -> Iterator[pd.DataFrame]:
     """The dataset in chunks of ``chunksize`` rows, normalised (see module docstring)."""
     file = str(ds.path)
     if ds.form == "xpt":
-        yield from _iter_xpt(ds, chunksize, file)
+        yield from _iter_xpt(ds, chunksize, file, report)
         return
     if ds.form in ("json", "ndjson"):
         yield from _iter_dataset_json(ds, chunksize, file)
@@ -241,29 +229,15 @@ def iter_dataset_chunks(ds: DatasetFile, *, chunksize: int = 100_000,
         raise InputError(f"not a readable CSV dataset ({type(exc).__name__}: {exc})", file=file) from None
 
 
-def _iter_xpt(ds: DatasetFile, chunksize: int, file: str) -> Iterator[pd.DataFrame]:
-    import pyreadstat
-    last: Exception | None = None
-    for enc in XPT_ENCODINGS:
-        try:
-            _, meta = pyreadstat.read_xport(str(ds.path), metadataonly=True, encoding=enc)
-            numeric = {n for n, t in meta.readstat_variable_types.items() if t == "double"}
-            offset = 0
-            chunks = []
-            for chunk, _ in pyreadstat.read_file_in_chunks(pyreadstat.read_xport, str(ds.path),
-                                                            chunksize=chunksize, encoding=enc):
-                chunks.append(_normalise(chunk, numeric, file=file, row_offset=offset))
-                offset += len(chunk)
-            yield from chunks   # yield only after the whole file decoded in this encoding
-            return
-        except InputError:
-            raise
-        except Exception as exc:    # pyreadstat's ReadstatError / PyreadstatError / UnicodeDecodeError
-            if isinstance(exc, UnicodeDecodeError) or "encoding" in str(exc):
-                last = exc
-                continue
-            raise InputError(f"not a readable SAS XPT v5 file ({exc})", file=file) from None
-    raise InputError(f"XPT text is neither UTF-8 nor Windows-1252 ({last})", file=file)
+def _iter_xpt(ds: DatasetFile, chunksize: int, file: str,
+              report: ConversionReport | None) -> Iterator[pd.DataFrame]:
+    # a transport file is decoded whole (its encoding is only known once every value decoded);
+    # only the normalised copy is made chunk by chunk
+    df, meta = files.read_dataset_file(ds.path, report)
+    numeric = {c.name for c in meta.columns if c.sas_type == "Num"}
+    for start in range(0, max(len(df), 1), chunksize):
+        part = df.iloc[start:start + chunksize].reset_index(drop=True)
+        yield _normalise(part, numeric, file=file, row_offset=start)
 
 
 def _iter_dataset_json(ds: DatasetFile, chunksize: int, file: str) -> Iterator[pd.DataFrame]:
@@ -311,8 +285,9 @@ def _iter_dataset_json(ds: DatasetFile, chunksize: int, file: str) -> Iterator[p
         raise InputError(f"'records' says {meta['records']} but the file holds {offset} rows", file=file)
 
 
-def read_dataset(ds: DatasetFile, *, define: DefineInfo | None = None) -> pd.DataFrame:
-    chunks = list(iter_dataset_chunks(ds, chunksize=1_000_000, define=define))
+def read_dataset(ds: DatasetFile, *, define: DefineInfo | None = None,
+                 report: ConversionReport | None = None) -> pd.DataFrame:
+    chunks = list(iter_dataset_chunks(ds, chunksize=1_000_000, define=define, report=report))
     return chunks[0] if len(chunks) == 1 else pd.concat(chunks, ignore_index=True)
 
 
@@ -327,7 +302,7 @@ def read_sdtm_folder(folder: Path, *, report: ConversionReport | None = None,
     for name, ds in files.items():
         if datasets is not None and name not in datasets:
             continue
-        out.frames[name] = read_dataset(ds, define=define)
+        out.frames[name] = read_dataset(ds, define=define, report=report)
     return out
 
 

@@ -1,8 +1,8 @@
 """SDTM trial design datasets (TS, TA, TE, TV, TI) -> canonical Study, one per STUDYID.
 
-Reads Dataset-JSON (``.json``/``.ndjson``), XPT (pyreadstat; UTF-8, else Windows-1252 as the CDISC
-pilot files need, reported) and CSV from a folder; when several forms of a domain are present the first
-of json, ndjson, xpt, csv is used. TS rows go through the reverse transforms of
+Finds and reads the dataset files through :mod:`.files` (Dataset-JSON, XPT with the Windows-1252
+fallback the CDISC pilot files need, reported; CSV; when a domain is present in several forms, the first
+of json, ndjson, xpt, csv is used). TS rows go through the reverse transforms of
 ``mappings/sdtm_ts.yaml``; TA gives the arms (ARM) and their interventions (treatment ELEMENTs that name
 an intervention); TI gives the criteria text.
 
@@ -30,11 +30,11 @@ from ..model import Study
 from ..report import ConversionReport, Kind
 from ..specs import get_transform, load_spec
 from . import tdm_ts_rules  # noqa: F401  (registers the ts.* transforms)
+from .files import find_datasets, read_dataset_file
 from .tdm_design import criteria_from_ti
 from .tdm_ts_rules import CTGOV_INTERVENTION_LABEL, ReadContext, tsval
 
 TDM_DOMAINS = ("TS", "TA", "TE", "TV", "TI")
-FORM_ORDER = (".json", ".ndjson", ".xpt", ".csv")
 TS_COMPARE = ("TSVALNF", "TSVALCD")
 
 
@@ -48,38 +48,19 @@ def _clean_value(v: Any) -> Any:
 
 
 def read_domain_file(path: Path, report: ConversionReport) -> pd.DataFrame:
-    suffix = path.suffix.lower()
-    if suffix in (".json", ".ndjson"):
-        from .datasetjson import read_dataset_json
-        df, _ = read_dataset_json(path)
-    elif suffix == ".xpt":
-        import pyreadstat
-        try:
-            df, _ = pyreadstat.read_xport(str(path))
-        except UnicodeDecodeError:
-            df, _ = pyreadstat.read_xport(str(path), encoding="cp1252")
-            report.add(Kind.INVALID_VALUE, "XPT text is not UTF-8; read as Windows-1252", source=path.name,
-                       file=str(path))
-        except Exception as exc:  # pyreadstat raises its own error types
-            raise InputError(f"cannot read XPT ({exc})", file=str(path)) from None
-    elif suffix == ".csv":
-        df = pd.read_csv(path, dtype=str, keep_default_na=False)
-    else:
-        raise InputError("not a trial design dataset file", file=str(path))
+    """One dataset file (read by :mod:`.files`) with cleaned values and upper-case column names."""
+    df, _ = read_dataset_file(path, report)
     df = df.astype(object).map(_clean_value)
     df.columns = [str(c).upper() for c in df.columns]
     return df
 
 
 def find_domain_files(folder: Path) -> dict[str, Path]:
-    out: dict[str, Path] = {}
-    for dom in TDM_DOMAINS:
-        for ext in FORM_ORDER:
-            cand = folder / f"{dom.lower()}{ext}"
-            if cand.is_file():
-                out[dom] = cand
-                break
-    return out
+    """The preferred file of each trial design dataset present, in :data:`TDM_DOMAINS` order."""
+    if not folder.is_dir():
+        return {}
+    found = find_datasets(folder)
+    return {dom: found[dom].path for dom in TDM_DOMAINS if dom in found}
 
 
 def load_frames(folder: Path, report: ConversionReport) -> dict[str, pd.DataFrame]:

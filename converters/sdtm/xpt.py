@@ -371,8 +371,10 @@ def read_xpt(path: Path) -> tuple[pd.DataFrame, XptMeta]:
         except UnicodeDecodeError:
             encoding = "windows-1252"
             df, m = pyreadstat.read_xport(str(path), encoding=encoding)
+    except UnicodeDecodeError as exc:
+        raise InputError(f"XPT text is neither UTF-8 nor Windows-1252 ({exc})", file=str(path)) from None
     except pyreadstat.ReadstatError as exc:
-        raise InputError(f"not a readable SAS transport file ({exc})", file=str(path)) from None
+        raise InputError(f"not a readable SAS XPT v5 file ({exc})", file=str(path)) from None
     except OSError as exc:
         raise InputError(f"cannot read file ({exc.strerror})", file=str(path)) from None
     types = m.readstat_variable_types

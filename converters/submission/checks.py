@@ -33,9 +33,10 @@ import pandas as pd
 from .. import __version__
 from ..errors import InputError
 from ..sdtm.ct import ControlledTerminology, pinned_ct
+from ..sdtm.files import find_datasets
 from ..sdtm.xpt import XPT_CHAR_MAX, check_xpt_frame
 from ..specs import mapping_text, read_csv_rows, schema_text
-from .datasets import Dataset, dataset_files, known_domain, read_dataset, xpt_meta
+from .datasets import Dataset, known_domain, read_dataset, xpt_meta
 from .define import check_define_schema, read_define
 
 MAX_ROWS_LISTED = 1000
@@ -465,18 +466,16 @@ def load_for_validation(folder: Path) -> tuple[dict[str, Dataset], list[Finding]
     preferred form checked; an unreadable file is a finding, not a crash."""
     datasets: dict[str, Dataset] = {}
     findings: list[Finding] = []
-    order = ("json", "xpt", "ndjson", "csv")
-    files = sorted(dataset_files(folder), key=lambda p: (p.stem.upper(),
-                                                          order.index(p.suffix.lower()[1:])))
-    for path in files:
-        name = path.stem.upper()
-        if name in datasets:
-            datasets[name].other_forms.append(path)
-            continue
-        try:
-            datasets[name] = read_dataset(path)
-        except InputError as exc:
-            findings.append(Finding("TB-READ", exc.detail, dataset=name, file=str(path)))
+    for name, found in find_datasets(folder).items():
+        paths = [found.path, *found.other_forms]
+        for i, path in enumerate(paths):
+            try:
+                datasets[name] = read_dataset(path)
+            except InputError as exc:
+                findings.append(Finding("TB-READ", exc.detail, dataset=name, file=str(path)))
+                continue
+            datasets[name].other_forms = paths[i + 1:]
+            break
     return datasets, findings
 
 

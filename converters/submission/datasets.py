@@ -3,14 +3,14 @@
 The validator, the Define-XML writer and the packager read folders through :func:`load_folder`.
 Column metadata comes from the file itself (XPT and Dataset-JSON carry names, labels, types and
 lengths); a CSV carries none, so it takes them from ``schemas/sdtm`` when the domain is known there
-and is otherwise all text. When a folder holds one dataset in several forms, Dataset-JSON is read
-(it has the richest metadata), then XPT, NDJSON, CSV; the others are listed in ``Dataset.other_forms``.
+and is otherwise all text. Which files are datasets, the form read when a dataset is present in
+several forms (json, ndjson, xpt, csv) and the reading itself are :mod:`trialbridge.sdtm.files`; the
+other forms are listed in ``Dataset.other_forms``.
 """
 
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,11 +20,10 @@ import pandas as pd
 
 from ..errors import InputError
 from ..safeio import atomic_path
-from ..sdtm.datasetjson import NUMERIC_TYPES, creation_datetime, read_dataset_json
+from ..sdtm.datasetjson import NUMERIC_TYPES, creation_datetime
+from ..sdtm.files import ColumnMeta, find_datasets, read_dataset_file
 from ..sdtm.metadata import Domain, load_domain
-from ..sdtm.xpt import SAS_DATE_FORMATS, XptColumn, XptMeta, read_xpt
-
-FORM_ORDER = ("json", "xpt", "ndjson", "csv")
+from ..sdtm.xpt import SAS_DATE_FORMATS, XptColumn, XptMeta
 
 
 @dataclass(frozen=True)
@@ -66,86 +65,62 @@ def known_domain(name: str) -> Domain | None:
         return None
 
 
-def _xpt_data_type(col: XptColumn, series: pd.Series, domain: Domain | None) -> str:
+def _xpt_data_type(col: ColumnMeta, series: pd.Series, domain: Domain | None) -> str:
     if domain is not None and col.name in domain.names:
         var = domain.var(col.name)
-        if (var.type == "Num") == (col.type == "Num"):   # a type conflict stays visible
+        if (var.type == "Num") == (col.sas_type == "Num"):   # a type conflict stays visible
             return var.data_type
-    if col.type == "Char":
+    if col.sas_type == "Char":
         return "string"
     for kind, fmt in SAS_DATE_FORMATS.items():
-        if col.format and col.format.startswith(fmt[:-1]):
+        if col.display_format and col.display_format.startswith(fmt[:-1]):
             return kind
     values = pd.to_numeric(series, errors="coerce").dropna()
     return "integer" if len(values) and bool((values == values.round()).all()) else "double"
 
 
 def read_dataset(path: Path) -> Dataset:
-    form = path.suffix.lower().lstrip(".")
-    if form in ("json", "ndjson"):
-        df, meta = read_dataset_json(path)
-        cols = [Column(name=c["name"], label=c.get("label", ""), data_type=c.get("dataType", "string"),
-                       length=c.get("length"), key_sequence=c.get("keySequence"),
-                       display_format=c.get("displayFormat"),
-                       target_data_type=c.get("targetDataType")) for c in meta["columns"]]
-        return Dataset(name=str(meta["name"]).upper(), label=meta.get("label", ""), frame=df,
-                       columns=cols, path=path, form=form, header=meta)
-    if form == "xpt":
-        df, xmeta = read_xpt(path)
-        domain = known_domain(xmeta.name)
+    """One dataset file (read by :func:`trialbridge.sdtm.files.read_dataset_file`) with its columns'
+    Dataset-JSON metadata; XPT and CSV columns are typed from ``schemas/sdtm`` when the domain is known."""
+    df, meta = read_dataset_file(path)
+    if meta.form in ("json", "ndjson"):
+        cols = [Column(name=c.name, label=c.label, data_type=c.data_type or "string", length=c.length,
+                       key_sequence=c.key_sequence, display_format=c.display_format,
+                       target_data_type=c.target_data_type) for c in meta.columns]
+        return Dataset(name=meta.name, label=meta.label, frame=df, columns=cols, path=path, form=meta.form,
+                       header=meta.header)
+    if meta.form == "xpt":
+        domain = known_domain(meta.name)
         cols = [Column(name=c.name, label=c.label, data_type=_xpt_data_type(c, df[c.name], domain),
-                       length=c.length if c.type == "Char" else None, display_format=c.format,
-                       target_data_type="integer" if c.type == "Num" and _xpt_data_type(
+                       length=c.length if c.sas_type == "Char" else None, display_format=c.display_format,
+                       target_data_type="integer" if c.sas_type == "Num" and _xpt_data_type(
                            c, df[c.name], None) in SAS_DATE_FORMATS else None)
-                for c in xmeta.columns]
-        return Dataset(name=xmeta.name.upper(), label=xmeta.label, frame=df, columns=cols, path=path,
-                       form="xpt", encoding=xmeta.encoding)
-    if form == "csv":
-        try:
-            df = pd.read_csv(path, dtype=str, keep_default_na=False)
-        except (OSError, UnicodeDecodeError, pd.errors.ParserError) as exc:
-            raise InputError(f"not a readable CSV file ({exc})", file=str(path)) from None
-        name = path.stem.upper()
-        domain = known_domain(name)
-        cols = []
-        for c in df.columns:
-            var = domain.var(c) if domain is not None and c in domain.names else None
-            dtype = var.data_type if var else "string"
-            if dtype in NUMERIC_TYPES:
-                df[c] = pd.to_numeric(df[c].replace("", None), errors="coerce")
-            cols.append(Column(name=c, label=var.label if var else "", data_type=dtype,
-                               length=None if dtype in NUMERIC_TYPES else
-                               max([len(v.encode()) for v in df[c]] + [1])))
-        return Dataset(name=name, label=domain.label if domain else "", frame=df, columns=cols,
-                       path=path, form="csv")
-    raise InputError("not a dataset file (.xpt, .json, .ndjson, .csv)", file=str(path))
-
-
-DATASET_STEM = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,7}$")
-
-
-def dataset_files(folder: Path) -> list[Path]:
-    if not folder.is_dir():
-        raise InputError("no such folder", file=str(folder))
-    # a dataset file is named by its dataset (a SAS name): side files such as dm.provenance.csv,
-    # report.json or findings.json are not datasets
-    return sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")
-                  and p.suffix.lower().lstrip(".") in FORM_ORDER and DATASET_STEM.match(p.stem)
-                  and p.name.lower() not in ("report.json", "findings.json"))
+                for c in meta.columns]
+        return Dataset(name=meta.name, label=meta.label, frame=df, columns=cols, path=path,
+                       form="xpt", encoding=meta.encoding)
+    domain = known_domain(meta.name)   # CSV: names only
+    cols = []
+    for c in df.columns:
+        var = domain.var(c) if domain is not None and c in domain.names else None
+        dtype = var.data_type if var else "string"
+        if dtype in NUMERIC_TYPES:
+            df[c] = pd.to_numeric(df[c].replace("", None), errors="coerce")
+        cols.append(Column(name=c, label=var.label if var else "", data_type=dtype,
+                           length=None if dtype in NUMERIC_TYPES else
+                           max([len(v.encode()) for v in df[c]] + [1])))
+    return Dataset(name=meta.name, label=domain.label if domain else "", frame=df, columns=cols,
+                   path=path, form="csv")
 
 
 def load_folder(folder: Path) -> dict[str, Dataset]:
     """One :class:`Dataset` per dataset name in ``folder`` (read from its preferred form)."""
-    by_name: dict[str, list[Path]] = {}
-    for p in dataset_files(folder):
-        by_name.setdefault(p.stem.upper(), []).append(p)
     out: dict[str, Dataset] = {}
-    for name, paths in sorted(by_name.items()):
-        paths.sort(key=lambda p: FORM_ORDER.index(p.suffix.lower().lstrip(".")))
+    for name, found in find_datasets(folder).items():
+        paths = [found.path, *found.other_forms]
         try:
             ds = read_dataset(paths[0])
         except InputError:
-            if paths[0].suffix.lower() == ".json" and len(paths) > 1:
+            if found.form == "json" and len(paths) > 1:
                 ds = read_dataset(paths[1])   # a .json that is not Dataset-JSON: try another form
                 paths = paths[1:]
             else:

@@ -140,3 +140,16 @@ def test_unit_conversion_and_ranges(tmp_path: Path) -> None:
     row = lb[lb["LBORRES"] == "12.5"].iloc[0]
     assert (row["LBSTRESN"], row["LBSTRESU"], row["LBSTNRLO"], row["LBNRIND"]) == (125, "g/L", 130, "LOW")
     assert any(i.record == "Observation/odd" and i.kind.value == "unmapped-code" for i in report.issues)
+
+
+def test_precomputed_ucum_conversions_match_ucumvert() -> None:
+    """mappings/codes/ucum_linear.csv is a cache of ucumvert's arithmetic: every row must be exactly
+    what ucumvert computes (so skipping the UCUM grammar load changes no value)."""
+    from trialbridge.specs import load_table
+    from trialbridge.subject import units
+
+    rows = load_table("codes/ucum_linear.csv")
+    assert rows
+    for r in rows:
+        got = units.ucum_linear(r["source_code"], r["target_code"])
+        assert got == (float(r["factor"]), float(r["offset"])), (r["source_code"], r["target_code"], got)

@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import orjson
 import pandas as pd
 
@@ -49,11 +50,14 @@ def write_domain(df: pd.DataFrame, domain: str, outdir: Path, formats: tuple[str
 class ChunkedDomainWriter:
     """Write one domain from a stream of DataFrame chunks with memory bounded by one chunk.
 
-    Each chunk's rows are spooled (orjson, one JSON array per chunk) to a temporary file beside the
-    target, while the row count, the byte length of every Char column and which Perm columns carry a
-    value are tracked. :meth:`close` writes the final files: Dataset-JSON (metadata first, then rows),
-    NDJSON and CSV, with the same column rules as :func:`write_domain` (Req/Exp always, Perm when any
-    chunk had a value). Rows stay in arrival order.
+    Each chunk is serialised once, column by column (vectorised value conversion, then one
+    ``orjson.dumps`` of the chunk's rows), into a spool file beside the target, while the row count,
+    the byte length of every Char column and which Perm columns carry a value are tracked. A chunk is
+    spooled with the columns selected *so far* (Req/Exp always, Perm once any chunk had a value);
+    :meth:`close` writes the final files: Dataset-JSON (metadata first, then rows) copies every chunk
+    spooled with the final selection byte for byte and re-serialises only the (early) chunks that
+    lack a Perm column first filled later; NDJSON and CSV re-read the spool. Same column rules as
+    :func:`write_domain`. Rows stay in arrival order.
     """
 
     def __init__(self, domain: str, outdir: Path, formats: tuple[str, ...], *, study_oid: str) -> None:
@@ -66,9 +70,13 @@ class ChunkedDomainWriter:
         self.names = self.domain.names
         self.numeric = [v.data_type in NUMERIC_TYPES for v in self.domain.variables]
         self.integer = [v.data_type == "integer" for v in self.domain.variables]
+        self.always = [v.core in ("Req", "Exp") for v in self.domain.variables]
         self.lengths = [0] * len(self.names)
         self.present = [False] * len(self.names)
         self.records = 0
+        #: per spooled chunk: (byte offset, byte length, selected column indexes)
+        self.parts: list[tuple[int, int, tuple[int, ...]]] = []
+        self.spooled = 0
         outdir.mkdir(parents=True, exist_ok=True)
         self.spool_path = outdir / f".{domain.lower()}.spool"
         self.spool = open(self.spool_path, "wb")  # noqa: SIM115 (closed in close())
@@ -79,52 +87,61 @@ class ChunkedDomainWriter:
         unknown = [c for c in df.columns if c not in self.names]
         if unknown:
             raise ValueError(f"{self.domain.domain}: columns not in schemas/sdtm metadata: {unknown}")
-        cols: list[list[Any]] = []
         n = len(df)
+        cols: list[list[Any] | None] = []
         for i, name in enumerate(self.names):
             if name not in df:
-                cols.append([None] * n if self.numeric[i] else [""] * n)
+                cols.append(None)
                 continue
             s = df[name]
             if self.numeric[i]:
-                obj = s.astype(object)
-                mask = s.isna().to_numpy()
-                vals = obj.tolist()
-                if mask.any():
-                    for j in mask.nonzero()[0]:
-                        vals[j] = None
-                if self.integer[i]:
-                    vals = [None if v is None else int(v) for v in vals]
-                else:
-                    vals = [None if v is None else (int(v) if float(v).is_integer() and abs(v) < 2**53
-                                                    else float(v)) for v in vals]
-                if not mask.all():
+                vals, filled = _numeric_values(s, self.integer[i])
+                if filled:
                     self.present[i] = True
                 cols.append(vals)
             else:
-                filled = s.astype(object).where(s.notna(), "")
-                uniq = pd.unique(filled.to_numpy())
-                longest = max((len(str(u).encode("utf-8")) for u in uniq), default=0)
+                filled_s = s.astype(object).where(s.notna(), "")
+                uniq = pd.unique(filled_s.to_numpy())
+                longest = _longest_utf8(uniq)
                 if longest:
                     self.present[i] = True
                     self.lengths[i] = max(self.lengths[i], longest)
-                vals = filled.tolist()
+                vals = filled_s.tolist()
                 if any(not isinstance(u, str) for u in uniq):
                     vals = [v if isinstance(v, str) else str(v) for v in vals]
                 cols.append(vals)
-        rows = list(map(list, zip(*cols, strict=True)))
-        self.spool.write(orjson.dumps(rows))
-        self.spool.write(b"\n")
+        sel = tuple(self._selected())
+        picked = [cols[i] if cols[i] is not None else ([None] * n if self.numeric[i] else [""] * n)
+                  for i in sel]
+        body = orjson.dumps(list(zip(*picked, strict=True)))[1:-1]
+        self.spool.write(body)
+        self.parts.append((self.spooled, len(body), sel))
+        self.spooled += len(body)
         self.records += n
 
     def _selected(self) -> list[int]:
-        return [i for i, v in enumerate(self.domain.variables) if v.core in ("Req", "Exp") or self.present[i]]
+        return [i for i in range(len(self.names)) if self.always[i] or self.present[i]]
+
+    def _bodies(self, sel: list[int]) -> Iterator[bytes]:
+        """Each chunk's rows in the final selection, as the inside of a JSON array."""
+        want = tuple(sel)
+        with open(self.spool_path, "rb") as fh:
+            for offset, length, chunk_sel in self.parts:
+                fh.seek(offset)
+                body = fh.read(length)
+                if chunk_sel != want:
+                    body = orjson.dumps(self._reselect(orjson.loads(b"[" + body + b"]"), chunk_sel, sel))[1:-1]
+                yield body
+
+    def _reselect(self, rows: list[list[Any]], chunk_sel: tuple[int, ...], sel: list[int]) -> list[list[Any]]:
+        pos = {c: j for j, c in enumerate(chunk_sel)}
+        # a column the chunk did not carry had no value in it (else it would have been selected)
+        picks = [(pos[i], None) if i in pos else (-1, None if self.numeric[i] else "") for i in sel]
+        return [[r[j] if j >= 0 else empty for j, empty in picks] for r in rows]
 
     def _chunks(self, sel: list[int]) -> Iterator[list[list[Any]]]:
-        with open(self.spool_path, "rb") as fh:
-            for line in fh:
-                rows = orjson.loads(line)
-                yield [[r[i] for i in sel] for r in rows]
+        for body in self._bodies(sel):
+            yield orjson.loads(b"[" + body + b"]")
 
     def close(self) -> list[Path]:
         self.spool.close()
@@ -173,10 +190,9 @@ class ChunkedDomainWriter:
                 return
             fh.write(orjson.dumps(head)[:-1] + b',"rows":[')
             first = True
-            for rows in self._chunks(sel):
-                if not rows:
+            for body in self._bodies(sel):
+                if not body:
                     continue
-                body = orjson.dumps(rows)[1:-1]
                 fh.write((b"\n" if first else b",\n") + body)
                 first = False
             fh.write(b"]}\n")
@@ -188,3 +204,46 @@ class ChunkedDomainWriter:
             w.writerow([self.names[i] for i in sel])
             for rows in self._chunks(sel):
                 w.writerows(["" if v is None else v for v in r] for r in rows)
+
+
+def _longest_utf8(values: Any) -> int:
+    """The longest ``str(value)`` in UTF-8 bytes (ASCII text: its length, counted in C)."""
+    if len(values) and all(type(v) is str for v in values):
+        if "".join(values).isascii():
+            return max(map(len, values))
+    return max((len(str(u).encode("utf-8")) for u in values), default=0)
+
+
+def _numeric_values(s: pd.Series, integer: bool) -> tuple[list[Any], bool]:
+    """A numeric column as JSON-ready Python values (missing -> None; integer-valued floats -> int,
+    as :func:`trialbridge.sdtm.datasetjson._cell` writes them) and whether any value is present.
+    Vectorised for numeric dtypes; any other dtype goes value by value."""
+    mask = s.isna().to_numpy()
+    if mask.all():
+        return [None] * len(mask), False
+    if s.dtype.kind in "iuf":
+        if s.dtype.kind in "iu" and not mask.any():
+            return s.to_numpy().tolist(), True
+        arr = s.to_numpy(dtype="float64", na_value=np.nan)
+        ok = ~mask
+        if integer:
+            out = np.full(len(arr), None, dtype=object)
+            out[ok] = arr[ok].astype(np.int64).astype(object)
+            return out.tolist(), True
+        out = arr.astype(object)
+        whole = ok & (np.abs(np.where(ok, arr, 0.0)) < 2**53)
+        with np.errstate(invalid="ignore"):
+            whole &= np.where(ok, arr, 0.5) == np.trunc(np.where(ok, arr, 0.5))
+        out[whole] = arr[whole].astype(np.int64).astype(object)
+        out[mask] = None
+        return out.tolist(), True
+    vals = s.astype(object).tolist()
+    if mask.any():
+        for j in mask.nonzero()[0]:
+            vals[j] = None
+    if integer:
+        vals = [None if v is None else int(v) for v in vals]
+    else:
+        vals = [None if v is None else (int(v) if float(v).is_integer() and abs(v) < 2**53
+                                        else float(v)) for v in vals]
+    return vals, not mask.all()

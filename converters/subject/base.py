@@ -47,6 +47,8 @@ with the chunked writer; the others run after pass 1 on the whole (small) resour
 ``depends`` order, and their frames are kept in ``ctx.frames`` for later plugins (DM reads
 ``ctx.frames["EX"]`` for RFSTDTC/RFENDTC). Several plugins may share one ``extract`` function (LB and
 VS share the Observation extractor): it is called once per resource and ``accept(row)`` routes the row.
+A streamed plugin may also give ``extract_columns``, the same extraction straight into column lists
+(no dict per row); pass 2 uses it when every plugin reading the streamed type has one.
 
 Decisions (written in mappings/subject/README.md as well):
 
@@ -103,6 +105,10 @@ class DomainPlugin:
     dtc: str | None = None                  # the --DTC variable --DY/EPOCH derive from
     supp: dict[str, tuple[str, ...]] = field(default_factory=dict)  # QNAM -> (QLABEL, QORIG[, QEVAL])
     write: bool = True                      # False: frame kept in ctx.frames only
+    #: optional columnar form of ``extract`` for streamed plugins (the fast path of pass 2):
+    #: ``(items, ctx, on_error) -> ({domain: {column: values}}, items consumed)``; it must give the
+    #: same rows (provenance ``_src_*`` columns included) and issues as ``extract`` + ``accept``
+    extract_columns: Callable[..., tuple[dict[str, dict[str, list[Any]]], int]] | None = None
 
 
 _REGISTRY: dict[str, DomainPlugin] = {}
@@ -276,31 +282,50 @@ class Ctx:
 _DTC_OK = re.compile(r"^\d{4}(-\d{2}(-\d{2}(T\d{2}:\d{2}(:\d{2}(\.\d+)?)?(Z|[+-]\d{2}:\d{2})?)?)?)?$")
 
 
+def _distinct(values: pd.Series) -> tuple[np.ndarray, np.ndarray]:
+    """(codes, distinct values); missing values get code -1. Strings are factorised; anything else
+    (where 1 == 1.0 == True would merge) is kept value by value."""
+    arr = values.to_numpy(dtype=object)
+    if pd.api.types.infer_dtype(arr, skipna=True) in ("string", "empty"):
+        return pd.factorize(arr)
+    miss = pd.isna(arr)
+    codes = np.arange(len(arr))
+    codes[miss] = -1
+    return codes, arr
+
+
 def derive_dtc(values: pd.Series) -> tuple[pd.Series, pd.Series]:
     """FHIR date/dateTime/instant -> ISO 8601 --DTC (vectorised). Partial dates stay partial; the time
     zone offset and fractional seconds are dropped (SDTM --DTC carries local clock time).
-    Returns (dtc, invalid_mask): values that are not FHIR dates become missing and are flagged."""
-    s = values.astype("object")
-    present = s.notna()
-    if not present.any():
-        return pd.Series([None] * len(s), index=s.index, dtype="object"), pd.Series(False, index=s.index)
-    txt = s[present].astype(str)
-    ok = txt.str.match(_DTC_OK.pattern)
-    out = pd.Series([None] * len(s), index=s.index, dtype="object")
-    vals = txt.str.slice(0, 19).to_numpy(dtype=object)
-    vals[~ok.to_numpy()] = None
-    out[present] = vals
-    invalid = pd.Series(False, index=s.index)
-    invalid[present] = ~ok
-    return out, invalid
+    Returns (dtc, invalid_mask): values that are not FHIR dates become missing and are flagged.
+    Each distinct value is checked once; the results are gathered back to the rows."""
+    codes, uniq = _distinct(values)
+    ok_match = _DTC_OK.match
+    dtc: list[Any] = []
+    bad: list[bool] = []
+    for u in uniq:
+        txt = str(u)
+        ok = ok_match(txt) is not None
+        dtc.append(txt[:19] if ok else None)
+        bad.append(not ok)
+    dtc.append(None)       # code -1: missing stays missing, and is not invalid
+    bad.append(False)
+    out = pd.Series(np.array(dtc, dtype=object)[codes], index=values.index, dtype="object")
+    return out, pd.Series(np.array(bad, dtype=bool)[codes], index=values.index)
 
 
 def _date_part(dtc: pd.Series) -> pd.Series:
-    """Full dates only (YYYY-MM-DD); partial dates give NaT (no --DY from a partial date)."""
-    s = dtc.astype("object")
+    """Full dates only (YYYY-MM-DD); partial dates give NaT (no --DY from a partial date).
+    Parsed once per distinct value."""
+    codes, uniq = _distinct(dtc)
+    s = pd.Series(uniq, dtype="object")
     d = s.where(s.notna() & (s.astype(str).str.len() >= 10), None)
-    return pd.to_datetime(d.astype(str).str.slice(0, 10).where(d.notna(), None),
-                          format="%Y-%m-%d", errors="coerce")
+    parsed = pd.to_datetime(d.astype(str).str.slice(0, 10).where(d.notna(), None),
+                            format="%Y-%m-%d", errors="coerce").to_numpy()
+    if parsed.dtype.kind != "M":
+        parsed = parsed.astype("datetime64[ns]")
+    table = np.concatenate([parsed, np.array(["NaT"], dtype=parsed.dtype)])
+    return pd.Series(table[codes], index=dtc.index)
 
 
 def derive_dy(dtc: pd.Series, rfstdtc: pd.Series) -> pd.Series:

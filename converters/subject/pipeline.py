@@ -17,9 +17,11 @@ and ``<dom>.provenance.csv`` (USUBJID, --SEQ -> FHIR resource type/id/versionId/
 
 from __future__ import annotations
 
+import csv
 import gc
 from collections import defaultdict
 from collections.abc import Iterable
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
@@ -174,8 +176,11 @@ class _Run:
         if not rf_done:
             derive_reference_dates(self.ctx)
 
-    def _map(self, p: DomainPlugin, rows: list[dict[str, Any]]) -> pd.DataFrame:
-        cols = pd.DataFrame.from_records(rows) if rows else pd.DataFrame()
+    def _map(self, p: DomainPlugin, rows: list[dict[str, Any]] | dict[str, list[Any]]) -> pd.DataFrame:
+        if isinstance(rows, dict):
+            cols = pd.DataFrame(rows) if rows else pd.DataFrame()
+        else:
+            cols = pd.DataFrame.from_records(rows) if rows else pd.DataFrame()
         if not len(cols):
             return pd.DataFrame()
         cols = self._attach_subjects(p, cols)
@@ -284,6 +289,11 @@ class _Run:
             return
         streamed = {p.domain: p for p in self.plugins.values() if p.streamed}
         errors: list[tuple[str, int | None, str]] = []
+        columnar = _columnar_route(routes)
+        if columnar is not None:
+            self._pass2_columns(inputs, routes, columnar, streamed, errors)
+            self._report_read_errors(errors)
+            return
         sink: dict[str, list[dict[str, Any]]] = defaultdict(list)
         n = 0
         for item in iter_resources(inputs, types=set(routes), errors=errors):
@@ -295,7 +305,31 @@ class _Run:
         self._flush(sink, streamed)
         self._report_read_errors(errors)
 
-    def _flush(self, sink: dict[str, list[dict[str, Any]]], streamed: dict[str, DomainPlugin]) -> None:
+    def _pass2_columns(self, inputs: list[Path], routes: dict[str, list[tuple[Any, list[DomainPlugin]]]],
+                       group: list[DomainPlugin], streamed: dict[str, DomainPlugin],
+                       errors: list[tuple[str, int | None, str]]) -> None:
+        """The fast path: chunks of resources extracted straight into column lists."""
+        fn = group[0].extract_columns
+        assert fn is not None
+        first = group[0].domain
+
+        def on_error(item: Any, exc: Exception) -> None:
+            res = item.resource
+            self.row_issue(first, "shape", Kind.INVALID_VALUE,
+                           f"resource does not have the expected FHIR shape ({type(exc).__name__})",
+                           record=f"{res.get('resourceType')}/{res.get('id')}", file=item.file,
+                           rule=f"{first.lower()}.extract")
+
+        items = iter_resources(inputs, types=set(routes), errors=errors)
+        while True:
+            cols, n = fn(islice(items, CHUNK_ROWS), self.ctx, on_error)
+            self._flush({d: c for d, c in cols.items() if d in streamed}, streamed)
+            if n < CHUNK_ROWS:
+                break
+
+    def _flush(self, sink: dict[str, Any], streamed: dict[str, DomainPlugin]) -> None:
+        """Map, finish and write one chunk; ``sink`` holds per domain a list of rows or a dict of
+        column lists."""
         for dom, rows in sink.items():
             p = streamed[dom]
             frame = self._finish_frame(p, self._map(p, rows), self.seq[dom])
@@ -331,6 +365,19 @@ class _Run:
         return out
 
 
+def _columnar_route(routes: dict[str, list[tuple[Any, list[DomainPlugin]]]]) -> list[DomainPlugin] | None:
+    """The plugins of the single streamed type when they share one extractor that has a columnar
+    form (``extract_columns``), else None (the row path)."""
+    if len(routes) != 1:
+        return None
+    (groups,) = routes.values()
+    if len(groups) != 1:
+        return None
+    group = groups[0][1]
+    fns = {p.extract_columns for p in group}
+    return group if len(fns) == 1 and None not in fns else None
+
+
 def _plugin_order(plugins: list[DomainPlugin]) -> list[DomainPlugin]:
     """EX first (reference dates), then the rest respecting ``depends`` (stable by domain name)."""
     by = {p.domain: p for p in plugins}
@@ -353,11 +400,50 @@ def _plugin_order(plugins: list[DomainPlugin]) -> list[DomainPlugin]:
 def _write_provenance(prov: pd.DataFrame, domain: str, outdir: Path, *, append: bool) -> Path:
     target = outdir / f"{domain.lower()}.provenance.csv"
     if append:
-        prov.to_csv(target, mode="a", header=False, index=False, lineterminator="\n")
+        with open(target, "a", newline="", encoding="utf-8") as fh:
+            _provenance_csv(prov, fh, header=False)
     else:
-        with atomic_path(target) as tmp:
-            prov.to_csv(tmp, index=False, lineterminator="\n")
+        with atomic_path(target) as tmp, open(tmp, "w", newline="", encoding="utf-8") as fh:
+            _provenance_csv(prov, fh, header=True)
     return target
+
+
+def _provenance_csv(prov: pd.DataFrame, fh: Any, *, header: bool) -> None:
+    """``prov.to_csv(fh, index=False, lineterminator="\\n")``, column by column: the csv module
+    writes what pandas writes for integer and text columns (missing -> empty); other dtypes
+    (floats, dates) are left to pandas."""
+    cols: list[list[Any]] = []
+    for name in prov.columns:
+        s = prov[name]
+        kind = s.dtype.kind
+        if kind in "iub" and not isinstance(s.dtype, pd.api.extensions.ExtensionDtype):
+            cols.append(s.to_numpy().tolist())
+            continue
+        if kind not in "OT" or pd.api.types.infer_dtype(s, skipna=True) not in ("string", "empty", "integer"):
+            prov.to_csv(fh, index=False, header=header, lineterminator="\n")
+            return
+        arr = s.to_numpy(dtype=object)
+        miss = pd.isna(arr)
+        if miss.any():
+            arr = arr.copy()
+            arr[miss] = ""
+        cols.append(arr.tolist())
+    if header:
+        csv.writer(fh, lineterminator="\n").writerow(list(prov.columns))
+    text: list[list[str]] = []
+    for c in cols:
+        strs = c if all(type(v) is str for v in c) else [str(v) for v in c]
+        joined = "\x00".join(strs)
+        if any(ch in joined for ch in ',"\r\n'):
+            text = []   # a value needs quoting: the csv module decides how
+            break
+        text.append(strs)
+    if text:
+        # nothing to quote: a row is its values joined by commas (what the csv module writes then)
+        if len(cols[0]):
+            fh.write("\n".join(map(",".join, zip(*text, strict=True))) + "\n")
+        return
+    csv.writer(fh, lineterminator="\n").writerows(zip(*cols, strict=True))
 
 
 # ----------------------------------------------------------------------------------------- pass-1 engine

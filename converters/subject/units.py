@@ -6,6 +6,9 @@
   target codelist of the pinned CT. Anything else is unknown: reported, never guessed.
 * Conversion: ucumvert (a UCUM grammar on top of pint) computes, once per unit pair, the linear
   transform ``y = a*x + b`` (offsets for Cel/[degF]); the values are converted in one numpy step.
+  The pairs into the standard units of ``standard_units.csv`` that occur in practice are precomputed
+  in ``mappings/codes/ucum_linear.csv`` (checked against ucumvert by the tests), so the UCUM grammar
+  (about 2 s to load) is loaded only for a unit outside those tables.
 """
 
 from __future__ import annotations
@@ -37,8 +40,25 @@ def _quantity_unit(ucum: str) -> Any:
 
 
 @cache
+def _linear_table() -> dict[tuple[str, str], tuple[float, float]]:
+    """Precomputed (from, to) -> (a, b); ``repr`` floats, so exactly what :func:`ucum_linear` gives."""
+    return {(r["source_code"], r["target_code"]): (float(r["factor"]), float(r["offset"]))
+            for r in load_table("codes/ucum_linear.csv")}
+
+
+@cache
 def linear(from_ucum: str, to_ucum: str) -> tuple[float, float] | None:
     """(a, b) with to = a*from + b, or None when the units are not convertible."""
+    if from_ucum == to_ucum:
+        return (1.0, 0.0)
+    hit = _linear_table().get((from_ucum, to_ucum))
+    if hit is not None:
+        return hit
+    return ucum_linear(from_ucum, to_ucum)
+
+
+def ucum_linear(from_ucum: str, to_ucum: str) -> tuple[float, float] | None:
+    """:func:`linear` computed with ucumvert (no precomputed table)."""
     if from_ucum == to_ucum:
         return (1.0, 0.0)
     src, dst = _quantity_unit(from_ucum), _quantity_unit(to_ucum)
@@ -105,19 +125,27 @@ def map_units(ucum: pd.Series, codelist: str = "UNIT") -> pd.Series:
 @transform("ucum_convert")
 def convert(values: pd.Series, from_ucum: pd.Series, to_ucum: pd.Series) -> tuple[pd.Series, pd.Series]:
     """Convert numeric ``values`` row-wise; returns (converted float Series, ok mask).
-    Rows whose unit pair is not convertible get NaN and ok=False."""
+    Rows whose unit pair is not convertible get NaN and ok=False. One :func:`linear` per distinct
+    (from, to) pair; the values are converted with one gathered factor/offset per row."""
     vals = pd.to_numeric(values, errors="coerce").to_numpy(dtype="float64", na_value=np.nan)
     out = np.full(len(vals), np.nan)
     ok = np.zeros(len(vals), dtype=bool)
-    pairs = pd.DataFrame({"f": from_ucum.to_numpy(), "t": to_ucum.to_numpy()})
-    valid = pairs["f"].notna().to_numpy() & pairs["t"].notna().to_numpy()
+    cf, uf = pd.factorize(from_ucum.to_numpy(dtype=object))   # missing -> -1
+    ct, ut = pd.factorize(to_ucum.to_numpy(dtype=object))
+    valid = (cf >= 0) & (ct >= 0)
     if valid.any():
-        keys = pairs.loc[valid].drop_duplicates()
-        for f, t in zip(keys["f"], keys["t"], strict=True):
-            lin = linear(f, t)
-            if lin is None:
-                continue
-            m = valid & (pairs["f"].to_numpy() == f) & (pairs["t"].to_numpy() == t)
-            out[m] = vals[m] * lin[0] + lin[1]
-            ok[m] = True
+        width = len(ut)
+        keys, inv = np.unique(cf[valid].astype(np.int64) * width + ct[valid], return_inverse=True)
+        a = np.full(len(keys), np.nan)
+        b = np.full(len(keys), np.nan)
+        good = np.zeros(len(keys), dtype=bool)
+        for j, k in enumerate(keys.tolist()):
+            lin = linear(uf[k // width], ut[k % width])
+            if lin is not None:
+                a[j], b[j], good[j] = lin[0], lin[1], True
+        rows = np.flatnonzero(valid)
+        conv = good[inv]
+        rows, inv = rows[conv], inv[conv]
+        out[rows] = vals[rows] * a[inv] + b[inv]
+        ok[rows] = True
     return pd.Series(out, index=values.index), pd.Series(ok, index=values.index)

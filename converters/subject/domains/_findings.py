@@ -9,6 +9,7 @@ Rules: ``mappings/subject/vs.yaml`` and ``lb.yaml``.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from functools import cache
 from typing import Any
 
@@ -18,7 +19,7 @@ import pandas as pd
 from ...report import Kind
 from ...specs import load_table
 from .. import units
-from ..base import Ctx, derive_dtc
+from ..base import SRC_COLUMNS, Ctx, derive_dtc
 from .dm import code_table
 
 LOINC = "http://loinc.org"
@@ -152,6 +153,116 @@ def extract_observation(res: dict[str, Any], ctx: Ctx) -> dict[str, Any] | list[
     return row
 
 
+#: the columns :func:`extract_observation_columns` returns, in order (FIELDS, then provenance)
+COLUMNS = FIELDS + SRC_COLUMNS
+NUMERIC_COLUMNS = frozenset({"_v", "_rlo", "_rhi", "_src_line"})
+
+
+def extract_observation_columns(items: Iterable[Any], ctx: Ctx, on_error: Callable[[Any, Exception], None]
+                                ) -> tuple[dict[str, dict[str, Any]], int]:
+    """Columnar :func:`extract_observation` for a chunk of reader items: one tight pass, one tuple per
+    row, transposed into per-domain column lists ({"LB": {column: values}, "VS": ...}, columns
+    :data:`COLUMNS`). Same values, same issues, same order as the row extractor (which still handles
+    the rare shapes: components, panels). Returns (columns by domain, items consumed)."""
+    by_cat: dict[str, list[tuple[Any, ...]]] = {"LB": [], "VS": []}
+    add = {k: v.append for k, v in by_cat.items()}
+    order: dict[str, None] = {}   # domains in order of their first row (the order they are written)
+    cat_of = CATEGORIES.get
+    n = 0
+    for item in items:
+        n += 1
+        res, file, line = item[0], item[1], item[3]
+        meta = res.get("meta")
+        src = (res.get("resourceType"), res.get("id"),
+               meta.get("versionId") if isinstance(meta, dict) else None, file, line)
+        try:
+            if "component" in res or "hasMember" in res:
+                got = extract_observation(res, ctx)
+                if got:
+                    for r in (got if isinstance(got, list) else (got,)):
+                        add[r["_cat"]](tuple([r[k] for k in FIELDS]) + src)
+                        order.setdefault(r["_cat"])
+                continue
+            cat = None
+            for cc in res.get("category") or ():
+                for c in cc.get("coding") or ():
+                    cat = cat_of(c.get("code"))
+                    if cat:
+                        break
+                if cat:
+                    break
+            if cat is None:
+                continue
+            status = res.get("status")
+            if status == "entered-in-error":
+                ctx.row_issue(cat, "entered-in-error", Kind.LOSSY, "Observation entered-in-error: not "
+                              "converted", record=f"Observation/{res.get('id')}", rule=f"{cat.lower()}.STAT")
+                continue
+            subj = res.get("subject")
+            enc = res.get("encounter")
+            eff = res.get("effectiveDateTime") or res.get("effectiveInstant")
+            if eff is None:
+                per = res.get("effectivePeriod")
+                eff = per.get("start") if isinstance(per, dict) else None
+            code = res.get("code")
+            loinc = None
+            if isinstance(code, dict):
+                for c in code.get("coding") or ():
+                    if c.get("system") == LOINC:
+                        loinc = c.get("code")
+                        break
+            interp = res.get("interpretation")
+            icode = (interp[0].get("coding") or [{}])[0].get("code") if interp else None
+            rlo = rhi = ru = rtext = None
+            rr = res.get("referenceRange")
+            if rr:
+                r0 = rr[0]
+                rlo, lu = _q(r0.get("low"))
+                rhi, hu = _q(r0.get("high"))
+                ru = lu or hu
+                rtext = r0.get("text")
+            spec_type = fast = spec_dtc = None
+            sp = res.get("specimen")
+            if cat == "LB" and isinstance(sp, dict):
+                spec = ctx.resource("Specimen", sp.get("reference"))
+                if spec is not None:
+                    st = spec.get("type")
+                    spec_type = (st.get("coding") or [{}])[0].get("code") if isinstance(st, dict) else None
+                    col = spec.get("collection") or {}
+                    fs = col.get("fastingStatusCodeableConcept")
+                    fast = (fs.get("coding") or [{}])[0].get("code") if isinstance(fs, dict) else None
+                    spec_dtc = col.get("collectedDateTime") or (col.get("collectedPeriod") or {}).get("start")
+            v = vu = vcmp = vtext = dar = None
+            vq = res.get("valueQuantity")
+            if vq is not None:
+                v = vq.get("value")
+                vu = vq.get("code") if vq.get("system", units.UCUM_SYSTEM) == units.UCUM_SYSTEM else None
+                if vu is None and vq.get("unit"):
+                    vu = vq.get("unit")
+                vcmp = vq.get("comparator")
+            elif "valueCodeableConcept" in res or "valueString" in res or "valueInteger" in res \
+                    or "valueBoolean" in res or "dataAbsentReason" in res:
+                row: dict[str, Any] = {"_v": None, "_vu": None, "_vcmp": None, "_vtext": None, "_dar": None}
+                _value(res, row)
+                vtext, dar = row["_vtext"], row["_dar"]
+            if cat not in order:
+                order[cat] = None
+            add[cat]((subj.get("reference") if isinstance(subj, dict) else None,
+                      enc.get("reference") if isinstance(enc, dict) else None,
+                      cat, loinc, status, eff, v, vu, vcmp, vtext, dar, icode, rlo, rhi, ru, rtext,
+                      spec_type, fast, None, spec_dtc) + src)
+        except (TypeError, AttributeError, KeyError, ValueError) as exc:
+            on_error(item, exc)
+    out: dict[str, dict[str, Any]] = {}
+    for cat in order:
+        rows = by_cat[cat]
+        # numbers as lists (pandas infers int/float as for the row extractor), text as object Series
+        # (no string-dtype inference, which costs more than the mapping that follows)
+        out[cat] = {name: (list(col) if name in NUMERIC_COLUMNS else pd.Series(col, dtype="object"))
+                    for name, col in zip(COLUMNS, zip(*rows, strict=True), strict=True)}
+    return out, n
+
+
 def accept_vs(row: dict[str, Any]) -> bool:
     return row["_cat"] == "VS"
 
@@ -164,6 +275,16 @@ def accept_lb(row: dict[str, Any]) -> bool:
 def standard_units(domain: str) -> dict[str, tuple[str, str]]:
     return {r["testcd"]: (r["ucum"], r["cdisc_unit"]) for r in load_table("codes/standard_units.csv")
             if r["domain"] == domain}
+
+
+def map_distinct(keys: pd.Series, fn: Callable[[Any], Any]) -> pd.Series:
+    """``keys.map(fn)`` with ``fn`` called once per distinct key (``fn(None)`` for missing keys):
+    code tables are looked up per code, not per row. Object dtype."""
+    codes, uniq = pd.factorize(keys.to_numpy(dtype=object))
+    table = np.empty(len(uniq) + 1, dtype=object)
+    table[:-1] = [fn(u) for u in uniq]
+    table[-1] = fn(None)
+    return pd.Series(table[codes], index=keys.index, dtype="object")
 
 
 def _fmt(x: pd.Series) -> pd.Series:
@@ -191,13 +312,18 @@ def map_findings(cols: pd.DataFrame, ctx: Ctx, d: str, testcd: pd.Series, unit_c
     cmp_ = cols["_vcmp"].astype("object")
     has_cmp = cmp_.notna()
     orres = vstr.where(~has_cmp, cmp_.fillna("") + vstr.fillna(""))
-    orres = orres.fillna(cols["_vtext"].astype("object").map(lambda t: None if t is None or t != t else str(t)))
+    vtext = cols["_vtext"].astype("object")
+    if vtext.notna().any():
+        orres = orres.fillna(vtext.map(lambda t: None if t is None or t != t else str(t)))
     out[f"{d}ORRES"] = orres
     # --ORRESU: UCUM -> CDISC term valid in the codelist (test-specific override first)
     vu = cols["_vu"].astype("object")
-    orresu = units.map_units(vu, unit_codelist)
     if unit_override is not None:
-        orresu = unit_override.where(unit_override.notna(), orresu)
+        # the codelist lookup only where no test-specific unit applies (it may need the UCUM grammar)
+        orresu = unit_override.where(unit_override.notna(),
+                                     units.map_units(vu.where(unit_override.isna()), unit_codelist))
+    else:
+        orresu = units.map_units(vu, unit_codelist)
     bad_u = vu.notna() & orresu.isna()
     if bad_u.any():
         ctx.row_issues(d, "unit", Kind.UNMAPPED_CODE, f"unit not in the CDISC {unit_codelist} "
@@ -206,8 +332,8 @@ def map_findings(cols: pd.DataFrame, ctx: Ctx, d: str, testcd: pd.Series, unit_c
     out[f"{d}ORRESU"] = orresu
     # --STRESN/--STRESC/--STRESU: convert to the test's standard unit where one is set
     std = standard_units(d)
-    std_ucum = testcd.map(lambda t: std[t][0] if t in std else None)
-    std_cdisc = testcd.map(lambda t: std[t][1] if t in std else None)
+    std_ucum = map_distinct(testcd, lambda t: std[t][0] if t in std else None)
+    std_cdisc = map_distinct(testcd, lambda t: std[t][1] if t in std else None)
     numeric = num.notna() & ~has_cmp
     to_ucum = std_ucum.where(std_ucum.notna(), vu)
     conv, ok = units.convert(num.where(numeric), vu.where(numeric), to_ucum.where(numeric))

@@ -15,7 +15,7 @@ import pandas as pd
 from ...report import Kind
 from ...specs import load_table
 from ..base import Ctx, DomainPlugin, register_domain
-from ._findings import accept_lb, extract_observation, map_findings
+from ._findings import accept_lb, extract_observation, extract_observation_columns, map_distinct, map_findings
 from .dm import code_table
 
 
@@ -27,7 +27,7 @@ def loinc_lb() -> dict[str, dict[str, str]]:
 def map_lb(cols: pd.DataFrame, ctx: Ctx) -> pd.DataFrame:
     table = loinc_lb()
     loinc = cols["_loinc"].astype("object")
-    hit = loinc.map(lambda c: table.get(c) if isinstance(c, str) else None)
+    hit = map_distinct(loinc, lambda c: table.get(c) if isinstance(c, str) else None)
     bad = hit.isna()
     if bad.any():
         ctx.row_issues("LB", "testcd", Kind.UNMAPPED_CODE, "Observation.code has no LOINC in the CDISC "
@@ -36,14 +36,16 @@ def map_lb(cols: pd.DataFrame, ctx: Ctx) -> pd.DataFrame:
         cols, hit, loinc = cols.loc[~bad], hit.loc[~bad], loinc.loc[~bad]
     if not len(cols):
         return pd.DataFrame()
-    testcd = hit.map(lambda r: r["target_code"])
+    # every lookup below is once per distinct LOINC code (the table row is the same for all its rows)
+    testcd = map_distinct(loinc, lambda c: table[c]["target_code"] if c in table else None)
     out = map_findings(cols, ctx, "LB", testcd, "UNIT")
     out["LBTESTCD"] = testcd
-    out["LBTEST"] = hit.map(lambda r: r["LBTEST"])
+    out["LBTEST"] = map_distinct(loinc, lambda c: table[c]["LBTEST"] if c in table else None)
     out["LBLOINC"] = loinc
-    out["LBSPEC"] = hit.map(lambda r: r["LBSPEC"] or None)
-    out["LBMETHOD"] = hit.map(lambda r: r["LBMETHOD"] or None)
-    out["LBCAT"] = hit.map(lambda r: code_table("lbcat").get(r["loinc_class"]))
+    out["LBSPEC"] = map_distinct(loinc, lambda c: (table[c]["LBSPEC"] or None) if c in table else None)
+    out["LBMETHOD"] = map_distinct(loinc, lambda c: (table[c]["LBMETHOD"] or None) if c in table else None)
+    lbcat = code_table("lbcat")
+    out["LBCAT"] = map_distinct(loinc, lambda c: lbcat.get(table[c]["loinc_class"]) if c in table else None)
     fast = cols["_fast"].astype("object")
     out["LBFAST"] = fast.map(code_table("fast"))
     badf = fast.notna() & out["LBFAST"].isna()
@@ -54,4 +56,6 @@ def map_lb(cols: pd.DataFrame, ctx: Ctx) -> pd.DataFrame:
 
 
 register_domain(DomainPlugin("LB", resource_types=("Observation",), extract=extract_observation,
-                             accept=accept_lb, map=map_lb, streamed=True, dtc="LBDTC"))
+                             extract_columns=extract_observation_columns,
+                             accept=accept_lb, map=map_lb, streamed=True,
+                             dtc="LBDTC"))

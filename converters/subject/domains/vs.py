@@ -14,7 +14,7 @@ import pandas as pd
 from ...report import Kind
 from ...specs import load_table
 from ..base import Ctx, DomainPlugin, register_domain
-from ._findings import accept_vs, extract_observation, map_findings
+from ._findings import accept_vs, extract_observation, extract_observation_columns, map_distinct, map_findings
 
 
 @cache
@@ -30,26 +30,30 @@ def vs_unit_override() -> dict[tuple[str, str], str]:
 def map_vs(cols: pd.DataFrame, ctx: Ctx) -> pd.DataFrame:
     table = loinc_vs()
     loinc = cols["_loinc"].astype("object")
-    hit = loinc.map(lambda c: table.get(c) if isinstance(c, str) else None)
+    hit = map_distinct(loinc, lambda c: table.get(c) if isinstance(c, str) else None)
     bad = hit.isna()
     if bad.any():
         ctx.row_issues("VS", "testcd", Kind.UNMAPPED_CODE, "Observation.code has no LOINC in table "
                        "loinc_to_vs: row not converted", cols, bad, rule="vs.VSTESTCD",
                        source="Observation.code", target="VSTESTCD", value_col="_loinc")
-        cols, hit = cols.loc[~bad], hit.loc[~bad]
+        cols, hit, loinc = cols.loc[~bad], hit.loc[~bad], loinc.loc[~bad]
     if not len(cols):
         return pd.DataFrame()
-    testcd = hit.map(lambda r: r["target_code"])
-    ov = vs_unit_override()
-    override = pd.Series([ov.get((t, u)) for t, u in zip(testcd, cols["_vu"], strict=True)],
-                         index=cols.index, dtype="object")
+    # lookups once per distinct LOINC code; the unit override once per (VSTESTCD, unit) it lists
+    testcd = map_distinct(loinc, lambda c: table[c]["target_code"] if c in table else None)
+    vu = cols["_vu"].astype("object")
+    override = pd.Series(None, index=cols.index, dtype="object")
+    for (t, u), term in vs_unit_override().items():
+        override[((testcd == t) & (vu == u)).to_numpy()] = term
     out = map_findings(cols, ctx, "VS", testcd, "VSRESU", override)
     out["VSTESTCD"] = testcd
-    out["VSTEST"] = hit.map(lambda r: r["VSTEST"])
-    out["VSPOS"] = hit.map(lambda r: r["VSPOS"] or None)
-    out["VSLOC"] = hit.map(lambda r: r["VSLOC"] or None)
+    out["VSTEST"] = map_distinct(loinc, lambda c: table[c]["VSTEST"] if c in table else None)
+    out["VSPOS"] = map_distinct(loinc, lambda c: (table[c]["VSPOS"] or None) if c in table else None)
+    out["VSLOC"] = map_distinct(loinc, lambda c: (table[c]["VSLOC"] or None) if c in table else None)
     return out.reset_index(drop=True)
 
 
 register_domain(DomainPlugin("VS", resource_types=("Observation",), extract=extract_observation,
-                             accept=accept_vs, map=map_vs, streamed=True, dtc="VSDTC"))
+                             extract_columns=extract_observation_columns,
+                             accept=accept_vs, map=map_vs, streamed=True,
+                             dtc="VSDTC"))

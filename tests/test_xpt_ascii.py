@@ -6,7 +6,6 @@ from __future__ import annotations
 import pandas as pd
 import pyreadstat
 import pytest
-
 from trialbridge.report import ConversionReport, Kind
 from trialbridge.sdtm.datasetjson import read_dataset_json
 from trialbridge.sdtm.output import write_domain
@@ -45,3 +44,24 @@ def test_plain_writer_still_refuses_non_ascii(tmp_path):
     with pytest.raises(XptError, match="non-ASCII"):
         write_xpt(_ts(), "TS", tmp_path / "ts.xpt")
     assert not (tmp_path / "ts.xpt").exists()
+
+
+def test_streamed_domains_are_written_as_xpt_too(tmp_path):
+    """LB and VS are streamed chunk by chunk; --sdtm-format xpt still writes them, equal to the
+    Dataset-JSON written beside them (read back with pyreadstat)."""
+    from conftest import SAMPLES
+    from trialbridge.cli import main
+
+    sample = SAMPLES / "NCT04835883"
+    assert main(["convert", str(sample / "subjects.bundle.json"), "--study", str(sample / "ctgov.json"),
+                 "--to", "sdtm", "--sdtm-format", "json,xpt", "-o", str(tmp_path)]) == 0
+    for dom in ("lb", "vs", "dm"):
+        xpt, meta = pyreadstat.read_xport(str(tmp_path / f"{dom}.xpt"))
+        js, head = read_dataset_json(tmp_path / f"{dom}.json")
+        assert list(xpt.columns) == list(js.columns) and len(xpt) == len(js) > 0, dom
+        assert meta.file_label == head["label"]
+        for col in js.columns:
+            if js[col].map(lambda v: isinstance(v, str)).all():
+                assert (xpt[col].fillna("") == js[col]).all(), (dom, col)
+            else:
+                assert (pd.to_numeric(xpt[col]).fillna(-9e9) == pd.to_numeric(js[col]).fillna(-9e9)).all(), (dom, col)

@@ -56,17 +56,19 @@ class ChunkedDomainWriter:
     spooled with the columns selected *so far* (Req/Exp always, Perm once any chunk had a value);
     :meth:`close` writes the final files: Dataset-JSON (metadata first, then rows) copies every chunk
     spooled with the final selection byte for byte and re-serialises only the (early) chunks that
-    lack a Perm column first filled later; NDJSON and CSV re-read the spool. Same column rules as
+    lack a Perm column first filled later; NDJSON and CSV re-read the spool. XPT v5 has no way to
+    append, so for ``xpt`` the domain is assembled in memory once, at close. Same column rules as
     :func:`write_domain`. Rows stay in arrival order.
     """
 
-    def __init__(self, domain: str, outdir: Path, formats: tuple[str, ...], *, study_oid: str) -> None:
+    def __init__(self, domain: str, outdir: Path, formats: tuple[str, ...], *, study_oid: str,
+                 report: ConversionReport | None = None) -> None:
         from .metadata import load_domain
         bad = [f for f in formats if f not in SDTM_FORMATS]
         if bad:
             raise UsageError(f"unknown --sdtm-format {', '.join(bad)} (choose from {', '.join(SDTM_FORMATS)})")
         self.domain = load_domain(domain)
-        self.formats, self.outdir, self.study_oid = formats, outdir, study_oid
+        self.formats, self.outdir, self.study_oid, self.report = formats, outdir, study_oid, report
         self.names = self.domain.names
         self.numeric = [v.data_type in NUMERIC_TYPES for v in self.domain.variables]
         self.integer = [v.data_type == "integer" for v in self.domain.variables]
@@ -154,8 +156,8 @@ class ChunkedDomainWriter:
                     self._write_json(target, sel, ndjson=fmt == "ndjson")
                 elif fmt == "csv":
                     self._write_csv(target, sel)
-                else:
-                    raise UsageError(f"--sdtm-format {fmt} is not available for streamed domains yet")
+                else:  # xpt: a v5 file is written whole, so the domain is held in memory once, here
+                    self._write_xpt(target, sel)
                 written.append(target)
         finally:
             self.spool_path.unlink(missing_ok=True)
@@ -196,6 +198,12 @@ class ChunkedDomainWriter:
                 fh.write((b"\n" if first else b",\n") + body)
                 first = False
             fh.write(b"]}\n")
+
+    def _write_xpt(self, target: Path, sel: list[int]) -> None:
+        rows = [r for chunk in self._chunks(sel) for r in chunk]
+        frame = pd.DataFrame(rows, columns=[self.names[i] for i in sel])
+        importlib.import_module("trialbridge.sdtm.xpt").write_xpt(
+            frame, self.domain.domain, target, transliterate=True, ascii_report=self.report)
 
     def _write_csv(self, target: Path, sel: list[int]) -> None:
         import csv

@@ -339,7 +339,8 @@ class _Run:
             w = self.writers.get(dom)
             if w is None:
                 w = self.writers[dom] = ChunkedDomainWriter(dom, self.outdir, self.formats,
-                                                            study_oid=self.ctx.studyid)
+                                                            study_oid=self.ctx.studyid,
+                                                            report=self.ctx.report)
             w.write(sdtm)
             if len(supp):
                 self.supp_frames[dom].append(supp)

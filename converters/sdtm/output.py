@@ -102,13 +102,17 @@ class ChunkedDomainWriter:
                     self.present[i] = True
                 cols.append(vals)
             else:
-                filled_s = s.astype(object).where(s.notna(), "")
-                uniq = pd.unique(filled_s.to_numpy())
+                filled = s.to_numpy(dtype=object)   # object arrays: no copy
+                miss = pd.isna(filled)
+                if miss.any():
+                    filled = filled.copy()
+                    filled[miss] = ""
+                uniq = pd.unique(filled)
                 longest = _longest_utf8(uniq)
                 if longest:
                     self.present[i] = True
                     self.lengths[i] = max(self.lengths[i], longest)
-                vals = filled_s.tolist()
+                vals = filled.tolist()
                 if any(not isinstance(u, str) for u in uniq):
                     vals = [v if isinstance(v, str) else str(v) for v in vals]
                 cols.append(vals)

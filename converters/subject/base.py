@@ -270,12 +270,18 @@ class Ctx:
         return hmac.new(self.salt(), text.encode("utf-8"), hashlib.sha256).hexdigest()[:16].upper()
 
     def usubjid_series(self, subject_refs: pd.Series) -> pd.Series:
-        out = subject_refs.map(self.subject_alias)
-        miss = out.isna() & subject_refs.notna()
-        if miss.any():
-            out[miss] = subject_refs[miss].map(
-                lambda r: self.subject_alias.get(normalise_ref(r) or ""))
-        return out
+        """USUBJID per row (object dtype, missing = None): one alias lookup per distinct reference,
+        then the normalised form for references that are not aliases as written."""
+        codes, uniq = pd.factorize(subject_refs.to_numpy(dtype=object))
+        alias = self.subject_alias
+        table = np.empty(len(uniq) + 1, dtype=object)
+        for j, r in enumerate(uniq.tolist()):
+            hit = alias.get(r)
+            if hit is None and r is not None:
+                hit = alias.get(normalise_ref(r) or "")
+            table[j] = hit
+        table[-1] = None
+        return pd.Series(table[codes], index=subject_refs.index, dtype="object")
 
 
 # ------------------------------------------------------------------------------------- derivations
@@ -330,8 +336,11 @@ def _date_part(dtc: pd.Series) -> pd.Series:
 
 def derive_dy(dtc: pd.Series, rfstdtc: pd.Series) -> pd.Series:
     """SDTMIG study day: date - RFSTDTC (+1 on or after RFSTDTC; there is no day 0). Int64."""
-    d = _date_part(dtc)
-    r = _date_part(rfstdtc)
+    return dy_from_dates(_date_part(dtc), _date_part(rfstdtc))
+
+
+def dy_from_dates(d: pd.Series, r: pd.Series) -> pd.Series:
+    """:func:`derive_dy` from date parts already taken (:func:`_date_part`)."""
     diff = (d - r).dt.days
     dy = diff + (diff >= 0).astype("float64")
     return pd.array(np.where(dy.isna(), pd.NA, dy), dtype="Int64")  # type: ignore[call-overload]
@@ -340,9 +349,11 @@ def derive_dy(dtc: pd.Series, rfstdtc: pd.Series) -> pd.Series:
 def derive_epoch(dtc: pd.Series, rfstdtc: pd.Series, rfendtc: pd.Series) -> pd.Series:
     """EPOCH from the date relative to the reference period (CT EPOCH terms SCREENING, TREATMENT,
     FOLLOW-UP). An inference (no trial-design TE/TA epochs available): callers report it."""
-    d = _date_part(dtc)
-    r = _date_part(rfstdtc)
-    e = _date_part(rfendtc)
+    return epoch_from_dates(_date_part(dtc), _date_part(rfstdtc), _date_part(rfendtc))
+
+
+def epoch_from_dates(d: pd.Series, r: pd.Series, e: pd.Series) -> pd.Series:
+    """:func:`derive_epoch` from date parts already taken (:func:`_date_part`)."""
     out = np.full(len(d), None, dtype=object)
     dv, rv, ev = d.to_numpy(), r.to_numpy(), e.to_numpy()
     known = ~pd.isna(dv) & ~pd.isna(rv)
@@ -352,7 +363,7 @@ def derive_epoch(dtc: pd.Series, rfstdtc: pd.Series, rfendtc: pd.Series) -> pd.S
     out[on] = "TREATMENT"
     after = on & ~pd.isna(ev) & (dv > ev)
     out[after] = "FOLLOW-UP"
-    return pd.Series(out, index=dtc.index, dtype="object")
+    return pd.Series(out, index=d.index, dtype="object")
 
 
 def derive_seq(usubjid: pd.Series, start: dict[str, int] | None = None) -> pd.Series:

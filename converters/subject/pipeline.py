@@ -25,6 +25,7 @@ from itertools import islice
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from ..errors import UsageError
@@ -211,11 +212,22 @@ class _Run:
             cols = cols.loc[~bad].reset_index(drop=True)
             usubjid = usubjid.loc[~bad].reset_index(drop=True)
         cols["USUBJID"] = usubjid.astype("object")
-        cols["STUDYID"] = ctx.studyid
+        # object dtype (a scalar or a Series.map would give str-dtype columns, slower downstream)
+        cols["STUDYID"] = np.full(len(cols), ctx.studyid, dtype=object)
         subjects = ctx.subjects.set_index("USUBJID") if len(ctx.subjects) else None
+        codes, uniq = pd.factorize(cols["USUBJID"].to_numpy(dtype=object))
         for name in ("RFSTDTC", "RFENDTC"):
-            cols[f"_{name.lower()}"] = (cols["USUBJID"].map(subjects[name]) if subjects is not None
-                                        else None)
+            if subjects is None:
+                cols[f"_{name.lower()}"] = None
+                continue
+            ref = subjects[name]
+            ref = ref[~ref.index.duplicated()].astype(object)
+            table = np.empty(len(uniq) + 1, dtype=object)
+            table[:-1] = ref.reindex(uniq).to_numpy(dtype=object)
+            table[-1] = None
+            vals = table[codes]
+            vals[pd.isna(vals)] = None
+            cols[f"_{name.lower()}"] = pd.Series(vals, index=cols.index, dtype="object")
         return cols
 
     def _finish_frame(self, p: DomainPlugin, df: pd.DataFrame, seq_start: dict[str, int]) -> pd.DataFrame:
@@ -231,11 +243,19 @@ class _Run:
             df["STUDYID"] = self.ctx.studyid
         rf = df["_rfstdtc"] if "_rfstdtc" in df else pd.Series([None] * len(df), index=df.index)
         rfe = df["_rfendtc"] if "_rfendtc" in df else pd.Series([None] * len(df), index=df.index)
+        dates: dict[str, pd.Series] = {}   # date parts, each taken once (--DY and EPOCH share them)
+
+        def date_of(name: str, s: pd.Series) -> pd.Series:
+            if name not in dates:
+                dates[name] = base._date_part(s)
+            return dates[name]
+
         for dtc, dy in ((f"{d}DTC", f"{d}DY"), (f"{d}STDTC", f"{d}STDY"), (f"{d}ENDTC", f"{d}ENDY")):
             if dy in names and dy not in df and dtc in df:
-                df[dy] = base.derive_dy(df[dtc], rf)
+                df[dy] = base.dy_from_dates(date_of(dtc, df[dtc]), date_of("_rfstdtc", rf))
         if "EPOCH" in names and "EPOCH" not in df and p.dtc and p.dtc in df:
-            df["EPOCH"] = base.derive_epoch(df[p.dtc], rf, rfe)
+            df["EPOCH"] = base.epoch_from_dates(date_of(p.dtc, df[p.dtc]), date_of("_rfstdtc", rf),
+                                                date_of("_rfendtc", rfe))
             if df["EPOCH"].notna().any():
                 self.ctx.once("epoch", Kind.INFERRED,
                               "EPOCH inferred from the date relative to RFSTDTC/RFENDTC (SCREENING "
@@ -414,13 +434,21 @@ def _provenance_csv(prov: pd.DataFrame, fh: Any, *, header: bool) -> None:
     writes what pandas writes for integer and text columns (missing -> empty); other dtypes
     (floats, dates) are left to pandas."""
     cols: list[list[Any]] = []
+    texts: list[bool] = []   # column already all str (no per-value conversion needed)
     for name in prov.columns:
         s = prov[name]
         kind = s.dtype.kind
-        if kind in "iub" and not isinstance(s.dtype, pd.api.extensions.ExtensionDtype):
-            cols.append(s.to_numpy().tolist())
+        if kind in "iu" and not isinstance(s.dtype, pd.api.extensions.ExtensionDtype):
+            # str(int) for every value, in C (digits and a sign: never quoted)
+            cols.append(s.to_numpy().astype(str).tolist())
+            texts.append(True)
             continue
-        if kind not in "OT" or pd.api.types.infer_dtype(s, skipna=True) not in ("string", "empty", "integer"):
+        if kind == "b" and not isinstance(s.dtype, pd.api.extensions.ExtensionDtype):
+            cols.append(s.to_numpy().tolist())
+            texts.append(False)
+            continue
+        inferred = pd.api.types.infer_dtype(s, skipna=True) if kind in "OT" else ""
+        if inferred not in ("string", "empty", "integer"):
             prov.to_csv(fh, index=False, header=header, lineterminator="\n")
             return
         arr = s.to_numpy(dtype=object)
@@ -429,11 +457,12 @@ def _provenance_csv(prov: pd.DataFrame, fh: Any, *, header: bool) -> None:
             arr = arr.copy()
             arr[miss] = ""
         cols.append(arr.tolist())
+        texts.append(inferred != "integer")
     if header:
         csv.writer(fh, lineterminator="\n").writerow(list(prov.columns))
     text: list[list[str]] = []
-    for c in cols:
-        strs = c if all(type(v) is str for v in c) else [str(v) for v in c]
+    for c, is_text in zip(cols, texts, strict=True):
+        strs = c if is_text else [str(v) for v in c]
         joined = "\x00".join(strs)
         if any(ch in joined for ch in ',"\r\n'):
             text = []   # a value needs quoting: the csv module decides how

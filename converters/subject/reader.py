@@ -138,13 +138,29 @@ def _iter_ndjson(path: Path, name: str, types: Any, skip: Any, errors: list | No
     loads = orjson.loads
     lead = _LEAD_TYPE.match
     filtering = types is not None or bool(skip)
+    # the usual Bulk Data line starts ``{"resourceType":"X"`` exactly: a wanted X is recognised by one
+    # bytes-prefix check (no regex, no second type check); any other spelling takes the general path
+    fast_types = frozenset(t for t in types if isinstance(t, str) and _wanted(t, types, skip)
+                           ) if types is not None else frozenset()
+    fast = tuple(b'{"resourceType":"' + t.encode() + b'"' for t in sorted(fast_types))
+    new = tuple.__new__
     try:
         fh = open(path, "rb", buffering=1 << 20)  # noqa: SIM115 (with-block below)
     except OSError as exc:
         raise InputError(f"cannot read file ({exc.strerror})", file=name) from None
     with fh:
         for n, line in enumerate(fh, start=1):
-            if filtering:
+            if fast and line.startswith(fast):
+                try:
+                    res = loads(line)
+                except orjson.JSONDecodeError as exc:
+                    _fail(errors, name, n, f"line is not valid JSON ({exc.msg})")
+                    continue
+                # a later duplicate "resourceType" key wins in orjson: checked like any other line
+                if type(res) is dict and res.get("resourceType") in fast_types:
+                    yield new(Item, (res, name, None, n))
+                    continue
+            elif filtering:
                 m = lead(line)
                 if m is not None and not _wanted(m.group(1).decode(), types, skip):
                     continue
@@ -160,7 +176,7 @@ def _iter_ndjson(path: Path, name: str, types: Any, skip: Any, errors: list | No
                 continue
             if filtering and not _wanted(res["resourceType"], types, skip):
                 continue
-            yield Item(res, name, None, n)
+            yield new(Item, (res, name, None, n))
 
 
 def _fail(errors: list | None, name: str, line: int | None, msg: str) -> None:

@@ -118,8 +118,11 @@ def cdisc_unit(ucum: str, codelist: str = "UNIT") -> str | None:
 
 def map_units(ucum: pd.Series, codelist: str = "UNIT") -> pd.Series:
     """Vectorised :func:`cdisc_unit` (one lookup per distinct unit)."""
-    uniq = {u: cdisc_unit(u, codelist) for u in pd.unique(ucum.dropna())}
-    return ucum.map(uniq)
+    codes, uniq = pd.factorize(ucum.to_numpy(dtype=object))   # missing -> -1
+    table = np.empty(len(uniq) + 1, dtype=object)
+    table[:-1] = [cdisc_unit(u, codelist) for u in uniq.tolist()]
+    table[-1] = None
+    return pd.Series(table[codes], index=ucum.index, dtype="object")
 
 
 @transform("ucum_convert")

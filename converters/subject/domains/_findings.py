@@ -171,50 +171,65 @@ def extract_observation_columns(items: Iterable[Any], ctx: Ctx, on_error: Callab
     n = 0
     for item in items:
         n += 1
-        res, file, line = item[0], item[1], item[3]
-        meta = res.get("meta")
-        src = (res.get("resourceType"), res.get("id"),
-               meta.get("versionId") if isinstance(meta, dict) else None, file, line)
+        res = item[0]
         try:
+            get = res.get
+            meta = get("meta")
+            ver = meta.get("versionId") if isinstance(meta, dict) else None
             if "component" in res or "hasMember" in res:
+                src = (get("resourceType"), get("id"), ver, item[1], item[3])
                 got = extract_observation(res, ctx)
                 if got:
                     for r in (got if isinstance(got, list) else (got,)):
                         add[r["_cat"]](tuple([r[k] for k in FIELDS]) + src)
                         order.setdefault(r["_cat"])
                 continue
-            cat = None
-            for cc in res.get("category") or ():
-                for c in cc.get("coding") or ():
-                    cat = cat_of(c.get("code"))
+            # the usual shape first (first coding of the first category); anything else, or a first
+            # code that is not a category, takes the full search below (same result, same errors)
+            cats = get("category")
+            try:
+                cat = cat_of(cats[0]["coding"][0]["code"])  # type: ignore[index]
+            except (KeyError, IndexError, TypeError):
+                cat = None
+            if cat is None:
+                for cc in cats or ():
+                    for c in cc.get("coding") or ():
+                        cat = cat_of(c.get("code"))
+                        if cat:
+                            break
                     if cat:
                         break
-                if cat:
-                    break
-            if cat is None:
-                continue
-            status = res.get("status")
+                if cat is None:
+                    continue
+            status = get("status")
             if status == "entered-in-error":
                 ctx.row_issue(cat, "entered-in-error", Kind.LOSSY, "Observation entered-in-error: not "
-                              "converted", record=f"Observation/{res.get('id')}", rule=f"{cat.lower()}.STAT")
+                              "converted", record=f"Observation/{get('id')}", rule=f"{cat.lower()}.STAT")
                 continue
-            subj = res.get("subject")
-            enc = res.get("encounter")
-            eff = res.get("effectiveDateTime") or res.get("effectiveInstant")
+            subj = get("subject")
+            enc = get("encounter")
+            eff = get("effectiveDateTime") or get("effectiveInstant")
             if eff is None:
-                per = res.get("effectivePeriod")
+                per = get("effectivePeriod")
                 eff = per.get("start") if isinstance(per, dict) else None
-            code = res.get("code")
+            code = get("code")
             loinc = None
-            if isinstance(code, dict):
+            try:
+                c0 = code["coding"][0]  # type: ignore[index]
+                first_loinc = c0["system"] == LOINC
+            except (KeyError, IndexError, TypeError):
+                first_loinc = False
+            if first_loinc:
+                loinc = c0.get("code")
+            elif isinstance(code, dict):
                 for c in code.get("coding") or ():
                     if c.get("system") == LOINC:
                         loinc = c.get("code")
                         break
-            interp = res.get("interpretation")
+            interp = get("interpretation")
             icode = (interp[0].get("coding") or [{}])[0].get("code") if interp else None
             rlo = rhi = ru = rtext = None
-            rr = res.get("referenceRange")
+            rr = get("referenceRange")
             if rr:
                 r0 = rr[0]
                 rlo, lu = _q(r0.get("low"))
@@ -222,24 +237,26 @@ def extract_observation_columns(items: Iterable[Any], ctx: Ctx, on_error: Callab
                 ru = lu or hu
                 rtext = r0.get("text")
             spec_type = fast = spec_dtc = None
-            sp = res.get("specimen")
-            if cat == "LB" and isinstance(sp, dict):
-                spec = ctx.resource("Specimen", sp.get("reference"))
-                if spec is not None:
-                    st = spec.get("type")
-                    spec_type = (st.get("coding") or [{}])[0].get("code") if isinstance(st, dict) else None
-                    col = spec.get("collection") or {}
-                    fs = col.get("fastingStatusCodeableConcept")
-                    fast = (fs.get("coding") or [{}])[0].get("code") if isinstance(fs, dict) else None
-                    spec_dtc = col.get("collectedDateTime") or (col.get("collectedPeriod") or {}).get("start")
+            if cat == "LB":
+                sp = get("specimen")
+                if isinstance(sp, dict):
+                    spec = ctx.resource("Specimen", sp.get("reference"))
+                    if spec is not None:
+                        st = spec.get("type")
+                        spec_type = (st.get("coding") or [{}])[0].get("code") if isinstance(st, dict) else None
+                        col = spec.get("collection") or {}
+                        fs = col.get("fastingStatusCodeableConcept")
+                        fast = (fs.get("coding") or [{}])[0].get("code") if isinstance(fs, dict) else None
+                        spec_dtc = col.get("collectedDateTime") or (col.get("collectedPeriod") or {}).get("start")
             v = vu = vcmp = vtext = dar = None
-            vq = res.get("valueQuantity")
+            vq = get("valueQuantity")
             if vq is not None:
-                v = vq.get("value")
-                vu = vq.get("code") if vq.get("system", units.UCUM_SYSTEM) == units.UCUM_SYSTEM else None
-                if vu is None and vq.get("unit"):
-                    vu = vq.get("unit")
-                vcmp = vq.get("comparator")
+                vget = vq.get
+                v = vget("value")
+                vu = vget("code") if vget("system", units.UCUM_SYSTEM) == units.UCUM_SYSTEM else None
+                if vu is None and vget("unit"):
+                    vu = vget("unit")
+                vcmp = vget("comparator")
             elif "valueCodeableConcept" in res or "valueString" in res or "valueInteger" in res \
                     or "valueBoolean" in res or "dataAbsentReason" in res:
                 row: dict[str, Any] = {"_v": None, "_vu": None, "_vcmp": None, "_vtext": None, "_dar": None}
@@ -250,7 +267,7 @@ def extract_observation_columns(items: Iterable[Any], ctx: Ctx, on_error: Callab
             add[cat]((subj.get("reference") if isinstance(subj, dict) else None,
                       enc.get("reference") if isinstance(enc, dict) else None,
                       cat, loinc, status, eff, v, vu, vcmp, vtext, dar, icode, rlo, rhi, ru, rtext,
-                      spec_type, fast, None, spec_dtc) + src)
+                      spec_type, fast, None, spec_dtc, get("resourceType"), get("id"), ver, item[1], item[3]))
         except (TypeError, AttributeError, KeyError, ValueError) as exc:
             on_error(item, exc)
     out: dict[str, dict[str, Any]] = {}
@@ -287,6 +304,16 @@ def map_distinct(keys: pd.Series, fn: Callable[[Any], Any]) -> pd.Series:
     return pd.Series(table[codes], index=keys.index, dtype="object")
 
 
+def _text(x: pd.Series) -> pd.Series:
+    """``x.where(x.isna(), x.astype(str))`` in object dtype (``str()`` of each present value; missing
+    values kept as they are), without a str-dtype intermediate."""
+    arr = x.to_numpy(dtype=object)
+    out = arr.copy()
+    ok = ~pd.isna(arr)
+    out[ok] = [str(v) for v in arr[ok]]
+    return pd.Series(out, index=x.index, dtype="object")
+
+
 def _fmt(x: pd.Series) -> pd.Series:
     """Numbers -> SDTM character results: up to 10 significant digits, no float noise."""
     arr = x.to_numpy(dtype="float64", na_value=np.nan)
@@ -302,13 +329,14 @@ def map_findings(cols: pd.DataFrame, ctx: Ctx, d: str, testcd: pd.Series, unit_c
     """The shared part of VS and LB: results, units, standardisation, ranges, NRIND, status, dates.
     ``testcd`` is already mapped (rows without one are dropped by the caller)."""
     out = pd.DataFrame(index=cols.index)
-    out["STUDYID"] = ctx.studyid
-    out["DOMAIN"] = d
+    # object dtype end to end: a scalar would make a str-dtype column (slower in every later step)
+    out["STUDYID"] = np.full(len(cols), ctx.studyid, dtype=object)
+    out["DOMAIN"] = np.full(len(cols), d, dtype=object)
     out["USUBJID"] = cols["USUBJID"]
     # --ORRES: numeric as given (comparator kept in front), else coded/text value
     v = cols["_v"].astype("object")
     num = pd.to_numeric(v, errors="coerce")
-    vstr = v.where(v.isna(), v.astype(str))
+    vstr = _text(v)
     cmp_ = cols["_vcmp"].astype("object")
     has_cmp = cmp_.notna()
     orres = vstr.where(~has_cmp, cmp_.fillna("") + vstr.fillna(""))
@@ -353,8 +381,8 @@ def map_findings(cols: pd.DataFrame, ctx: Ctx, d: str, testcd: pd.Series, unit_c
     # reference ranges (LB): original as given, standard converted like the result
     if d == "LB":
         rlo, rhi = cols["_rlo"].astype("object"), cols["_rhi"].astype("object")
-        out["LBORNRLO"] = rlo.where(rlo.isna(), rlo.astype(str))
-        out["LBORNRHI"] = rhi.where(rhi.isna(), rhi.astype(str))
+        out["LBORNRLO"] = _text(rlo)
+        out["LBORNRHI"] = _text(rhi)
         ru = cols["_ru"].astype("object").fillna(vu)
         lo, lok = units.convert(rlo, ru, to_ucum)
         hi, hok = units.convert(rhi, ru, to_ucum)
@@ -362,7 +390,8 @@ def map_findings(cols: pd.DataFrame, ctx: Ctx, d: str, testcd: pd.Series, unit_c
         out["LBSTNRHI"] = hi.where(hok & keep)
         out["LBSTNRC"] = cols["_rtext"].astype("object").where(rlo.isna() & rhi.isna())
         interp = cols["_interp"].astype("object")
-        nr = interp.map(code_table("nrind"))
+        nrind = code_table("nrind")
+        nr = map_distinct(interp, lambda c: None if c is None else nrind.get(c))
         bad_i = interp.notna() & nr.isna()
         if bad_i.any():
             ctx.row_issues(d, "nrind", Kind.UNMAPPED_CODE, "interpretation code not in table nrind",

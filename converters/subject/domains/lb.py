@@ -47,7 +47,8 @@ def map_lb(cols: pd.DataFrame, ctx: Ctx) -> pd.DataFrame:
     lbcat = code_table("lbcat")
     out["LBCAT"] = map_distinct(loinc, lambda c: lbcat.get(table[c]["loinc_class"]) if c in table else None)
     fast = cols["_fast"].astype("object")
-    out["LBFAST"] = fast.map(code_table("fast"))
+    fast_codes = code_table("fast")
+    out["LBFAST"] = map_distinct(fast, lambda c: None if c is None else fast_codes.get(c))
     badf = fast.notna() & out["LBFAST"].isna()
     if badf.any():
         ctx.row_issues("LB", "fast", Kind.UNMAPPED_CODE, "fasting status code not in table fast", cols,

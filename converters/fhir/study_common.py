@@ -119,9 +119,12 @@ def reverse(enum: str, cc: Any, version: str) -> str | None:
         return by_text[text.casefold()]
     for coding in cc.get("coding") or ():
         if isinstance(coding, dict):
-            hit = by_code.get((coding.get("system"), coding.get("code")))
-            if hit is not None:
-                return hit
+            # Keys of the table are (system, code) strings: anything else cannot match.
+            csys, ccode = coding.get("system"), coding.get("code")
+            if isinstance(csys, str) and isinstance(ccode, str):
+                hit = by_code.get((csys, ccode))
+                if hit is not None:
+                    return hit
     return None
 
 

@@ -10,7 +10,6 @@ The FHIR version is detected from the resource's shape unless given.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
 from typing import Any
 
 from .. import model as m
@@ -244,7 +243,8 @@ class _Reader:
         for i, p in enumerate(self.parties()):
             src = f"ResearchStudy.associatedParty[{i}]"
             texts = [_text(c) or "" for c in p.get("classifier") or ()]
-            party = p.get("party") if isinstance(p.get("party"), dict) else {}
+            party_ref = p.get("party")
+            party: dict[str, Any] = party_ref if isinstance(party_ref, dict) else {}
             if "Responsible Party" in texts:
                 title = next((t[len("Title: "):] for t in texts if t.startswith("Title: ")), None)
                 role = p.get("role")
@@ -315,7 +315,8 @@ class _Reader:
                 continue
             actual = p.get("actual")
             dtype = None if actual is None else ("ACTUAL" if actual else "ESTIMATED")
-            period = p.get("period") if isinstance(p.get("period"), dict) else {}
+            period_val = p.get("period")
+            period: dict[str, Any] = period_val if isinstance(period_val, dict) else {}
             milestone = reverse("Milestone", state, self.version)
             if milestone == "STUDY":
                 if period.get("start"):
@@ -421,15 +422,15 @@ class _Reader:
         phases: tuple[str, ...] = ()
         phase = self.get("phase")
         if phase:
-            val = reverse("Phase", phase, self.version) or reverse("Phase", phase, "R4" if self.version == "R5" else "R5")
-            if val is None:
+            phase_val = reverse("Phase", phase, self.version) or reverse("Phase", phase, "R4" if self.version == "R5" else "R5")
+            if phase_val is None:
                 text = _text(phase) or ""
                 if text and all(p in {"NA", "EARLY_PHASE1", "PHASE1", "PHASE2", "PHASE3", "PHASE4"}
                                 for p in text.split("|")):
-                    val = text
+                    phase_val = text
                 else:
                     self.code("Phase", phase, "ResearchStudy.phase")
-            phases = tuple(val.split("|")) if val else ()
+            phases = tuple(phase_val.split("|")) if phase_val else ()
         pp = self.get("primaryPurposeType")
         purpose = self.code("PrimaryPurpose", pp, "ResearchStudy.primaryPurposeType") if pp else None
         masking = _nz(m.Masking, masking=one("design.design_info.masking.masking"),
@@ -585,8 +586,8 @@ class _Reader:
         interventions = []
         for u in order:
             res = res_by_url[u]
-            other = tuple(e.get("valueString") for e in res.get("extension") or ()
-                          if isinstance(e, dict) and e.get("url") == url_on)
+            other = tuple(e["valueString"] for e in res.get("extension") or ()
+                          if isinstance(e, dict) and e.get("url") == url_on and isinstance(e.get("valueString"), str))
             t = types.get(u)
             interventions.append(m.Intervention(
                 type=self.code("InterventionType", t, "ResearchStudy.focus.concept") if t else None,
@@ -752,7 +753,6 @@ def read_fhir_study(data: Any, *, file: str, report: ConversionReport,
 def _reachable(top: list[dict[str, Any]], index: dict[str, dict[str, Any]]) -> set[int]:
     seen: set[int] = set()
     stack: list[Any] = list(top)
-    visit: Callable[[Any], None]
 
     def visit(node: Any) -> None:
         if isinstance(node, dict):

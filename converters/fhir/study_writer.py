@@ -26,7 +26,7 @@ from .study_common import coding, concept, countries, ctgov_path, ext_url, full_
 CONTACTPOINT_EXT = "http://hl7.org/fhir/StructureDefinition/contactpoint-extension"
 DATA_ABSENT_EXT = "http://hl7.org/fhir/StructureDefinition/data-absent-reason"
 AGE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s+([A-Za-z]+)\s*$")
-_NO_VALUE = (None, "", [], {})
+_NO_VALUE: tuple[object, ...] = (None, "", [], {})
 
 
 def put(d: dict[str, Any], key: str, value: Any) -> None:
@@ -695,7 +695,7 @@ def map_sites(ctx: Ctx) -> None:
             seen[loc.country] = None
     put(ctx.rs, "site", sites)
     by_name, _ = countries()
-    regions = []
+    regions: list[dict[str, Any]] = []
     for name in seen:
         row = by_name.get(name)
         if row is None:

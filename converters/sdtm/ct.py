@@ -1,4 +1,4 @@
-"""CDISC controlled terminology (NCI EVS SDTM Terminology), pinned, with a user override.
+r"""CDISC controlled terminology (NCI EVS SDTM Terminology), pinned, with a user override.
 
 The project ships the codelists it uses, cut from the NCI file by this module:
 ``mappings/ct/codelists.txt`` lists the codelist C-codes (one per line, ``#`` comments say who uses
@@ -8,7 +8,8 @@ Definition, NCI Preferred Term). The pinned version is :data:`PINNED_CT_VERSION`
 
 Regenerate after adding a codelist::
 
-    python -m trialbridge.sdtm.ct extract "../shared/data/controlled_terminology/nci_sdtm_ct_via_patterninstitute/SDTM Terminology.txt"
+    python -m trialbridge.sdtm.ct extract \
+        "../shared/data/controlled_terminology/nci_sdtm_ct_via_patterninstitute/SDTM Terminology.txt"
 
 A user may point the tool at a newer full NCI file (``--ct FILE``); its version is taken from a
 ``YYYY-MM-DD`` in the file name, else reported as unknown.

@@ -134,13 +134,13 @@ def build_ta_te(study: Study, report: ConversionReport) -> tuple[list[dict[str, 
 # ------------------------------------------------------------------ TV
 def _timepoints(text: str) -> list[tuple[float, str, float]]:
     """(days, unit, number) for every time point named in ``text``."""
-    points = []
+    points: list[tuple[float, str, float]] = []
     for m in _EVERY.finditer(text):
         step, unit, end = int(m.group(1)), m.group(2).lower(), float(m.group(4))
-        n = step
-        while n <= end:
-            points.append((n * UNIT_DAYS[unit], unit, float(n)))
-            n += step
+        k = step
+        while k <= end:
+            points.append((k * UNIT_DAYS[unit], unit, float(k)))
+            k += step
     for m in _NUM_UNIT.finditer(text):
         n = float(m.group(1))
         unit = m.group(2).lower()

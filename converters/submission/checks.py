@@ -171,7 +171,8 @@ def check_ct(ds: Dataset, ct: ControlledTerminology) -> list[Finding]:
             continue
         series = ds.frame[var.name]
         text = _text(series)
-        if ds.column(var.name) is not None and ds.column(var.name).sas_type == "Num":
+        col = ds.column(var.name)
+        if col is not None and col.sas_type == "Num":
             text = series.map(lambda v: "" if pd.isna(v) else
                               str(int(v)) if float(v).is_integer() else str(v))
         bad = (text != "") & ~text.isin(list(cl.terms))

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cache
 from typing import Any
 
@@ -89,6 +89,8 @@ class Decimals:
     value: list[Any]          # orjson.Fragment or None
     comparator: list[Any]     # '<', '<=', '>=', '>' or None
     normalised: np.ndarray    # bool: the decimal text differs from the source (e.g. '.94')
+    codes: np.ndarray | None = None                      # row -> index into distinct
+    distinct: list[tuple[Any, Any, bool]] = field(default_factory=list)   # (value, comparator, normalised)
 
 
 _DEC_IN = re.compile(r"^(<=|>=|<|>)?\s*(-?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d{1,9})?)$")
@@ -112,16 +114,12 @@ def _parse_decimal(text: Any) -> tuple[Any, Any, bool]:
 
 def parse_decimals(s: pd.Series) -> Decimals:
     """One regex match per distinct text (results repeat a lot in findings data)."""
-    cache: dict[Any, tuple[Any, Any, bool]] = {}
-    vals, comps, norm = [], [], []
-    for t in s.tolist():
-        r = cache.get(t)
-        if r is None:
-            r = cache[t] = _parse_decimal(t)
-        vals.append(r[0])
-        comps.append(r[1])
-        norm.append(r[2])
-    return Decimals(vals, comps, np.array(norm, dtype=bool))
+    codes, texts = factorize(s)
+    distinct = [_parse_decimal(t) for t in texts]
+    vals = take([r[0] for r in distinct], codes)
+    comps = take([r[1] for r in distinct], codes)
+    norm = np.array([r[2] for r in distinct], dtype=bool)[codes]
+    return Decimals(vals, comps, norm, codes, distinct)
 
 
 # ----------------------------------------------------------------------------- dates
@@ -134,10 +132,50 @@ class Dates:
     value: list[Any]          # FHIR dateTime/date text or None
     original: list[Any]       # the SDTM text when it differs from value (kept in EXT_DTC), else None
     counts: dict[str, int]    # issue kind -> number of values: seconds-added, zone-added, time-cut, cut, invalid
+    codes: np.ndarray | None = None    # row -> index into distinct_value / distinct_original
+    distinct_value: list[Any] = field(default_factory=list)
+    distinct_original: list[Any] = field(default_factory=list)
+
+
+def factorize(values: Any) -> tuple[np.ndarray, list[Any]]:
+    """Row codes into the distinct values (first-seen order); missing (None/NaN) gets the last code.
+
+    ``distinct[-1]`` is the missing value (None), so ``take(distinct, codes)`` expands them back.
+    """
+    if not isinstance(values, (pd.Series, np.ndarray)):
+        values = pd.Series(values, dtype=object)
+    codes, uniq = pd.factorize(values)
+    distinct = list(uniq.tolist() if hasattr(uniq, "tolist") else uniq)
+    k = len(distinct)
+    if (codes < 0).any():
+        codes = np.where(codes < 0, k, codes)
+    distinct.append(None)
+    return codes, distinct
+
+
+def take(distinct: list[Any], codes: np.ndarray) -> list[Any]:
+    """``[distinct[c] for c in codes]``, vectorised."""
+    arr = np.empty(len(distinct), dtype=object)
+    arr[:] = distinct
+    return list(arr[codes].tolist())
 
 
 def convert_dates(s: pd.Series, *, default_tz: str | None, date_only: bool = False) -> Dates:
-    """SDTM ISO 8601 text -> FHIR dateTime (or date), vectorised. See module docstring for policy."""
+    """SDTM ISO 8601 text -> FHIR dateTime (or date), vectorised over the distinct values.
+
+    See the module docstring for the policy; counts are per row.
+    """
+    codes, distinct = factorize(s)
+    freq = np.bincount(codes, minlength=len(distinct))
+    vals, orig, masks = _convert_distinct_dates(pd.Series(distinct, dtype=object), default_tz=default_tz,
+                                                date_only=date_only)
+    counts = {k: int(freq[m].sum()) for k, m in masks.items()}
+    return Dates(take(vals, codes), take(orig, codes), {k: v for k, v in counts.items() if v},
+                 codes, vals, orig)
+
+
+def _convert_distinct_dates(s: pd.Series, *, default_tz: str | None, date_only: bool,
+                            ) -> tuple[list[Any], list[Any], dict[str, np.ndarray]]:
     text = s.where(s.notna(), "").astype(str).str.strip()
     m = text.str.extract(_DTC.pattern)
     y, mo, d, hh, mi, ss, frac, tz = (m[i] for i in range(8))
@@ -146,22 +184,21 @@ def convert_dates(s: pd.Series, *, default_tz: str | None, date_only: bool = Fal
     has_time = matched & hh.notna()
     secs = ss.fillna("00") + frac.fillna("")
     out = date.copy()
-    counts: dict[str, int] = {}
+    masks: dict[str, Any] = {}
     if date_only:
-        cut = has_time
-        counts["time-cut"] = int(cut.sum())
+        masks["time-cut"] = has_time
     else:
         full = has_time & d.notna()
         zone = tz.copy()
         no_zone = full & tz.isna()
         if default_tz:
             zone = zone.where(~no_zone, default_tz)
-            counts["zone-added"] = int(no_zone.sum())
+            masks["zone-added"] = no_zone
             timed = full
         else:
-            counts["time-cut"] = int(no_zone.sum())
+            masks["time-cut"] = no_zone
             timed = full & tz.notna()
-        counts["seconds-added"] = int((timed & ss.isna()).sum())
+        masks["seconds-added"] = timed & ss.isna()
         out = out.where(~timed, date + "T" + hh.fillna("") + ":" + mi.fillna("") + ":" + secs + zone.fillna(""))
     # not ISO 8601 as SDTM allows it in full (e.g. '2014---15', '2014-01-02T10'): keep the longest
     # valid leading part
@@ -171,13 +208,13 @@ def convert_dates(s: pd.Series, *, default_tz: str | None, date_only: bool = Fal
         lead = text.where(bad, "").str.extract(r"^(\d{4}(?:-\d{2}(?:-\d{2})?)?)")[0]
         lead = lead.str.replace(r"-$", "", regex=True)
         out = out.where(~bad, lead.fillna(""))
-        counts["cut"] = int((bad & lead.notna()).sum())
-        counts["invalid"] = int((bad & lead.isna()).sum())
+        masks["cut"] = bad & lead.notna()
+        masks["invalid"] = bad & lead.isna()
     keep_v = (present & (out.fillna("") != "")).tolist()
     keep_o = (present & (out.fillna("") != text)).tolist()
     vals = [v if k else None for v, k in zip(out.fillna("").tolist(), keep_v, strict=False)]
     orig = [t if k else None for t, k in zip(text.tolist(), keep_o, strict=False)]
-    return Dates(vals, orig, {k: v for k, v in counts.items() if v})
+    return vals, orig, {k: np.asarray(v, dtype=bool) for k, v in masks.items()}
 
 
 # ----------------------------------------------------------------------------- code tables

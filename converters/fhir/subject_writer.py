@@ -19,9 +19,11 @@ import gc
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from itertools import compress
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import orjson
 import pandas as pd
 
@@ -122,12 +124,24 @@ def _col(df: pd.DataFrame, name: str) -> list[Any]:
     return s.tolist()
 
 
-def _dates(df: pd.DataFrame, var: str, ctx: Ctx, domain: str, keys: list[str], *,
+def _dates(df: pd.DataFrame, var: str, ctx: Ctx, domain: str, keys: Any, *,
            date_only: bool = False, target: str = "") -> tuple[list[Any], list[Any]]:
+    d = _dates_full(df, var, ctx, domain, keys, date_only=date_only, target=target)
+    return d.value, d.original
+
+
+def _dates_full(df: pd.DataFrame, var: str, ctx: Ctx, domain: str, keys: Any, *,
+                date_only: bool = False, target: str = "") -> T.Dates:
+    """``var`` converted (once per distinct value) and its issues tallied; ``keys[i]`` names row i."""
     if var not in df.columns:
-        return [None] * len(df), [None] * len(df)
+        n = len(df)
+        return T.Dates([None] * n, [None] * n, {}, np.zeros(n, dtype=np.intp), [None], [None])
     d = T.convert_dates(df[var], default_tz=ctx.default_tz, date_only=date_only)
-    first = next((k for k, o in zip(keys, d.original, strict=False) if o is not None), None)
+    first = None
+    if d.counts:
+        has_orig = np.array([o is not None for o in d.distinct_original], dtype=bool)[d.codes]
+        rows = np.flatnonzero(has_orig)
+        first = keys[int(rows[0])] if len(rows) else None
     msgs = {
         "seconds-added": (Kind.INFERRED, "time without seconds: ':00' added (SDTM text kept in "
                                          "extension sdtm-dtc)"),
@@ -143,7 +157,7 @@ def _dates(df: pd.DataFrame, var: str, ctx: Ctx, domain: str, keys: list[str], *
     for k, n in d.counts.items():
         kind, msg = msgs[k]
         ctx.tally(kind, domain, var, msg, n, target=target, record=first)
-    return d.value, d.original
+    return d
 
 
 def _put_date(res: dict[str, Any], key: str, val: Any, orig: Any) -> None:
@@ -170,12 +184,16 @@ class Extras:
     """Per-row extensions: the carried SDTM variables, SUPPQUAL and RELREC of each record."""
 
     def __init__(self, df: pd.DataFrame, domain: str, ctx: Ctx, *, consumed: set[str],
-                 idvars: dict[str, list[Any]]) -> None:
+                 idvars: dict[str, list[Any]], rows: bool = True) -> None:
         derived = derived_variables(domain) if domain in SPECCED else set()
         carried = [c for c in df.columns if c not in consumed and c not in KEYS and c not in derived]
-        cols = [_sub_ext(c, _col(df, c), df[c].dtype.kind == "f") for c in carried]
-        self.sdtm = [[e for e in row if e is not None] for row in zip(*cols, strict=False)] if cols else None
-        for c in derived & set(df.columns):
+        # (variable, column, numeric): for writers that serialise column by column (rows=False)
+        self.carried = [(c, df[c], df[c].dtype.kind == "f") for c in carried]
+        self.sdtm: list[list[dict[str, Any]]] | None = None
+        if rows and carried:
+            cols = [_sub_ext(c, _col(df, c), numeric) for c, _, numeric in self.carried]
+            self.sdtm = [[e for e in row if e is not None] for row in zip(*cols, strict=False)]
+        for c in [c for c in df.columns if c in derived]:    # column order: a stable report
             n = int(df[c].notna().sum())
             ctx.tally(Kind.LOSSY, domain, c, "derived variable not carried to FHIR (recomputed from "
                       "the reference start date by FHIR -> SDTM)", n)
@@ -250,22 +268,47 @@ def _require(df: pd.DataFrame, domain: str, path: Path | str) -> None:
                              record=f"row {i + 1}", field=var)
 
 
+def _num_texts(df: pd.DataFrame, var: str) -> list[str | None]:
+    """``T.num_text`` of a column, vectorised for a float column of whole numbers."""
+    if var not in df.columns:
+        return [None] * len(df)
+    s = df[var]
+    if s.dtype.kind != "f":
+        return [T.num_text(v) for v in _col(df, var)]
+    arr = s.to_numpy(dtype=np.float64)
+    whole = np.isfinite(arr) & (np.abs(arr) < 2**53)
+    whole &= arr == np.trunc(np.where(whole, arr, 0))
+    out = np.empty(len(arr), dtype=object)
+    out[whole] = arr[whole].astype(np.int64).astype(str)
+    for i in np.flatnonzero(~whole).tolist():
+        out[i] = T.num_text(float(arr[i]))
+    return list(out.tolist())
+
+
 def _seq_ids(df: pd.DataFrame, domain: str, prefix: str, ctx: Ctx, path: Path | str,
              seen: set[str] | None = None) -> tuple[list[str], list[str]]:
     """Deterministic ids from STUDYID/USUBJID/--SEQ; a duplicated key is an InputError."""
     seqvar = f"{domain}SEQ"
-    seqs = [T.num_text(v) for v in _col(df, seqvar)]
+    seqs = _num_texts(df, seqvar)
     studies = _col(df, "STUDYID")
     subjects = _col(df, "USUBJID")
-    ids = [T.make_id(prefix, T.slug(st or ctx.studyid), T.slug(u), s or "")
-           for st, u, s in zip(studies, subjects, seqs, strict=False)]
+    # T.make_id(prefix, slug(study), slug(subject), seq): the part before the seq once per subject
+    heads = _per_distinct([studies, subjects], lambda st, u: "-".join(
+        (prefix, T.slug(st or ctx.studyid), T.slug(u), "")), len(df))
+    ids = [h + s if s is not None else h for h, s in zip(heads, seqs, strict=False)]
+    for i in [i for i, rid in enumerate(ids) if len(rid) > 64]:
+        ids[i] = T.make_id(ids[i])
     seen = set() if seen is None else seen
+    new = set(ids)
+    if len(new) == len(ids) and seen.isdisjoint(new):
+        seen |= new
+        return ids, seqs  # type: ignore[return-value]
     for i, rid in enumerate(ids):
         if rid in seen:
             raise InputError(f"duplicated key USUBJID/{seqvar} in dataset {domain} (row {i + 1})",
                              file=str(path), record=f"{subjects[i]}/{seqs[i]}", field=seqvar)
         seen.add(rid)
-    return ids, seqs
+    return ids, seqs  # type: ignore[return-value]
 
 
 # ----------------------------------------------------------------------------- resources
@@ -805,103 +848,240 @@ _CATEGORY = {
 }
 
 
+def _js(value: Any) -> str:
+    return orjson.dumps(value).decode()
+
+
+def _distinct(cols: list[Any]) -> tuple[np.ndarray, list[int], np.ndarray]:
+    """Rows grouped by the distinct combination of ``cols`` (lists or arrays of equal length).
+
+    Returns the row codes (first-seen order), the first row of each combination and its row count.
+    """
+    codes, distinct = T.factorize(cols[0])
+    for col in cols[1:]:
+        c, d = T.factorize(col)
+        codes, _ = pd.factorize(codes.astype(np.int64) * len(d) + c)
+    _, first = np.unique(codes, return_index=True)
+    return codes, first.tolist(), np.bincount(codes)
+
+
+def _per_distinct(cols: list[Any], build: Callable[..., str], n: int) -> list[str]:
+    """``build(*values)`` once per distinct combination of the columns, expanded to the rows."""
+    if n == 0:
+        return []
+    if len(cols) == 1:
+        codes, distinct = T.factorize(cols[0])
+        return T.take([build(v) for v in distinct], codes)
+    codes, first, _ = _distinct(cols)
+    return T.take([build(*(c[i] for c in cols)) for i in first], codes)
+
+
+def _concat(columns: list[list[str]], n: int) -> list[str]:
+    """Per row, the concatenation of the columns (object-array additions, no Python loop)."""
+    out = np.empty(n, dtype=object)
+    out[:] = ""
+    for col in columns:
+        arr = np.empty(n, dtype=object)
+        arr[:] = col
+        out += arr
+    return list(out.tolist())
+
+
+def _splice(columns: list[Any], keep: list[bool]) -> tuple[str, int]:
+    """The kept rows as one text: per row the columns in order (a str is the same on every row)."""
+    if not all(keep):
+        columns = [c if isinstance(c, str) else list(compress(c, keep)) for c in columns]
+    n = sum(keep)
+    k = len(columns)
+    flat: list[Any] = [None] * (n * k)
+    for j, col in enumerate(columns):
+        flat[j::k] = [col] * n if isinstance(col, str) else col
+    return "".join(flat), n
+
+
+def _shared_parts(objs: list[Any], prefix: str) -> list[str]:
+    """``prefix + JSON`` per row of objects shared between rows (serialised once per object)."""
+    if not objs:
+        return []
+    codes, first, _ = _distinct([[id(o) for o in objs]])
+    return T.take(["" if objs[i] is None else prefix + _js(objs[i]) for i in first], codes)
+
+
+class _LazyKeys:
+    """``USUBJID/--SEQ`` of a row, made only for the rows a report entry names."""
+
+    def __init__(self, usubjid: list[Any], seqs: list[Any]) -> None:
+        self.usubjid, self.seqs = usubjid, seqs
+
+    def __getitem__(self, i: int) -> str:
+        return f"{self.usubjid[i]}/{self.seqs[i]}"
+
+
+def _quantity_text(value: Any, comparator: Any, unit: Any) -> str:
+    q: dict[str, Any] = {"value": value}
+    if comparator:
+        q["comparator"] = comparator
+    if unit is not None:
+        q["unit"] = unit
+        code = T.ucum_for(unit)
+        if code:
+            q["system"] = T.UCUM
+            q["code"] = code
+    return _js(q)
+
+
 def build_findings(df: pd.DataFrame, domain: str, ctx: Ctx, path: Path | str,
-                   seen: set[str]) -> Iterator[tuple[str, dict[str, Any]]]:
-    """VS and LB -> Observation (one chunk; ``seen`` carries ids across chunks for duplicates)."""
+                   seen: set[str]) -> tuple[str, int]:
+    """VS and LB -> Observation NDJSON text and its number of lines (one chunk; ``seen`` carries ids
+    across chunks for duplicates).
+
+    Column by column: each part of the resource is serialised once per distinct combination of the
+    SDTM values it depends on, and the parts are spliced into one line per record.
+    """
     p = domain
+    n = len(df)
     _require(df, domain, path)
     ids, seqs = _seq_ids(df, domain, p.lower(), ctx, path, seen)
     subj, keep = _subject_refs(df, domain, ctx)
     enc = _encounter_refs(df, ctx)
     consumed = mapped_variables(domain)
-    ex = Extras(df, domain, ctx, consumed=consumed, idvars=_idvar_cols(df))
-    keys = [f"{u}/{s}" for u, s in zip(_col(df, "USUBJID"), seqs, strict=False)]
-    eff, eff_o = _dates(df, f"{p}DTC", ctx, domain, keys, target="Observation.effectiveDateTime")
-    n = len(df)
-    res_text = df[f"{p}ORRES"] if f"{p}ORRES" in df.columns else pd.Series([None] * n, dtype=object)
-    dec = T.parse_decimals(res_text)
+    ex = Extras(df, domain, ctx, consumed=consumed, idvars=_idvar_cols(df), rows=False)
+    usubjid = _col(df, "USUBJID")
+    keys = _LazyKeys(usubjid, seqs)
+    dates = _dates_full(df, f"{p}DTC", ctx, domain, keys, target="Observation.effectiveDateTime")
+    empty = pd.Series([None] * n, dtype=object)
+    res_col = df[f"{p}ORRES"] if f"{p}ORRES" in df.columns else empty
+    texts = _col(df, f"{p}ORRES")
+    dec = T.parse_decimals(res_col)
     if dec.normalised.any():
         ctx.tally(Kind.INFERRED, domain, f"{p}ORRES", "numeric text rewritten as a FHIR decimal (e.g. a "
                   "leading zero added)", int(dec.normalised.sum()), target="Observation.valueQuantity.value")
     units = _col(df, f"{p}ORRESU")
-    qty = _quantity(dec.value, [u if v is not None else None for u, v in zip(units, dec.value, strict=False)],
-                    ctx, domain, f"{p}ORRESU")
-    texts = res_text.tolist()
-    lo = T.parse_decimals(df[f"{p}ORNRLO"]) if f"{p}ORNRLO" in df.columns else None
-    hi = T.parse_decimals(df[f"{p}ORNRHI"]) if f"{p}ORNRHI" in df.columns else None
-    lo_raw = _col(df, f"{p}ORNRLO")
-    hi_raw = _col(df, f"{p}ORNRHI")
+    # value[x] and the unit tally: per distinct (result text, unit)
+    vcodes, vfirst, vcount = _distinct([dec.codes, units])
+    value_parts, lost_unit = [], []
+    for i, cnt in zip(vfirst, vcount.tolist(), strict=False):
+        val, comp, _ = dec.distinct[dec.codes[i]]
+        unit = units[i]
+        if val is not None:
+            if unit is not None and not T.ucum_for(unit):
+                ctx.tally(Kind.UNMAPPED_CODE, domain, f"{p}ORRESU", "unit not in table fhir_subject/"
+                          "cdisc_unit_ucum.csv: Quantity.unit only, no UCUM code", cnt,
+                          target="Quantity.code", value=unit)
+            value_parts.append(',"valueQuantity":' + _quantity_text(val, comp, unit))
+            lost_unit.append("")
+        elif texts[i] is not None:
+            value_parts.append(',"valueCodeableConcept":' + _js({"text": texts[i]}))
+            lost_unit.append("" if unit is None else "," + _js({"url": f"{p}ORRESU", "valueString": unit}))
+        else:
+            value_parts.append("")
+            lost_unit.append("")
+    value_col = T.take(value_parts, vcodes)
+    lost_unit_col = T.take(lost_unit, vcodes)
+    lo_col = df[f"{p}ORNRLO"] if f"{p}ORNRLO" in df.columns else empty
+    hi_col = df[f"{p}ORNRHI"] if f"{p}ORNRHI" in df.columns else empty
+    lo, hi = T.parse_decimals(lo_col), T.parse_decimals(hi_col)
+    lo_raw, hi_raw = _col(df, f"{p}ORNRLO"), _col(df, f"{p}ORNRHI")
     stnrc = _col(df, f"{p}STNRC")
-    nrind = _coded("sdtm_to_fhir_codes.csv", "CDISC NRIND", _col(df, f"{p}NRIND"), ctx, domain,
-                   f"{p}NRIND", "Observation.interpretation")
     nrind_raw = _col(df, f"{p}NRIND")
+    # one look-up (and report entry) per distinct code, in the order of first use
+    _coded("sdtm_to_fhir_codes.csv", "CDISC NRIND", list(dict.fromkeys(nrind_raw)), ctx, domain,
+           f"{p}NRIND", "Observation.interpretation")
     stat, reasnd = _col(df, f"{p}STAT"), _col(df, f"{p}REASND")
     cat = _col(df, f"{p}CAT")
     loc, method, pos = _col(df, f"{p}LOC"), _col(df, f"{p}METHOD"), _col(df, f"{p}POS")
     codes = _test_codes(df, domain, ctx)
-    base_cat = _CATEGORY[domain]
-    seq_sys = f"{T.SID}/{p.lower()}seq"
-    status_done = "final"
-    out = []
-    for i in range(n):
-        if not keep[i]:
-            continue
-        res: dict[str, Any] = {"resourceType": "Observation", "id": ids[i]}
-        extra = ex.ext(i) or []
-        if pos[i]:
-            extra.append({"url": T.BODY_POSITION, "valueCodeableConcept": {"text": pos[i]}})
-        # parts SDTM holds that the chosen FHIR shape cannot: kept in the sdtm extension
-        lost = []
-        if texts[i] is not None and qty[i] is None and units[i] is not None:
-            lost.append({"url": f"{p}ORRESU", "valueString": units[i]})
-        if lo_raw[i] is not None and (lo is None or lo.value[i] is None):
-            lost.append({"url": f"{p}ORNRLO", "valueString": lo_raw[i]})
-        if hi_raw[i] is not None and (hi is None or hi.value[i] is None):
-            lost.append({"url": f"{p}ORNRHI", "valueString": hi_raw[i]})
-        if lost:
-            extra = _merge_sdtm(extra, lost)
-        if extra:
-            res["extension"] = extra
-        if seqs[i] is not None:
-            res["identifier"] = [{"system": seq_sys, "value": seqs[i]}]
-        res["status"] = "cancelled" if stat[i] == "NOT DONE" else status_done
-        res["category"] = [base_cat, {"text": cat[i]}] if cat[i] else [base_cat]
-        res["code"] = codes[i]
-        res["subject"] = subj[i]
-        if enc[i]:
-            res["encounter"] = enc[i]
-        _put_date(res, "effectiveDateTime", eff[i], eff_o[i])
-        if qty[i] is not None:
-            q = qty[i]
-            if dec.comparator[i]:
-                q = {"value": q["value"], "comparator": dec.comparator[i], **{k: v for k, v in q.items()
-                                                                              if k != "value"}}
-            res["valueQuantity"] = q
-        elif texts[i] is not None:
-            res["valueCodeableConcept"] = {"text": texts[i]}
-        if stat[i] == "NOT DONE" or reasnd[i]:
+
+    # ---- extension: sdtm (carried variables + parts FHIR cannot hold), SUPPQUAL, RELREC, body position
+    sdtm_parts: list[Any] = []
+    for var, values, numeric in ex.carried:
+        if numeric:
+            sdtm_parts.append(_per_distinct([values], lambda v, var=var: "" if v is None else "," + _js(
+                {"url": var, "valueDecimal": T.num_json(v)}), n))
+        else:
+            sdtm_parts.append(_per_distinct([values], lambda v, var=var: "" if v is None else "," + _js(
+                {"url": var, "valueString": v}), n))
+    sdtm_parts.append(lost_unit_col)
+
+    def lost_range(var: str, raw: list[Any], dec_: T.Decimals) -> list[str]:
+        def one(r: Any, c: int) -> str:
+            if r is not None and dec_.distinct[c][0] is None:
+                return "," + _js({"url": var, "valueString": r})
+            return ""
+        return _per_distinct([raw, dec_.codes], one, n)
+
+    sdtm_parts.append(lost_range(f"{p}ORNRLO", lo_raw, lo))
+    sdtm_parts.append(lost_range(f"{p}ORNRHI", hi_raw, hi))
+    sdtm = _concat(sdtm_parts, n)
+    head = '{"url":' + _js(T.EXT_SDTM) + ',"extension":['
+    ext = [head + s[1:] + "]}" if s else "" for s in sdtm]
+    if ex.supp is not None or ex.relrec is not None:
+        for i in range(n):
+            items = (ex.supp[i] if ex.supp is not None else []) + (ex.relrec[i] if ex.relrec is not None else [])
+            if items:
+                more = ",".join(_js(it) for it in items)
+                ext[i] = ext[i] + "," + more if ext[i] else more
+    pos_part = _per_distinct([pos], lambda v: "," + _js({"url": T.BODY_POSITION, "valueCodeableConcept":
+                                                         {"text": v}}) if v else "", n)
+    ext = [e + q if e else q[1:] for e, q in zip(ext, pos_part, strict=False)]
+    ext = [',"extension":[' + e + "]" if e else "" for e in ext]
+
+    # ---- the other parts, each once per distinct value
+    seq_sys = _js(f"{T.SID}/{p.lower()}seq")
+    ident = [',"identifier":[{"system":' + seq_sys + ',"value":"' + s + '"}]' if s is not None else ""
+             for s in seqs]
+    base_cat = _js(_CATEGORY[domain])
+    status = _per_distinct([stat], lambda s: ',"status":"cancelled"' if s == "NOT DONE" else ',"status":"final"', n)
+    category = _per_distinct([cat], lambda c: ',"category":[' + base_cat + ("," + _js({"text": c}) if c else "")
+                             + "]", n)
+    code_col = _shared_parts(codes, ',"code":')
+    subject = _shared_parts(subj, ',"subject":')
+    encounter = _shared_parts(enc, ',"encounter":')
+    eff_parts = []
+    for v, o in zip(dates.distinct_value, dates.distinct_original, strict=False):
+        t = "" if v is None else ',"effectiveDateTime":' + _js(v)
+        if o is not None:
+            t += ',"_effectiveDateTime":' + _js({"extension": [{"url": T.EXT_DTC, "valueString": o}]})
+        eff_parts.append(t)
+    effective = T.take(eff_parts, dates.codes)
+
+    def absent(s: Any, r: Any) -> str:
+        if s == "NOT DONE" or r:
             dar: dict[str, Any] = {"coding": [{
                 "system": "http://terminology.hl7.org/CodeSystem/data-absent-reason", "code": "not-performed"}]}
-            if reasnd[i]:
-                dar["text"] = reasnd[i]
-            res["dataAbsentReason"] = dar
-        if nrind_raw[i] is not None:
-            res["interpretation"] = [{"coding": [_coding(nrind[i])]} if nrind[i] else {"text": nrind_raw[i]}]
-        if loc[i]:
-            res["bodySite"] = {"text": loc[i]}
-        if method[i]:
-            res["method"] = {"text": method[i]}
+            if r:
+                dar["text"] = r
+            return ',"dataAbsentReason":' + _js(dar)
+        return ""
+
+    dar_col = _per_distinct([stat, reasnd], absent, n)
+
+    def interpretation(r: Any) -> str:
+        if r is None:
+            return ""
+        row = T.code_row("sdtm_to_fhir_codes.csv", "CDISC NRIND", r)
+        return ',"interpretation":' + _js([{"coding": [_coding(row)]} if row else {"text": r}])
+
+    interp = _per_distinct([nrind_raw], interpretation, n)
+    body = _per_distinct([loc], lambda v: ',"bodySite":' + _js({"text": v}) if v else "", n)
+    meth = _per_distinct([method], lambda v: ',"method":' + _js({"text": v}) if v else "", n)
+
+    def ref_range(lc: int, hc: int, unit: Any, text: Any) -> str:
         rr: dict[str, Any] = {}
-        if lo is not None and lo.value[i] is not None:
-            rr["low"] = _range_q(lo.value[i], units[i])
-        if hi is not None and hi.value[i] is not None:
-            rr["high"] = _range_q(hi.value[i], units[i])
-        if stnrc[i]:
-            rr["text"] = stnrc[i]
-        if rr:
-            res["referenceRange"] = [rr]
-        out.append(("Observation", res))
-    return iter(out)
+        lv, hv = lo.distinct[lc][0], hi.distinct[hc][0]
+        if lv is not None:
+            rr["low"] = _range_q(lv, unit)
+        if hv is not None:
+            rr["high"] = _range_q(hv, unit)
+        if text:
+            rr["text"] = text
+        return ',"referenceRange":' + _js([rr]) if rr else ""
+
+    rrange = _per_distinct([lo.codes, hi.codes, units, stnrc], ref_range, n)
+    # ids and --SEQ text are FHIR-id / number characters: nothing to escape
+    head_id = ['{"resourceType":"Observation","id":"' + i + '"' for i in ids]
+    return _splice([head_id, ext, ident, status, category, code_col, subject, encounter, effective, value_col,
+                    dar_col, interp, body, meth, rrange, "}\n"], keep)
 
 
 def _range_q(value: Any, unit: Any) -> dict[str, Any]:
@@ -1045,6 +1225,22 @@ class Sink:
             self.counts[rtype] += len(lines)
             self._file(rtype).write(b"\n".join(lines) + b"\n")
 
+    def add_text(self, rtype: str, text: str, count: int) -> None:
+        """``count`` resources already serialised, one per line (each line ending in a newline)."""
+        if not count:
+            return
+        if self.ndjson:
+            self.counts[rtype] += count
+            self._file(rtype).write(text.encode())
+            return
+        # a Bundle re-indents: parse back, numbers kept as their exact text
+        import json
+
+        def number(t: str) -> orjson.Fragment:
+            return orjson.Fragment(t.encode())
+
+        self.add_many((rtype, json.loads(line, parse_float=number)) for line in text.split("\n") if line)
+
     def _file(self, rtype: str) -> Any:
         fh = self.files.get(rtype)
         if fh is None:
@@ -1141,7 +1337,7 @@ def _convert(folder: Path, outdir: Path, ctx: Ctx, extra: dict[str, Any], chunks
                 seen: set[str] = set()
                 for chunk in iter_dataset_chunks(files[name], chunksize=chunksize, define=define,
                                                  report=report):
-                    sink.add_many(build_findings(chunk, name, ctx, files[name].path, seen))
+                    sink.add_text("Observation", *build_findings(chunk, name, ctx, files[name].path, seen))
         _report_unattached(ctx, frames)
         written = sink.finish(T.make_id("bundle", T.slug(ctx.studyid)))
         report.extra.setdefault("sdtm_to_fhir", {})["resources"] = dict(sorted(sink.counts.items()))

@@ -123,6 +123,10 @@ def _normalise(df: pd.DataFrame, numeric: set[str], *, file: str, row_offset: in
                 continue
             if s.dtype.kind == "b":
                 raise InputError("boolean in a numeric variable", file=file, field=col)
+            if s.dtype == object and _types(s.to_numpy()) <= _NUMBER_TYPES:
+                # numbers (JSON) and missing only: one conversion, no per-cell work
+                out[col] = pd.Series(np.array(s.to_numpy(), dtype=np.float64), index=df.index)
+                continue
             text = s.astype("object")
             blank = text.isna() | (text.map(lambda v: isinstance(v, str) and not v.strip(), na_action="ignore")
                                    .fillna(False).astype(bool))
@@ -142,8 +146,21 @@ def _normalise(df: pd.DataFrame, numeric: set[str], *, file: str, row_offset: in
     return pd.DataFrame(out, index=df.index)
 
 
+_NUMBER_TYPES = frozenset({int, float, type(None)})
+_TEXT_TYPES = frozenset({str, type(None)})
+
+
+def _types(arr: Any) -> set[type]:
+    return set(map(type, arr))
+
+
 def _clean_text(arr: np.ndarray) -> np.ndarray:
-    """Strings right-stripped, blanks and missing as None (one pass, no per-cell pandas)."""
+    """Strings right-stripped, blanks and missing as None (once per distinct value)."""
+    if _types(arr) <= _TEXT_TYPES:
+        codes, uniq = pd.factorize(arr)        # None -> -1
+        cleaned = np.empty(len(uniq) + 1, dtype=object)
+        cleaned[:] = [v.rstrip() or None for v in uniq.tolist()] + [None]
+        return cleaned[codes]
     out = np.empty(len(arr), dtype=object)
     for i, v in enumerate(arr):
         if isinstance(v, str):
@@ -196,6 +213,8 @@ def _json_rows(rows: list[Any], cols: list[dict[str, Any]], *, file: str, offset
     for c in cols:
         if c["dataType"] in NUMERIC_DATATYPES:
             s = df[c["name"]]
+            if _types(s.to_numpy()) <= _NUMBER_TYPES:
+                continue
             bad = s.map(lambda v: v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))))
             if bad.any():
                 i = int(np.flatnonzero(bad.to_numpy())[0])

@@ -42,14 +42,17 @@ def select_columns(df: pd.DataFrame, domain: Domain) -> list[str]:
     return [v.name for v in domain.variables if v.core in ("Req", "Exp") or v.name in df.columns]
 
 
-def _cell(value: Any, numeric: bool, integer: bool) -> Any:
-    if value is None or (isinstance(value, float) and math.isnan(value)) or value is pd.NA:
+def dataset_json_cell(value: Any, numeric: bool, integer: bool) -> Any:
+    """One Dataset-JSON cell: numeric missing -> null, Char missing -> "" (as the CDISC examples)."""
+    if value is None or value is pd.NA or value is pd.NaT or (isinstance(value, float) and math.isnan(value)):
         return None if numeric else ""
     if numeric:
-        if integer:
-            return int(value)
         f = float(value)
-        return int(f) if f.is_integer() and abs(f) < 2**53 else f
+        if integer or (f.is_integer() and abs(f) < 2**53):
+            return int(f)
+        return f
+    if hasattr(value, "isoformat"):
+        return value.isoformat()
     return str(value)
 
 
@@ -67,7 +70,7 @@ def build_dataset_json(df: pd.DataFrame, domain_name: str, *, study_oid: str,
     integer = [meta_by_name[c].data_type == "integer" for c in cols]
     frame = df.reindex(columns=cols)
     for rec in frame.itertuples(index=False, name=None):
-        rows.append([_cell(v, n, i) for v, n, i in zip(rec, numeric, integer, strict=True)])
+        rows.append([dataset_json_cell(v, n, i) for v, n, i in zip(rec, numeric, integer, strict=True)])
     columns = []
     for idx, c in enumerate(cols):
         var = meta_by_name[c]
@@ -98,13 +101,16 @@ def build_dataset_json(df: pd.DataFrame, domain_name: str, *, study_oid: str,
 
 def write_dataset_json(df: pd.DataFrame, domain_name: str, path: Path, *, study_oid: str,
                        ndjson: bool = False) -> Path:
-    doc = build_dataset_json(df, domain_name, study_oid=study_oid)
+    return write_document(build_dataset_json(df, domain_name, study_oid=study_oid), path, ndjson=ndjson)
+
+
+def write_document(doc: dict[str, Any], path: Path, *, ndjson: bool = False) -> Path:
+    """Serialise a Dataset-JSON document: JSON (indented), or NDJSON (metadata line, then a line per row)."""
     with atomic_path(path) as tmp, open(tmp, "wb") as fh:
         if ndjson:
-            rows = doc.pop("rows")
-            fh.write(orjson.dumps(doc) + b"\n")
-            for row in rows:
-                fh.write(orjson.dumps(row) + b"\n")
+            meta = {k: v for k, v in doc.items() if k != "rows"}
+            fh.write(orjson.dumps(meta) + b"\n")
+            fh.writelines(orjson.dumps(row) + b"\n" for row in doc.get("rows", ()))
         else:
             fh.write(orjson.dumps(doc, option=orjson.OPT_INDENT_2) + b"\n")
     return path

@@ -10,17 +10,14 @@ other forms are listed in ``Dataset.other_forms``.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import orjson
 import pandas as pd
 
 from ..errors import InputError
-from ..safeio import atomic_path
-from ..sdtm.datasetjson import NUMERIC_TYPES, creation_datetime
+from ..sdtm.datasetjson import NUMERIC_TYPES, creation_datetime, dataset_json_cell, write_document
 from ..sdtm.files import ColumnMeta, find_datasets, read_dataset_file
 from ..sdtm.metadata import Domain, load_domain
 from ..sdtm.xpt import SAS_DATE_FORMATS, XptColumn, XptMeta
@@ -131,20 +128,6 @@ def load_folder(folder: Path) -> dict[str, Dataset]:
 
 
 # ------------------------------------------------------------------ writing any dataset
-def _cell(value: Any, numeric: bool, integer: bool) -> Any:
-    if value is None or value is pd.NA or value is pd.NaT or (
-            isinstance(value, float) and math.isnan(value)):
-        return None if numeric else ""
-    if numeric:
-        f = float(value)
-        if integer or (f.is_integer() and abs(f) < 2**53):
-            return int(f)
-        return f
-    if hasattr(value, "isoformat"):
-        return value.isoformat()
-    return str(value)
-
-
 def dataset_json_document(ds: Dataset, *, study_oid: str | None = None,
                           metadata_version_oid: str | None = None) -> dict[str, Any]:
     """A Dataset-JSON 1.1 document for any dataset, keeping the column metadata it was read with."""
@@ -152,7 +135,7 @@ def dataset_json_document(ds: Dataset, *, study_oid: str | None = None,
     kinds = [(c.data_type in NUMERIC_TYPES, c.data_type == "integer") for c in ds.columns]
     frame = ds.frame.reindex(columns=[c.name for c in ds.columns])
     for rec in frame.itertuples(index=False, name=None):
-        rows.append([_cell(v, n, i) for v, (n, i) in zip(rec, kinds, strict=True)])
+        rows.append([dataset_json_cell(v, n, i) for v, (n, i) in zip(rec, kinds, strict=True)])
     columns = []
     for c in ds.columns:
         col: dict[str, Any] = {"itemOID": f"IT.{ds.name}.{c.name}", "name": c.name, "label": c.label,
@@ -187,16 +170,7 @@ def dataset_json_document(ds: Dataset, *, study_oid: str | None = None,
 
 def write_dataset_json_any(ds: Dataset, path: Path, *, ndjson: bool = False,
                            study_oid: str | None = None) -> Path:
-    doc = dataset_json_document(ds, study_oid=study_oid)
-    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
-        if ndjson:
-            rows = doc.pop("rows")
-            fh.write(orjson.dumps(doc) + b"\n")
-            for row in rows:
-                fh.write(orjson.dumps(row) + b"\n")
-        else:
-            fh.write(orjson.dumps(doc, option=orjson.OPT_INDENT_2) + b"\n")
-    return path
+    return write_document(dataset_json_document(ds, study_oid=study_oid), path, ndjson=ndjson)
 
 
 def xpt_meta(ds: Dataset) -> XptMeta:

@@ -2,15 +2,33 @@
 
 ``run_roundtrip(input, workdir)`` converts an SDTM folder to FHIR (:mod:`trialbridge.fhir.subject_writer`),
 back to SDTM with the FHIR -> SDTM engine (``trialbridge.subject.pipeline.convert_subjects``), reads both
-sides with :mod:`trialbridge.sdtm.reader`, aligns records on their keys (USUBJID + --SEQ; DM on USUBJID;
-SV on USUBJID + VISITNUM) and counts per variable: values equal, changed, lost (present before, empty
-after). A variable whose changes or losses are named by an issue of either conversion report is
-"explained". No subject values are shown unless ``include_values``.
+sides with :mod:`trialbridge.sdtm.reader` and aligns the records *through the FHIR resource* that carried
+them, so the comparison never depends on how --SEQ is numbered:
+
+* source row -> the id the writer gives its resource (ids are derived from STUDYID/USUBJID/domain/--SEQ,
+  DM -> Patient, SV -> Encounter by VISITNUM; :func:`writer_id`);
+* result row -> the resource it came from, in ``<dom>.provenance.csv`` (same row order as the dataset);
+* DS records are ResearchSubject.progress items: aligned on (ResearchSubject, DSSEQ carried in the
+  item's ``sdtm`` extension).
+
+Per mapped variable: values present in the source, equal, changed, lost (empty or no record after),
+and which report entries explain the differences. A difference is *explained* when an issue of either
+report names the variable (``DOM.VAR`` source/target, the variable as target, or rule ``dom.VAR``), or
+names the record (``ResourceType/id`` of the resource, ``USUBJID/--SEQ`` of the source row). Fills by
+the project extension (rule ``subject.sdtm-ext``) explain nothing. Values shown only with
+``include_values``.
+
+*Mapped variables*: every variable of a compared domain the SDTM -> FHIR spec maps to an element or
+carries in the ``sdtm`` extension, i.e. all but: STUDYID and DOMAIN (constant keys), --SEQ (renumbered by
+the engine by design; alignment goes through the resource, see above) and the derived variables the
+writer declares lossy (``derived:`` in mappings/fhir_subject/<dom>.yaml: --DY, VISITDY), which are
+still listed (``declared lossy``) but do not count towards the bar.
 """
 
 from __future__ import annotations
 
 import sys
+from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
@@ -19,10 +37,35 @@ from typing import Any
 import click
 import pandas as pd
 
-from .report import ConversionReport
+from .report import ConversionReport, Kind
 from .sdtm.reader import read_sdtm_folder
 
 COMPARED = ("DM", "SV", "DS", "AE", "CM", "EX", "MH", "PR", "VS", "LB")
+NOT_COMPARED = {"STUDYID": "constant key", "DOMAIN": "constant key"}
+#: rules whose *inferred* entries record a fill, not a difference
+NOT_AN_EXPLANATION = frozenset({"subject.sdtm-ext"})
+
+
+def _rule_targets() -> dict[str, set[str]]:
+    """Rule id -> the variables it writes (FHIR -> SDTM specs mappings/subject/*.yaml) or reads
+    (SDTM -> FHIR specs mappings/fhir_subject/*.yaml), so a report entry naming a rule explains them."""
+    from .specs import load_spec
+    out: dict[str, set[str]] = defaultdict(set)
+    for folder, key in (("subject", "target"), ("fhir_subject", "source")):
+        root = Path(__file__).resolve().parent.parent / "mappings" / folder
+        for f in sorted(root.glob("*.yaml")):
+            try:
+                spec = load_spec(f"{folder}/{f.name}")
+            except Exception:       # noqa: BLE001  (a spec that does not load is the spec lint's business)
+                continue
+            for r in spec.get("rules") or ():
+                if not isinstance(r, dict) or "id" not in r:
+                    continue
+                t = r.get(key)
+                for v in (t if isinstance(t, list) else [t]):
+                    if isinstance(v, str):
+                        out[str(r["id"])].add(v)
+    return out
 
 
 @dataclass
@@ -33,6 +76,8 @@ class VariableFidelity:
     equal: int = 0
     changed: int = 0
     lost: int = 0
+    unexplained: int = 0
+    mapped: bool = True                     # False: declared lossy / excluded, not held to the bar
     examples: list[tuple[Any, Any]] = field(default_factory=list)
     explained_by: list[str] = field(default_factory=list)
 
@@ -45,55 +90,187 @@ class VariableFidelity:
 class FidelityTable:
     rows: list[VariableFidelity]
     missing_domains: list[str]
+    records: dict[str, tuple[int, int, int]] = field(default_factory=dict)  # dom -> (source, aligned, extra)
+    excluded: dict[str, str] = field(default_factory=dict)                  # DOM.VAR -> why
+
+    def domain_summary(self) -> dict[str, dict[str, Any]]:
+        out: dict[str, dict[str, Any]] = {}
+        for r in self.rows:
+            if not r.mapped:
+                continue
+            d = out.setdefault(r.domain, {"variables": 0, "values": 0, "equal": 0, "min": 1.0, "minVar": ""})
+            d["variables"] += 1
+            d["values"] += r.values
+            d["equal"] += r.equal
+            if r.ratio < d["min"]:
+                d["min"], d["minVar"] = r.ratio, r.variable
+        return out
 
     def lines(self) -> list[str]:
         out = [f"{'domain':6} {'variable':9} {'values':>7} {'equal':>7} {'changed':>7} {'lost':>6} "
-               f"{'equal%':>7}  explained by"]
+               f"{'equal%':>7} {'unexpl':>6}  explained by"]
         for r in self.rows:
+            note = "; ".join(r.explained_by) if r.explained_by else ""
+            tag = "" if r.mapped else "  [declared lossy: not held to the bar]"
             out.append(f"{r.domain:6} {r.variable:9} {r.values:7d} {r.equal:7d} {r.changed:7d} {r.lost:6d} "
-                       f"{100 * r.ratio:6.2f}%  {'; '.join(r.explained_by)[:80]}")
-        for d in self.missing_domains:
-            out.append(f"{d:6} (domain not produced by FHIR -> SDTM)")
+                       f"{100 * r.ratio:6.2f}% {r.unexplained:6d}  {note[:100]}{tag}")
+        out.append("")
+        out.append(f"{'domain':6} {'records':>8} {'aligned':>8} {'extra':>6} {'vars':>5} {'values':>8} "
+                   f"{'equal%':>7}  lowest variable")
+        for dom, d in self.domain_summary().items():
+            src, aligned, extra = self.records.get(dom, (0, 0, 0))
+            pct = 100 * d["equal"] / d["values"] if d["values"] else 100.0
+            out.append(f"{dom:6} {src:8d} {aligned:8d} {extra:6d} {d['variables']:5d} {d['values']:8d} "
+                       f"{pct:6.2f}%  {d['minVar']} {100 * d['min']:.2f}%")
+        for dom in self.missing_domains:
+            out.append(f"{dom:6} (domain not produced by FHIR -> SDTM)")
         return out
 
     def to_json(self) -> dict[str, Any]:
         return {"variables": [{k: v for k, v in r.__dict__.items() if k != "examples" or v}
                               | {"ratio": round(r.ratio, 6)} for r in self.rows],
+                "domains": self.domain_summary(),
+                "records": {d: {"source": s, "aligned": a, "extra": e} for d, (s, a, e) in self.records.items()},
+                "excluded": self.excluded,
                 "missingDomains": self.missing_domains}
 
 
-def _keys(domain: str, df: pd.DataFrame) -> list[str]:
+# ----------------------------------------------------------------------------- alignment
+def writer_id(domain: str, df: pd.DataFrame, studyid: str) -> list[str | None]:
+    """The id :mod:`trialbridge.fhir.subject_writer` gives the resource of each source row."""
+    from .fhir import subject_terms as T
+    from .fhir.subject_writer import _PREFIX
+
+    st = [s if isinstance(s, str) and s else studyid for s in df.get("STUDYID", pd.Series([None] * len(df)))]
+    us = df["USUBJID"].tolist()
     if domain == "DM":
-        return ["USUBJID"]
+        return [T.make_id("pat", T.slug(a), T.slug(u)) for a, u in zip(st, us, strict=True)]
     if domain == "SV":
-        return ["USUBJID", "VISITNUM"]
-    return ["USUBJID", f"{domain}SEQ"]
+        vis = [T.num_text(v) or "" for v in df["VISITNUM"].tolist()]
+        pairs = pd.Series([f"{u}\x00{v}" for u, v in zip(us, vis, strict=True)])
+        rep = pairs.duplicated(keep=False).tolist()
+        starts = df["SVSTDTC"].tolist() if "SVSTDTC" in df else [None] * len(df)
+        return [T.make_id("enc", T.slug(a), T.slug(u), v, *((T.slug(s or "none"),) if r else ()))
+                for a, u, v, r, s in zip(st, us, vis, rep, starts, strict=True)]
+    if domain == "DS":
+        return [f"{T.make_id('rsub', T.slug(a), T.slug(u))}|{T.num_text(q)}"
+                for a, u, q in zip(st, us, df["DSSEQ"].tolist(), strict=True)]
+    prefix = _PREFIX[domain][1]
+    out: list[str | None] = []
+    for a, u, q in zip(st, us, df[f"{domain}SEQ"].tolist(), strict=True):
+        rid = "-".join((prefix, T.slug(a), T.slug(u), T.num_text(q) or ""))
+        out.append(T.make_id(rid) if len(rid) > 64 else rid)
+    return out
+
+
+def result_id(domain: str, df: pd.DataFrame, sdtm_dir: Path) -> list[str | None]:
+    """The FHIR resource each result row came from (``<dom>.provenance.csv``, same row order)."""
+    from .fhir import subject_terms as T
+    path = sdtm_dir / f"{domain.lower()}.provenance.csv"
+    if not path.exists():
+        return [None] * len(df)
+    prov = pd.read_csv(path, dtype=str, keep_default_na=False)
+    if len(prov) != len(df) or (prov["USUBJID"].to_numpy() != df["USUBJID"].astype(str).to_numpy()).any():
+        raise RuntimeError(f"{path.name} does not follow the rows of the {domain} dataset")
+    ids = prov["src_id"].tolist()
+    if domain == "DS":
+        return [f"{i}|{T.num_text(q)}" for i, q in zip(ids, df["DSSEQ"].tolist(), strict=True)]
+    return ids
 
 
 def _norm(v: Any) -> Any:
-    if v is None or (isinstance(v, float) and v != v):
+    if v is None or (isinstance(v, float) and v != v) or v is pd.NA:
         return None
     if isinstance(v, float):
         return round(v, 9)
     if isinstance(v, str):
+        t = v.strip()
+        if not t:
+            return None
         try:
-            return round(float(v), 9) if v.strip() and v.strip()[0] in "-.0123456789" else v
+            return round(float(t), 9) if t[0] in "-.0123456789" else v
         except ValueError:
             return v
     return v
 
 
-def compare_domain(domain: str, a: pd.DataFrame, b: pd.DataFrame, reports: list[ConversionReport], *,
-                   include_values: bool = False) -> list[VariableFidelity]:
-    keys = _keys(domain, a)
-    if not all(k in a.columns and k in b.columns for k in keys):
-        return []
-    ka = a.assign(_k=a[keys].astype(str).agg("|".join, axis=1)).drop_duplicates("_k").set_index("_k")
-    kb = b.assign(_k=b[keys].astype(str).agg("|".join, axis=1)).drop_duplicates("_k").set_index("_k")
-    kb = kb.reindex(ka.index)
+class _Explainer:
+    """Which report entries explain a difference in a variable, or a whole record."""
+
+    def __init__(self, reports: list[ConversionReport]) -> None:
+        self.by_var: dict[tuple[str, str], list[str]] = defaultdict(list)
+        self.by_dom_var: dict[str, list[str]] = defaultdict(list)   # target 'VAR' with no domain
+        self.records: dict[str, str] = {}
+        self.summaries: dict[str, str] = {}      # domain -> 'N more <dom> resources ...' entry
+        self.fhir: dict[str, list[str]] = defaultdict(list)   # 'Type.element' -> entries
+        targets = _rule_targets()
+        for n, rep in enumerate(reports):
+            for issue in rep.issues:
+                if issue.rule in NOT_AN_EXPLANATION and issue.kind == Kind.INFERRED:
+                    continue
+                label = f"{issue.kind.value}[{issue.rule or issue.source or '-'}]: {issue.message[:70]}"
+                # record-level: only the FHIR -> SDTM engine names each record it drops (ResourceType/id)
+                if issue.record and n == len(reports) - 1 and issue.kind != Kind.INFERRED:
+                    self.records.setdefault(issue.record, label)
+                if " more " in issue.message and " resources with the same problem" in issue.message:
+                    self.summaries.setdefault(issue.message.split(" more ")[1].split(" ")[0], label)
+                for v in targets.get(issue.rule or "", ()):
+                    dom = (issue.rule or "").split("-")[1] if (issue.rule or "").startswith("SDTM2FHIR-") \
+                        else (issue.rule or "").split(".")[0].upper()
+                    self.by_var[(dom, v)].append(label)
+                for ref in (issue.source, issue.target):
+                    if ref and ref[:1].isupper() and not ref.split(".", 1)[0].isupper():
+                        self.fhir[ref].append(label)
+                    if ref and "." in ref and ref.split(".", 1)[0].isupper():
+                        dom, var = ref.split(".", 1)
+                        self.by_var[(dom, var)].append(label)
+                    elif ref and ref.isupper():
+                        self.by_dom_var[ref].append(label)
+                if issue.rule and "." in issue.rule:
+                    dom, var = issue.rule.split(".", 1)
+                    if var.isupper():
+                        self.by_var[(dom.upper(), var)].append(label)
+
+    def variable(self, domain: str, var: str) -> list[str]:
+        return list(dict.fromkeys(self.by_var.get((domain, var), []) + self.by_dom_var.get(var, [])))
+
+    def element(self, rtype: str, path: str) -> list[str]:
+        """Entries whose FHIR source/target names the element (any R4/R5 spelling of ``path``):
+        ``Observation.effectiveDateTime``, ``Quantity.code`` for any ``*Quantity.code``..."""
+        out = []
+        for alt in path.split("|"):
+            head, leaf = alt.split(".")[0], alt.split(".")[-1]
+            for ref, labels in self.fhir.items():
+                t, _, rest = ref.partition(".")
+                if (t == rtype and rest.split(".")[0].startswith(head.rstrip("[x]"))) or \
+                        (t == "Quantity" and "Quantity" in alt and rest == leaf):
+                    out += labels
+        return list(dict.fromkeys(out))[:2]
+
+    def record(self, domain: str, key: str) -> str | None:
+        return self.records.get(key) or self.summaries.get(domain)
+
+
+def compare_domain(domain: str, a: pd.DataFrame, b: pd.DataFrame | None, explain: _Explainer, *,
+                   a_ids: list[str | None], b_ids: list[str | None], rtype: str,
+                   include_values: bool = False) -> tuple[list[VariableFidelity], tuple[int, int, int]]:
+    from .fhir.subject_writer import derived_variables
+    derived = derived_variables(domain)
+    ka = a.assign(_k=a_ids).drop_duplicates("_k").set_index("_k")
+    if b is None:
+        b = pd.DataFrame(columns=a.columns)
+        b_ids = []
+    kb_all = b.assign(_k=b_ids)
+    extra = int(kb_all["_k"].duplicated().sum()) + int((~kb_all["_k"].isin(ka.index)).sum())
+    kb = kb_all.drop_duplicates("_k").set_index("_k").reindex(ka.index)
+    aligned = int(ka.index.isin(kb_all["_k"]).sum())
+    row_present = pd.Series(ka.index.isin(kb_all["_k"]), index=ka.index)
+    # record-level explanations of source rows with no result row
+    rec_expl = pd.Series([None if ok else explain.record(domain, f"{rtype}/{str(i).split('|')[0]}")
+                          for i, ok in zip(ka.index, row_present, strict=True)], index=ka.index, dtype=object)
     out = []
     for var in a.columns:
-        if var in keys or var in ("STUDYID", "DOMAIN"):
+        if var in NOT_COMPARED or var == f"{domain}SEQ":
             continue
         va = ka[var].map(_norm)
         vb = kb[var].map(_norm) if var in kb.columns else pd.Series([None] * len(ka), index=ka.index)
@@ -103,28 +280,63 @@ def compare_domain(domain: str, a: pd.DataFrame, b: pd.DataFrame, reports: list[
             continue
         eq = present & vb.notna() & (va.astype(object) == vb.astype(object))
         lost = present & vb.isna()
-        fid = VariableFidelity(domain, var, n, int(eq.sum()), int((present & ~eq & ~lost).sum()), int(lost.sum()))
+        fid = VariableFidelity(domain, var, n, int(eq.sum()), int((present & ~eq & ~lost).sum()),
+                               int(lost.sum()), mapped=var not in derived)
+        bad = present & ~eq
         if include_values:
-            bad = present & ~eq
             fid.examples = list(zip(va[bad].head(3).tolist(), vb[bad].head(3).tolist(), strict=False))
-        if fid.changed or fid.lost:
-            for rep in reports:
-                for issue in rep.issues:
-                    src, tgt = issue.source or "", issue.target or ""
-                    if src in (f"{domain}.{var}", var) or tgt.endswith(f"{domain}.{var}") or tgt == var:
-                        fid.explained_by.append(f"{issue.kind.value}: {issue.message[:60]}")
-                        break
+        if bad.any():
+            # a value of a record that did not come back: the entry dropping the record explains it;
+            # a value that changed or went missing in a record that came back: an entry on the variable
+            gone = bad & ~row_present
+            by_row = rec_expl[gone]
+            var_expl = explain.variable(domain, var)
+            here = int((bad & row_present).sum())
+            fid.unexplained = int(by_row.isna().sum()) + (0 if var_expl else here)
+            fid.explained_by = (var_expl if here else []) + sorted(set(by_row.dropna()))[:1]
         out.append(fid)
-    return out
+    return out, (len(ka), aligned, extra)
+
+
+_RTYPE = {"DM": "Patient", "SV": "Encounter", "DS": "ResearchSubject", "AE": "AdverseEvent",
+          "CM": "MedicationStatement", "EX": "MedicationAdministration", "MH": "Condition",
+          "PR": "Procedure", "VS": "Observation", "LB": "Observation"}
+
+
+def compare_folders(input: Path, sdtm_dir: Path, reports: list[ConversionReport], *,
+                    include_values: bool = False) -> FidelityTable:
+    a = read_sdtm_folder(input, datasets=set(COMPARED))
+    b = read_sdtm_folder(sdtm_dir, datasets=set(COMPARED))
+    studyid = next((s for s in a.frames["DM"]["STUDYID"].tolist() if s), "") if "DM" in a.frames else ""
+    explain = _Explainer(reports)
+    rows: list[VariableFidelity] = []
+    missing, records = [], {}
+    excluded = dict(NOT_COMPARED)
+    for dom in COMPARED:
+        if dom not in a.frames:
+            continue
+        fa = a.frames[dom]
+        fb = b.frames.get(dom)
+        if fb is None:
+            missing.append(dom)
+        excluded[f"{dom}SEQ"] = "renumbered by FHIR -> SDTM by design; records align through the resource"
+        b_ids = result_id(dom, fb, sdtm_dir) if fb is not None else []
+        got, rec = compare_domain(dom, fa, fb, explain, a_ids=writer_id(dom, fa, studyid), b_ids=b_ids,
+                                  rtype=_RTYPE[dom], include_values=include_values)
+        rows.extend(got)
+        records[dom] = rec
+    from .fhir.subject_writer import derived_variables
+    for dom in COMPARED:
+        for var in sorted(derived_variables(dom)):
+            excluded[f"{dom}.{var}"] = "derived: not carried to FHIR, recomputed; declared lossy by the writer"
+    return FidelityTable(rows, missing, records, excluded)
 
 
 def run_roundtrip(input: Path, workdir: Path, *, fhir_version: str = "R5", default_tz: str | None = None,
                   include_values: bool = False) -> tuple[FidelityTable, ConversionReport, ConversionReport]:
     from .fhir.subject_writer import convert_sdtm_to_fhir
-    try:
-        from .subject.pipeline import convert_subjects
-    except ImportError as exc:   # pragma: no cover - the FHIR -> SDTM engine is another module
-        raise RuntimeError(f"FHIR -> SDTM engine not available ({exc})") from None
+    from .pipeline import Options
+    from .subject.pipeline import convert_subjects
     fwd = ConversionReport(include_values=include_values)
     extra: dict[str, Any] = {"ndjson": True}
     if default_tz:
@@ -134,21 +346,8 @@ def run_roundtrip(input: Path, workdir: Path, *, fhir_version: str = "R5", defau
                                                                            extra=extra), report=fwd)
     back = ConversionReport(include_values=include_values)
     sdtm_dir = workdir / "sdtm"
-    from .pipeline import Options
     convert_subjects(paths, sdtm_dir, options=Options(fhir_version=fhir_version), report=back)
-    a = read_sdtm_folder(input, datasets=set(COMPARED))
-    b = read_sdtm_folder(sdtm_dir, datasets=set(COMPARED))
-    rows: list[VariableFidelity] = []
-    missing = []
-    for dom in COMPARED:
-        if dom not in a.frames:
-            continue
-        if dom not in b.frames:
-            missing.append(dom)
-            continue
-        rows.extend(compare_domain(dom, a.frames[dom], b.frames[dom], [fwd, back],
-                                   include_values=include_values))
-    table = FidelityTable(rows, missing)
+    table = compare_folders(input, sdtm_dir, [fwd, back], include_values=include_values)
     fwd.extra["roundtrip"] = table.to_json()
     return table, fwd, back
 
@@ -171,3 +370,120 @@ def roundtrip_command(input: Path, workdir: Path, fhir_version: str, default_tz:
     write_json_atomic(workdir / "roundtrip.json", {"fidelity": table.to_json(), "forward": fwd.to_json(),
                                                    "back": back.to_json()})
     sys.exit(0)
+
+
+# ----------------------------------------------------------------------------- FHIR -> SDTM -> FHIR
+def _get(res: dict[str, Any], path: str) -> Any:
+    """A dotted path; a list step takes its first item; ``a|b`` tries alternatives (R4/R5 names);
+    ``key=system`` picks the coding of that system."""
+    for alt in path.split("|"):
+        node: Any = res
+        for step in alt.split("."):
+            if isinstance(node, list):
+                node = node[0] if node else None
+            if "=" in step:          # coding[system=...]: the coding of that system
+                key, system = step.split("=", 1)
+                node = next((c for c in (node or {}).get(key) or () if isinstance(c, dict)
+                             and c.get("system") == system), None)
+                continue
+            node = node.get(step) if isinstance(node, dict) else None
+        if isinstance(node, list):
+            node = node[0] if node else None
+        if node is not None:
+            return node
+    return None
+
+
+def _dt(v: Any) -> Any:
+    """FHIR date/dateTime as SDTM keeps it: local clock time, no zone, no fractions."""
+    return v[:19] if isinstance(v, str) else v
+
+
+#: FHIR -> SDTM -> FHIR: per resource type, the element paths the FHIR -> SDTM specs map and the
+#: SDTM -> FHIR writer writes back (R4 spellings first, R5 second), each with its normaliser
+FHIR_ELEMENTS: dict[str, list[tuple[str, Any]]] = {
+    "Patient": [("gender", None), ("birthDate", None)],
+    "Encounter": [("period.start|actualPeriod.start", _dt), ("period.end|actualPeriod.end", _dt)],
+    "Observation": [("valueQuantity.value", None),
+                    ("valueQuantity.code", None), ("effectiveDateTime", _dt),
+                    ("referenceRange.low.value", None), ("referenceRange.high.value", None)],
+    "AdverseEvent": [("event.text|code.text", None), ("date|occurrenceDateTime|occurrencePeriod.start", _dt)],
+    "Condition": [("code.text", None), ("onsetDateTime", _dt)],
+    "MedicationStatement": [("medicationCodeableConcept.text|medication.concept.text", None),
+                            ("effectivePeriod.start|effectiveDateTime", _dt)],
+    "MedicationAdministration": [("effectivePeriod.start|effectiveDateTime|occurencePeriod.start", _dt),
+                                 ("dosage.dose.value", None)],
+}
+
+
+def run_fhir_roundtrip(inputs: list[Path], workdir: Path, *, study: Path | None = None,
+                       fhir_version: str = "R4") -> tuple[FidelityTable, ConversionReport, ConversionReport]:
+    """FHIR -> SDTM (engine) -> FHIR (writer); the elements of :data:`FHIR_ELEMENTS` compared per
+    resource, aligned through ``<dom>.provenance.csv`` (source resource) and :func:`writer_id`
+    (the resource written back for that SDTM row)."""
+    import orjson
+
+    from .fhir.subject_writer import convert_sdtm_to_fhir
+    from .pipeline import Options, load_study
+    from .subject.pipeline import convert_subjects
+    from .subject.reader import iter_resources
+    back = ConversionReport()
+    sdtm_dir = workdir / "sdtm"
+    st = load_study(study, back) if study else None
+    convert_subjects(inputs, sdtm_dir, options=Options(fhir_version=fhir_version, study=st), report=back)
+    fwd = ConversionReport()
+    paths = convert_sdtm_to_fhir(sdtm_dir, workdir / "fhir", options=SimpleNamespace(
+        fhir_version=fhir_version, extra={"ndjson": True}), report=fwd)
+    original = {(it.resource["resourceType"], it.resource.get("id")): it.resource
+                for it in iter_resources(inputs, types=set(FHIR_ELEMENTS))}
+    written: dict[tuple[str, str], dict[str, Any]] = {}
+    for p in paths:
+        for line in p.read_bytes().splitlines():
+            if line:
+                r = orjson.loads(line)
+                written[(r["resourceType"], r["id"])] = r
+    sdtm = read_sdtm_folder(sdtm_dir, datasets=set(COMPARED))
+    studyid = next((s for s in sdtm.frames["DM"]["STUDYID"].tolist() if s), "")
+    pairs: dict[str, list[tuple[dict[str, Any], dict[str, Any] | None]]] = defaultdict(list)
+    seen: set[tuple[str, str]] = set()
+    for dom, df in sdtm.frames.items():
+        prov_path = sdtm_dir / f"{dom.lower()}.provenance.csv"
+        if dom == "DS" or not prov_path.exists():
+            continue
+        prov = pd.read_csv(prov_path, dtype=str, keep_default_na=False)
+        new_ids = writer_id(dom, df, studyid)
+        new_type = _RTYPE[dom]
+        for t, i, nid in zip(prov["src_type"], prov["src_id"], new_ids, strict=True):
+            if (t, i) in seen or (t, i) not in original:
+                continue
+            seen.add((t, i))
+            pairs[t].append((original[(t, i)], written.get((new_type, nid or ""))))
+    explain = _Explainer([back, fwd])
+    rows: list[VariableFidelity] = []
+    records: dict[str, tuple[int, int, int]] = {}
+    for rtype, elements in FHIR_ELEMENTS.items():
+        total = sum(1 for k in original if k[0] == rtype)
+        got = pairs.get(rtype, [])
+        records[rtype] = (total, len(got), 0)
+        for path, norm in elements:
+            fid = VariableFidelity(rtype, path.split("|")[0])
+            for a, b in got:
+                va = _get(a, path)
+                if va is None:
+                    continue
+                vb = _get(b, path) if b is not None else None
+                if norm:
+                    va, vb = norm(va), norm(vb)
+                fid.values += 1
+                if vb is None:
+                    fid.lost += 1
+                elif _norm(va) == _norm(vb) or str(va) == str(vb):
+                    fid.equal += 1
+                else:
+                    fid.changed += 1
+            if fid.values:
+                if fid.changed or fid.lost:
+                    fid.explained_by = explain.element(rtype, path)
+                    fid.unexplained = 0 if fid.explained_by else fid.changed + fid.lost
+                rows.append(fid)
+    return FidelityTable(rows, [], records, {}), back, fwd

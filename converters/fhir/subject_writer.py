@@ -614,7 +614,7 @@ def build_ae(df: pd.DataFrame, ctx: Ctx, path: Path | str) -> Iterator[tuple[str
         # codes missing from a table stay in the sdtm extension (never guessed, never dropped)
         lost = [{"url": c, "valueString": raw[c][i]} for c, m in (("AESER", ser), ("AEOUT", out),
                                                                    ("AESEV", sev))
-                if raw[c][i] is not None and m[i] is None and not (c == "AESEV" and ctx.r5)]
+                if raw[c][i] is not None and m[i] is None]   # R5 has no AdverseEvent.severity
         if lost:
             extra = _merge_sdtm(extra, lost)
         if not ctx.r5 and (en[i] is not None or en_o[i] is not None):

@@ -4,11 +4,16 @@ The rules are written as decisions in ``mappings/subject/dm.yaml`` (rule ids ``d
 ``dm.SITEID``, ``dm.ARMCD``, ``dm.RFSTDTC``, ``dm.RFICDTC``); this module is their named code.
 Privacy: a Patient's medical record number is used as SUBJID only with ``--expose-mrn``; otherwise a
 keyed hash. Identifier values never go into report messages.
+
+Project identifiers (rule ``dm.USUBJID``): FHIR written by trialbridge from SDTM names its keys in the
+project's naming systems (``<base>/sid/usubjid`` on Patient, ``/subjid`` on ResearchSubject,
+``/studyid`` on ResearchStudy). Those are study identifiers, not medical record numbers: a Patient
+identifier in the usubjid system *is* the USUBJID, a ResearchSubject identifier in the subjid system
+the SUBJID (:func:`apply_project_identifiers`).
 """
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 import pandas as pd
@@ -30,9 +35,27 @@ def _is_mrn(ident: dict[str, Any]) -> bool:
                                        for c in t.get("coding") or ())
 
 
+def project_sid(name: str) -> str:
+    """The project's naming system ``name`` (usubjid, subjid, studyid, aeseq ...)."""
+    from ..fhir.subject_terms import SID
+    return f"{SID}/{name}"
+
+
+def project_identifier(res: dict[str, Any] | None, name: str) -> str | None:
+    """The value of ``res``'s identifier in the project naming system ``name``, or None."""
+    system = project_sid(name)
+    for i in _ident_values(res):
+        if i.get("system") == system:
+            return str(i["value"])
+    return None
+
+
 @transform("subject_id")
 def subject_id_of(patient: dict[str, Any], rs: dict[str, Any] | None, ctx: Ctx) -> str:
     """SUBJID (rule dm.SUBJID)."""
+    own = project_identifier(rs, "subjid")
+    if own:
+        return own
     ids = _ident_values(rs)
     if ids:
         return str(ids[0]["value"])
@@ -48,6 +71,33 @@ def subject_id_of(patient: dict[str, Any], rs: dict[str, Any] | None, ctx: Ctx) 
     ctx.once("subjid-hash", Kind.INFERRED, "SUBJID is a keyed hash (HMAC-SHA256) of the Patient "
              "identifier: no ResearchSubject identifier in the input", rule="dm.SUBJID", target="SUBJID")
     return ctx.hashed_id(basis)
+
+
+@transform("project_identifiers")
+def apply_project_identifiers(ctx: Ctx) -> None:
+    """Rule dm.USUBJID, project identifiers: a Patient identifier in the project's usubjid naming
+    system is the USUBJID (instead of STUDYID-SUBJID). Applied to the subject index right after it is
+    built, before any domain is mapped; aliases follow. Two Patients giving the same USUBJID keep the
+    composed one (reported)."""
+    subj = ctx.subjects
+    if not len(subj):
+        return
+    patients = ctx.resources.get("Patient", {})
+    own = subj["_key"].map(lambda k: project_identifier(patients.get(k), "usubjid"))
+    if not own.notna().any():
+        return
+    new = own.where(own.notna(), subj["USUBJID"])
+    dup = new.duplicated(keep=False) & own.notna()
+    if dup.any():
+        ctx.report.add(Kind.ERROR, "Patients share a project usubjid identifier: USUBJID stays "
+                       "STUDYID-SUBJID for them", rule="dm.USUBJID", target="USUBJID",
+                       record=str(subj.loc[dup, "_key"].iloc[0]))
+        new = new.where(~dup, subj["USUBJID"])
+    rename = dict(zip(subj["USUBJID"], new, strict=True))
+    subj["USUBJID"] = new
+    ctx.subject_alias = {a: rename.get(u, u) for a, u in ctx.subject_alias.items()}
+    ctx.once("usubjid-project", Kind.INFERRED, "USUBJID is the Patient identifier in the project's usubjid "
+             "naming system (FHIR written by trialbridge from SDTM)", rule="dm.USUBJID", target="USUBJID")
 
 
 def _study_identifier(study: dict[str, Any] | None) -> str | None:

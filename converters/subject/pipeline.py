@@ -34,7 +34,7 @@ from ..safeio import atomic_path
 from ..sdtm.metadata import load_domain
 from ..sdtm.output import ChunkedDomainWriter, write_domain
 from ..specs import transform
-from . import base
+from . import base, sdtm_ext
 from .base import SRC_COLUMNS, Ctx, DomainPlugin
 from .reader import iter_chunks, iter_resources
 
@@ -73,6 +73,7 @@ def convert_subjects(inputs: list[Path], outdir: Path, *, options: Any,
         run.pass1(inputs)
         ctx.studyid = decide_studyid(getattr(options, "studyid", None), ctx)
         build_subject_index(ctx)
+        run.plugins = sdtm_ext.attach(run.plugins, inputs, ctx)   # project ids and extensions
         build_visit_index(ctx)
         run.map_collected()
         run.pass2(inputs)

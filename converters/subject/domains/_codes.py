@@ -70,8 +70,16 @@ def first(value: Any) -> Any:
 
 
 def ident_value(res: dict[str, Any]) -> str | None:
-    ident = first(res.get("identifier"))
-    return str(ident["value"]) if isinstance(ident, dict) and ident.get("value") else None
+    """The first identifier value (--SPID), skipping the project's own naming systems (``<base>/sid/``:
+    the --SEQ/USUBJID keys trialbridge writes are not sponsor-defined identifiers)."""
+    from ...fhir.subject_terms import SID
+    idents = res.get("identifier")
+    for ident in idents if isinstance(idents, list) else [idents]:
+        if isinstance(ident, dict) and ident.get("value"):
+            if str(ident.get("system") or "").startswith(SID + "/"):
+                continue
+            return str(ident["value"])
+    return None
 
 
 def extension(res: dict[str, Any], url: str) -> list[dict[str, Any]]:

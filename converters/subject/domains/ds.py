@@ -16,17 +16,25 @@ import pandas as pd
 from ...report import Kind
 from ...sdtm.ct import pinned_ct
 from ..base import SRC_COLUMNS, Ctx, DomainPlugin, ref_of, register_domain
+from ..identity import project_sid
+from ..sdtm_ext import carried_values
 from . import _codes as C
 
 TABLE = "fhir_disposition.csv"
 R4_STATUS = "http://hl7.org/fhir/research-subject-status"
 R5_STATE = "http://terminology.hl7.org/CodeSystem/research-subject-state"
 TERMINAL = frozenset({"off-study", "withdrawn", "ineligible", "not-registered"})
+PROJECT_DSDECOD = project_sid("").replace("/sid/", "/CodeSystem/sdtm-DSDECOD")
 CATEGORY_OF = {"NCOMPLT": "DISPOSITION EVENT", "PROTMLST": "PROTOCOL MILESTONE", "OTHEVENT": "OTHER EVENT"}
 
 
 def _reason(codes: C.Codings) -> tuple[str | None, str | None]:
-    """(DSDECOD, DSCAT) for coded reasons: the table first, then NCIt C-codes in the DS codelists."""
+    """(DSDECOD, DSCAT) for coded reasons: the project's DSDECOD code system (the CDISC submission
+    value itself, written by trialbridge from DS; DSCAT then comes from the item), the table, then
+    NCIt C-codes in the DS codelists."""
+    for system, code in codes:
+        if system == PROJECT_DSDECOD:
+            return code, None
     idx = C.table_index(TABLE)
     for sc in codes:
         row = idx.get(sc) or idx.get(("state-change-reason", sc[1]) if not sc[0] else ("", ""))
@@ -57,8 +65,18 @@ def _progress(res: dict[str, Any]) -> list[dict[str, Any]]:
             sub = C.sub_ext(ext, name)
             if sub:
                 item[name] = sub[0].get("valueDateTime") or sub[0].get("valueDate")
+        item["extension"] = ext.get("extension")
         out.append(item)
     return out
+
+
+def _project_cat(item: dict[str, Any], reason: C.Codings) -> str | None:
+    """DSCAT of a progress item written by trialbridge whose DSCAT was not carried: its type says
+    Enrollment for a DISPOSITION EVENT (subject_writer.build_ds)."""
+    if not any(s == PROJECT_DSDECOD for s, _ in reason):
+        return None
+    kinds = {c for _, c in C.codings(item.get("type"))}
+    return "DISPOSITION EVENT" if "Enrollment" in kinds else None
 
 
 def extract_ds(res: dict[str, Any], ctx: Ctx) -> list[dict[str, Any]] | None:
@@ -78,8 +96,12 @@ def extract_ds(res: dict[str, Any], ctx: Ctx) -> list[dict[str, Any]] | None:
             state = st[0][1]
         reason = C.codings(p.get("reason"))
         if reason:
+            values, supp = carried_values(p.get("extension") or ())
             rows.append({"_subject": subject, "_codes": reason, "_term": C.text_of(p.get("reason")),
-                         "_date": p.get("startDate"), "_kind": "progress"})
+                         "_date": p.get("startDate"), "_kind": "progress",
+                         # SDTM values carried on the item (rule subject.sdtm-ext); DSCAT among them
+                         "_sdtm": {"values": values, "supp": supp} if values or supp else None,
+                         "_cat": values.get("DSCAT") or _project_cat(p, reason)})
     if res.get("progress") is None:           # R4
         state = res.get("status") if state is None else state
         per = res.get("period") or {}
@@ -95,6 +117,8 @@ def extract_ds(res: dict[str, Any], ctx: Ctx) -> list[dict[str, Any]] | None:
 def map_ds(cols: pd.DataFrame, ctx: Ctx) -> pd.DataFrame:
     dec = cols["_codes"].map(_reason)
     cols = cols.assign(DSDECOD=dec.map(lambda t: t[0]), DSCAT=dec.map(lambda t: t[1]))
+    if "_cat" in cols:
+        cols["DSCAT"] = cols["DSCAT"].where(cols["DSCAT"].notna(), cols["_cat"])
     keys = C.record_key(cols)
     # reasons coded but not found
     for i in cols.index[cols["DSDECOD"].isna() & cols["_kind"].eq("progress")]:
@@ -118,7 +142,7 @@ def map_ds(cols: pd.DataFrame, ctx: Ctx) -> pd.DataFrame:
     if not len(cols):
         return pd.DataFrame()
     out = pd.DataFrame(index=cols.index)
-    for v in ("STUDYID", "USUBJID", "_rfstdtc", "_rfendtc", *SRC_COLUMNS):
+    for v in ("STUDYID", "USUBJID", "_rfstdtc", "_rfendtc", "_sdtm", *SRC_COLUMNS):
         if v in cols:
             out[v] = cols[v]
     out["DSDECOD"] = cols["DSDECOD"]

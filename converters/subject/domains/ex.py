@@ -16,6 +16,7 @@ import pandas as pd
 
 from ...report import Kind
 from ..base import SRC_COLUMNS, Ctx, DomainPlugin, ref_of, register_domain
+from ..identity import project_identifier
 from . import _codes as C
 
 MED_TYPES = ("MedicationAdministration", "MedicationStatement", "MedicationRequest")
@@ -27,10 +28,15 @@ def extract_medication(res: dict[str, Any], ctx: Ctx) -> dict[str, Any] | None:
     rtype = res["resourceType"]
     concept, medres = C.medication_concept(res, ctx)
     names = C.study_drug_names(ctx)
-    if ctx.study is None:
+    # rule ex.project-ex: a MedicationAdministration with an identifier in the project's exseq naming
+    # system was written by trialbridge from an EX record: it is EX, EXTRT its medication text
+    project_ex = rtype == "MedicationAdministration" and project_identifier(res, "exseq") is not None
+    if ctx.study is None and not project_ex:
         ctx.once("ex.no-study", Kind.MISSING, "no study definition (--study): the study drug is unknown, "
                  "every medication goes to CM and EX is not derived", rule="ex.study-drug", target="EX")
     drug = C.study_drug_of(concept, names)
+    if project_ex and drug is None:
+        drug = C.text_of(concept)
     if rtype == "MedicationAdministration":
         start, end = C.period_or_datetime(res, "effective")
         if start is None:

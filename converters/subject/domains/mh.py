@@ -18,6 +18,7 @@ import pandas as pd
 
 from ...report import Kind
 from ..base import SRC_COLUMNS, Ctx, DomainPlugin, ref_of, register_domain
+from ..identity import project_identifier
 from . import _codes as C
 
 HISTORY_CATEGORIES = frozenset({"problem-list-item", "health-concern"})
@@ -40,6 +41,9 @@ def extract_condition(res: dict[str, Any], ctx: Ctx) -> dict[str, Any] | None:
     meddra = C.coding_in(res.get("code"), C.MEDDRA_SYSTEMS)
     return {"_subject": ref_of(res.get("subject")), "_encounter": ref_of(res.get("encounter")),
             "_key": key, "_history_cat": bool(cats & HISTORY_CATEGORIES), "_has_cat": bool(cats),
+            # rule mh.select: written by trialbridge from an MH record (identifier in the project's
+            # mhseq naming system): medical history by construction
+            "_project_mh": project_identifier(res, "mhseq") is not None,
             "MHTERM": text, "MHSPID": C.ident_value(res),
             "MHDECOD": meddra.get("display") if meddra else None,
             "_start": start, "_end": end, "_recorded": res.get("recordedDate"),
@@ -75,7 +79,7 @@ def map_mh(cols: pd.DataFrame, ctx: Ctx) -> pd.DataFrame:
     before = pd.Series([isinstance(s, str) and isinstance(r, str) and s[:len(r)] < r[:len(s)]
                         for s, r in zip(start, ref_start, strict=True)], index=cols.index)
     no_info = ~cols["_has_cat"] & start.isna()
-    is_mh = cols["_history_cat"] | before | no_info
+    is_mh = cols["_history_cat"] | before | no_info | cols["_project_mh"].astype(bool)
     if no_info.any():
         ctx.once("mh.no-info", Kind.INFERRED, "Condition with neither category nor onset taken as medical "
                  "history", rule="mh.select", target="MHTERM")

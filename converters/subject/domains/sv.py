@@ -11,6 +11,7 @@ import pandas as pd
 
 from ...report import Kind
 from ..base import SRC_COLUMNS, Ctx, DomainPlugin, ref_of, register_domain
+from ..identity import project_identifier
 from . import _codes as C
 
 ACT = "http://terminology.hl7.org/CodeSystem/v3-ActCode"
@@ -31,7 +32,17 @@ def extract_sv(res: dict[str, Any], ctx: Ctx) -> dict[str, Any] | None:
     reasons += [C.text_of(v) for r in res.get("reason") or () if isinstance(r, dict)
                 for v in r.get("value") or () if C.text_of(v)]
     rid = res.get("id")
+    own: dict[str, Any] | None = None
+    visitnum = project_identifier(res, "visitnum")
+    if visitnum is not None:
+        # FHIR written by trialbridge from SV: identifier = VISITNUM, type text = VISIT (rule
+        # subject.sdtm-ext: a carried SDTM value replaces the visit number inferred from the order)
+        try:
+            own = {"values": {"VISITNUM": float(visitnum), "VISIT": C.text_of(C.first(res.get("type")))}}
+        except ValueError:
+            own = None
     return {"_subject": ref_of(res.get("subject")), "_encounter": f"Encounter/{rid}" if rid else None,
+            "_sdtm": own,
             "_status": res.get("status"), "_start": per.get("start") if isinstance(per, dict) else None,
             "_end": per.get("end") if isinstance(per, dict) else None,
             "_unplanned": bool(classes & UNPLANNED_CLASSES), "_reason": reasons[0] if reasons else None}
@@ -43,7 +54,7 @@ def map_sv(cols: pd.DataFrame, ctx: Ctx) -> pd.DataFrame:
     if not len(cols):
         return pd.DataFrame()
     out = pd.DataFrame(index=cols.index)
-    for v in ("STUDYID", "USUBJID", "_rfstdtc", "_rfendtc", "VISITNUM", "VISIT", *SRC_COLUMNS):
+    for v in ("STUDYID", "USUBJID", "_rfstdtc", "_rfendtc", "VISITNUM", "VISIT", "_sdtm", *SRC_COLUMNS):
         if v in cols:
             out[v] = cols[v]
     missed = cols["_status"].eq("cancelled")

@@ -1,0 +1,164 @@
+"""Round trip modulo the report, on real data (issue 5, item 4).
+
+SDTM -> FHIR -> SDTM for the CDISC pilot (XPT, all rows of the mapped domains DM SV DS AE CM EX MH) and
+the MSG Dataset-JSON sample (all rows, with LB and VS); FHIR -> SDTM -> FHIR for the NCT04835883
+subject bundle. Each round trip runs once per module; its fidelity table is printed (``pytest -s``)
+and kept in the forward report's ``extra["roundtrip"]``.
+
+*Mapped variable*: every variable of a compared domain that the SDTM -> FHIR spec maps to a FHIR
+element or carries in the project's ``sdtm`` extension. Excluded, and why (also in
+``FidelityTable.excluded``):
+
+* STUDYID, DOMAIN: constant keys;
+* --SEQ: renumbered by FHIR -> SDTM by design; records are aligned through the FHIR resource that
+  carried them (provenance files), never on --SEQ;
+* --DY, --STDY, --ENDY, VISITDY: derived, not carried to FHIR and declared lossy by the writer
+  (``derived:`` in mappings/fhir_subject/<dom>.yaml); still printed, marked "declared lossy".
+
+The bar (>= 99 % equal per mapped variable) and "every difference explained by a report entry" are
+asserted as *exact sets*: the variables below the bar and the variables with unexplained
+differences must be precisely the ones listed here with their reason. A fix makes the test fail
+until its entry is removed; a regression fails at once. FHIR -> SDTM -> FHIR compares the element
+paths of ``trialbridge.roundtrip.FHIR_ELEMENTS`` (per resource type, the elements both specs map).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import SAMPLES
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+MSG = DATA / "dataset_json" / "examples" / "sdtm"
+PILOT = DATA / "sdtm" / "phuse_cdiscpilot01"
+BAR = 0.99
+
+_LB_LOINC = ("LB rows whose LBTESTCD has no single LOINC are written without LOINC; the engine's LB map "
+             "needs a LOINC (lb.LBTESTCD 'row not converted'); fix belongs to the Observation path")
+_ROUTE = "route written as text only; the engine maps route codings (no CDISC-text rule yet)"
+_DOSFRQ = "engine sets --DOSFRQ = ONCE per administration / maps timing codings only; text timing not read"
+_ARM = "R5 comparison group holds ARMCD; ARM/ACTARM come back as the group id (no ResearchStudy.comparisonGroup written)"
+_RFEND = "engine derives RFENDTC/RFXENDTC from EX (dm.RFSTDTC); ResearchSubject.period.end not read"
+_SCHEMA = "not a variable of that domain in schemas/sdtm: reported lossy by subject.sdtm-ext"
+_VS = "VS Observation path (vs.py/_findings.py, under speed work): not read yet"
+
+# (dataset, DOM.VAR) -> why it is below the bar
+BELOW_BAR: dict[tuple[str, str], str] = {
+    **{("msg", f"LB.{v}"): _LB_LOINC for v in (
+        "USUBJID", "EPOCH", "LBCAT", "LBDTC", "LBLOBXFL", "LBNRIND", "LBORNRHI", "LBORNRLO", "LBORRES",
+        "LBORRESU", "LBSTNRHI", "LBSTNRLO", "LBSTRESC", "LBSTRESN", "LBSTRESU", "LBTEST", "LBTESTCD",
+        "VISIT", "VISITNUM")},
+    **{("msg", f"VS.{v}"): _VS for v in ("VSLOC", "VSPOS", "VSSTRESC", "VSSTRESN", "VSTEST", "VSTESTCD")},
+    ("msg", "VS.VSREPNUM"): _SCHEMA, ("msg", "AE.AELNKID"): _SCHEMA, ("msg", "DS.DSLNKID"): _SCHEMA,
+    ("msg", "EX.SPDEVID"): _SCHEMA,
+    ("msg", "AE.AEENTPT"): "engine derives AEENTPT; carried value not preferred",
+    ("msg", "DM.RACE"): "RACE code not in sdtm_to_fhir_codes.csv: text kept, engine maps OMB codings only",
+    ("msg", "DM.ARMNRS"): "engine derives ARMNRS from the arm assignment",
+    **{(ds, f"DM.{v}"): _ARM for ds in ("msg", "pilot") for v in ("ARM", "ACTARM")},
+    **{("pilot", f"DM.{v}"): _ARM for v in ("ARMCD", "ACTARMCD")},
+    **{(ds, f"DM.{v}"): _RFEND for ds in ("msg", "pilot") for v in ("RFENDTC", "RFXENDTC")},
+    **{(ds, f"{d}.{d}ROUTE"): _ROUTE for ds in ("msg", "pilot") for d in ("CM", "EX")},
+    **{(ds, f"{d}.{d}DOSFRQ"): _DOSFRQ for ds in ("msg", "pilot") for d in ("CM", "EX")},
+    ("pilot", "AE.AEDTC"): "AdverseEvent.recordedDate not read by the engine",
+    ("pilot", "CM.CMDTC"): "MedicationStatement.dateAsserted not read by the engine",
+    ("pilot", "AE.AELLT"): "AELLT carried, but the engine maps MedDRA LLT from codings",
+    **{("pilot", f"CM.{v}"): _SCHEMA for v in ("VISIT", "VISITNUM")},
+    **{("pilot", f"MH.{v}"): _SCHEMA for v in ("MHLLT", "MHHLT", "MHHLGT")},
+    ("pilot", "MH.MHCAT"): "Condition.category text not read by the engine",
+    ("pilot", "MH.MHSEV"): "Condition.severity text not read by the engine",
+}
+
+# (dataset, DOM.VAR) with differences no report entry explains yet: silent losses to fix
+UNEXPLAINED: set[tuple[str, str]] = {
+    ("msg", "AE.AEENTPT"), ("msg", "DM.ARMNRS"),
+    *{(ds, f"{d}.{d}{v}") for ds in ("msg", "pilot") for d in ("CM", "EX") for v in ("ROUTE", "DOSFRQ")},
+    *{("msg", f"VS.{v}") for v in ("VSLOC", "VSPOS", "VSSTRESC", "VSSTRESN", "VSTEST", "VSTESTCD")},
+    ("pilot", "AE.AEDTC"), ("pilot", "AE.AELLT"), ("pilot", "CM.CMDTC"), ("pilot", "MH.MHCAT"),
+    ("pilot", "MH.MHSEV"),
+}
+
+FHIR_BELOW_BAR = {
+    "Encounter.period.start": "time without zone in SDTM: cut to the date (reported lossy, sdtm-dtc keeps it)",
+    "Encounter.period.end": "same",
+    "Observation.effectiveDateTime": "same",
+    "Observation.valueQuantity.code": "CDISC unit with no UCUM row in cdisc_unit_ucum.csv (reported)",
+    "AdverseEvent.date": "one AdverseEvent comes back as another record (to investigate)",
+    "AdverseEvent.event.text": "same",
+    "MedicationAdministration.effectivePeriod.start": "EX dates/doses (EXDOSE per administration) differ",
+    "MedicationAdministration.dosage.dose.value": "same",
+}
+FHIR_UNEXPLAINED = {"AdverseEvent.date", "AdverseEvent.event.text",
+                    "MedicationAdministration.effectivePeriod.start", "MedicationAdministration.dosage.dose.value"}
+
+
+def _run(name: str, folder: Path, tmp_path_factory: pytest.TempPathFactory) -> Any:
+    from trialbridge.roundtrip import run_roundtrip
+    if not (folder / "dm.xpt").exists() and not (folder / "dm.json").exists():
+        pytest.skip(f"{folder} not present")
+    table, fwd, back = run_roundtrip(folder, tmp_path_factory.mktemp(f"rt-{name}"))
+    print(f"\n== SDTM -> FHIR -> SDTM: {name} ({folder})")
+    print("\n".join(table.lines()))
+    return table, fwd, back
+
+
+@pytest.fixture(scope="module")
+def msg(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    return _run("msg", MSG, tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def pilot(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    return _run("pilot", PILOT, tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def fhir_rt(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    from trialbridge.roundtrip import run_fhir_roundtrip
+    sample = SAMPLES / "NCT04835883"
+    table, back, fwd = run_fhir_roundtrip([sample / "subjects.bundle.json"], tmp_path_factory.mktemp("rt-fhir"),
+                                          study=sample / "ctgov.json")
+    print("\n== FHIR -> SDTM -> FHIR: NCT04835883 subjects.bundle.json")
+    print("\n".join(table.lines()))
+    return table, back, fwd
+
+
+def _check(name: str, result: Any) -> None:
+    table, fwd, _ = result
+    assert fwd.extra["roundtrip"]["variables"], "fidelity table not in the report"
+    assert not table.missing_domains, table.missing_domains
+    below = {(name, f"{r.domain}.{r.variable}") for r in table.rows if r.mapped and r.ratio < BAR}
+    known = {k for k in BELOW_BAR if k[0] == name}
+    assert below == known, {"newly below the bar": sorted(below - known),
+                            "now meeting the bar (remove from BELOW_BAR)": sorted(known - below)}
+    unexplained = {(name, f"{r.domain}.{r.variable}") for r in table.rows if r.unexplained}
+    known_u = {k for k in UNEXPLAINED if k[0] == name}
+    assert unexplained == known_u, {"new unexplained differences": sorted(unexplained - known_u),
+                                    "now explained (remove from UNEXPLAINED)": sorted(known_u - unexplained)}
+
+
+def test_roundtrip_msg(msg: Any) -> None:
+    _check("msg", msg)
+
+
+def test_roundtrip_pilot(pilot: Any) -> None:
+    _check("pilot", pilot)
+
+
+def test_roundtrip_records_align(msg: Any, pilot: Any) -> None:
+    """Every source record is found again through its resource, except LB rows the engine drops."""
+    for name, (table, _, _) in (("msg", msg), ("pilot", pilot)):
+        for dom, (src, aligned, extra) in table.records.items():
+            assert extra == 0, (name, dom)
+            if (name, dom) != ("msg", "LB"):
+                assert aligned == src, (name, dom, src, aligned)
+
+
+def test_roundtrip_fhir_sdtm_fhir(fhir_rt: Any) -> None:
+    table, _, _ = fhir_rt
+    below = {f"{r.domain}.{r.variable}" for r in table.rows if r.ratio < BAR}
+    assert below == set(FHIR_BELOW_BAR), {"new": sorted(below - set(FHIR_BELOW_BAR)),
+                                          "fixed": sorted(set(FHIR_BELOW_BAR) - below)}
+    unexplained = {f"{r.domain}.{r.variable}" for r in table.rows if r.unexplained}
+    assert unexplained == FHIR_UNEXPLAINED

@@ -367,8 +367,10 @@ _AGE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s+(Year|Month|Week|Day|Hour|Minute)s?\s*
 @transform("ts.age")
 def ts_age(ctx: WriteContext) -> list[TsRow]:
     value = get_path(ctx.study, ctx.rule["source"])
+    if ctx.study.eligibility is None:
+        return [ctx.null("NI")]  # no eligibility at all: nothing says there is no limit
     if not value or str(value).strip().upper() in ("N/A", "NA", "NONE"):
-        return [ctx.null()]
+        return [ctx.null()]      # eligibility given without this bound: no limit (NINF / PINF)
     m = _AGE.match(str(value))
     if not m:
         ctx.report.add(Kind.INVALID_VALUE, "age is not '<number> <unit>'", rule=ctx.rule["id"],

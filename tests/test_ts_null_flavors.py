@@ -6,7 +6,6 @@ from __future__ import annotations
 import copy
 
 import orjson
-
 from conftest import SAMPLES
 from trialbridge.cli import main
 from trialbridge.sdtm.datasetjson import read_dataset_json

@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import re
 from functools import cache
 from typing import Any
 
@@ -79,13 +80,28 @@ def ucum_linear(from_ucum: str, to_ucum: str) -> tuple[float, float] | None:
 
 @cache
 def _ucum_table() -> dict[str, list[str]]:
+    """UCUM expression -> CDISC terms. A row's C-code, where the table has one, is resolved in the
+    pinned CT: the C-code is stable where a submission value was respelled since the table was
+    published (C67412: ``mL/min/1.73m2`` in 2022, ``mL/min/1.73 m2`` in CT 2025-03-28)."""
     out: dict[str, list[str]] = {}
+    unit_codes = {t.code: t.value for t in pinned_ct().codelist("UNIT").terms.values()}
     for name in ("codes/ucum_cdisc_units.csv", "codes/ucum_cdisc_units_extra.csv"):
         for r in load_table(name):
+            target = unit_codes.get(r.get("target_ccode") or "", r["target_code"])
             out.setdefault(r["source_code"], [])
-            if r["target_code"] not in out[r["source_code"]]:
-                out[r["source_code"]].append(r["target_code"])
+            for t in (target, r["target_code"]):
+                if t not in out[r["source_code"]]:
+                    out[r["source_code"]].append(t)
     return out
+
+
+#: UCUM arbitrary units (ucum-essence.xml, isArbitrary="yes"): not commensurable with any other unit,
+#: so no arithmetic proves two expressions with different arbitrary units identical.
+_ARBITRARY = re.compile(r"\[(?:[iI]U|[^\]]*'U|CCID_50|TCID_50|EID_50|PFU|FFU|CFU|IR|BAU|AU|PNU|Lf|FEU|ELU|EU)\]")
+
+
+def _arbitrary_units(ucum: str) -> list[str]:
+    return sorted(m.group(0).replace("[iU]", "[IU]") for m in _ARBITRARY.finditer(ucum))
 
 
 @cache
@@ -106,10 +122,18 @@ def cdisc_unit(ucum: str, codelist: str = "UNIT") -> str | None:
             return t
     if ucum in terms and _quantity_unit(ucum) is None:
         return None
-    q = _quantity_unit(ucum)
-    if q is None:
+    # Proof by arithmetic only where arithmetic means something: not for annotated expressions
+    # ({1.73_m2} is an annotation UCUM arithmetic ignores), not for dimensionless ones (mg/mg, 1 and
+    # [IU] all reduce to 1), and only between expressions with the same arbitrary units.
+    if "{" in ucum:
         return None
+    q = _quantity_unit(ucum)
+    if q is None or getattr(q, "dimensionless", False):
+        return None
+    arbitrary = _arbitrary_units(ucum)
     for u, t in _codelist_ucum(codelist):
+        if _arbitrary_units(u) != arbitrary:
+            continue
         lin = linear(ucum, u) if _quantity_unit(u) is not None else None
         if lin is not None and abs(lin[0] - 1.0) < 1e-12 and lin[1] == 0.0:
             return t

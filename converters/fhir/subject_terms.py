@@ -22,6 +22,7 @@ import numpy as np
 import orjson
 import pandas as pd
 
+from ..sdtm.ct import NCIT, pinned_ct
 from ..specs import load_spec, load_table
 
 # One project base for every extension, naming system and code system the project defines; it is set
@@ -263,3 +264,13 @@ def cdisc_coding(variable: str, code: str, display: str | None = None) -> dict[s
     if display:
         c["display"] = display
     return c
+
+
+@cache
+def ncit_coding(codelist: str, value: str) -> dict[str, str] | None:
+    """The NCIt coding (C-code, NCI preferred term) of a CDISC CT term of ``codelist`` in the pinned CT,
+    or None when the value is not a term of it (sponsor extension or misspelling: the caller reports)."""
+    term = pinned_ct().term(codelist, value)
+    if term is None:
+        return None
+    return {"system": NCIT, "code": term.code, "display": term.preferred}

@@ -252,6 +252,22 @@ def _coded(table: str, system: str, values: list[Any], ctx: Ctx, domain: str, va
     return out
 
 
+def _ct_concept(value: Any, codelist: str, ctx: Ctx, domain: str, var: str, target: str) -> dict[str, Any] | None:
+    """A CDISC CT value as a CodeableConcept: the NCIt coding of the term (C-code from the pinned CT)
+    and the submission value as text. A value that is not a term of ``codelist`` keeps its text only
+    and is reported."""
+    if value is None or value == "":
+        return None
+    cc: dict[str, Any] = {"text": value}
+    coding = T.ncit_coding(codelist, value)
+    if coding:
+        cc["coding"] = [coding]
+    else:
+        ctx.tally(Kind.UNMAPPED_CODE, domain, var, f"not a term of the CDISC CT codelist {codelist}: text only, "
+                  "no NCIt coding", target=target, value=value)
+    return cc
+
+
 def _coding(row: dict[str, str]) -> dict[str, str]:
     return {"system": row["target_system"], "code": row["target_code"], "display": row["target_display"]}
 
@@ -728,9 +744,11 @@ def build_cm(df: pd.DataFrame, ctx: Ctx, path: Path | str) -> Iterator[tuple[str
         if raw["CMDOSTXT"][i]:
             dos["text"] = raw["CMDOSTXT"][i]
         if raw["CMDOSFRQ"][i]:
-            dos["timing"] = {"code": {"text": raw["CMDOSFRQ"][i]}}
+            dos["timing"] = {"code": _ct_concept(raw["CMDOSFRQ"][i], "FREQ", ctx, "CM", "CMDOSFRQ",
+                                                 "MedicationStatement.dosage.timing.code")}
         if raw["CMROUTE"][i]:
-            dos["route"] = {"text": raw["CMROUTE"][i]}
+            dos["route"] = _ct_concept(raw["CMROUTE"][i], "ROUTE", ctx, "CM", "CMROUTE",
+                                       "MedicationStatement.dosage.route")
         if dose[i]:
             dos["doseAndRate"] = [{"doseQuantity": dose[i]}]
         if dos:
@@ -770,7 +788,8 @@ def build_ex(df: pd.DataFrame, ctx: Ctx, path: Path | str) -> Iterator[tuple[str
                 "url": "http://hl7.org/fhir/StructureDefinition/data-absent-reason", "valueCode": "unknown"}]}
         dos: dict[str, Any] = {}
         if raw["EXROUTE"][i]:
-            dos["route"] = {"text": raw["EXROUTE"][i]}
+            dos["route"] = _ct_concept(raw["EXROUTE"][i], "ROUTE", ctx, "EX", "EXROUTE",
+                                       "MedicationAdministration.dosage.route")
         if dose[i]:
             dos["dose"] = dose[i]
         if dos:
@@ -1022,7 +1041,9 @@ def build_findings(df: pd.DataFrame, domain: str, ctx: Ctx, path: Path | str,
                 more = ",".join(_js(it) for it in items)
                 ext[i] = ext[i] + "," + more if ext[i] else more
     pos_part = _per_distinct([pos], lambda v: "," + _js({"url": T.BODY_POSITION, "valueCodeableConcept":
-                                                         {"text": v}}) if v else "", n)
+                                                         _ct_concept(v, "POSITION", ctx, domain, f"{p}POS",
+                                                                     "extension(observation-bodyPosition)")})
+                             if v else "", n)
     ext = [e + q if e else q[1:] for e, q in zip(ext, pos_part, strict=False)]
     ext = [',"extension":[' + e + "]" if e else "" for e in ext]
 
@@ -1063,7 +1084,8 @@ def build_findings(df: pd.DataFrame, domain: str, ctx: Ctx, path: Path | str,
         return ',"interpretation":' + _js([{"coding": [_coding(row)]} if row else {"text": r}])
 
     interp = _per_distinct([nrind_raw], interpretation, n)
-    body = _per_distinct([loc], lambda v: ',"bodySite":' + _js({"text": v}) if v else "", n)
+    body = _per_distinct([loc], lambda v: ',"bodySite":' + _js(_ct_concept(v, "LOC", ctx, domain, f"{p}LOC",
+                                                                         "Observation.bodySite")) if v else "", n)
     meth = _per_distinct([method], lambda v: ',"method":' + _js({"text": v}) if v else "", n)
 
     def ref_range(lc: int, hc: int, unit: Any, text: Any) -> str:
@@ -1106,6 +1128,12 @@ def _test_codes(df: pd.DataFrame, domain: str, ctx: Ctx) -> list[dict[str, Any]]
         if cc is None:
             testcd, test, loinc, spec, meth = key
             coding = [T.cdisc_coding(f"{p}TESTCD", testcd, test)]
+            ncit = T.ncit_coding(f"{p}TESTCD", testcd)
+            if ncit:
+                coding.append(ncit)
+            else:
+                ctx.tally(Kind.UNMAPPED_CODE, domain, f"{p}TESTCD", f"{p}TESTCD is not a term of the CDISC CT "
+                          f"codelist {p}TESTCD: no NCIt coding written", target="Observation.code", value=testcd)
             if loinc:
                 coding.append({"system": T.LOINC, "code": loinc})
             elif domain == "LB":

@@ -27,6 +27,8 @@ from importlib import resources
 from pathlib import Path
 
 PINNED_CT_VERSION = "2025-03-28"
+#: FHIR code system of the NCI Thesaurus (HL7 THO), which holds the C-code of every CDISC CT term
+NCIT = "http://ncicb.nci.nih.gov/xml/owl/EVS/Thesaurus.owl"
 CT_PACKAGE = "SDTM CT"
 NCI_COLUMNS = ["Code", "Codelist Code", "Codelist Extensible (Yes/No)", "Codelist Name",
                "CDISC Submission Value", "CDISC Synonym(s)", "CDISC Definition", "NCI Preferred Term"]

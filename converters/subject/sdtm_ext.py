@@ -9,7 +9,8 @@ generic rule (rule id ``subject.sdtm-ext``, mappings/subject/README.md):
 * a carried value fills the variable of that name when the domain has it (schemas/sdtm) and the
   mapping produced nothing for that row;
 * it also replaces a value the engine only *inferred* for want of data (VISITNUM/VISIT from the order
-  of the subject's Encounters, EPOCH from the reference dates): the carried value is the SDTM value
+  of the subject's Encounters, EPOCH from the reference dates, EXDOSFRQ = ONCE per administration, --STRESC/N/U and --STNRLO/HI
+  converted from the original result): the carried value is the SDTM value
   itself. Each fill is reported once per (domain, variable) with its count;
 * ``--SEQ`` is filled only when every row of the frame carries it (DS, whose records are
   ResearchSubject.progress items with no identifier); otherwise the engine numbers it;
@@ -46,7 +47,11 @@ from .reader import list_input_files
 RULE = "subject.sdtm-ext"
 KEYS = frozenset({"STUDYID", "DOMAIN", "USUBJID"})
 #: variables the engine infers when the data does not say them: a carried value replaces them
-INFERRED = frozenset({"VISITNUM", "VISIT", "EPOCH"})
+#: (EXDOSFRQ: ONCE per MedicationAdministration, which has no frequency element; the standardised
+#: findings results and ranges: derived by UCUM conversion, while the sponsor's own are carried)
+INFERRED = frozenset({"VISITNUM", "VISIT", "EPOCH", "EXDOSFRQ",
+                      *(f"{d}{v}" for d in ("LB", "VS") for v in ("STRESC", "STRESN", "STRESU", "STNRLO",
+                                                                 "STNRHI"))})
 _MARK = BASE.encode()
 
 

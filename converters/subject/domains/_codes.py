@@ -15,11 +15,10 @@ from typing import Any
 import pandas as pd
 
 from ...report import Kind
-from ...sdtm.ct import pinned_ct
+from ...sdtm.ct import NCIT, pinned_ct
 from ...specs import load_table
 from ..base import Ctx, derive_dtc
 
-NCIT = "http://ncicb.nci.nih.gov/xml/owl/EVS/Thesaurus.owl"
 NCIT_SYSTEMS = frozenset({NCIT, "http://ncithesaurus-stage.nci.nih.gov", "urn:oid:2.16.840.1.113883.3.26.1.1"})
 MEDDRA_SYSTEMS = frozenset({"http://terminology.hl7.org/CodeSystem/mdr", "http://meddra.org"})
 SNOMED = "http://snomed.info/sct"

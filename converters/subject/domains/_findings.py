@@ -16,17 +16,21 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from ...fhir.subject_terms import EXT_DTC
 from ...report import Kind
+from ...sdtm.ct import pinned_ct
 from ...specs import load_table
 from .. import units
 from ..base import SRC_COLUMNS, Ctx, derive_dtc
+from ._codes import NCIT_SYSTEMS
 from .dm import code_table
 
 LOINC = "http://loinc.org"
+BODY_POSITION = "http://hl7.org/fhir/StructureDefinition/observation-bodyPosition"
 CATEGORIES = {"vital-signs": "VS", "laboratory": "LB"}
 FIELDS = ("_subject", "_encounter", "_cat", "_loinc", "_status", "_eff", "_v", "_vu", "_vcmp",
           "_vtext", "_dar", "_interp", "_rlo", "_rhi", "_ru", "_rtext", "_spec_type", "_fast",
-          "_grp", "_spec_dtc")
+          "_grp", "_spec_dtc", "_ncit", "_pos", "_loc", "_cat_text", "_dtc_sdtm")
 
 
 def _q(d: Any) -> tuple[Any, Any]:
@@ -67,6 +71,41 @@ def _loinc(code: Any) -> str | None:
     return None
 
 
+def _ncit(concept: Any) -> str | None:
+    """The NCIt C-code of a CodeableConcept (the CDISC CT term it names; resolved in the map step)."""
+    if isinstance(concept, dict):
+        for c in concept.get("coding") or ():
+            if isinstance(c, dict) and c.get("system") in NCIT_SYSTEMS:
+                return c.get("code")
+    return None
+
+
+def _cat_text(cats: Any) -> str | None:
+    """The text of a category with no coding: the sponsor's own category (--CAT)."""
+    for cc in cats or ():
+        if isinstance(cc, dict) and cc.get("text") and not cc.get("coding"):
+            return str(cc["text"])
+    return None
+
+
+def _dtc_sdtm(res: dict[str, Any]) -> str | None:
+    """The SDTM --DTC text the project's ``sdtm-dtc`` extension keeps on effectiveDateTime when FHIR
+    could not hold it (a time without zone): the --DTC itself (rule --.DTC)."""
+    prim = res.get("_effectiveDateTime")
+    if isinstance(prim, dict):
+        for e in prim.get("extension") or ():
+            if isinstance(e, dict) and e.get("url") == EXT_DTC:
+                return e.get("valueString")
+    return None
+
+
+def _position(res: dict[str, Any]) -> str | None:
+    for e in res.get("extension") or ():
+        if isinstance(e, dict) and e.get("url") == BODY_POSITION:
+            return _ncit(e.get("valueCodeableConcept"))
+    return None
+
+
 def extract_observation(res: dict[str, Any], ctx: Ctx) -> dict[str, Any] | list[dict[str, Any]] | None:
     """Observation -> one row (or one per component). Hot path: keep it plain."""
     cat = None
@@ -95,7 +134,9 @@ def extract_observation(res: dict[str, Any], ctx: Ctx) -> dict[str, Any] | list[
         "_cat": cat, "_loinc": _loinc(res.get("code")), "_status": res.get("status"), "_eff": eff,
         "_v": None, "_vu": None, "_vcmp": None, "_vtext": None, "_dar": None, "_interp": None,
         "_rlo": None, "_rhi": None, "_ru": None, "_rtext": None, "_spec_type": None, "_fast": None,
-        "_grp": None, "_spec_dtc": None}
+        "_grp": None, "_spec_dtc": None, "_ncit": _ncit(res.get("code")), "_pos": _position(res),
+        "_loc": _ncit(res.get("bodySite")), "_cat_text": _cat_text(res.get("category")),
+        "_dtc_sdtm": _dtc_sdtm(res) if "_effectiveDateTime" in res else None}
     interp = res.get("interpretation")
     if interp:
         c = (interp[0].get("coding") or [{}])[0]
@@ -127,6 +168,7 @@ def extract_observation(res: dict[str, Any], ctx: Ctx) -> dict[str, Any] | list[
         for comp in comps:
             r = dict(row)
             r["_loinc"] = _loinc(comp.get("code"))
+            r["_ncit"] = _ncit(comp.get("code"))
             r["_v"] = r["_vu"] = r["_vcmp"] = r["_vtext"] = r["_dar"] = None
             _value(comp, r)
             if r["_dar"] is None and row["_dar"] is None and r["_v"] is None and r["_vtext"] is None:
@@ -213,19 +255,19 @@ def extract_observation_columns(items: Iterable[Any], ctx: Ctx, on_error: Callab
                 per = get("effectivePeriod")
                 eff = per.get("start") if isinstance(per, dict) else None
             code = get("code")
-            loinc = None
-            try:
-                c0 = code["coding"][0]  # type: ignore[index]
-                first_loinc = c0["system"] == LOINC
-            except (KeyError, IndexError, TypeError):
-                first_loinc = False
-            if first_loinc:
-                loinc = c0.get("code")
-            elif isinstance(code, dict):
+            loinc = ncit = None
+            if isinstance(code, dict):
                 for c in code.get("coding") or ():
-                    if c.get("system") == LOINC:
-                        loinc = c.get("code")
-                        break
+                    system = c.get("system")
+                    if system == LOINC:
+                        if loinc is None:
+                            loinc = c.get("code")
+                    elif system in NCIT_SYSTEMS and ncit is None:
+                        ncit = c.get("code")
+            pos = _position(res) if "extension" in res else None
+            loc = _ncit(get("bodySite"))
+            cat_text = _cat_text(cats) if len(cats) > 1 else None
+            dtc_sdtm = _dtc_sdtm(res) if "_effectiveDateTime" in res else None
             interp = get("interpretation")
             icode = (interp[0].get("coding") or [{}])[0].get("code") if interp else None
             rlo = rhi = ru = rtext = None
@@ -267,7 +309,8 @@ def extract_observation_columns(items: Iterable[Any], ctx: Ctx, on_error: Callab
             add[cat]((subj.get("reference") if isinstance(subj, dict) else None,
                       enc.get("reference") if isinstance(enc, dict) else None,
                       cat, loinc, status, eff, v, vu, vcmp, vtext, dar, icode, rlo, rhi, ru, rtext,
-                      spec_type, fast, None, spec_dtc, get("resourceType"), get("id"), ver, item[1], item[3]))
+                      spec_type, fast, None, spec_dtc, ncit, pos, loc, cat_text, dtc_sdtm,
+                      get("resourceType"), get("id"), ver, item[1], item[3]))
         except (TypeError, AttributeError, KeyError, ValueError) as exc:
             on_error(item, exc)
     out: dict[str, dict[str, Any]] = {}
@@ -302,6 +345,17 @@ def map_distinct(keys: pd.Series, fn: Callable[[Any], Any]) -> pd.Series:
     table[:-1] = [fn(u) for u in uniq]
     table[-1] = fn(None)
     return pd.Series(table[codes], index=keys.index, dtype="object")
+
+
+def ct_values(ccodes: pd.Series, codelist: str) -> pd.Series:
+    """NCIt C-codes -> the CDISC submission value of that term in ``codelist`` (pinned CT), None when
+    the code is not a term of it. Once per distinct code."""
+    cl = pinned_ct().codelist(codelist)
+
+    def one(c: Any) -> str | None:
+        term = cl.by_code(c) if isinstance(c, str) else None
+        return term.value if term is not None else None
+    return map_distinct(ccodes.astype("object"), one)
 
 
 def _text(x: pd.Series) -> pd.Series:
@@ -410,10 +464,16 @@ def map_findings(cols: pd.DataFrame, ctx: Ctx, d: str, testcd: pd.Series, unit_c
     out[f"{d}REASND"] = cols["_dar"].where(nd)
     # --DTC (LB: specimen collection first, per the Joint IG)
     eff = cols["_spec_dtc"].fillna(cols["_eff"]) if d == "LB" else cols["_eff"]
-    out[f"{d}DTC"], bad = derive_dtc(eff)
+    dtc, bad = derive_dtc(eff)
     if bad.any():
         ctx.row_issues(d, "dtc", Kind.INVALID_VALUE, "effective[x] is not a FHIR dateTime", cols, bad,
                        rule=f"{d.lower()}.DTC", target=f"{d}DTC")
+    # the SDTM text kept in the project's sdtm-dtc extension is the --DTC itself (LB: when no specimen
+    # collection time says otherwise)
+    kept = cols["_dtc_sdtm"].astype("object")
+    if d == "LB":
+        kept = kept.where(cols["_spec_dtc"].isna())
+    out[f"{d}DTC"] = kept.where(kept.notna(), dtc)
     for c in ("VISITNUM", "VISIT", "_rfstdtc", "_rfendtc", "_src_type", "_src_id", "_src_ver",
               "_src_file", "_src_line"):
         if c in cols:

@@ -15,7 +15,7 @@ import pandas as pd
 from ...report import Kind
 from ...specs import load_table
 from ..base import Ctx, DomainPlugin, register_domain
-from ._findings import accept_lb, extract_observation, extract_observation_columns, map_distinct, map_findings
+from ._findings import accept_lb, ct_values, extract_observation, extract_observation_columns, map_distinct, map_findings
 from .dm import code_table
 
 
@@ -28,24 +28,34 @@ def map_lb(cols: pd.DataFrame, ctx: Ctx) -> pd.DataFrame:
     table = loinc_lb()
     loinc = cols["_loinc"].astype("object")
     hit = map_distinct(loinc, lambda c: table.get(c) if isinstance(c, str) else None)
-    bad = hit.isna()
+    # an NCIt coding of an LBTESTCD term is the CDISC value itself (rule lb.LBTESTCD): it wins over
+    # the LOINC table, and converts rows whose test has no LOINC
+    by_ncit = ct_values(cols["_ncit"], "LBTESTCD")
+    bad = hit.isna() & by_ncit.isna()
     if bad.any():
-        ctx.row_issues("LB", "testcd", Kind.UNMAPPED_CODE, "Observation.code has no LOINC in the CDISC "
-                       "LOINC-to-LB table: row not converted", cols, bad, rule="lb.LBTESTCD",
-                       source="Observation.code", target="LBTESTCD", value_col="_loinc")
-        cols, hit, loinc = cols.loc[~bad], hit.loc[~bad], loinc.loc[~bad]
+        ctx.row_issues("LB", "testcd", Kind.UNMAPPED_CODE, "Observation.code has neither a LOINC in the "
+                       "CDISC LOINC-to-LB table nor an NCIt coding of an LBTESTCD term: row not converted",
+                       cols, bad, rule="lb.LBTESTCD", source="Observation.code", target="LBTESTCD",
+                       value_col="_loinc")
+        cols, loinc, by_ncit = cols.loc[~bad], loinc.loc[~bad], by_ncit.loc[~bad]
     if not len(cols):
         return pd.DataFrame()
-    # every lookup below is once per distinct LOINC code (the table row is the same for all its rows)
+    # every lookup below is once per distinct code (the table row is the same for all its rows)
     testcd = map_distinct(loinc, lambda c: table[c]["target_code"] if c in table else None)
+    testcd = by_ncit.where(by_ncit.notna(), testcd)
     out = map_findings(cols, ctx, "LB", testcd, "UNIT")
     out["LBTESTCD"] = testcd
-    out["LBTEST"] = map_distinct(loinc, lambda c: table[c]["LBTEST"] if c in table else None)
+    lbtest = map_distinct(loinc, lambda c: table[c]["LBTEST"] if c in table else None)
+    test_ncit = ct_values(cols["_ncit"].where(by_ncit.notna()), "LBTEST")
+    out["LBTEST"] = test_ncit.where(test_ncit.notna(), lbtest)
     out["LBLOINC"] = loinc
     out["LBSPEC"] = map_distinct(loinc, lambda c: (table[c]["LBSPEC"] or None) if c in table else None)
     out["LBMETHOD"] = map_distinct(loinc, lambda c: (table[c]["LBMETHOD"] or None) if c in table else None)
     lbcat = code_table("lbcat")
-    out["LBCAT"] = map_distinct(loinc, lambda c: lbcat.get(table[c]["loinc_class"]) if c in table else None)
+    # the sponsor's category (a category given as text only) first, else from the LOINC class
+    by_class = map_distinct(loinc, lambda c: lbcat.get(table[c]["loinc_class"]) if c in table else None)
+    cat_text = cols["_cat_text"].astype("object")
+    out["LBCAT"] = cat_text.where(cat_text.notna(), by_class)
     fast = cols["_fast"].astype("object")
     fast_codes = code_table("fast")
     out["LBFAST"] = map_distinct(fast, lambda c: None if c is None else fast_codes.get(c))

@@ -14,7 +14,7 @@ import pandas as pd
 from ...report import Kind
 from ...specs import load_table
 from ..base import Ctx, DomainPlugin, register_domain
-from ._findings import accept_vs, extract_observation, extract_observation_columns, map_distinct, map_findings
+from ._findings import accept_vs, ct_values, extract_observation, extract_observation_columns, map_distinct, map_findings
 
 
 @cache
@@ -31,25 +31,39 @@ def map_vs(cols: pd.DataFrame, ctx: Ctx) -> pd.DataFrame:
     table = loinc_vs()
     loinc = cols["_loinc"].astype("object")
     hit = map_distinct(loinc, lambda c: table.get(c) if isinstance(c, str) else None)
-    bad = hit.isna()
+    # an NCIt coding of a VSTESTCD term is the CDISC value itself (rule vs.VSTESTCD): it wins over
+    # the LOINC table; so do NCIt codings of POSITION / LOC terms over the LOINC's pre-coordination
+    by_ncit = ct_values(cols["_ncit"], "VSTESTCD")
+    bad = hit.isna() & by_ncit.isna()
     if bad.any():
-        ctx.row_issues("VS", "testcd", Kind.UNMAPPED_CODE, "Observation.code has no LOINC in table "
-                       "loinc_to_vs: row not converted", cols, bad, rule="vs.VSTESTCD",
-                       source="Observation.code", target="VSTESTCD", value_col="_loinc")
-        cols, hit, loinc = cols.loc[~bad], hit.loc[~bad], loinc.loc[~bad]
+        ctx.row_issues("VS", "testcd", Kind.UNMAPPED_CODE, "Observation.code has neither a LOINC in table "
+                       "loinc_to_vs nor an NCIt coding of a VSTESTCD term: row not converted", cols, bad,
+                       rule="vs.VSTESTCD", source="Observation.code", target="VSTESTCD", value_col="_loinc")
+        cols, loinc, by_ncit = cols.loc[~bad], loinc.loc[~bad], by_ncit.loc[~bad]
     if not len(cols):
         return pd.DataFrame()
-    # lookups once per distinct LOINC code; the unit override once per (VSTESTCD, unit) it lists
+    # lookups once per distinct code; the unit override once per (VSTESTCD, unit) it lists
     testcd = map_distinct(loinc, lambda c: table[c]["target_code"] if c in table else None)
+    testcd = by_ncit.where(by_ncit.notna(), testcd)
     vu = cols["_vu"].astype("object")
     override = pd.Series(None, index=cols.index, dtype="object")
     for (t, u), term in vs_unit_override().items():
         override[((testcd == t) & (vu == u)).to_numpy()] = term
     out = map_findings(cols, ctx, "VS", testcd, "VSRESU", override)
     out["VSTESTCD"] = testcd
-    out["VSTEST"] = map_distinct(loinc, lambda c: table[c]["VSTEST"] if c in table else None)
-    out["VSPOS"] = map_distinct(loinc, lambda c: (table[c]["VSPOS"] or None) if c in table else None)
-    out["VSLOC"] = map_distinct(loinc, lambda c: (table[c]["VSLOC"] or None) if c in table else None)
+    vstest = map_distinct(loinc, lambda c: table[c]["VSTEST"] if c in table else None)
+    test_ncit = ct_values(cols["_ncit"].where(by_ncit.notna()), "VSTEST")
+    out["VSTEST"] = test_ncit.where(test_ncit.notna(), vstest)
+    for var, src, codelist in (("VSPOS", "_pos", "POSITION"), ("VSLOC", "_loc", "LOC")):
+        def pre_coordinated(c: object, var: str = var) -> str | None:
+            return (table[c][var] or None) if isinstance(c, str) and c in table else None
+        pre = map_distinct(loinc, pre_coordinated)
+        coded = ct_values(cols[src], codelist)
+        bad_c = cols[src].notna() & coded.isna()
+        if bad_c.any():
+            ctx.row_issues("VS", var.lower(), Kind.UNMAPPED_CODE, f"NCIt code is not a term of the CDISC CT "
+                           f"codelist {codelist}", cols, bad_c, rule="vs.VSTESTCD", target=var, value_col=src)
+        out[var] = coded.where(coded.notna(), pre)
     return out.reset_index(drop=True)
 
 

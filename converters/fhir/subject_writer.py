@@ -347,6 +347,9 @@ def build_studies(dm: pd.DataFrame, ts: pd.DataFrame | None, ctx: Ctx) -> list[d
         titles = [v for p, v in zip(_col(ts, "TSPARMCD"), _col(ts, "TSVAL"), strict=False) if p == "TITLE" and v]
         if titles:
             study["title"] = titles[0]
+    groups = _arm_groups(dm, ctx)
+    if groups:
+        study["comparisonGroup" if ctx.r5 else "arm"] = groups
     out = [study]
     for site in sorted({s for s in _col(dm, "SITEID") if s}):
         rid = T.make_id("study", T.slug(ctx.studyid), "site", T.slug(site))
@@ -354,6 +357,35 @@ def build_studies(dm: pd.DataFrame, ts: pd.DataFrame | None, ctx: Ctx) -> list[d
         out.append({"resourceType": "ResearchStudy", "id": rid,
                     "identifier": [{"system": f"{T.SID}/siteid", "value": site}],
                     "status": status, "partOf": [{"reference": ctx.study_ref}]})
+    return out
+
+
+def arm_link_id(armcd: str) -> str:
+    """R5 comparisonGroup.linkId (a FHIR id) of an ARMCD: the ARMCD itself when id-safe."""
+    return T.slug(armcd)
+
+
+def _arm_groups(dm: pd.DataFrame, ctx: Ctx) -> list[dict[str, Any]]:
+    """The study's arms from DM (ARMCD/ARM and ACTARMCD/ACTARM pairs, first-seen order): R5
+    ResearchStudy.comparisonGroup (linkId from ARMCD, name = ARM), R4 ResearchStudy.arm (name = ARM);
+    ARMCD itself in the ``sdtm`` extension of the group (rules SDTM2FHIR-DM-13..16)."""
+    pairs: dict[str, str] = {}
+    for cd_var, name_var in (("ARMCD", "ARM"), ("ACTARMCD", "ACTARM")):
+        for cd, name in zip(_col(dm, cd_var), _col(dm, name_var), strict=True):
+            if cd and cd not in pairs:
+                pairs[cd] = name or cd
+    names: dict[str, str] = {}
+    out: list[dict[str, Any]] = []
+    for cd, name in pairs.items():
+        if names.setdefault(name, cd) != cd and not ctx.r5:
+            ctx.tally(Kind.LOSSY, "DM", "ARM", "two ARMCD values share one ARM: R4 ResearchSubject.assignedArm "
+                      "(an arm name) cannot tell them apart", target="ResearchStudy.arm.name")
+        group: dict[str, Any] = {"extension": [{"url": T.EXT_SDTM, "extension": [
+            {"url": "ARMCD", "valueString": cd}]}]}
+        if ctx.r5:
+            group["linkId"] = arm_link_id(cd)
+        group["name"] = name
+        out.append(group)
     return out
 
 
@@ -419,13 +451,7 @@ def build_dm(df: pd.DataFrame, ctx: Ctx, path: Path | str) -> Iterator[tuple[str
     # SEX codes outside the table stay in the sdtm extension (never guessed)
     sex_raw = _col(df, "SEX")
     arm, actarm = _col(df, "ARMCD"), _col(df, "ACTARMCD")
-    id_ok = T._ID_BAD  # R5 comparison groups are FHIR ids
-    arm_bad = [a is not None and (bool(id_ok.search(a)) or len(a) > 64) for a in arm]
-    act_bad = [a is not None and (bool(id_ok.search(a)) or len(a) > 64) for a in actarm]
-    if ctx.r5 and (any(arm_bad) or any(act_bad)):
-        ctx.tally(Kind.LOSSY, "DM", "ARMCD", "ARMCD/ACTARMCD is not a FHIR id, so R5 "
-                  "assignedComparisonGroup/actualComparisonGroup cannot hold it: kept in extension sdtm",
-                  sum(arm_bad) + sum(act_bad), target="ResearchSubject.assignedComparisonGroup")
+    arm_name, actarm_name = _col(df, "ARM"), _col(df, "ACTARM")
     ex = Extras(df, "DM", ctx, consumed=consumed, idvars={"": users})
     cols = [_col(df, c) for c in ("STUDYID", "SUBJID", "SITEID", "COUNTRY", "DTHFL", "RACE", "ETHNIC")]
     for i, u in enumerate(users):
@@ -450,10 +476,6 @@ def build_dm(df: pd.DataFrame, ctx: Ctx, path: Path | str) -> Iterator[tuple[str
         extra_vars: list[dict[str, Any]] = []
         if sex_raw[i] is not None and sex[i] is None:
             extra_vars.append({"url": "SEX", "valueString": sex_raw[i]})
-        if ctx.r5 and arm_bad[i]:
-            extra_vars.append({"url": "ARMCD", "valueString": arm[i]})
-        if ctx.r5 and act_bad[i]:
-            extra_vars.append({"url": "ACTARMCD", "valueString": actarm[i]})
         if extra_vars:
             if carried and carried[0]["url"] == T.EXT_SDTM:
                 carried[0]["extension"].extend(extra_vars)
@@ -492,16 +514,18 @@ def build_dm(df: pd.DataFrame, ctx: Ctx, path: Path | str) -> Iterator[tuple[str
             rs["period"] = per
         rs["study"] = {"reference": ctx.site_refs.get(site, ctx.study_ref)}
         rs["subject" if ctx.r5 else "individual"] = _ref("Patient", pid)
+        # the study's arms are written on the ResearchStudy (_arm_groups): R5 points at their linkId,
+        # R4 names them
         if ctx.r5:
-            if arm[i] and not arm_bad[i]:
-                rs["assignedComparisonGroup"] = arm[i]
-            if actarm[i] and not act_bad[i]:
-                rs["actualComparisonGroup"] = actarm[i]
+            if arm[i]:
+                rs["assignedComparisonGroup"] = arm_link_id(arm[i])
+            if actarm[i]:
+                rs["actualComparisonGroup"] = arm_link_id(actarm[i])
         else:
             if arm[i]:
-                rs["assignedArm"] = arm[i]
+                rs["assignedArm"] = arm_name[i] or arm[i]
             if actarm[i]:
-                rs["actualArm"] = actarm[i]
+                rs["actualArm"] = actarm_name[i] or actarm[i]
         yield "ResearchSubject", rs
     if not ctx.r5 and ctx.disposed:
         ctx.tally(Kind.INFERRED, "DS", "DSCAT", "R4 ResearchSubject.status derived: 'off-study' when the "

@@ -149,16 +149,44 @@ def armcd_from_label(label: str, study_labels: list[str] | None = None) -> str:
     return derive_armcd([label])[0]
 
 
-def _arm_name(value: str | None, rs: dict[str, Any], ctx: Ctx) -> str | None:
-    """R4 arms are ResearchStudy.arm.name already; R5 comparison groups are linkIds: resolve them
-    through the ResearchStudy in the data when present."""
+def _arm_studies(rs: dict[str, Any], ctx: Ctx) -> list[dict[str, Any]]:
+    """The ResearchStudy of the subject and the studies it is part of (a site-level study points at the
+    study that defines the arms)."""
+    out: list[dict[str, Any]] = []
+    ref = ref_of(rs.get("study"))
+    while ref and len(out) < 5:
+        st = ctx.resource("ResearchStudy", ref)
+        if st is None or any(st is o for o in out):
+            break
+        out.append(st)
+        ref = ref_of((st.get("partOf") or [None])[0])
+    return out
+
+
+def _carried_armcd(group: dict[str, Any]) -> str | None:
+    """ARMCD the project's SDTM -> FHIR writer carries in the ``sdtm`` extension of an arm/group."""
+    from ..fhir.subject_terms import EXT_SDTM
+    for ext in group.get("extension") or ():
+        if isinstance(ext, dict) and ext.get("url") == EXT_SDTM:
+            for sub in ext.get("extension") or ():
+                if isinstance(sub, dict) and sub.get("url") == "ARMCD" and sub.get("valueString"):
+                    return str(sub["valueString"])
+    return None
+
+
+def _arm_of(value: str | None, rs: dict[str, Any], ctx: Ctx) -> tuple[str | None, str | None]:
+    """(arm name, carried ARMCD) of an assignment: R5 comparison groups are linkIds, resolved through
+    the ResearchStudy in the data (or the study it is part of); R4 arms are ResearchStudy.arm.name."""
     if not value:
-        return None
-    st = ctx.resource("ResearchStudy", ref_of(rs.get("study")))
-    for g in (st or {}).get("comparisonGroup") or ():
-        if isinstance(g, dict) and g.get("linkId") == value and g.get("name"):
-            return str(g["name"])
-    return value
+        return None, None
+    for st in _arm_studies(rs, ctx):
+        for g in st.get("comparisonGroup") or ():
+            if isinstance(g, dict) and g.get("linkId") == value and g.get("name"):
+                return str(g["name"]), _carried_armcd(g)
+        for a in st.get("arm") or ():
+            if isinstance(a, dict) and a.get("name") == value:
+                return value, _carried_armcd(a)
+    return value, None
 
 
 @transform("assign_arms")
@@ -173,19 +201,22 @@ def assign_arms(rs: dict[str, Any] | None, ctx: Ctx, pkey: str) -> dict[str, Any
     status = rs.get("status")
     progress_states = {c.get("code") for p in rs.get("progress") or () if isinstance(p, dict)
                        for c in ((p.get("subjectState") or {}).get("coding") or ()) if isinstance(c, dict)}
-    assigned = _arm_name(rs.get("assignedArm") or rs.get("assignedComparisonGroup"), rs, ctx)
-    actual = _arm_name(rs.get("actualArm") or rs.get("actualComparisonGroup"), rs, ctx)
+    assigned = _arm_of(rs.get("assignedArm") or rs.get("assignedComparisonGroup"), rs, ctx)
+    actual = _arm_of(rs.get("actualArm") or rs.get("actualComparisonGroup"), rs, ctx)
     if status == "ineligible" or "ineligible" in progress_states:
         out["ARMNRS"] = "SCREEN FAILURE"
         return out
-    if not assigned:
+    if not assigned[0]:
         out["ARMNRS"] = "NOT ASSIGNED"
         return out
-    for var_cd, var, name in (("ARMCD", "ARM", assigned), ("ACTARMCD", "ACTARM", actual)):
+    for var_cd, var, (name, carried) in (("ARMCD", "ARM", assigned), ("ACTARMCD", "ACTARM", actual)):
         if not name:
             continue
         label = _match_arm(name, ctx, pkey)
         out[var] = label
+        if carried:      # the arm's own code, carried by the project's writer: never re-derived
+            out[var_cd] = carried
+            continue
         arms = ctx.study.arms_interventions.arm_groups if ctx.study and ctx.study.arms_interventions else ()
         out[var_cd] = armcd_from_label(label, [a.label or "" for a in arms])
     return out
@@ -232,6 +263,48 @@ def _med_texts(res: dict[str, Any]) -> list[str]:
     return out
 
 
+def _dtc_of(holder: dict[str, Any], key: str) -> tuple[Any, bool]:
+    """(text, is_sdtm) of a FHIR date element: the original --DTC the project's writer kept in the
+    ``sdtm-dtc`` extension of the primitive when it had to cut it (already SDTM text), else the value."""
+    from ..fhir.subject_terms import EXT_DTC
+    for ext in (holder.get("_" + key) or {}).get("extension") or ():
+        if isinstance(ext, dict) and ext.get("url") == EXT_DTC and ext.get("valueString"):
+            return ext["valueString"], True
+    return holder.get(key), False
+
+
+def _period_dates(ctx: Ctx) -> None:
+    """RFSTDTC/RFENDTC = ResearchSubject.period.start/end when the subject has it: it wins over the
+    exposure-derived dates (rule dm.RFSTDTC). Only for FHIR written by trialbridge from SDTM, where the
+    period *is* RFSTDTC/RFENDTC; elsewhere it is the participation period (RFENDTC would move to the
+    end of follow-up and EPOCH with it)."""
+    from .base import derive_dtc
+    from .sdtm_ext import is_project_input
+    if not is_project_input(ctx):
+        return
+    subj = ctx.subjects
+    rs_res = ctx.resources.get("ResearchSubject", {})
+    for var, elem in (("RFSTDTC", "start"), ("RFENDTC", "end")):
+        fhir: dict[Any, Any] = {}
+        sdtm: dict[Any, Any] = {}
+        for i, key in zip(subj.index, subj["_rs"], strict=True):
+            per = (rs_res.get(key) or {}).get("period") if key else None
+            if isinstance(per, dict):
+                v, is_sdtm = _dtc_of(per, elem)
+                if v:
+                    (sdtm if is_sdtm else fhir)[i] = v
+        if not fhir and not sdtm:
+            continue
+        new = pd.Series(sdtm, dtype=object)
+        if fhir:
+            new = pd.concat([new, derive_dtc(pd.Series(fhir, dtype=object))[0].dropna()])
+        cur = subj[var].astype(object) if var in subj else pd.Series([None] * len(subj), index=subj.index,
+                                                                      dtype=object)
+        subj[var] = cur.where(~subj.index.isin(new.index), new.reindex(subj.index))
+        ctx.once(f"{var.lower()}-period", Kind.INFERRED, f"{var} = ResearchSubject.period.{elem} (wins over "
+                 "the study-drug exposure)", rule="dm.RFSTDTC", target=var)
+
+
 @transform("reference_dates")
 def reference_dates(ctx: Ctx) -> None:
     """RFXSTDTC/RFXENDTC (= RFSTDTC/RFENDTC) from study-drug exposure; RFICDTC from Consent."""
@@ -274,6 +347,7 @@ def reference_dates(ctx: Ctx) -> None:
         subj["RFSTDTC"] = subj["RFXSTDTC"]
         subj["RFENDTC"] = subj["RFXENDTC"]
         ctx.once("rfstdtc", Kind.INFERRED, rule_msg, rule="dm.RFSTDTC", target="RFSTDTC")
+    _period_dates(ctx)
     # RFICDTC: Consent.dateTime (R4) / Consent.date (R5), earliest per subject; else the R5
     # ResearchSubject.progress entry whose reason is informedConsentSigned
     consent: dict[str, str] = {}

@@ -49,7 +49,10 @@ KEYS = frozenset({"STUDYID", "DOMAIN", "USUBJID"})
 #: variables the engine infers when the data does not say them: a carried value replaces them
 #: (EXDOSFRQ: ONCE per MedicationAdministration, which has no frequency element; the standardised
 #: findings results and ranges: derived by UCUM conversion, while the sponsor's own are carried)
-INFERRED = frozenset({"VISITNUM", "VISIT", "EPOCH", "EXDOSFRQ",
+#: (RFXSTDTC/RFXENDTC: first/last exposure; ARMNRS: from the arm assignment; AELLT/AELLTCD: the
+#: MedDRA PT coding taken as LLT; AEENTPT: END OF STUDY for an ongoing outcome)
+INFERRED = frozenset({"VISITNUM", "VISIT", "EPOCH", "EXDOSFRQ", "RFXSTDTC", "RFXENDTC", "ARMNRS",
+                      "AELLT", "AELLTCD", "AEENTPT",
                       *(f"{d}{v}" for d in ("LB", "VS") for v in ("STRESC", "STRESN", "STRESU", "STNRLO",
                                                                  "STNRHI"))})
 _MARK = BASE.encode()

@@ -96,7 +96,7 @@ def extract_ae(res: dict[str, Any], ctx: Ctx) -> dict[str, Any] | None:
             "AESPID": C.ident_value(res), "_term": C.text_of(concept),
             "_meddra_code": meddra.get("code") if meddra else None,
             "_meddra_display": meddra.get("display") if meddra else None,
-            "_cond_ref": cond_refs[0] if cond_refs else None,
+            "_cond_ref": cond_refs[0] if cond_refs else None, "_recorded": res.get("recordedDate"),
             "_start": start, "_end": end,
             "_sev": C.codings(res.get("severity")), "_ser": C.codings(res.get("seriousness")),
             "_out": outcome, "_suspects": _suspects(res),
@@ -154,6 +154,7 @@ def map_ae(cols: pd.DataFrame, ctx: Ctx) -> pd.DataFrame:
     ongoing = cols["_out"].map(lambda cs: any(code == "ongoing" for _, code in cs))
     out["AESTDTC"] = C.dtc(cols, "_start", ctx, rule="ae.AESTDTC", target="AESTDTC")
     out["AEENDTC"] = C.dtc(cols, "_end", ctx, rule="ae.AEENDTC", target="AEENDTC")
+    out["AEDTC"] = C.dtc(cols, "_recorded", ctx, rule="ae.AEDTC", target="AEDTC")
     out["AEENRTPT"] = ongoing.map({True: "ONGOING", False: None})
     out["AEENTPT"] = ongoing.map({True: "END OF STUDY", False: None})
     no_term = out["AETERM"].isna()

@@ -5,6 +5,8 @@ MedicationAdministration of anything that is not the study drug (rows routed by
 
 from __future__ import annotations
 
+from typing import Any
+
 import pandas as pd
 
 from ...report import Kind
@@ -18,6 +20,14 @@ NOT_TAKEN = frozenset({"not-taken", "not-done", "cancelled", "stopped-before-sta
 def condition_text(ref: str | None, ctx: Ctx) -> str | None:
     cond = ctx.resource("Condition", ref)
     return cond.get("_text") if cond else None
+
+
+def extract_cm(res: dict[str, Any], ctx: Ctx) -> dict[str, Any] | None:
+    """The shared medication extractor plus MedicationStatement.dateAsserted (rule cm.CMDTC)."""
+    row = extract_medication(res, ctx)
+    if row is not None:
+        row["_asserted"] = res.get("dateAsserted")
+    return row
 
 
 def map_cm(cols: pd.DataFrame, ctx: Ctx) -> pd.DataFrame:
@@ -65,6 +75,7 @@ def map_cm(cols: pd.DataFrame, ctx: Ctx) -> pd.DataFrame:
                                  rule="cm.CMROUTE", target="CMROUTE")
     out["CMSTDTC"] = C.dtc(cols, "_start", ctx, rule="cm.CMSTDTC", target="CMSTDTC")
     out["CMENDTC"] = C.dtc(cols, "_end", ctx, rule="cm.CMENDTC", target="CMENDTC")
+    out["CMDTC"] = C.dtc(cols, "_asserted", ctx, rule="cm.CMDTC", target="CMDTC")
     many = cols["_n_dosage"].fillna(0).astype(int) > 1
     if many.any():
         keys = C.record_key(cols)
@@ -74,6 +85,6 @@ def map_cm(cols: pd.DataFrame, ctx: Ctx) -> pd.DataFrame:
     return out
 
 
-register_domain(DomainPlugin("CM", resource_types=MED_TYPES, extract=extract_medication, map=map_cm,
+register_domain(DomainPlugin("CM", resource_types=MED_TYPES, extract=extract_cm, map=map_cm,
                              accept=lambda row: row.get("_route_to") == "CM", dtc="CMSTDTC",
                              depends=("MH",)))

@@ -39,7 +39,12 @@ def extract_condition(res: dict[str, Any], ctx: Ctx) -> dict[str, Any] | None:
         end = res["abatementPeriod"].get("end")
     cats = {code for cat in res.get("category") or () for s, code in C.codings(cat) if s == CAT_SYSTEM}
     meddra = C.coding_in(res.get("code"), C.MEDDRA_SYSTEMS)
-    return {"_subject": ref_of(res.get("subject")), "_encounter": ref_of(res.get("encounter")),
+    # a sponsor category is a category given as text only (the FHIR condition-category codes select MH)
+    sponsor_cat = next((cat.get("text") for cat in res.get("category") or ()
+                        if isinstance(cat, dict) and cat.get("text") and not cat.get("coding")), None)
+    sev = res.get("severity") if isinstance(res.get("severity"), dict) else {}
+    return {"MHCAT": sponsor_cat, "_sev": C.codings(sev), "_sev_text": sev.get("text"),
+            "_subject": ref_of(res.get("subject")), "_encounter": ref_of(res.get("encounter")),
             "_key": key, "_history_cat": bool(cats & HISTORY_CATEGORIES), "_has_cat": bool(cats),
             # rule mh.select: written by trialbridge from an MH record (identifier in the project's
             # mhseq naming system): medical history by construction
@@ -100,6 +105,8 @@ def map_mh(cols: pd.DataFrame, ctx: Ctx) -> pd.DataFrame:
     out["MHSPID"] = cols["MHSPID"]
     out["MHTERM"] = cols["MHTERM"]
     out["MHDECOD"] = cols["MHDECOD"]
+    out["MHCAT"] = cols["MHCAT"]
+    out["MHSEV"] = _severity(cols, ctx)
     out["MHPRESP"] = occur.map(lambda v: "Y" if v == "N" else None)
     out["MHOCCUR"] = occur.where(occur.eq("N"), None)
     out["MHLOC"] = C.map_codes(cols, "_site", ctx, table="fhir_body_site.csv", codelist="LOC",
@@ -119,6 +126,24 @@ def map_mh(cols: pd.DataFrame, ctx: Ctx) -> pd.DataFrame:
         out = C.drop_rows(out, missing, ctx, "Condition has no code text or display: MHTERM is required",
                           rule="mh.MHTERM", kind=Kind.ERROR)
     return out
+
+
+def _severity(cols: pd.DataFrame, ctx: Ctx) -> pd.Series:
+    """MHSEV (rule mh.MHSEV): Condition.severity codings through the AE severity table (CT C66769);
+    a severity given as text only is taken when it is a term of that codelist, else reported."""
+    from ...sdtm.ct import pinned_ct
+    coded = C.map_codes(cols, "_sev", ctx, table="fhir_ae_severity.csv", codelist="AESEV", rule="mh.MHSEV",
+                        target="MHSEV")
+    cl = pinned_ct().codelist("AESEV")
+    text = cols["_sev_text"].where(coded.isna() & cols["_sev"].map(lambda c: not c), None)
+    term = text.map(lambda t: (cl.term(t).value if cl.term(t) is not None else None) if isinstance(t, str) else None)
+    bad = text.notna() & term.isna()
+    if bad.any():
+        keys = C.record_key(cols)
+        for i in cols.index[bad]:
+            ctx.report.unmapped_code(str(text.at[i]), "CT AESEV", rule="mh.MHSEV", source="severity.text",
+                                     target="MHSEV", record=keys.at[i])
+    return coded.where(coded.notna(), term).astype("object")
 
 
 register_domain(DomainPlugin("MH", resource_types=("Condition",), extract=extract_condition, map=map_mh,

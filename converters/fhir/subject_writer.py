@@ -209,8 +209,8 @@ class Extras:
                 found: list[dict[str, Any]] = []
                 for iv in wanted:
                     val = "" if not iv else idvars.get(iv, [None] * len(usubjid))[i]
-                    key = (u or "", iv, "" if val is None else (T.num_text(val) if isinstance(val, float)
-                                                                  else str(val)))
+                    text = "" if val is None else (T.num_text(val) if isinstance(val, float) else str(val))
+                    key: tuple[str, str, str] = (str(u or ""), str(iv), text or "")
                     hit = index.get(key)
                     if hit:
                         found.extend(hit)
@@ -238,7 +238,7 @@ def _coded(table: str, system: str, values: list[Any], ctx: Ctx, domain: str, va
            target: str) -> list[dict[str, str] | None]:
     """Code lookups once per distinct value; a code missing from the table is reported."""
     cache: dict[Any, dict[str, str] | None] = {}
-    out = []
+    out: list[dict[str, str] | None] = []
     for v in values:
         if v is None:
             out.append(None)
@@ -268,7 +268,8 @@ def _ct_concept(value: Any, codelist: str, ctx: Ctx, domain: str, var: str, targ
     return cc
 
 
-def _coding(row: dict[str, str]) -> dict[str, str]:
+def _coding(row: dict[str, str] | None) -> dict[str, str]:
+    assert row is not None, "callers test the row first"
     return {"system": row["target_system"], "code": row["target_code"], "display": row["target_display"]}
 
 
@@ -556,7 +557,7 @@ def _subject_refs(df: pd.DataFrame, domain: str, ctx: Ctx) -> tuple[list[Any], l
 def _encounter_refs(df: pd.DataFrame, ctx: Ctx) -> list[Any]:
     if "VISITNUM" not in df.columns or not ctx.encounters:
         return [None] * len(df)
-    out = []
+    out: list[Any] = []
     for st, u, v in zip(_col(df, "STUDYID"), _col(df, "USUBJID"), _col(df, "VISITNUM"), strict=False):
         if v is None:
             out.append(None)
@@ -707,7 +708,7 @@ def _merge_sdtm(extra: list[dict[str, Any]], subs: list[dict[str, Any]]) -> list
 
 
 def _quantity(values: list[Any], units: list[Any], ctx: Ctx, domain: str, var: str) -> list[Any]:
-    out = []
+    out: list[dict[str, Any] | None] = []
     for v, u in zip(values, units, strict=False):
         if v is None and u is None:
             out.append(None)
@@ -730,7 +731,8 @@ def _quantity(values: list[Any], units: list[Any], ctx: Ctx, domain: str, var: s
 
 
 def _dose(df: pd.DataFrame, var: str, unit: str, ctx: Ctx, domain: str) -> list[Any]:
-    vals = [None if v is None else __import__("orjson").Fragment(T.num_text(v).encode()) for v in _col(df, var)]
+    texts = [None if v is None else T.num_text(v) for v in _col(df, var)]
+    vals = [None if t is None else orjson.Fragment(t.encode()) for t in texts]
     return _quantity(vals, _col(df, unit), ctx, domain, unit)
 
 
@@ -996,15 +998,17 @@ def build_findings(df: pd.DataFrame, domain: str, ctx: Ctx, path: Path | str,
     res_col = df[f"{p}ORRES"] if f"{p}ORRES" in df.columns else empty
     texts = _col(df, f"{p}ORRES")
     dec = T.parse_decimals(res_col)
+    dec_codes = dec.codes
+    assert dec_codes is not None, "parse_decimals always sets the row codes"
     if dec.normalised.any():
         ctx.tally(Kind.INFERRED, domain, f"{p}ORRES", "numeric text rewritten as a FHIR decimal (e.g. a "
                   "leading zero added)", int(dec.normalised.sum()), target="Observation.valueQuantity.value")
     units = _col(df, f"{p}ORRESU")
     # value[x] and the unit tally: per distinct (result text, unit)
-    vcodes, vfirst, vcount = _distinct([dec.codes, units])
+    vcodes, vfirst, vcount = _distinct([dec_codes, units])
     value_parts, lost_unit = [], []
     for i, cnt in zip(vfirst, vcount.tolist(), strict=False):
-        val, comp, _ = dec.distinct[dec.codes[i]]
+        val, comp, _ = dec.distinct[dec_codes[i]]
         unit = units[i]
         if val is not None:
             if unit is not None and not T.ucum_for(unit):
@@ -1088,6 +1092,7 @@ def build_findings(df: pd.DataFrame, domain: str, ctx: Ctx, path: Path | str,
         if o is not None:
             t += ',"_effectiveDateTime":' + _js({"extension": [{"url": T.EXT_DTC, "valueString": o}]})
         eff_parts.append(t)
+    assert dates.codes is not None, "the date parse always sets the row codes"
     effective = T.take(eff_parts, dates.codes)
 
     def absent(s: Any, r: Any) -> str:

@@ -42,7 +42,8 @@ def extract_condition(res: dict[str, Any], ctx: Ctx) -> dict[str, Any] | None:
     # a sponsor category is a category given as text only (the FHIR condition-category codes select MH)
     sponsor_cat = next((cat.get("text") for cat in res.get("category") or ()
                         if isinstance(cat, dict) and cat.get("text") and not cat.get("coding")), None)
-    sev = res.get("severity") if isinstance(res.get("severity"), dict) else {}
+    sev_raw = res.get("severity")
+    sev: dict[str, Any] = sev_raw if isinstance(sev_raw, dict) else {}
     return {"MHCAT": sponsor_cat, "_sev": C.codings(sev), "_sev_text": sev.get("text"),
             "_subject": ref_of(res.get("subject")), "_encounter": ref_of(res.get("encounter")),
             "_key": key, "_history_cat": bool(cats & HISTORY_CATEGORIES), "_has_cat": bool(cats),
@@ -136,7 +137,11 @@ def _severity(cols: pd.DataFrame, ctx: Ctx) -> pd.Series:
                         target="MHSEV")
     cl = pinned_ct().codelist("AESEV")
     text = cols["_sev_text"].where(coded.isna() & cols["_sev"].map(lambda c: not c), None)
-    term = text.map(lambda t: (cl.term(t).value if cl.term(t) is not None else None) if isinstance(t, str) else None)
+    def _term(t: Any) -> str | None:
+        found = cl.term(t) if isinstance(t, str) else None
+        return found.value if found is not None else None
+
+    term = text.map(_term)
     bad = text.notna() & term.isna()
     if bad.any():
         keys = C.record_key(cols)

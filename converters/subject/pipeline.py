@@ -148,7 +148,8 @@ class _Run:
         for chunk in iter_chunks(inputs, types=wanted, errors=errors):
             for item in chunk:
                 collect_engine(item, self.ctx)
-                r = routes.get(item.resource.get("resourceType"))
+                rtype = item.resource.get("resourceType")
+                r = routes.get(rtype) if isinstance(rtype, str) else None
                 if r:
                     self._extract(item, r, self.rows)
         self._report_read_errors(errors)
@@ -515,9 +516,7 @@ def decide_studyid(given: str | None, ctx: Ctx) -> str:
         if ident and ident.nct_id:
             return ident.nct_id
     studies = ctx.resources.get("ResearchStudy", {})
-    parts_of = {ctx.refs.resolve(base.ref_of(r.get("partOf")[0] if isinstance(r.get("partOf"), list)
-                                             and r.get("partOf") else r.get("partOf")))
-                for r in studies.values()}
+    parts_of = {ctx.refs.resolve(base.ref_of(_first_part_of(r))) for r in studies.values()}
     for key, r in studies.items():
         if r.get("partOf") and key not in parts_of:
             continue
@@ -530,6 +529,12 @@ def decide_studyid(given: str | None, ctx: Ctx) -> str:
                      "ResearchStudy with an identifier in the input")
 
 
+def _first_part_of(study: dict[str, Any]) -> Any:
+    """ResearchStudy.partOf: the first Reference of the R5 list (an empty list as is), else the R4 one."""
+    part_of = study.get("partOf")
+    return part_of[0] if isinstance(part_of, list) and part_of else part_of
+
+
 def _identifier_value(res: dict[str, Any] | None) -> str | None:
     for ident in (res or {}).get("identifier") or ():
         if isinstance(ident, dict) and ident.get("value"):
@@ -539,8 +544,9 @@ def _identifier_value(res: dict[str, Any] | None) -> str | None:
 
 def _is_mrn(ident: dict[str, Any]) -> bool:
     t = ident.get("type")
-    return bool(base.first_coding(t) and any(c.get("code") == "MR" for c in t.get("coding") or ()
-                                             if isinstance(c, dict)))
+    if not isinstance(t, dict) or not base.first_coding(t):    # (first_coding is None for a non-dict)
+        return False
+    return any(c.get("code") == "MR" for c in t.get("coding") or () if isinstance(c, dict))
 
 
 def build_subject_index(ctx: Ctx) -> None:
@@ -548,19 +554,22 @@ def build_subject_index(ctx: Ctx) -> None:
     from .identity import assign_arms, site_of, subject_id_of  # the identity rules live together
     patients = ctx.resources.get("Patient", {})
     rs_by_patient: dict[str, list[tuple[str, dict[str, Any]]]] = defaultdict(list)
-    for key, rs in ctx.resources.get("ResearchSubject", {}).items():
-        pref = base.ref_of(rs.get("subject") or rs.get("individual"))
+    for key, subj in ctx.resources.get("ResearchSubject", {}).items():
+        pref = base.ref_of(subj.get("subject") or subj.get("individual"))
         pkey = ctx.refs.resolve(pref)
         if pkey is None or pkey not in patients:
             ctx.report.add(Kind.MISSING, "ResearchSubject names no Patient present in the input",
                            record=key, rule="subject.index", source="ResearchSubject.individual|subject")
             continue
-        rs_by_patient[pkey].append((key, rs))
+        rs_by_patient[pkey].append((key, subj))
     rows = []
     seen: dict[str, str] = {}
     for pkey, pat in patients.items():
         rs_list = rs_by_patient.get(pkey, [])
-        rskey, rs = rs_list[0] if rs_list else (None, None)
+        rskey: str | None = None
+        rs: dict[str, Any] | None = None
+        if rs_list:
+            rskey, rs = rs_list[0]
         if len(rs_list) > 1:
             ctx.report.add(Kind.INFERRED, "Patient has several ResearchSubjects; the first is used",
                            record=pkey, rule="subject.index")

@@ -23,7 +23,7 @@ from ...specs import load_table
 from .. import units
 from ..base import SRC_COLUMNS, Ctx, derive_dtc
 from ._codes import NCIT_SYSTEMS
-from .dm import code_table
+from .dm import NO_VALUE, code_table
 
 LOINC = "http://loinc.org"
 BODY_POSITION = "http://hl7.org/fhir/StructureDefinition/observation-bodyPosition"
@@ -460,7 +460,7 @@ def map_findings(cols: pd.DataFrame, ctx: Ctx, d: str, testcd: pd.Series, unit_c
     # --STAT / --REASND: cancelled or data absent -> NOT DONE
     nd = (cols["_status"] == "cancelled") | cols["_dar"].notna()
     nd &= out[f"{d}ORRES"].isna()
-    out[f"{d}STAT"] = np.where(nd, "NOT DONE", None)
+    out[f"{d}STAT"] = np.where(nd, "NOT DONE", NO_VALUE)
     out[f"{d}REASND"] = cols["_dar"].where(nd)
     # --DTC (LB: specimen collection first, per the Joint IG)
     eff = cols["_spec_dtc"].fillna(cols["_eff"]) if d == "LB" else cols["_eff"]

@@ -23,6 +23,9 @@ BIRTHSEX = US_CORE + "us-core-birthsex"
 RACE = US_CORE + "us-core-race"
 ETHNICITY = US_CORE + "us-core-ethnicity"
 BIRTHTIME = "http://hl7.org/fhir/StructureDefinition/patient-birthTime"
+# The "else null" operand of np.where(cond, "Y", ...): numpy's ArrayLike excludes a bare None, which
+# np.where turns into exactly this 0-d object array (same object-dtype result, None where cond is False).
+NO_VALUE = np.array(None, dtype=object)
 
 
 @cache
@@ -107,7 +110,7 @@ def map_dm(cols: pd.DataFrame, ctx: Ctx) -> pd.DataFrame:
                        rule="dm.BRTHDTC", source="Patient.birthDate", target="BRTHDTC")
     out["DTHDTC"], _ = derive_dtc(cols["_dth_dt"])
     died = out["DTHDTC"].notna() | (cols["_dth_bool"] == True)  # noqa: E712 (object column)
-    out["DTHFL"] = np.where(died, "Y", None)
+    out["DTHFL"] = np.where(died, "Y", NO_VALUE)
     out["DMDTC"], _ = derive_dtc(cols["_lastupdated"])
     if out["DMDTC"].notna().any():
         ctx.once("dmdtc", Kind.INFERRED, "DMDTC = Patient.meta.lastUpdated (Joint IG; review history "
@@ -126,7 +129,7 @@ def map_dm(cols: pd.DataFrame, ctx: Ctx) -> pd.DataFrame:
         ctx.once("age-enc", Kind.INFERRED, "AGE derived at the first Encounter date (no RFSTDTC, no "
                  "informed consent date)", rule="dm.AGE", target="AGE")
     out["AGE"] = _age_years(out["BRTHDTC"], ref)
-    out["AGEU"] = np.where(pd.notna(out["AGE"]), "YEARS", None)
+    out["AGEU"] = np.where(pd.notna(out["AGE"]), "YEARS", NO_VALUE)
     # SEX: US Core birth sex first, then Patient.gender (rule dm.SEX, Joint IG gap decided)
     sex_t = code_table("sex")
     sex = cols["_birthsex"].map(sex_t)

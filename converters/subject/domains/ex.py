@@ -43,7 +43,9 @@ def extract_medication(res: dict[str, Any], ctx: Ctx) -> dict[str, Any] | None:
             start, end = C.period_or_datetime(res, "occurence")     # R5 spelling
         if start is None:
             start, end = C.period_or_datetime(res, "occurrence")
-        dosage = res.get("dosage") if isinstance(res.get("dosage"), dict) else {}
+        dosage = res.get("dosage")
+        if not isinstance(dosage, dict):
+            dosage = {}
         dose_v, dose_u = C.dose_quantity(dosage.get("dose"))
         route, timing, dtext = dosage.get("route"), None, dosage.get("text")
         n_dosage = 1 if dosage else 0

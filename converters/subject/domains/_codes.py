@@ -17,7 +17,7 @@ import pandas as pd
 from ...report import Kind
 from ...sdtm.ct import NCIT, pinned_ct
 from ...specs import load_table
-from ..base import Ctx, derive_dtc
+from ..base import SRC_COLUMNS, Ctx, derive_dtc
 
 NCIT_SYSTEMS = frozenset({NCIT, "http://ncithesaurus-stage.nci.nih.gov", "urn:oid:2.16.840.1.113883.3.26.1.1"})
 MEDDRA_SYSTEMS = frozenset({"http://terminology.hl7.org/CodeSystem/mdr", "http://meddra.org"})
@@ -278,3 +278,14 @@ def study_drug_of(concept: Any, names: dict[str, str]) -> str | None:
             if hit:
                 return hit
     return None
+
+
+def carried_frame(cols: pd.DataFrame, *extra: str) -> pd.DataFrame:
+    """A domain's output frame, started with the columns every domain carries through from the
+    extraction (identity, reference dates, ``extra``, provenance) where the extraction has them."""
+    out = pd.DataFrame(index=cols.index)
+    for v in ("STUDYID", "USUBJID", "_rfstdtc", "_rfendtc", *extra, *SRC_COLUMNS):
+        if v in cols:
+            out[v] = cols[v]
+    return out
+

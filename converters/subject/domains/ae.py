@@ -15,7 +15,7 @@ from typing import Any
 import pandas as pd
 
 from ...report import Kind
-from ..base import SRC_COLUMNS, Ctx, DomainPlugin, ref_of, register_domain
+from ..base import Ctx, DomainPlugin, ref_of, register_domain
 from . import _codes as C
 
 SEVERITY = "fhir_ae_severity.csv"
@@ -104,10 +104,7 @@ def extract_ae(res: dict[str, Any], ctx: Ctx) -> dict[str, Any] | None:
 
 
 def map_ae(cols: pd.DataFrame, ctx: Ctx) -> pd.DataFrame:
-    out = pd.DataFrame(index=cols.index)
-    for v in ("STUDYID", "USUBJID", "_rfstdtc", "_rfendtc", *SRC_COLUMNS):
-        if v in cols:
-            out[v] = cols[v]
+    out = C.carried_frame(cols)
     conds = ctx.resources.get("Condition", {})
     cond_key = cols["_cond_ref"].map(lambda r: ctx.refs.resolve(r) if isinstance(r, str) else None)
     broken = cols["_cond_ref"].notna() & cond_key.map(lambda k: k not in conds)

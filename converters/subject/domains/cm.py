@@ -10,7 +10,7 @@ from typing import Any
 import pandas as pd
 
 from ...report import Kind
-from ..base import SRC_COLUMNS, Ctx, DomainPlugin, register_domain
+from ..base import Ctx, DomainPlugin, register_domain
 from . import _codes as C
 from .ex import MED_TYPES, extract_medication
 
@@ -39,10 +39,7 @@ def map_cm(cols: pd.DataFrame, ctx: Ctx) -> pd.DataFrame:
     if study_ms.any():
         ctx.once("cm.study-drug-statement", Kind.LOSSY, "MedicationStatement/Request of the study drug: "
                  "EX is built from MedicationAdministration only; kept in CM", rule="cm.study-drug")
-    out = pd.DataFrame(index=cols.index)
-    for v in ("STUDYID", "USUBJID", "_rfstdtc", "_rfendtc", *SRC_COLUMNS):
-        if v in cols:
-            out[v] = cols[v]
+    out = C.carried_frame(cols)
     out["CMSPID"] = cols["_spid"]
     out["CMTRT"] = cols["_trt"]
     no_trt = out["CMTRT"].isna()

@@ -15,7 +15,7 @@ import pandas as pd
 
 from ...report import Kind
 from ...sdtm.ct import pinned_ct
-from ..base import SRC_COLUMNS, Ctx, DomainPlugin, ref_of, register_domain
+from ..base import Ctx, DomainPlugin, ref_of, register_domain
 from ..identity import project_sid
 from ..sdtm_ext import carried_values
 from . import _codes as C
@@ -141,10 +141,7 @@ def map_ds(cols: pd.DataFrame, ctx: Ctx) -> pd.DataFrame:
     cols = cols.loc[keep]
     if not len(cols):
         return pd.DataFrame()
-    out = pd.DataFrame(index=cols.index)
-    for v in ("STUDYID", "USUBJID", "_rfstdtc", "_rfendtc", "_sdtm", *SRC_COLUMNS):
-        if v in cols:
-            out[v] = cols[v]
+    out = C.carried_frame(cols, "_sdtm")
     out["DSDECOD"] = cols["DSDECOD"]
     out["DSTERM"] = cols["_term"].where(cols["_term"].notna(), cols["DSDECOD"])
     out["DSCAT"] = cols["DSCAT"]

@@ -15,7 +15,7 @@ from typing import Any
 import pandas as pd
 
 from ...report import Kind
-from ..base import SRC_COLUMNS, Ctx, DomainPlugin, ref_of, register_domain
+from ..base import Ctx, DomainPlugin, ref_of, register_domain
 from ..identity import project_identifier
 from . import _codes as C
 
@@ -98,10 +98,7 @@ def map_ex(cols: pd.DataFrame, ctx: Ctx) -> pd.DataFrame:
                        rule="ex.status", kind=Kind.LOSSY)
     if not len(cols):
         return pd.DataFrame()
-    out = pd.DataFrame(index=cols.index)
-    for v in ("STUDYID", "USUBJID", "_rfstdtc", "_rfendtc", *SRC_COLUMNS, "VISITNUM", "VISIT"):
-        if v in cols:
-            out[v] = cols[v]
+    out = C.carried_frame(cols, "VISITNUM", "VISIT")
     out["EXSPID"] = cols["_spid"]
     out["EXTRT"] = cols["_drug"]
     ctx.once("ex.study-drug", Kind.INFERRED, "MedicationAdministration classified as study drug by name/code "

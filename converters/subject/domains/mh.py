@@ -17,7 +17,7 @@ from typing import Any
 import pandas as pd
 
 from ...report import Kind
-from ..base import SRC_COLUMNS, Ctx, DomainPlugin, ref_of, register_domain
+from ..base import Ctx, DomainPlugin, ref_of, register_domain
 from ..identity import project_identifier
 from . import _codes as C
 
@@ -99,10 +99,7 @@ def map_mh(cols: pd.DataFrame, ctx: Ctx) -> pd.DataFrame:
         cols, start, occur = cols.loc[is_mh], start.loc[is_mh], occur.loc[is_mh]
     if not len(cols):
         return pd.DataFrame()
-    out = pd.DataFrame(index=cols.index)
-    for v in ("STUDYID", "USUBJID", "_rfstdtc", "_rfendtc", "VISITNUM", "VISIT", *SRC_COLUMNS):
-        if v in cols:
-            out[v] = cols[v]
+    out = C.carried_frame(cols, "VISITNUM", "VISIT")
     out["MHSPID"] = cols["MHSPID"]
     out["MHTERM"] = cols["MHTERM"]
     out["MHDECOD"] = cols["MHDECOD"]

@@ -11,7 +11,7 @@ from typing import Any
 import pandas as pd
 
 from ...report import Kind
-from ..base import SRC_COLUMNS, Ctx, DomainPlugin, ref_of, register_domain
+from ..base import Ctx, DomainPlugin, ref_of, register_domain
 from . import _codes as C
 
 
@@ -44,10 +44,7 @@ def map_pr(cols: pd.DataFrame, ctx: Ctx) -> pd.DataFrame:
                        rule="pr.status")
     if not len(cols):
         return pd.DataFrame()
-    out = pd.DataFrame(index=cols.index)
-    for v in ("STUDYID", "USUBJID", "_rfstdtc", "_rfendtc", "VISITNUM", "VISIT", *SRC_COLUMNS):
-        if v in cols:
-            out[v] = cols[v]
+    out = C.carried_frame(cols, "VISITNUM", "VISIT")
     for v in ("PRSPID", "PRTRT", "PRDECOD", "PRCAT"):
         out[v] = cols[v]
     not_done = cols["_status"].eq("not-done")

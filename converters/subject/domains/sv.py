@@ -10,7 +10,7 @@ from typing import Any
 import pandas as pd
 
 from ...report import Kind
-from ..base import SRC_COLUMNS, Ctx, DomainPlugin, ref_of, register_domain
+from ..base import Ctx, DomainPlugin, ref_of, register_domain
 from ..identity import project_identifier
 from . import _codes as C
 
@@ -53,10 +53,7 @@ def map_sv(cols: pd.DataFrame, ctx: Ctx) -> pd.DataFrame:
                        "Encounter planned, unknown or entered-in-error: not a visit record", rule="sv.status")
     if not len(cols):
         return pd.DataFrame()
-    out = pd.DataFrame(index=cols.index)
-    for v in ("STUDYID", "USUBJID", "_rfstdtc", "_rfendtc", "VISITNUM", "VISIT", "_sdtm", *SRC_COLUMNS):
-        if v in cols:
-            out[v] = cols[v]
+    out = C.carried_frame(cols, "VISITNUM", "VISIT", "_sdtm")
     missed = cols["_status"].eq("cancelled")
     out["SVPRESP"] = missed.map({True: "Y", False: None})
     out["SVOCCUR"] = missed.map({True: "N", False: None})

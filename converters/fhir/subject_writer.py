@@ -834,9 +834,14 @@ def build_mh(df: pd.DataFrame, ctx: Ctx, path: Path | str) -> Iterator[tuple[str
             continue
         res: dict[str, Any] = {}
         _start(res, "Condition", ids[i], ex.ext(i), f"{T.SID}/mhseq", seqs[i])
-        if ctx.r5:
+        # an abated Condition must say inactive/resolved/remission (R4 con-4, R5 con-3, both errors);
+        # 'inactive' is the parent of the other two, so it claims no more than the end date does.
+        # R5 clinicalStatus is 1..1: 'unknown' when no end date is given.
+        abated = en[i] is not None or en_o[i] is not None
+        if abated or ctx.r5:
             res["clinicalStatus"] = {"coding": [{
-                "system": "http://terminology.hl7.org/CodeSystem/condition-clinical", "code": "unknown"}]}
+                "system": "http://terminology.hl7.org/CodeSystem/condition-clinical",
+                "code": "inactive" if abated else "unknown"}]}
         if raw["MHCAT"][i]:
             res["category"] = [{"text": raw["MHCAT"][i]}]
         if raw["MHSEV"][i]:

@@ -346,18 +346,26 @@ def dy_from_dates(d: pd.Series, r: pd.Series) -> pd.Series:
     return pd.array(np.where(dy.isna(), pd.NA, dy), dtype="Int64")  # type: ignore[call-overload]
 
 
-def derive_epoch(dtc: pd.Series, rfstdtc: pd.Series, rfendtc: pd.Series) -> pd.Series:
+def derive_epoch(dtc: pd.Series, rfstdtc: pd.Series, rfendtc: pd.Series,
+                 rficdtc: pd.Series | None = None) -> pd.Series:
     """EPOCH from the date relative to the reference period (CT EPOCH terms SCREENING, TREATMENT,
-    FOLLOW-UP). An inference (no trial-design TE/TA epochs available): callers report it."""
-    return epoch_from_dates(_date_part(dtc), _date_part(rfstdtc), _date_part(rfendtc))
+    FOLLOW-UP). An inference (no trial-design TE/TA epochs available): callers report it.
+    Dates before informed consent (RFICDTC) get no EPOCH: epochs are study-design periods and the
+    first one starts at consent (SDTMIG 3.4 section 4.1.3.1), so prior medications and history
+    started before the study are not SCREENING."""
+    ic = _date_part(rficdtc) if rficdtc is not None else None
+    return epoch_from_dates(_date_part(dtc), _date_part(rfstdtc), _date_part(rfendtc), ic)
 
 
-def epoch_from_dates(d: pd.Series, r: pd.Series, e: pd.Series) -> pd.Series:
+def epoch_from_dates(d: pd.Series, r: pd.Series, e: pd.Series, ic: pd.Series | None = None) -> pd.Series:
     """:func:`derive_epoch` from date parts already taken (:func:`_date_part`)."""
     out = np.full(len(d), None, dtype=object)
     dv, rv, ev = d.to_numpy(), r.to_numpy(), e.to_numpy()
     known = ~pd.isna(dv) & ~pd.isna(rv)
     before = known & (dv < rv)
+    if ic is not None:
+        iv = ic.to_numpy()
+        before &= pd.isna(iv) | ~(dv < iv)   # NaT compares False: unknown consent keeps SCREENING
     out[before] = "SCREENING"
     on = known & (dv >= rv)
     out[on] = "TREATMENT"

@@ -218,8 +218,8 @@ class _Run:
         cols["STUDYID"] = np.full(len(cols), ctx.studyid, dtype=object)
         subjects = ctx.subjects.set_index("USUBJID") if len(ctx.subjects) else None
         codes, uniq = pd.factorize(cols["USUBJID"].to_numpy(dtype=object))
-        for name in ("RFSTDTC", "RFENDTC"):
-            if subjects is None:
+        for name in ("RFSTDTC", "RFENDTC", "RFICDTC"):
+            if subjects is None or name not in subjects:
                 cols[f"_{name.lower()}"] = None
                 continue
             ref = subjects[name]
@@ -245,6 +245,7 @@ class _Run:
             df["STUDYID"] = self.ctx.studyid
         rf = df["_rfstdtc"] if "_rfstdtc" in df else pd.Series([None] * len(df), index=df.index)
         rfe = df["_rfendtc"] if "_rfendtc" in df else pd.Series([None] * len(df), index=df.index)
+        ric = df["_rficdtc"] if "_rficdtc" in df else pd.Series([None] * len(df), index=df.index)
         dates: dict[str, pd.Series] = {}   # date parts, each taken once (--DY and EPOCH share them)
 
         def date_of(name: str, s: pd.Series) -> pd.Series:
@@ -257,11 +258,12 @@ class _Run:
                 df[dy] = base.dy_from_dates(date_of(dtc, df[dtc]), date_of("_rfstdtc", rf))
         if "EPOCH" in names and "EPOCH" not in df and p.dtc and p.dtc in df:
             df["EPOCH"] = base.epoch_from_dates(date_of(p.dtc, df[p.dtc]), date_of("_rfstdtc", rf),
-                                                date_of("_rfendtc", rfe))
+                                                date_of("_rfendtc", rfe), date_of("_rficdtc", ric))
             if df["EPOCH"].notna().any():
                 self.ctx.once("epoch", Kind.INFERRED,
                               "EPOCH inferred from the date relative to RFSTDTC/RFENDTC (SCREENING "
-                              "before, TREATMENT during, FOLLOW-UP after); no trial-design epochs given",
+                              "from RFICDTC on, TREATMENT during, FOLLOW-UP after; null before "
+                              "informed consent); no trial-design epochs given",
                               rule="subject.epoch", target="EPOCH")
         seq = f"{d}SEQ"
         if seq in names and seq not in df:

@@ -284,7 +284,7 @@ def carried_frame(cols: pd.DataFrame, *extra: str) -> pd.DataFrame:
     """A domain's output frame, started with the columns every domain carries through from the
     extraction (identity, reference dates, ``extra``, provenance) where the extraction has them."""
     out = pd.DataFrame(index=cols.index)
-    for v in ("STUDYID", "USUBJID", "_rfstdtc", "_rfendtc", *extra, *SRC_COLUMNS):
+    for v in ("STUDYID", "USUBJID", "_rfstdtc", "_rfendtc", "_rficdtc", *extra, *SRC_COLUMNS):
         if v in cols:
             out[v] = cols[v]
     return out

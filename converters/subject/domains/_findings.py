@@ -474,7 +474,7 @@ def map_findings(cols: pd.DataFrame, ctx: Ctx, d: str, testcd: pd.Series, unit_c
     if d == "LB":
         kept = kept.where(cols["_spec_dtc"].isna())
     out[f"{d}DTC"] = kept.where(kept.notna(), dtc)
-    for c in ("VISITNUM", "VISIT", "_rfstdtc", "_rfendtc", "_src_type", "_src_id", "_src_ver",
+    for c in ("VISITNUM", "VISIT", "_rfstdtc", "_rfendtc", "_rficdtc", "_src_type", "_src_id", "_src_ver",
               "_src_file", "_src_line"):
         if c in cols:
             out[c] = cols[c]

@@ -55,12 +55,15 @@ def map_sv(cols: pd.DataFrame, ctx: Ctx) -> pd.DataFrame:
         return pd.DataFrame()
     out = C.carried_frame(cols, "VISITNUM", "VISIT", "_sdtm")
     missed = cols["_status"].eq("cancelled")
-    out["SVPRESP"] = missed.map({True: "Y", False: None})
-    out["SVOCCUR"] = missed.map({True: "N", False: None})
+    unplanned = cols["_unplanned"].astype(bool) & ~missed
+    # SDTMIG 3.4 SV: SVPRESP "Y" for planned visits, null for unplanned; SVOCCUR Y/N for every
+    # planned visit (occurred or not), null for unplanned ones
+    planned = ~unplanned
+    out["SVPRESP"] = pd.Series("Y", index=cols.index, dtype="object").where(planned, None)
+    out["SVOCCUR"] = missed.map({True: "N", False: "Y"}).astype("object").where(planned, None)
     out["SVREASOC"] = cols["_reason"].where(missed, None)
     out["SVSTDTC"] = C.dtc(cols, "_start", ctx, rule="sv.SVSTDTC", target="SVSTDTC")
     out["SVENDTC"] = C.dtc(cols, "_end", ctx, rule="sv.SVENDTC", target="SVENDTC")
-    unplanned = cols["_unplanned"].astype(bool) & ~missed
     out["SVUPDES"] = cols["_reason"].where(unplanned, None)
     if unplanned.any():
         ctx.once("sv.unplanned", Kind.INFERRED, "emergency/inpatient Encounters taken as unplanned visits "

@@ -15,6 +15,7 @@ from typing import Any
 import orjson
 import pandas as pd
 import pytest
+from conftest import SAMPLES
 from fhir_study_support import converted, record_paths, resources, schema_validator
 from trialbridge.fhir.subject_writer import convert_sdtm_to_fhir
 from trialbridge.report import ConversionReport
@@ -115,3 +116,36 @@ def test_abated_condition_is_inactive(tmp_path: Path, version: str) -> None:
         from fhir.resources.R4B.condition import Condition  # type: ignore[no-redef]
     for cond in conds.values():
         Condition.model_validate(cond)
+
+
+def test_r4_output_names_the_version_of_r5_only_status_codes():
+    """R4's research-study-status has no 'recruiting' or 'overall-study': an R4 extension that carries
+    them (progress status, site recruitment status) marks each such coding as version 5.0.0."""
+    import json as _json
+
+    from trialbridge.ctgov.v2 import read_ctgov_v2
+    from trialbridge.fhir.study_writer import write_fhir_bundle
+    from trialbridge.report import ConversionReport
+
+    r4_codes = {"active", "administratively-completed", "approved", "closed-to-accrual",
+                "closed-to-accrual-and-intervention", "completed", "disapproved", "in-review",
+                "temporarily-closed-to-accrual", "temporarily-closed-to-accrual-and-intervention", "withdrawn"}
+    record = _json.loads((SAMPLES / "NCT04835883" / "ctgov.json").read_text())
+    (study,) = read_ctgov_v2(record, file="x", report=ConversionReport())
+    bundle = write_fhir_bundle(study, version="R4", report=ConversionReport())
+    seen = []
+
+    def walk(node):
+        if isinstance(node, dict):
+            if node.get("system") == "http://hl7.org/fhir/research-study-status":
+                seen.append(node)
+            for v in node.values():
+                walk(v)
+        elif isinstance(node, list):
+            for v in node:
+                walk(v)
+
+    walk(bundle)
+    assert seen
+    for coding in seen:
+        assert coding["code"] in r4_codes or coding.get("version") == "5.0.0", coding

@@ -88,6 +88,16 @@ class Ctx:
             self.report.unmapped_code(raw, f"{enum} ({self.version})", rule=rule,
                                       source=ctgov_path(path), record=self.key)
             return {"text": raw}
+        if version == "R5":
+            self.mark_r5(cc)
+        return cc
+
+    def mark_r5(self, cc: dict[str, Any] | None) -> dict[str, Any] | None:
+        """In R4 output, an R5 concept carried by an extension: the code system URL is the same in
+        both versions but these codes exist only in 5.0.0, so each coding names its version."""
+        if cc is not None and self.version == "R4":
+            for c in cc.get("coding", ()):
+                c["version"] = "5.0.0"
         return cc
 
     def lossy(self, path: str, message: str, rule: str, target: str | None = None) -> None:
@@ -165,7 +175,7 @@ def _milestone(ctx: Ctx, kind: str, ds: Any, path: str, edge: str) -> dict[str, 
         if ds.type:
             ctx.lossy(f"{path}.type", "date type without a date", "fhir.study.milestones")
         return None
-    entry: dict[str, Any] = {"state": concept("Milestone", kind, ctx.version)}
+    entry: dict[str, Any] = {"state": ctx.mark_r5(concept("Milestone", kind, ctx.version))}
     if ds.type == "ACTUAL":
         entry["actual"] = True
     elif ds.type == "ESTIMATED":

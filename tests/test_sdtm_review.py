@@ -70,3 +70,46 @@ def test_sv_planned_visits_flagged(subj_out: Path) -> None:
 def test_sv_presp_occur_are_expected() -> None:
     core = {v.name: v.core for v in load_domain("SV").variables}
     assert core["SVPRESP"] == "Exp" and core["SVOCCUR"] == "Exp"
+
+
+def test_results_and_ranges_are_reported_as_the_json_gave_them(tmp_path, monkeypatch):
+    """118 stays "118" and 118.0 keeps its stated precision, on the columnar path (plain
+    Observations) and on the row path (blood pressure components)."""
+    import json as _json
+
+    from trialbridge.cli import main as cli_main
+    from trialbridge.sdtm.datasetjson import read_dataset_json as _read
+
+    def obs(oid, code, value, unit, ucum, cat, low=None, comps=None):
+        res = {"resourceType": "Observation", "id": oid, "status": "final",
+               "category": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/observation-category",
+                                         "code": cat}]}],
+               "code": {"coding": [{"system": "http://loinc.org", "code": code}]},
+               "subject": {"reference": "Patient/p1"}, "effectiveDateTime": "2024-01-02"}
+        if comps is None:
+            res["valueQuantity"] = {"value": value, "unit": unit, "system": "http://unitsofmeasure.org", "code": ucum}
+        else:
+            res["component"] = comps
+        if low is not None:
+            res["referenceRange"] = [{"low": {"value": low, "unit": unit, "system": "http://unitsofmeasure.org",
+                                              "code": ucum}}]
+        return res
+
+    bp = [{"code": {"coding": [{"system": "http://loinc.org", "code": c}]},
+           "valueQuantity": {"value": v, "unit": "mmHg", "system": "http://unitsofmeasure.org", "code": "mm[Hg]"}}
+          for c, v in (("8480-6", 120), ("8462-4", 80.0))]
+    lines = [{"resourceType": "Patient", "id": "p1", "gender": "female", "birthDate": "1980-01-01"},
+             obs("o1", "14682-9", 118, "umol/L", "umol/L", "laboratory", low=45),
+             obs("o2", "14682-9", 118.0, "umol/L", "umol/L", "laboratory", low=45.0),
+             obs("o3", "85354-9", None, None, None, "vital-signs", comps=bp)]
+    folder = tmp_path / "bulk"
+    folder.mkdir()
+    (folder / "Patient.ndjson").write_text(_json.dumps(lines[0]) + "\n")
+    (folder / "Observation.ndjson").write_text("\n".join(_json.dumps(x) for x in lines[1:]) + "\n")
+    monkeypatch.setenv("TRIALBRIDGE_SALT", "test-salt")   # no ResearchSubject: keyed-hash SUBJID
+    assert cli_main(["convert", str(folder), "--to", "sdtm", "--studyid", "S1", "-o", str(tmp_path / "o")]) == 0
+    lb, _ = _read(tmp_path / "o" / "lb.json")
+    assert lb["LBORRES"].tolist() == ["118", "118.0"]
+    assert lb["LBORNRLO"].tolist() == ["45", "45.0"]
+    vs, _ = _read(tmp_path / "o" / "vs.json")
+    assert sorted(vs["VSORRES"].tolist()) == ["120", "80.0"]

@@ -83,6 +83,10 @@ from ..report import ConversionReport, Kind
 
 ENGINE_PREFIX = "_"
 SRC_COLUMNS = ("_src_type", "_src_id", "_src_ver", "_src_file", "_src_line")
+#: Extracted columns holding numbers as the FHIR JSON gave them (results, reference-range limits):
+#: kept as Python int/float objects, never coerced to float64, so --ORRES/--ORNRLO/--ORNRHI read as
+#: collected (118 stays "118"; a decimal 118.0 keeps its stated precision).
+AS_GIVEN_COLUMNS = ("_v", "_rlo", "_rhi")
 DEFAULT_SALT_ENV = "TRIALBRIDGE_SALT"
 MAX_ROW_ISSUES = 200   # per (domain, reason); the rest are counted in one summary issue
 

@@ -184,6 +184,9 @@ class _Run:
             cols = pd.DataFrame(rows) if rows else pd.DataFrame()
         else:
             cols = pd.DataFrame.from_records(rows) if rows else pd.DataFrame()
+            for c in base.AS_GIVEN_COLUMNS:
+                if c in cols:   # from_records made them float64: rebuild them as the JSON gave them
+                    cols[c] = pd.Series([r.get(c) for r in rows], dtype="object", index=cols.index)
         if not len(cols):
             return pd.DataFrame()
         cols = self._attach_subjects(p, cols)

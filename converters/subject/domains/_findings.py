@@ -197,7 +197,7 @@ def extract_observation(res: dict[str, Any], ctx: Ctx) -> dict[str, Any] | list[
 
 #: the columns :func:`extract_observation_columns` returns, in order (FIELDS, then provenance)
 COLUMNS = FIELDS + SRC_COLUMNS
-NUMERIC_COLUMNS = frozenset({"_v", "_rlo", "_rhi", "_src_line"})
+NUMERIC_COLUMNS = frozenset({"_src_line"})
 
 
 def extract_observation_columns(items: Iterable[Any], ctx: Ctx, on_error: Callable[[Any, Exception], None]
@@ -316,8 +316,9 @@ def extract_observation_columns(items: Iterable[Any], ctx: Ctx, on_error: Callab
     out: dict[str, dict[str, Any]] = {}
     for cat in order:
         rows = by_cat[cat]
-        # numbers as lists (pandas infers int/float as for the row extractor), text as object Series
-        # (no string-dtype inference, which costs more than the mapping that follows)
+        # line numbers as lists; everything else as object Series: no string-dtype inference (it costs
+        # more than the mapping that follows), and result numbers keep the JSON's int/float, so 118
+        # is reported as "118" and 118.0 as "118.0" (base.AS_GIVEN_COLUMNS)
         out[cat] = {name: (list(col) if name in NUMERIC_COLUMNS else pd.Series(col, dtype="object"))
                     for name, col in zip(COLUMNS, zip(*rows, strict=True), strict=True)}
     return out, n

@@ -23,6 +23,31 @@ def test_dm_arms_and_studyid_match_the_trial_design_of_the_same_study(tmp_path):
     assert set(dm["STUDYID"]) == set(ts["STUDYID"]) == set(ta["STUDYID"])
 
 
+def test_planned_sv_visits_are_the_trial_design_visits_of_the_same_study(tmp_path):
+    """SV of the subject data uses TV's planned visits (VISITNUM/VISIT pairs); unplanned visits sit
+    between them (decimal VISITNUM, SVPRESP null) and shift no planned number."""
+    study = SAMPLES / "NCT04835883" / "ctgov.json"
+    subjects = SAMPLES / "NCT04835883" / "subjects.bundle.json"
+    assert main(["convert", str(study), "--to", "sdtm", "-o", str(tmp_path / "td")]) == 0
+    assert main(["convert", str(subjects), "--to", "sdtm", "--study", str(study),
+                 "-o", str(tmp_path / "subj")]) == 0
+    tv, _ = read_dataset_json(tmp_path / "td" / "tv.json")
+    sv, _ = read_dataset_json(tmp_path / "subj" / "sv.json")
+    tv_pairs = {(float(n), v) for n, v in zip(tv["VISITNUM"], tv["VISIT"], strict=True)}
+    planned = sv[sv["SVPRESP"] == "Y"]
+    assert len(planned) > 0
+    assert {(float(n), v) for n, v in zip(planned["VISITNUM"], planned["VISIT"], strict=True)} <= tv_pairs
+    unplanned = sv[sv["SVPRESP"] != "Y"]
+    assert len(unplanned) > 0
+    assert all(float(n) not in {p[0] for p in tv_pairs} for n in unplanned["VISITNUM"])
+    assert (unplanned["SVUPDES"] != "").all()
+    for dom in ("lb", "vs", "ex"):
+        df, _ = read_dataset_json(tmp_path / "subj" / f"{dom}.json")
+        got = {(float(n), v) for n, v in zip(df["VISITNUM"], df["VISIT"], strict=True) if v}
+        sv_pairs = {(float(n), v) for n, v in zip(sv["VISITNUM"], sv["VISIT"], strict=True)}
+        assert got <= sv_pairs, dom
+
+
 
 @pytest.mark.parametrize("version", ["R5", "R4"])
 @pytest.mark.parametrize("nct", ["NCT04835883", "NCT04522505"])

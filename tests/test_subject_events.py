@@ -93,7 +93,10 @@ def test_sample_events(sample_out: tuple[Path, dict[str, Any]]) -> None:
     assert (tb["MHOCCUR"], tb["MHPRESP"]) == ("N", "Y")
     missed = sv[sv["SVOCCUR"] == "N"]
     assert len(missed) == 1 and missed.iloc[0]["SVSTDTC"] == ""
-    assert (sv["SVUPDES"] != "").sum() == 1
+    # unplanned: the admission, and the screening visits (the study's TV has no screening visit)
+    upd = sv.loc[sv["SVUPDES"] != "", "SVUPDES"]
+    assert sorted(set(upd)) == ["Admission for community-acquired pneumonia", "Screening"]
+    assert (upd == "Screening").sum() == 10
     # no PHI: names, MRN, addresses never reach any output or the report
     bundle = json.loads((SAMPLE / "subjects.bundle.json").read_text())
     secrets = set()

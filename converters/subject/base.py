@@ -220,6 +220,9 @@ class Ctx:
     subject_alias: dict[str, str] = field(default_factory=dict)
     #: Encounter key -> (VISITNUM, VISIT, start)
     visit_map: dict[str, tuple[float, str, str | None]] = field(default_factory=dict)
+    #: Encounter keys of unplanned visits (no planned visit matched, or an unscheduled/inpatient
+    #: encounter) when the study has planned visits -> description for SVUPDES (type text)
+    unplanned_visits: dict[str, str | None] = field(default_factory=dict)
     #: small resources kept by type (scrubbed of names/telecom/address lines), key -> resource
     resources: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
     frames: dict[str, pd.DataFrame] = field(default_factory=dict)

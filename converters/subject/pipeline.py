@@ -19,8 +19,10 @@ from __future__ import annotations
 
 import csv
 import gc
+import re
 from collections import defaultdict
 from collections.abc import Iterable
+from datetime import date
 from itertools import islice
 from pathlib import Path
 from typing import Any
@@ -505,7 +507,9 @@ def collect_engine(item: Any, ctx: Ctx) -> None:
                "subject": base.ref_of(res.get("subject") or res.get("patient")),
                "start": per.get("start") if isinstance(per, dict) else None,
                "end": per.get("end") if isinstance(per, dict) else None,
-               "serviceProvider": base.ref_of(res.get("serviceProvider"))}
+               "serviceProvider": base.ref_of(res.get("serviceProvider")),
+               "status": res.get("status"), "_names": _encounter_names(res),
+               "_type_text": _encounter_type_text(res), "_unscheduled": _encounter_unscheduled(res)}
     ctx.resources.setdefault(rtype, {})[key] = res
 
 
@@ -602,10 +606,100 @@ def build_subject_index(ctx: Ctx) -> None:
     ctx.subject_alias = {alias: by_key[k] for alias, k in ctx.refs.alias.items() if k in by_key}
 
 
+#: encounter classes that are not protocol visits (emergency, inpatient...): always unplanned
+UNPLANNED_CLASSES = frozenset({"EMER", "IMP", "ACUTE", "NONAC", "SS"})
+_ACT = "http://terminology.hl7.org/CodeSystem/v3-ActCode"
+_UNSCHEDULED_TEXT = re.compile(r"\b(unscheduled|unplanned)\b", re.I)
+
+
+def _norm_visit(text: Any) -> str:
+    """Visit names compared upper-case with every run of other characters as one space."""
+    return re.sub(r"[^A-Z0-9.]+", " ", str(text).upper()).strip()
+
+
+def _encounter_types(res: dict[str, Any]) -> list[dict[str, Any]]:
+    t = res.get("type")
+    return [c for c in (t if isinstance(t, list) else [t]) if isinstance(c, dict)]
+
+
+def _encounter_names(res: dict[str, Any]) -> list[str]:
+    """What may name the planned visit: identifier values, type texts, coding displays and codes."""
+    out: list[str] = []
+    for ident in res.get("identifier") or ():
+        if isinstance(ident, dict) and ident.get("value"):
+            out.append(_norm_visit(ident["value"]))
+    for cc in _encounter_types(res):
+        if cc.get("text"):
+            out.append(_norm_visit(cc["text"]))
+        for c in cc.get("coding") or ():
+            if isinstance(c, dict):
+                out += [_norm_visit(c[k]) for k in ("display", "code") if c.get(k)]
+    return [n for n in out if n]
+
+
+def _encounter_type_text(res: dict[str, Any]) -> str | None:
+    for cc in _encounter_types(res):
+        if cc.get("text"):
+            return str(cc["text"])
+        for c in cc.get("coding") or ():
+            if isinstance(c, dict) and c.get("display"):
+                return str(c["display"])
+    return None
+
+
+def _encounter_unscheduled(res: dict[str, Any]) -> bool:
+    cls = res.get("class")
+    items = cls if isinstance(cls, list) else [cls]
+    codes: set[str] = set()
+    for c in items:
+        if isinstance(c, dict) and "coding" in c:              # R5 CodeableConcept
+            codes |= {str(x.get("code")) for x in c.get("coding") or ()
+                      if isinstance(x, dict) and x.get("system") == _ACT}
+        elif isinstance(c, dict) and c.get("system") == _ACT:  # R4 Coding
+            codes.add(str(c.get("code")))
+    texts = [t for cc in _encounter_types(res) for t in
+             [cc.get("text")] + [x.get("display") for x in cc.get("coding") or () if isinstance(x, dict)] if t]
+    return bool(codes & UNPLANNED_CLASSES) or any(_UNSCHEDULED_TEXT.search(str(t)) for t in texts)
+
+
+def visit_window(visitdy: int) -> int:
+    """Days either side of VISITDY within which an encounter's study day matches the planned visit:
+    10% of the planned offset from day 1, at least 3 days (rule subject.visit)."""
+    return max(3, round(abs(visitdy - 1) * 0.1))
+
+
+def load_planned_visits(ctx: Ctx) -> list[dict[str, Any]]:
+    """TV rows of the study definition, derived by the trial design conversion itself
+    (:func:`trialbridge.sdtm.tdm_design.build_tv`) so SV and TV agree; its own inference notes
+    belong to the TV conversion and are not repeated here."""
+    if ctx.study is None:
+        return []
+    from ..sdtm.tdm_design import build_tv
+    return build_tv(ctx.study, ConversionReport())
+
+
+def _study_day(dtc: str | None, ref: str | None) -> int | None:
+    if not dtc or not ref or len(dtc) < 10 or len(ref) < 10:
+        return None
+    try:
+        diff = (date.fromisoformat(dtc[:10]) - date.fromisoformat(ref[:10])).days
+    except ValueError:
+        return None
+    return diff + 1 if diff >= 0 else diff
+
+
 def build_visit_index(ctx: Ctx) -> None:
-    """VISITNUM/VISIT per Encounter: the subject's encounters in date order, 1..n. The IG notes that
-    encounters need not match protocol visits; with no planned visits in the study model this is an
-    inference and is reported once."""
+    """VISITNUM/VISIT per Encounter.
+
+    With planned visits (TV of the study definition): an Encounter whose identifier, type text, coding
+    display or code names a planned VISIT takes its VISITNUM/VISIT; else the planned visit whose VISITDY
+    is nearest the encounter's study day (relative to the first study-drug administration), within
+    :func:`visit_window`; each planned visit is matched once per subject. Unscheduled encounters (class
+    EMER/IMP/ACUTE/NONAC/SS, or type text "unscheduled"/"unplanned") and unmatched ones are unplanned:
+    VISITNUM = the subject's preceding planned VISITNUM + .1, .2... (0.1... before the first),
+    VISIT = "UNSCHEDULED <VISITNUM>", so later planned visits keep their numbers (SDTMIG 3.4 SV).
+    Without planned visits: the subject's encounters in date order, 1..n (the IG notes that encounters
+    need not match protocol visits). Every inference is reported once."""
     encs = list(ctx.resources.get("Encounter", {}).items())
     if not encs:
         return
@@ -613,6 +707,10 @@ def build_visit_index(ctx: Ctx) -> None:
                        "subj": ctx.usubjid_series(pd.Series([e["subject"] for _, e in encs], dtype="object")),
                        "start": [e.get("start") or "" for _, e in encs]})
     df = df[df["subj"].notna()].sort_values(["subj", "start", "key"], kind="stable")
+    planned = load_planned_visits(ctx)
+    if planned:
+        _match_planned_visits(ctx, df, planned)
+        return
     df["n"] = df.groupby("subj", sort=False).cumcount() + 1
     ctx.visit_map = {k: (float(n), f"VISIT {n}", s or None)
                      for k, n, s in zip(df["key"], df["n"], df["start"], strict=True)}
@@ -620,6 +718,94 @@ def build_visit_index(ctx: Ctx) -> None:
         ctx.once("visits", Kind.INFERRED, "VISITNUM/VISIT inferred from the order of each subject's "
                  "Encounters (no planned visits in the study definition)", rule="subject.visit",
                  target="VISITNUM")
+
+
+def _first_exposure(ctx: Ctx) -> dict[str, str]:
+    """USUBJID -> first study-drug administration start, by the EX rule (ex.study-drug: the medication
+    names an intervention of the study definition): the RFSTDTC EX will give, known before EX is mapped."""
+    from .domains import _codes as C
+    names = C.study_drug_names(ctx)
+    out: dict[str, str] = {}
+    for ma in ctx.resources.get("MedicationAdministration", {}).values():
+        if ma.get("status") in ("not-done", "entered-in-error"):
+            continue
+        concept, _ = C.medication_concept(ma, ctx)
+        if C.study_drug_of(concept, names) is None:
+            continue
+        start = next((s for stem in ("effective", "occurence", "occurrence")
+                      for s in (C.period_or_datetime(ma, stem)[0],) if s), None)
+        u = ctx.subject_alias.get(ctx.refs.resolve(base.ref_of(ma.get("subject"))) or "")
+        if u and isinstance(start, str) and (u not in out or start < out[u]):
+            out[u] = start
+    return out
+
+
+def _match_planned_visits(ctx: Ctx, df: pd.DataFrame, planned: list[dict[str, Any]]) -> None:
+    by_name = {_norm_visit(v["VISIT"]): v for v in planned}
+    ref = _first_exposure(ctx)
+    if len(ctx.subjects) and "RFSTDTC" in ctx.subjects:   # carried (project input) reference starts
+        for u, d in zip(ctx.subjects["USUBJID"], ctx.subjects["RFSTDTC"], strict=True):
+            if isinstance(d, str) and d and u not in ref:
+                ref[u] = d
+    resources = ctx.resources.get("Encounter", {})
+    used: set[tuple[str, float]] = set()
+    matched: dict[str, tuple[dict[str, Any], str]] = {}
+    # 1. by name (first pass, so a name wins over a nearer study day)
+    for key, subj in zip(df["key"], df["subj"], strict=True):
+        enc = resources[key]
+        if enc.get("_unscheduled"):
+            continue
+        hit = next((by_name[n] for n in enc.get("_names") or () if n in by_name), None)
+        if hit is not None and (subj, hit["VISITNUM"]) not in used:
+            used.add((subj, hit["VISITNUM"]))
+            matched[key] = (hit, "name")
+    # 2. by study day within the window
+    for key, subj, start in zip(df["key"], df["subj"], df["start"], strict=True):
+        enc = resources[key]
+        if key in matched or enc.get("_unscheduled"):
+            continue
+        day = _study_day(start, ref.get(subj))
+        if day is None:
+            continue
+        best = min((v for v in planned if (subj, v["VISITNUM"]) not in used
+                    and abs(day - int(v["VISITDY"])) <= visit_window(int(v["VISITDY"]))),
+                   key=lambda v: (abs(day - int(v["VISITDY"])), v["VISITNUM"]), default=None)
+        if best is not None:
+            used.add((subj, best["VISITNUM"]))
+            matched[key] = (best, "day")
+    # 3. numbering: planned from TV, unplanned after the preceding planned visit of the subject
+    vmap: dict[str, tuple[float, str, str | None]] = {}
+    unplanned: dict[str, str | None] = {}
+    prev_subj, prev_num, extra = None, 0.0, 0
+    for key, subj, start in zip(df["key"], df["subj"], df["start"], strict=True):
+        if subj != prev_subj:
+            prev_subj, prev_num, extra = subj, 0.0, 0
+        if key in matched:
+            v = matched[key][0]
+            num = float(v["VISITNUM"])
+            vmap[key] = (num, str(v["VISIT"]), start or None)
+            if num > prev_num and start:   # a missed visit (no date) fixes no position
+                prev_num, extra = num, 0
+            continue
+        extra += 1
+        num = round(prev_num + extra / 10 if extra < 10 else prev_num + extra / 100, 3)
+        vmap[key] = (num, f"UNSCHEDULED {num:g}", start or None)
+        unplanned[key] = resources[key].get("_type_text")
+    ctx.visit_map, ctx.unplanned_visits = vmap, unplanned
+    how = {m for _, m in matched.values()}
+    if "name" in how:
+        ctx.once("visits.name", Kind.INFERRED, "Encounters matched to the planned visits of the trial "
+                 "design (TV) by a visit name in their identifier, type text or coding",
+                 rule="subject.visit", source="Encounter.identifier|type", target="VISITNUM")
+    if "day" in how:
+        ctx.once("visits.day", Kind.INFERRED, "Encounters matched to the planned visits of the trial "
+                 "design (TV) by study day (relative to the first study-drug administration) within "
+                 "max(3 days, 10% of VISITDY - 1) of VISITDY", rule="subject.visit",
+                 source="Encounter.period.start", target="VISITNUM")
+    if unplanned:
+        ctx.once("visits.unplanned", Kind.INFERRED, "Encounters matching no planned visit, or "
+                 "unscheduled/inpatient, taken as unplanned visits: VISITNUM = preceding planned "
+                 "VISITNUM + .1, .2...", rule="subject.visit", source="Encounter", target="VISITNUM")
 
 
 def derive_reference_dates(ctx: Ctx) -> None:

@@ -55,7 +55,11 @@ def map_sv(cols: pd.DataFrame, ctx: Ctx) -> pd.DataFrame:
         return pd.DataFrame()
     out = C.carried_frame(cols, "VISITNUM", "VISIT", "_sdtm")
     missed = cols["_status"].eq("cancelled")
-    unplanned = cols["_unplanned"].astype(bool) & ~missed
+    # unplanned: an emergency/inpatient class, or (with planned visits in the study) an encounter the
+    # visit index matched to no planned visit (rule subject.visit)
+    enc = ctx.refs.resolve_series(cols["_encounter"])
+    indexed = enc.map(lambda k: k in ctx.unplanned_visits).astype(bool)
+    unplanned = (cols["_unplanned"].astype(bool) | indexed) & ~missed
     # SDTMIG 3.4 SV: SVPRESP "Y" for planned visits, null for unplanned; SVOCCUR Y/N for every
     # planned visit (occurred or not), null for unplanned ones
     planned = ~unplanned
@@ -64,10 +68,12 @@ def map_sv(cols: pd.DataFrame, ctx: Ctx) -> pd.DataFrame:
     out["SVREASOC"] = cols["_reason"].where(missed, None)
     out["SVSTDTC"] = C.dtc(cols, "_start", ctx, rule="sv.SVSTDTC", target="SVSTDTC")
     out["SVENDTC"] = C.dtc(cols, "_end", ctx, rule="sv.SVENDTC", target="SVENDTC")
-    out["SVUPDES"] = cols["_reason"].where(unplanned, None)
+    described = cols["_reason"].fillna(enc.map(lambda k: ctx.unplanned_visits.get(k)))
+    out["SVUPDES"] = described.where(unplanned, None)
     if unplanned.any():
-        ctx.once("sv.unplanned", Kind.INFERRED, "emergency/inpatient Encounters taken as unplanned visits "
-                 "(SVUPDES from the encounter reason)", rule="sv.SVUPDES", target="SVUPDES")
+        ctx.once("sv.unplanned", Kind.INFERRED, "emergency/inpatient Encounters (and, with planned "
+                 "visits, Encounters matching none) taken as unplanned visits (SVUPDES from the encounter "
+                 "reason, else its type text)", rule="sv.SVUPDES", target="SVUPDES")
     return out
 
 

@@ -71,3 +71,22 @@ def test_studyid_override(tmp_path: Path) -> None:
     convert_subjects([_bundle(tmp_path, False)], tmp_path / "out",
                      options=Options(study=STUDY, studyid="OVR", sdtm_formats=("csv",)), report=ConversionReport())
     assert pd.read_csv(tmp_path / "out" / "dm.csv")["STUDYID"].tolist() == ["OVR"]
+
+
+def test_rfpendtc_is_the_disposition_date_else_the_last_record_date(tmp_path):
+    """Sample: subjects with a disposition event end participation at its date (COMPLETED or the
+    withdrawal); the ongoing subject at the latest date of any of its records (rule dm.RFPENDTC)."""
+    from conftest import SAMPLES
+    from trialbridge.cli import main
+    from trialbridge.sdtm.datasetjson import read_dataset_json
+    sample = SAMPLES / "NCT04835883"
+    assert main(["convert", str(sample / "subjects.bundle.json"), "--to", "sdtm", "--study",
+                 str(sample / "ctgov.json"), "-o", str(tmp_path)]) == 0
+    dm, _ = read_dataset_json(tmp_path / "dm.json")
+    ds, _ = read_dataset_json(tmp_path / "ds.json")
+    sv, _ = read_dataset_json(tmp_path / "sv.json")
+    disp = ds[ds["DSCAT"] == "DISPOSITION EVENT"].groupby("USUBJID")["DSSTDTC"].max()
+    got = dict(zip(dm["USUBJID"], dm["RFPENDTC"], strict=True))
+    assert len(disp) == 9 and all(got[u] == d for u, d in disp.items())
+    (ongoing,) = set(got) - set(disp.index)
+    assert got[ongoing] == max(sv.loc[sv["USUBJID"] == ongoing, "SVENDTC"])

@@ -96,6 +96,10 @@ class _Run:
         self.writers: dict[str, ChunkedDomainWriter] = {}
         self.prov: dict[str, Any] = {}
         self.supp_frames: dict[str, list[pd.DataFrame]] = defaultdict(list)
+        #: USUBJID -> latest date of any of the subject's records (for DM.RFPENDTC, rule dm.RFPENDTC)
+        self.last_dates: dict[str, str] = {}
+        #: DM, written at the end once RFPENDTC can see every record (streamed LB/VS included)
+        self.dm: tuple[DomainPlugin, pd.DataFrame] | None = None
 
     # -- helpers
     def _by_type(self, streamed: bool) -> dict[str, list[tuple[Any, list[DomainPlugin]]]]:
@@ -176,10 +180,31 @@ class _Run:
                 rf_done = True
             frame = self._finish_frame(p, frame, self.seq[p.domain])
             self.ctx.frames[p.domain] = frame
-            if p.write and len(frame):
+            self._note_dates(p.domain, frame)
+            if p.domain == "DM" and p.write and len(frame):
+                self.dm = (p, frame)
+            elif p.write and len(frame):
                 self._write_whole(p, frame)
         if not rf_done:
             derive_reference_dates(self.ctx)
+
+    def _note_dates(self, domain: str, frame: pd.DataFrame) -> None:
+        """Keep each subject's latest --DTC/--STDTC/--ENDTC (ISO 8601 text compares in date order)."""
+        if domain == "DM" or not len(frame) or "USUBJID" not in frame:
+            return
+        cols = [c for c in (f"{domain}DTC", f"{domain}STDTC", f"{domain}ENDTC") if c in frame]
+        if not cols:
+            return
+        parts = [pd.DataFrame({"u": frame["USUBJID"].to_numpy(dtype=object),
+                               "d": frame[c].to_numpy(dtype=object)}) for c in cols]
+        dates = pd.concat(parts, ignore_index=True)
+        dates = dates[dates["d"].map(lambda v: isinstance(v, str) and v != "")]
+        if not len(dates):
+            return
+        last = self.last_dates
+        for u, d in dates.groupby("u", sort=False)["d"].max().items():
+            if u not in last or d > last[u]:
+                last[u] = d
 
     def _map(self, p: DomainPlugin, rows: list[dict[str, Any]] | dict[str, list[Any]]) -> pd.DataFrame:
         if isinstance(rows, dict):
@@ -371,12 +396,18 @@ class _Run:
                                                             study_oid=self.ctx.studyid,
                                                             report=self.ctx.report)
             w.write(sdtm)
+            self._note_dates(dom, frame)
             if len(supp):
                 self.supp_frames[dom].append(supp)
             self.written.append(_write_provenance(prov, dom, self.outdir, append=dom in self.prov))
             self.prov[dom] = True
 
     def finish(self) -> list[Path]:
+        if self.dm is not None:
+            dm_plugin, dm = self.dm
+            dm = derive_rfpendtc(dm, self.last_dates, self.ctx)
+            self.ctx.frames["DM"] = dm
+            self._write_whole(dm_plugin, dm)
         for w in self.writers.values():
             self.written += w.close()
         for dom, parts in sorted(self.supp_frames.items()):
@@ -806,6 +837,33 @@ def _match_planned_visits(ctx: Ctx, df: pd.DataFrame, planned: list[dict[str, An
         ctx.once("visits.unplanned", Kind.INFERRED, "Encounters matching no planned visit, or "
                  "unscheduled/inpatient, taken as unplanned visits: VISITNUM = preceding planned "
                  "VISITNUM + .1, .2...", rule="subject.visit", source="Encounter", target="VISITNUM")
+
+
+@transform("derive_rfpendtc")
+def derive_rfpendtc(dm: pd.DataFrame, last_dates: dict[str, str], ctx: Ctx) -> pd.DataFrame:
+    """DM.RFPENDTC (rule dm.RFPENDTC): the latest disposition event date (DS, DSCAT DISPOSITION EVENT)
+    when the subject has one, else the latest date of any of the subject's records; a value already
+    carried (project input) is kept. Both are inferences, reported once each."""
+    if "RFPENDTC" not in dm:
+        dm["RFPENDTC"] = None
+    have = dm["RFPENDTC"].map(lambda v: isinstance(v, str) and v != "")
+    ds = ctx.frames.get("DS")
+    disp: dict[str, str] = {}
+    if ds is not None and len(ds) and {"DSCAT", "DSSTDTC"} <= set(ds.columns):
+        ev = ds[(ds["DSCAT"] == "DISPOSITION EVENT") & ds["DSSTDTC"].map(lambda v: isinstance(v, str) and v != "")]
+        disp = {str(u): str(d) for u, d in ev.groupby("USUBJID")["DSSTDTC"].max().items()}
+    from_ds = ~have & dm["USUBJID"].map(lambda u: u in disp)
+    from_rec = ~have & ~from_ds & dm["USUBJID"].map(lambda u: u in last_dates)
+    dm["RFPENDTC"] = dm["RFPENDTC"].astype("object")
+    dm.loc[from_ds, "RFPENDTC"] = dm.loc[from_ds, "USUBJID"].map(disp)
+    dm.loc[from_rec, "RFPENDTC"] = dm.loc[from_rec, "USUBJID"].map(last_dates)
+    if from_ds.any():
+        ctx.once("rfpendtc.ds", Kind.INFERRED, "RFPENDTC = date of the subject's last disposition event "
+                 "(DS, DSCAT DISPOSITION EVENT)", rule="dm.RFPENDTC", source="DS.DSSTDTC", target="RFPENDTC")
+    if from_rec.any():
+        ctx.once("rfpendtc.last", Kind.INFERRED, "RFPENDTC = latest date of the subject's records (no "
+                 "disposition event)", rule="dm.RFPENDTC", source="--DTC/--STDTC/--ENDTC", target="RFPENDTC")
+    return dm
 
 
 def derive_reference_dates(ctx: Ctx) -> None:

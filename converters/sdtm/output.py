@@ -2,12 +2,19 @@
 
 All SDTM writers (trial design, subject data) go through :func:`write_domain`, so a new output
 form is added in one place. File names are the domain in lower case (``dm.json``, ``suppdm.xpt``).
+
+Subject data rows are written in the order of the domain's keys (``schemas/sdtm/domains.csv``, the keySequence
+Define-XML declares): numeric keys numerically, text keys by code point, missing values first, ties
+in arrival order (:func:`sort_by_keys`). The streamed writer sorts each chunk and merges the sorted
+chunks at close (an external merge sort: one row per run in memory, see :class:`ChunkedDomainWriter`).
 """
 
 from __future__ import annotations
 
+import heapq
 import importlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
@@ -24,11 +31,61 @@ from .datasetjson import DATASET_JSON_VERSION, NUMERIC_TYPES, creation_datetime,
 SDTM_FORMATS = ("json", "ndjson", "csv", "xpt")
 
 
+def sort_by_keys(df: pd.DataFrame, domain: str) -> pd.DataFrame:
+    """``df`` in the order of the domain's key variables (those it has); stable. Same order as
+    :func:`row_key` gives the streamed writer."""
+    return df.iloc[key_order(df, domain)].reset_index(drop=True)
+
+
+def key_order(df: pd.DataFrame, domain: str) -> np.ndarray:
+    """Row positions of ``df`` in key order (see :func:`sort_by_keys`)."""
+    from .metadata import load_domain
+    identity = np.arange(len(df))
+    try:
+        meta = load_domain(domain)
+    except (KeyError, ValueError, FileNotFoundError):
+        return identity
+    keys = [k for k in meta.keys if k in df.columns]
+    if len(df) < 2 or not keys:
+        return identity
+    numeric = {v.name for v in meta.variables if v.data_type in NUMERIC_TYPES}
+    frame = pd.DataFrame(index=identity)
+    for k in keys:
+        s = df[k].reset_index(drop=True)
+        if k in numeric:
+            frame[k] = pd.to_numeric(s, errors="coerce")
+        else:
+            vals = s.to_numpy(dtype=object)
+            frame[k] = ["" if v is None or (isinstance(v, float) and v != v) or v is pd.NA else str(v)
+                        for v in vals]
+    return frame.sort_values(keys, na_position="first", kind="stable").index.to_numpy()
+
+
+def row_key(positions: list[tuple[int, bool]]) -> Callable[[Any], tuple[Any, ...]]:
+    """Sort key of a spooled row (a list): per key variable its position in the row (-1: not
+    carried) and whether it is numeric; missing numbers sort first, missing text is ""."""
+    def key(row: Any) -> tuple[Any, ...]:
+        out: list[Any] = []
+        for j, num in positions:
+            v = row[j] if j >= 0 else None
+            if num:
+                out.append((0, 0.0) if v is None else (1, float(v)))
+            else:
+                out.append("" if v is None else str(v))
+        return tuple(out)
+    return key
+
+
 def write_domain(df: pd.DataFrame, domain: str, outdir: Path, formats: tuple[str, ...], *,
-                 study_oid: str, report: ConversionReport | None = None) -> list[Path]:
+                 study_oid: str, report: ConversionReport | None = None, sort: bool = False) -> list[Path]:
+    """``sort``: rows in key order (subject data). Trial design datasets keep their derived order:
+    their row order carries meaning the keys do not (arm order, criteria order as the sponsor gave
+    them; the CDISC pilot's TI is not in IETESTCD order)."""
     bad = [f for f in formats if f not in SDTM_FORMATS]
     if bad:
         raise UsageError(f"unknown --sdtm-format {', '.join(bad)} (choose from {', '.join(SDTM_FORMATS)})")
+    if sort:
+        df = sort_by_keys(df, domain)
     stem = domain.lower()
     written: list[Path] = []
     for fmt in formats:
@@ -58,11 +115,18 @@ class ChunkedDomainWriter:
     spooled with the final selection byte for byte and re-serialises only the (early) chunks that
     lack a Perm column first filled later; NDJSON and CSV re-read the spool. XPT v5 has no way to
     append, so for ``xpt`` the domain is assembled in memory once, at close. Same column rules as
-    :func:`write_domain`. Rows stay in arrival order.
+    :func:`write_domain`.
+
+    Key order with bounded memory (an external merge sort): each chunk is sorted by the domain keys
+    before it is spooled, one row per line, so every chunk is a sorted run; :meth:`close` merges the
+    runs (``heapq.merge``, stable: ties keep arrival order), reading each run line by line, so memory
+    holds one row per run, not the domain. A single run is copied as it is.
     """
 
     def __init__(self, domain: str, outdir: Path, formats: tuple[str, ...], *, study_oid: str,
-                 report: ConversionReport | None = None) -> None:
+                 report: ConversionReport | None = None, companion: Path | None = None) -> None:
+        """``companion``: a CSV written at close with the rows given to :meth:`write` as
+        ``companion=`` (one per domain row, e.g. provenance), in the same (key) order as the domain."""
         from .metadata import load_domain
         bad = [f for f in formats if f not in SDTM_FORMATS]
         if bad:
@@ -81,11 +145,15 @@ class ChunkedDomainWriter:
         self.spooled = 0
         outdir.mkdir(parents=True, exist_ok=True)
         self.spool_path = outdir / f".{domain.lower()}.spool"
+        self.companion = companion
+        self.companion_columns: list[str] = []
         self.spool = open(self.spool_path, "wb")  # noqa: SIM115 (closed in close())
 
-    def write(self, df: pd.DataFrame) -> None:
+    def write(self, df: pd.DataFrame, companion: pd.DataFrame | None = None) -> None:
         if not len(df):
             return
+        if (companion is None) != (self.companion is None) or (companion is not None and len(companion) != len(df)):
+            raise ValueError(f"{self.domain.domain}: companion rows must be given with every chunk, one per row")
         unknown = [c for c in df.columns if c not in self.names]
         if unknown:
             raise ValueError(f"{self.domain.domain}: columns not in schemas/sdtm metadata: {unknown}")
@@ -119,35 +187,79 @@ class ChunkedDomainWriter:
         sel = tuple(self._selected())
         picked = [cols[i] if cols[i] is not None else ([None] * n if self.numeric[i] else [""] * n)
                   for i in sel]
-        body = orjson.dumps(list(zip(*picked, strict=True)))[1:-1]
+        if companion is not None:
+            self.companion_columns = [str(c) for c in companion.columns]
+            comp = companion.astype(object).where(companion.notna(), None).to_numpy().tolist()
+            picked.append(comp)
+        rows = list(zip(*picked, strict=True))
+        rows.sort(key=self._key(sel))
+        body = b"\n".join(map(orjson.dumps, rows)) + b"\n"
         self.spool.write(body)
         self.parts.append((self.spooled, len(body), sel))
         self.spooled += len(body)
         self.records += n
 
+    def _key(self, sel: tuple[int, ...]) -> Callable[[Any], tuple[Any, ...]]:
+        pos = {c: j for j, c in enumerate(sel)}
+        return row_key([(pos.get(self.names.index(k), -1), self.numeric[self.names.index(k)])
+                        for k in self.domain.keys if k in self.names])
+
     def _selected(self) -> list[int]:
         return [i for i in range(len(self.names)) if self.always[i] or self.present[i]]
 
-    def _bodies(self, sel: list[int]) -> Iterator[bytes]:
-        """Each chunk's rows in the final selection, as the inside of a JSON array."""
+    def _run(self, offset: int, length: int, chunk_sel: tuple[int, ...],
+              sel: list[int], with_companion: bool = False) -> Iterator[list[Any]]:
+        """One spooled (sorted) chunk, row by row, in the final selection."""
         want = tuple(sel)
         with open(self.spool_path, "rb") as fh:
-            for offset, length, chunk_sel in self.parts:
-                fh.seek(offset)
-                body = fh.read(length)
+            fh.seek(offset)
+            left = length
+            while left > 0:
+                line = fh.readline()
+                if not line:
+                    break
+                left -= len(line)
+                row = orjson.loads(line)
+                comp = row.pop() if self.companion is not None else None
                 if chunk_sel != want:
-                    body = orjson.dumps(self._reselect(orjson.loads(b"[" + body + b"]"), chunk_sel, sel))[1:-1]
-                yield body
+                    row = self._reselect([row], chunk_sel, sel)[0]
+                if with_companion:
+                    row.append(comp)
+                yield row
+
+    def _rows(self, sel: list[int], with_companion: bool = False) -> Iterator[list[Any]]:
+        """Every row in the final selection, in key order (a merge of the sorted chunks); with its
+        companion row as last element on request."""
+        runs = [self._run(o, n, cs, sel, with_companion) for o, n, cs in self.parts]
+        if len(runs) == 1:
+            yield from runs[0]
+            return
+        yield from heapq.merge(*runs, key=self._key(tuple(sel)))
+
+    def _bodies(self, sel: list[int]) -> Iterator[bytes]:
+        """The rows in key order as pieces of the inside of a JSON array (no separator at the ends)."""
+        if len(self.parts) == 1 and self.parts[0][2] == tuple(sel) and self.companion is None:
+            offset, length, _ = self.parts[0]
+            with open(self.spool_path, "rb") as fh:
+                fh.seek(offset)
+                yield fh.read(length).rstrip(b"\n").replace(b"\n", b",\n")
+            return
+        for rows in self._chunks(sel):
+            yield b",\n".join(map(orjson.dumps, rows))
+
+    def _chunks(self, sel: list[int], size: int = 50_000) -> Iterator[list[list[Any]]]:
+        it = self._rows(sel)
+        while True:
+            batch = list(islice(it, size))
+            if not batch:
+                return
+            yield batch
 
     def _reselect(self, rows: list[list[Any]], chunk_sel: tuple[int, ...], sel: list[int]) -> list[list[Any]]:
         pos = {c: j for j, c in enumerate(chunk_sel)}
         # a column the chunk did not carry had no value in it (else it would have been selected)
         picks = [(pos[i], None) if i in pos else (-1, None if self.numeric[i] else "") for i in sel]
         return [[r[j] if j >= 0 else empty for j, empty in picks] for r in rows]
-
-    def _chunks(self, sel: list[int]) -> Iterator[list[list[Any]]]:
-        for body in self._bodies(sel):
-            yield orjson.loads(b"[" + body + b"]")
 
     def close(self) -> list[Path]:
         self.spool.close()
@@ -163,6 +275,9 @@ class ChunkedDomainWriter:
                 else:  # xpt: a v5 file is written whole, so the domain is held in memory once, here
                     self._write_xpt(target, sel)
                 written.append(target)
+            if self.companion is not None and self.parts:
+                self._write_companion(self.companion, sel)
+                written.append(self.companion)
         finally:
             self.spool_path.unlink(missing_ok=True)
         return written
@@ -208,6 +323,13 @@ class ChunkedDomainWriter:
         frame = pd.DataFrame(rows, columns=[self.names[i] for i in sel])
         importlib.import_module("trialbridge.sdtm.xpt").write_xpt(
             frame, self.domain.domain, target, transliterate=True, ascii_report=self.report)
+
+    def _write_companion(self, target: Path, sel: list[int]) -> None:
+        import csv
+        with atomic_path(target) as tmp, open(tmp, "w", newline="", encoding="utf-8") as fh:
+            w = csv.writer(fh, lineterminator="\n")
+            w.writerow(self.companion_columns)
+            w.writerows(row[-1] for row in self._rows(sel, with_companion=True))
 
     def _write_csv(self, target: Path, sel: list[int]) -> None:
         import csv

@@ -34,7 +34,7 @@ from ..errors import UsageError
 from ..report import ConversionReport, Kind
 from ..safeio import atomic_path
 from ..sdtm.metadata import load_domain
-from ..sdtm.output import ChunkedDomainWriter, write_domain
+from ..sdtm.output import ChunkedDomainWriter, key_order, write_domain
 from ..specs import transform
 from . import base, sdtm_ext
 from .base import SRC_COLUMNS, Ctx, DomainPlugin
@@ -94,7 +94,6 @@ class _Run:
         self.written: list[Path] = []
         self.seq: dict[str, dict[str, int]] = defaultdict(dict)
         self.writers: dict[str, ChunkedDomainWriter] = {}
-        self.prov: dict[str, Any] = {}
         self.supp_frames: dict[str, list[pd.DataFrame]] = defaultdict(list)
         #: USUBJID -> latest date of any of the subject's records (for DM.RFPENDTC, rule dm.RFPENDTC)
         self.last_dates: dict[str, str] = {}
@@ -330,6 +329,10 @@ class _Run:
 
     def _write_whole(self, p: DomainPlugin, df: pd.DataFrame) -> None:
         sdtm, supp, prov = self._split(p, df)
+        # rows in key order (schemas/sdtm/domains.csv); provenance in the same order, row for row
+        order = key_order(sdtm, p.domain)
+        sdtm = sdtm.iloc[order].reset_index(drop=True)
+        prov = prov.iloc[order].reset_index(drop=True)
         self.written += write_domain(sdtm, p.domain, self.outdir, self.formats, study_oid=self.ctx.studyid,
                                      report=self.ctx.report)
         if len(supp):
@@ -392,15 +395,14 @@ class _Run:
             sdtm, supp, prov = self._split(p, frame)
             w = self.writers.get(dom)
             if w is None:
-                w = self.writers[dom] = ChunkedDomainWriter(dom, self.outdir, self.formats,
-                                                            study_oid=self.ctx.studyid,
-                                                            report=self.ctx.report)
-            w.write(sdtm)
+                w = self.writers[dom] = ChunkedDomainWriter(
+                    dom, self.outdir, self.formats, study_oid=self.ctx.studyid, report=self.ctx.report,
+                    companion=self.outdir / f"{dom.lower()}.provenance.csv")
+            # the writer puts the rows in key order at close; provenance follows them row for row
+            w.write(sdtm, companion=prov)
             self._note_dates(dom, frame)
             if len(supp):
                 self.supp_frames[dom].append(supp)
-            self.written.append(_write_provenance(prov, dom, self.outdir, append=dom in self.prov))
-            self.prov[dom] = True
 
     def finish(self) -> list[Path]:
         if self.dm is not None:
@@ -413,7 +415,7 @@ class _Run:
         for dom, parts in sorted(self.supp_frames.items()):
             supp = pd.concat(parts, ignore_index=True)
             self.written += write_domain(supp, f"SUPP{dom}", self.outdir, self.formats,
-                                         study_oid=self.ctx.studyid, report=self.ctx.report)
+                                         study_oid=self.ctx.studyid, report=self.ctx.report, sort=True)
         for (dom, reason), n in sorted(self.ctx.issue_counts.items()):
             if n > base.MAX_ROW_ISSUES:
                 self.ctx.report.add(Kind.ERROR if reason == "subject" else Kind.INVALID_VALUE,

@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import heapq
 import importlib
+import io
+from array import array
 from collections.abc import Callable, Iterator
 from itertools import islice
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 import orjson
@@ -124,9 +126,11 @@ class ChunkedDomainWriter:
     """
 
     def __init__(self, domain: str, outdir: Path, formats: tuple[str, ...], *, study_oid: str,
-                 report: ConversionReport | None = None, companion: Path | None = None) -> None:
-        """``companion``: a CSV written at close with the rows given to :meth:`write` as
-        ``companion=`` (one per domain row, e.g. provenance), in the same (key) order as the domain."""
+                 report: ConversionReport | None = None, companion: Path | None = None,
+                 companion_csv: Callable[[pd.DataFrame, IO[str], bool], None] | None = None) -> None:
+        """``companion``: a CSV written at close from the frames given to :meth:`write` as
+        ``companion=`` (one row per domain row, e.g. provenance), in the same (key) order as the
+        domain; ``companion_csv(frame, fh, header)`` writes a frame (default ``DataFrame.to_csv``)."""
         from .metadata import load_domain
         bad = [f for f in formats if f not in SDTM_FORMATS]
         if bad:
@@ -140,14 +144,23 @@ class ChunkedDomainWriter:
         self.lengths = [0] * len(self.names)
         self.present = [False] * len(self.names)
         self.records = 0
-        #: per spooled chunk: (byte offset, byte length, selected column indexes)
+        #: per spooled chunk (a sorted run, one JSON row per line): (byte offset, byte length,
+        #: selected column indexes)
         self.parts: list[tuple[int, int, tuple[int, ...]]] = []
         self.spooled = 0
+        self.order: array | None = None
         outdir.mkdir(parents=True, exist_ok=True)
         self.spool_path = outdir / f".{domain.lower()}.spool"
-        self.companion = companion
-        self.companion_columns: list[str] = []
         self.spool = open(self.spool_path, "wb")  # noqa: SIM115 (closed in close())
+        self.companion = companion
+        self.companion_csv = companion_csv or (
+            lambda df, fh, header: df.to_csv(fh, index=False, header=header, lineterminator="\n"))
+        self.companion_header = b""
+        #: per chunk: (byte offset, byte length) of its companion CSV lines, same row order as the run
+        self.companion_parts: list[tuple[int, int]] = []
+        self.companion_spooled = 0
+        self.companion_spool_path = outdir / f".{domain.lower()}.companion.spool"
+        self.companion_spool = open(self.companion_spool_path, "wb") if companion else None  # noqa: SIM115
 
     def write(self, df: pd.DataFrame, companion: pd.DataFrame | None = None) -> None:
         if not len(df):
@@ -187,17 +200,32 @@ class ChunkedDomainWriter:
         sel = tuple(self._selected())
         picked = [cols[i] if cols[i] is not None else ([None] * n if self.numeric[i] else [""] * n)
                   for i in sel]
-        if companion is not None:
-            self.companion_columns = [str(c) for c in companion.columns]
-            comp = companion.astype(object).where(companion.notna(), None).to_numpy().tolist()
-            picked.append(comp)
         rows = list(zip(*picked, strict=True))
-        rows.sort(key=self._key(sel))
+        keyf = self._key(sel)
+        if companion is None:
+            rows.sort(key=keyf)
+        else:
+            order = sorted(range(n), key=lambda j: keyf(rows[j]))
+            rows = [rows[j] for j in order]
+            self._spool_companion(companion.iloc[order], n)
         body = b"\n".join(map(orjson.dumps, rows)) + b"\n"
         self.spool.write(body)
         self.parts.append((self.spooled, len(body), sel))
         self.spooled += len(body)
         self.records += n
+
+    def _spool_companion(self, frame: pd.DataFrame, n: int) -> None:
+        assert self.companion_spool is not None
+        buf = io.StringIO()
+        self.companion_csv(frame, buf, True)
+        head, _, lines = buf.getvalue().partition("\n")
+        if lines.count("\n") != n:
+            raise ValueError(f"{self.domain.domain}: companion values must not hold line breaks")
+        self.companion_header = head.encode("utf-8") + b"\n"
+        data = lines.encode("utf-8")
+        self.companion_spool.write(data)
+        self.companion_parts.append((self.companion_spooled, len(data)))
+        self.companion_spooled += len(data)
 
     def _key(self, sel: tuple[int, ...]) -> Callable[[Any], tuple[Any, ...]]:
         pos = {c: j for j, c in enumerate(sel)}
@@ -207,11 +235,10 @@ class ChunkedDomainWriter:
     def _selected(self) -> list[int]:
         return [i for i in range(len(self.names)) if self.always[i] or self.present[i]]
 
-    def _run(self, offset: int, length: int, chunk_sel: tuple[int, ...],
-              sel: list[int], with_companion: bool = False) -> Iterator[list[Any]]:
-        """One spooled (sorted) chunk, row by row, in the final selection."""
-        want = tuple(sel)
-        with open(self.spool_path, "rb") as fh:
+    @staticmethod
+    def _run_lines(path: Path, offset: int, length: int) -> Iterator[bytes]:
+        """The lines of one spooled run, read one at a time."""
+        with open(path, "rb") as fh:
             fh.seek(offset)
             left = length
             while left > 0:
@@ -219,33 +246,59 @@ class ChunkedDomainWriter:
                 if not line:
                     break
                 left -= len(line)
-                row = orjson.loads(line)
-                comp = row.pop() if self.companion is not None else None
-                if chunk_sel != want:
-                    row = self._reselect([row], chunk_sel, sel)[0]
-                if with_companion:
-                    row.append(comp)
-                yield row
+                yield line
 
-    def _rows(self, sel: list[int], with_companion: bool = False) -> Iterator[list[Any]]:
-        """Every row in the final selection, in key order (a merge of the sorted chunks); with its
-        companion row as last element on request."""
-        runs = [self._run(o, n, cs, sel, with_companion) for o, n, cs in self.parts]
-        if len(runs) == 1:
-            yield from runs[0]
-            return
-        yield from heapq.merge(*runs, key=self._key(tuple(sel)))
+    def _merge_order(self) -> array | None:
+        """Which run each row of the key order comes from (None: one run, already in order). One
+        pass over the spool; memory: one row per run plus this array (1-4 bytes per row)."""
+        if len(self.parts) < 2:
+            return None
 
-    def _bodies(self, sel: list[int]) -> Iterator[bytes]:
-        """The rows in key order as pieces of the inside of a JSON array (no separator at the ends)."""
-        if len(self.parts) == 1 and self.parts[0][2] == tuple(sel) and self.companion is None:
-            offset, length, _ = self.parts[0]
-            with open(self.spool_path, "rb") as fh:
-                fh.seek(offset)
-                yield fh.read(length).rstrip(b"\n").replace(b"\n", b",\n")
+        def keyed(r: int) -> Iterator[tuple[tuple[Any, ...], int]]:
+            offset, length, chunk_sel = self.parts[r]
+            key = self._key(chunk_sel)
+            for line in self._run_lines(self.spool_path, offset, length):
+                yield key(orjson.loads(line)), r
+
+        order = array("B" if len(self.parts) < 256 else "H" if len(self.parts) < 65536 else "I")
+        order.extend(r for _, r in heapq.merge(*(keyed(r) for r in range(len(self.parts)))))
+        return order
+
+    def _lines(self, path: Path, parts: list[tuple[int, int]]) -> Iterator[tuple[int, bytes]]:
+        """(run, raw line) of a spool in key order (the replay of :meth:`_merge_order`)."""
+        if self.order is None:
+            for r, (offset, length) in enumerate(parts):
+                for line in self._run_lines(path, offset, length):
+                    yield r, line
             return
-        for rows in self._chunks(sel):
-            yield b",\n".join(map(orjson.dumps, rows))
+        runs = [self._run_lines(path, o, n) for o, n in parts]
+        for r in self.order:
+            yield r, next(runs[r])
+
+    def _rows(self, sel: list[int]) -> Iterator[list[Any]]:
+        """Every row in the final selection, in key order."""
+        want = tuple(sel)
+        for r, line in self._lines(self.spool_path, [(o, n) for o, n, _ in self.parts]):
+            row = orjson.loads(line)
+            chunk_sel = self.parts[r][2]
+            yield row if chunk_sel == want else self._reselect([row], chunk_sel, sel)[0]
+
+    def _bodies(self, sel: list[int], size: int = 50_000) -> Iterator[bytes]:
+        """The rows in key order as pieces of the inside of a JSON array (no separator at the ends);
+        rows spooled with the final selection are copied as they are."""
+        want = tuple(sel)
+        batch: list[bytes] = []
+        for r, line in self._lines(self.spool_path, [(o, n) for o, n, _ in self.parts]):
+            chunk_sel = self.parts[r][2]
+            if chunk_sel == want:
+                batch.append(line.rstrip(b"\n"))
+            else:
+                batch.append(orjson.dumps(self._reselect([orjson.loads(line)], chunk_sel, sel)[0]))
+            if len(batch) >= size:
+                yield b",\n".join(batch)
+                batch = []
+        if batch:
+            yield b",\n".join(batch)
 
     def _chunks(self, sel: list[int], size: int = 50_000) -> Iterator[list[list[Any]]]:
         it = self._rows(sel)
@@ -263,9 +316,12 @@ class ChunkedDomainWriter:
 
     def close(self) -> list[Path]:
         self.spool.close()
+        if self.companion_spool is not None:
+            self.companion_spool.close()
         sel = self._selected()
         written: list[Path] = []
         try:
+            self.order = self._merge_order()
             for fmt in self.formats:
                 target = self.outdir / f"{self.domain.domain.lower()}.{fmt}"
                 if fmt in ("json", "ndjson"):
@@ -276,10 +332,11 @@ class ChunkedDomainWriter:
                     self._write_xpt(target, sel)
                 written.append(target)
             if self.companion is not None and self.parts:
-                self._write_companion(self.companion, sel)
+                self._write_companion(self.companion)
                 written.append(self.companion)
         finally:
             self.spool_path.unlink(missing_ok=True)
+            self.companion_spool_path.unlink(missing_ok=True)
         return written
 
     def header(self, sel: list[int]) -> dict[str, Any]:
@@ -324,12 +381,16 @@ class ChunkedDomainWriter:
         importlib.import_module("trialbridge.sdtm.xpt").write_xpt(
             frame, self.domain.domain, target, transliterate=True, ascii_report=self.report)
 
-    def _write_companion(self, target: Path, sel: list[int]) -> None:
-        import csv
-        with atomic_path(target) as tmp, open(tmp, "w", newline="", encoding="utf-8") as fh:
-            w = csv.writer(fh, lineterminator="\n")
-            w.writerow(self.companion_columns)
-            w.writerows(row[-1] for row in self._rows(sel, with_companion=True))
+    def _write_companion(self, target: Path) -> None:
+        with atomic_path(target) as tmp, open(tmp, "wb") as fh:
+            fh.write(self.companion_header)
+            batch: list[bytes] = []
+            for _, line in self._lines(self.companion_spool_path, self.companion_parts):
+                batch.append(line)
+                if len(batch) >= 50_000:
+                    fh.write(b"".join(batch))
+                    batch = []
+            fh.write(b"".join(batch))
 
     def _write_csv(self, target: Path, sel: list[int]) -> None:
         import csv

@@ -197,7 +197,8 @@ class _Run:
         parts = [pd.DataFrame({"u": frame["USUBJID"].to_numpy(dtype=object),
                                "d": frame[c].to_numpy(dtype=object)}) for c in cols]
         dates = pd.concat(parts, ignore_index=True)
-        dates = dates[dates["d"].map(lambda v: isinstance(v, str) and v != "")]
+        d = dates["d"].to_numpy(dtype=object)
+        dates = dates[~pd.isna(d) & (d != "")]
         if not len(dates):
             return
         last = self.last_dates
@@ -397,7 +398,8 @@ class _Run:
             if w is None:
                 w = self.writers[dom] = ChunkedDomainWriter(
                     dom, self.outdir, self.formats, study_oid=self.ctx.studyid, report=self.ctx.report,
-                    companion=self.outdir / f"{dom.lower()}.provenance.csv")
+                    companion=self.outdir / f"{dom.lower()}.provenance.csv",
+                    companion_csv=lambda frame, fh, header: _provenance_csv(frame, fh, header=header))
             # the writer puts the rows in key order at close; provenance follows them row for row
             w.write(sdtm, companion=prov)
             self._note_dates(dom, frame)

@@ -180,6 +180,13 @@ def build_tv(study: Study, report: ConversionReport) -> list[dict[str, Any]]:
                    for o in (study.outcomes.primary + study.outcomes.secondary + study.outcomes.other
                              if study.outcomes else ()))
     rows: list[dict[str, Any]] = []
+    # the same evidence that gives TE/TA a Screening element gives TV its screening visit (before
+    # day 1, so no VISITDY: its timing is the element's start rule)
+    screening = bool(study.arms_interventions and study.arms_interventions.arm_groups
+                     and _SCREENING.search(_record_text(study)))
+    if screening:
+        rows.append({"VISIT": "SCREENING", "VISITDY": None, "TVSTRL": "Informed consent (start of the "
+                     "Screening element)"})
     if baseline:
         rows.append({"VISIT": "BASELINE", "VISITDY": 1, "TVSTRL": "Start of treatment"})
     for day in sorted(points):

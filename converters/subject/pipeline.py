@@ -803,6 +803,7 @@ def _match_planned_visits(ctx: Ctx, df: pd.DataFrame, planned: list[dict[str, An
         if day is None:
             continue
         best = min((v for v in planned if (subj, v["VISITNUM"]) not in used
+                    and v["VISITDY"] is not None    # a visit without a planned day matches by name only
                     and abs(day - int(v["VISITDY"])) <= visit_window(int(v["VISITDY"]))),
                    key=lambda v: (abs(day - int(v["VISITDY"])), v["VISITNUM"]), default=None)
         if best is not None:

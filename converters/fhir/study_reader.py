@@ -15,6 +15,7 @@ from typing import Any
 from .. import model as m
 from ..errors import InputError
 from ..report import ConversionReport, Kind
+from .concepts import concept_text
 from .study_common import countries, ext_url, reverse, spec, system
 
 CONTACTPOINT_EXT = "http://hl7.org/fhir/StructureDefinition/contactpoint-extension"
@@ -59,15 +60,7 @@ def _first(d: dict[str, list[Any]], key: str) -> Any:
     return vals[0] if vals else None
 
 
-def _text(cc: Any) -> str | None:
-    if not isinstance(cc, dict):
-        return None
-    if cc.get("text"):
-        return str(cc["text"])
-    for c in cc.get("coding") or ():
-        if isinstance(c, dict) and c.get("display"):
-            return str(c["display"])
-    return None
+_text = concept_text
 
 
 def _nz(cls: type, **kw: Any) -> Any:

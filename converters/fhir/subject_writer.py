@@ -736,6 +736,19 @@ def _dose(df: pd.DataFrame, var: str, unit: str, ctx: Ctx, domain: str) -> list[
     return _quantity(vals, _col(df, unit), ctx, domain, unit)
 
 
+def _medication_subject(res: dict[str, Any], ctx: Ctx, treatment: Any, subject: Any, encounter: Any) -> None:
+    """Medication (R5 CodeableReference.concept, R4 medicationCodeableConcept), subject and encounter
+    (R4 MedicationStatement/MedicationAdministration call it context) for CM and EX."""
+    med = {"text": treatment}
+    if ctx.r5:
+        res["medication"] = {"concept": med}
+    else:
+        res["medicationCodeableConcept"] = med
+    res["subject"] = subject
+    if encounter:
+        res["encounter" if ctx.r5 else "context"] = encounter
+
+
 def build_cm(df: pd.DataFrame, ctx: Ctx, path: Path | str) -> Iterator[tuple[str, dict[str, Any]]]:
     ids, seqs, subj, keep, enc, ex, keys = _common(df, "CM", "cm", ctx, path)
     st, st_o = _dates(df, "CMSTDTC", ctx, "CM", keys, target="MedicationStatement.effectivePeriod")
@@ -751,14 +764,7 @@ def build_cm(df: pd.DataFrame, ctx: Ctx, path: Path | str) -> Iterator[tuple[str
         res["status"] = "recorded" if ctx.r5 else "unknown"
         if raw["CMCAT"][i]:
             res["category"] = [{"text": raw["CMCAT"][i]}] if ctx.r5 else {"text": raw["CMCAT"][i]}
-        med = {"text": raw["CMTRT"][i]} if raw["CMTRT"][i] else {"text": "(no CMTRT)"}
-        if ctx.r5:
-            res["medication"] = {"concept": med}
-        else:
-            res["medicationCodeableConcept"] = med
-        res["subject"] = subj[i]
-        if enc[i]:
-            res["encounter" if ctx.r5 else "context"] = enc[i]
+        _medication_subject(res, ctx, raw["CMTRT"][i] or "(no CMTRT)", subj[i], enc[i])
         per = _period(st[i], st_o[i], en[i], en_o[i])
         if per:
             res["effectivePeriod"] = per
@@ -798,14 +804,7 @@ def build_ex(df: pd.DataFrame, ctx: Ctx, path: Path | str) -> Iterator[tuple[str
         res: dict[str, Any] = {}
         _start(res, "MedicationAdministration", ids[i], ex.ext(i), f"{T.SID}/exseq", seqs[i])
         res["status"] = "not-done" if raw["EXOCCUR"][i] == "N" else "completed"
-        med = {"text": raw["EXTRT"][i]}
-        if ctx.r5:
-            res["medication"] = {"concept": med}
-        else:
-            res["medicationCodeableConcept"] = med
-        res["subject"] = subj[i]
-        if enc[i]:
-            res["encounter" if ctx.r5 else "context"] = enc[i]
+        _medication_subject(res, ctx, raw["EXTRT"][i], subj[i], enc[i])
         per = _period(st[i], st_o[i], en[i], en_o[i])
         if per:
             res[f"{eff}Period"] = per

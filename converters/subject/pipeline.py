@@ -31,6 +31,7 @@ import numpy as np
 import pandas as pd
 
 from ..errors import UsageError
+from ..fhir.concepts import concept_text
 from ..report import ConversionReport, Kind
 from ..safeio import atomic_path
 from ..sdtm.metadata import load_domain
@@ -673,13 +674,7 @@ def _encounter_names(res: dict[str, Any]) -> list[str]:
 
 
 def _encounter_type_text(res: dict[str, Any]) -> str | None:
-    for cc in _encounter_types(res):
-        if cc.get("text"):
-            return str(cc["text"])
-        for c in cc.get("coding") or ():
-            if isinstance(c, dict) and c.get("display"):
-                return str(c["display"])
-    return None
+    return next((t for t in map(concept_text, _encounter_types(res)) if t), None)
 
 
 def _encounter_unscheduled(res: dict[str, Any]) -> bool:

@@ -14,6 +14,7 @@ from typing import Any
 
 import pandas as pd
 
+from ...fhir.concepts import concept_text
 from ...report import Kind
 from ...sdtm.ct import NCIT, pinned_ct
 from ...specs import load_table
@@ -41,14 +42,7 @@ def text_of(concept: Any) -> str | None:
     """CodeableConcept.text, else the first coding's display."""
     if isinstance(concept, dict) and "concept" in concept and "coding" not in concept:
         concept = concept.get("concept")
-    if not isinstance(concept, dict):
-        return None
-    if concept.get("text"):
-        return str(concept["text"])
-    for c in concept.get("coding") or ():
-        if isinstance(c, dict) and c.get("display"):
-            return str(c["display"])
-    return None
+    return concept_text(concept)
 
 
 def coding_in(concept: Any, systems: Iterable[str]) -> dict[str, Any] | None:

@@ -127,8 +127,10 @@ def cli() -> None:
 @click.option("--ndjson", is_flag=True,
               help="SDTM -> FHIR: one NDJSON file per resource type (Bulk Data layout) instead of a Bundle.")
 @click.option("--default-tz", default=None,
-              help="SDTM -> FHIR: time zone (Z or +hh:mm) for SDTM times without one; without it such "
-                   "times are cut to their date, the text kept in an extension, and the loss reported.")
+              help="SDTM -> FHIR: time zone for SDTM times without one: Z, +hh:mm, or an IANA name "
+                   "(Europe/Paris: offset per local time, DST-aware; a DST fold/gap time is cut and "
+                   "reported). Without it such times are cut to their date, the text kept in an "
+                   "extension, and the loss reported.")
 @click.option("--strict", is_flag=True, help="Stop at the first warning; warnings fail the run.")
 @click.option("--report-values", is_flag=True,
               help="Include source values in report.json (may contain subject data).")

@@ -5,8 +5,10 @@
 * Resource ids are derived from business keys (STUDYID, USUBJID, domain, --SEQ / VISITNUM), so the
   same input gives the same output byte for byte.
 * ISO 8601 ``--DTC`` values: partial dates stay partial; a time without a zone is never silently
-  shifted: it gets the user's ``default_tz`` (reported as inferred) or is cut to its date with the
-  full SDTM text kept in the ``sdtm-dtc`` extension (reported as lossy).
+  shifted: it gets the user's ``default_tz`` (a fixed offset, or an IANA zone whose offset is computed
+  per local date-time, DST-aware; reported as inferred) or is cut to its date with the full SDTM text
+  kept in the ``sdtm-dtc`` extension (reported as lossy). A local time an IANA zone repeats or skips
+  (DST fold/gap) is cut and reported the same way, never given a chosen offset.
 * Numbers keep their exact text (orjson ``Fragment``), so ``5.10`` stays ``5.10``.
 """
 
@@ -192,10 +194,23 @@ def _convert_distinct_dates(s: pd.Series, *, default_tz: str | None, date_only: 
         full = has_time & d.notna()
         zone = tz.copy()
         no_zone = full & tz.isna()
-        if default_tz:
+        if default_tz and is_fixed_offset(default_tz):
             zone = zone.where(~no_zone, default_tz)
             masks["zone-added"] = no_zone
             timed = full
+        elif default_tz:
+            # an IANA zone: the offset of each local date-time (DST-aware); a local time the zone
+            # repeats (fold) or skips (gap) has no single offset: cut to its date and reported
+            local = date + "T" + hh.fillna("00") + ":" + mi.fillna("00") + ":" + ss.fillna("00")
+            looked = [zone_offset(t, default_tz) if n else (None, None)
+                      for t, n in zip(local.tolist(), no_zone.tolist(), strict=True)]
+            offs = pd.Series([o for o, _ in looked], index=zone.index, dtype=object)
+            why = pd.Series([w for _, w in looked], index=zone.index, dtype=object)
+            zone = zone.where(~no_zone, offs)
+            masks["zone-added"] = no_zone & offs.notna()
+            masks["zone-ambiguous"] = no_zone & why.eq("ambiguous")
+            masks["zone-nonexistent"] = no_zone & why.eq("nonexistent")
+            timed = full & zone.notna()
         else:
             masks["time-cut"] = no_zone
             timed = full & tz.notna()
@@ -216,6 +231,48 @@ def _convert_distinct_dates(s: pd.Series, *, default_tz: str | None, date_only: 
     vals = [v if k else None for v, k in zip(out.fillna("").tolist(), keep_v, strict=False)]
     orig = [t if k else None for t, k in zip(text.tolist(), keep_o, strict=False)]
     return vals, orig, {k: np.asarray(v, dtype=bool) for k, v in masks.items()}
+
+
+_FIXED_TZ = re.compile(r"Z|[+-](0[0-9]|1[0-3]):[0-5][0-9]|[+-]14:00")
+
+
+def is_fixed_offset(tz: str) -> bool:
+    """``Z`` or ``+hh:mm`` / ``-hh:mm`` (the FHIR dateTime zone forms, -14:00..+14:00)."""
+    return _FIXED_TZ.fullmatch(tz) is not None
+
+
+def valid_tz(tz: str) -> bool:
+    """A fixed offset (:func:`is_fixed_offset`) or an IANA zone name the zone database knows."""
+    if is_fixed_offset(tz):
+        return True
+    from zoneinfo import ZoneInfo
+    try:
+        ZoneInfo(tz)
+    except (ValueError, KeyError, OSError):     # ZoneInfoNotFoundError is a KeyError
+        return False
+    return "/" in tz or tz == "UTC"
+
+
+@cache
+def zone_offset(local: str, tz: str) -> tuple[str | None, str | None]:
+    """The UTC offset (``+hh:mm``) of the local date-time ``YYYY-MM-DDThh:mm:ss`` in the IANA zone
+    ``tz``, DST-aware; ``(None, 'ambiguous')`` for a local time the zone repeats (DST fold) and
+    ``(None, 'nonexistent')`` for one it skips (DST gap): neither is chosen silently."""
+    import datetime as dt
+    from zoneinfo import ZoneInfo
+    z = ZoneInfo(tz)
+    try:
+        naive = dt.datetime.fromisoformat(local)
+    except ValueError:
+        return None, "invalid"
+    first, second = naive.replace(tzinfo=z, fold=0), naive.replace(tzinfo=z, fold=1)
+    off = first.utcoffset()
+    if off != second.utcoffset():
+        back = first.astimezone(dt.UTC).astimezone(z).replace(tzinfo=None)
+        return None, ("nonexistent" if back != naive else "ambiguous")
+    minutes = int((off or dt.timedelta()).total_seconds() // 60)
+    sign = "-" if minutes < 0 else "+"
+    return f"{sign}{abs(minutes) // 60:02d}:{abs(minutes) % 60:02d}", None
 
 
 # ----------------------------------------------------------------------------- code tables

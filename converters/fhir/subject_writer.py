@@ -147,6 +147,12 @@ def _dates_full(df: pd.DataFrame, var: str, ctx: Ctx, domain: str, keys: Any, *,
                                          "extension sdtm-dtc)"),
         "zone-added": (Kind.INFERRED, f"time without zone: --default-tz {ctx.default_tz} applied "
                                       "(SDTM text kept in extension sdtm-dtc)"),
+        "zone-ambiguous": (Kind.LOSSY, f"local time repeated in {ctx.default_tz} (DST fold: two possible "
+                                       "offsets): not chosen; FHIR keeps the date, the full SDTM text is "
+                                       "kept in extension sdtm-dtc"),
+        "zone-nonexistent": (Kind.LOSSY, f"local time that does not exist in {ctx.default_tz} (DST gap): "
+                                         "FHIR keeps the date, the full SDTM text is kept in extension "
+                                         "sdtm-dtc"),
         "time-cut": (Kind.LOSSY, "time without zone (or a date-only element): FHIR keeps the date; "
                                  "the full SDTM text is kept in extension sdtm-dtc (set --default-tz "
                                  "to keep the time)"),
@@ -1347,8 +1353,9 @@ def convert_sdtm_to_fhir(folder: Path, outdir: Path, *, options: Any, report: Co
         raise UsageError(f"--fhir-version must be R4 or R5, not {version}")
     extra = dict(getattr(options, "extra", {}) or {})
     tz = extra.get("default_tz")
-    if tz is not None and not _valid_tz(tz):
-        raise UsageError(f"--default-tz must be Z or +hh:mm / -hh:mm, not {tz!r}")
+    if tz is not None and not T.valid_tz(tz):
+        raise UsageError(f"--default-tz must be Z, +hh:mm / -hh:mm or an IANA time zone name "
+                         f"(e.g. Europe/Paris), not {tz!r}")
     ctx = Ctx(version=version, report=report, default_tz=tz)
     # millions of small dicts, none cyclic: the cyclic GC would rescan them over and over
     gc_was = gc.isenabled()
@@ -1409,11 +1416,6 @@ def _convert(folder: Path, outdir: Path, ctx: Ctx, extra: dict[str, Any], chunks
 
 def _read(ds: DatasetFile, define: DefineInfo | None, report: ConversionReport) -> pd.DataFrame:
     return read_dataset(ds, define=define, report=report)
-
-
-def _valid_tz(tz: str) -> bool:
-    import re
-    return bool(re.fullmatch(r"Z|[+-](0[0-9]|1[0-3]):[0-5][0-9]|[+-]14:00", tz))
 
 
 def _report_unattached(ctx: Ctx, frames: dict[str, pd.DataFrame]) -> None:

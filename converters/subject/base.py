@@ -227,7 +227,13 @@ class Ctx:
     resources: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
     frames: dict[str, pd.DataFrame] = field(default_factory=dict)
     issue_counts: dict[tuple[str, str], int] = field(default_factory=dict)
+    #: --DTC variable -> {UTC offset dropped ('+09:00', 'Z') or 'fraction': number of values}
+    dropped_zones: dict[str, dict[str, int]] = field(default_factory=dict)
     _once: set[str] = field(default_factory=set)
+
+    def dropped_zone(self, target: str) -> dict[str, int]:
+        """The counter :func:`derive_dtc` fills for the --DTC variable ``target``."""
+        return self.dropped_zones.setdefault(target, {})
 
     def row_issue(self, domain: str, reason: str, kind: Kind, message: str, record: str | None,
                   **kw: Any) -> None:
@@ -292,7 +298,8 @@ class Ctx:
 
 
 # ------------------------------------------------------------------------------------- derivations
-_DTC_OK = re.compile(r"^\d{4}(-\d{2}(-\d{2}(T\d{2}:\d{2}(:\d{2}(\.\d+)?)?(Z|[+-]\d{2}:\d{2})?)?)?)?$")
+_DTC_OK = re.compile(r"^\d{4}(-\d{2}(-\d{2}(T\d{2}:\d{2}(:\d{2}(?P<frac>\.\d+)?)?"
+                     r"(?P<zone>Z|[+-]\d{2}:\d{2})?)?)?)?$")
 
 
 def _distinct(values: pd.Series) -> tuple[np.ndarray, np.ndarray]:
@@ -307,22 +314,39 @@ def _distinct(values: pd.Series) -> tuple[np.ndarray, np.ndarray]:
     return codes, arr
 
 
-def derive_dtc(values: pd.Series) -> tuple[pd.Series, pd.Series]:
+def derive_dtc(values: pd.Series, dropped: dict[str, int] | None = None) -> tuple[pd.Series, pd.Series]:
     """FHIR date/dateTime/instant -> ISO 8601 --DTC (vectorised). Partial dates stay partial; the time
-    zone offset and fractional seconds are dropped (SDTM --DTC carries local clock time).
+    zone offset and fractional seconds are dropped: SDTM --DTC carries the local clock time, the
+    ISO 8601 extended format of SDTMIG 3.4 §4.4 (YYYY-MM-DDThh:mm:ss) has no UTC offset.
+    ``dropped`` (when given) counts, per row, each offset dropped (``+09:00``, ``Z``) and
+    ``fraction`` for fractional seconds, so the caller can report them (:meth:`Ctx.dropped_zone`).
     Returns (dtc, invalid_mask): values that are not FHIR dates become missing and are flagged.
     Each distinct value is checked once; the results are gathered back to the rows."""
     codes, uniq = _distinct(values)
     ok_match = _DTC_OK.match
     dtc: list[Any] = []
     bad: list[bool] = []
+    cut: list[tuple[str | None, bool]] = []
     for u in uniq:
         txt = str(u)
-        ok = ok_match(txt) is not None
-        dtc.append(txt[:19] if ok else None)
-        bad.append(not ok)
+        m = ok_match(txt)
+        bad.append(m is None)
+        if m is None:
+            dtc.append(None)
+            cut.append((None, False))
+            continue
+        end = m.start("frac") if m.group("frac") else m.start("zone") if m.group("zone") else len(txt)
+        dtc.append(txt[:end])
+        cut.append((m.group("zone"), m.group("frac") is not None))
     dtc.append(None)       # code -1: missing stays missing, and is not invalid
     bad.append(False)
+    if dropped is not None and any(z or f for z, f in cut):
+        freq = np.bincount(codes[codes >= 0], minlength=len(cut))
+        for (zone, frac), n in zip(cut, freq.tolist(), strict=True):
+            if n and zone:
+                dropped[zone] = dropped.get(zone, 0) + n
+            if n and frac:
+                dropped["fraction"] = dropped.get("fraction", 0) + n
     out = pd.Series(np.array(dtc, dtype=object)[codes], index=values.index, dtype="object")
     return out, pd.Series(np.array(bad, dtype=bool)[codes], index=values.index)
 

@@ -368,4 +368,4 @@ def reference_dates(ctx: Ctx) -> None:
             if reason and reason.get("code") == "informedConsentSigned" and p.get("startDate"):
                 consent[row["USUBJID"]] = p["startDate"]
     if consent:
-        subj["RFICDTC"] = derive_dtc(subj["USUBJID"].map(consent))[0]
+        subj["RFICDTC"] = derive_dtc(subj["USUBJID"].map(consent), ctx.dropped_zone("RFICDTC"))[0]

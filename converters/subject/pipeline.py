@@ -419,6 +419,7 @@ class _Run:
             supp = pd.concat(parts, ignore_index=True)
             self.written += write_domain(supp, f"SUPP{dom}", self.outdir, self.formats,
                                          study_oid=self.ctx.studyid, report=self.ctx.report, sort=True)
+        report_dropped_zones(self.ctx)
         for (dom, reason), n in sorted(self.ctx.issue_counts.items()):
             if n > base.MAX_ROW_ISSUES:
                 self.ctx.report.add(Kind.ERROR if reason == "subject" else Kind.INVALID_VALUE,
@@ -429,6 +430,26 @@ class _Run:
             if p not in out:
                 out.append(p)
         return out
+
+
+def report_dropped_zones(ctx: base.Ctx) -> None:
+    """One lossy entry for the UTC offsets (and fractional seconds) the --DTC variables dropped: per
+    variable, the offsets seen and how many values had each, so the user knows which zone to give
+    back (SDTM -> FHIR ``--default-tz``). Offsets and counts only, no subject values. Kept as data in
+    ``report.extra["droppedUtcOffsets"]`` (read by the round-trip harness)."""
+    seen = {var: dict(sorted(c.items())) for var, c in sorted(ctx.dropped_zones.items()) if c}
+    if not seen:
+        return
+    ctx.report.extra["droppedUtcOffsets"] = seen
+    zones = sorted({z for c in seen.values() for z in c if z != "fraction"})
+    parts = "; ".join(f"{var} " + ", ".join(f"{z} x{n}" for z, n in c.items()) for var, c in seen.items())
+    hint = (f"give it back with SDTM -> FHIR --default-tz {zones[0]}" if len(zones) == 1 else
+            f"{len(zones)} different offsets: one --default-tz cannot restore them all" if zones else
+            "no offset dropped")
+    what = "UTC offsets" + (" and fractional seconds" if any("fraction" in c for c in seen.values()) else "")
+    ctx.report.add(Kind.LOSSY, f"{what} dropped from --DTC (SDTMIG 3.4 §4.4: ISO 8601 local clock time, "
+                   f"no offset): {parts}; {hint}", rule="subject.dtc-zone",
+                   source="dateTime offset", target="--DTC")
 
 
 def _columnar_route(routes: dict[str, list[tuple[Any, list[DomainPlugin]]]]) -> list[DomainPlugin] | None:

@@ -163,7 +163,7 @@ def dtc(cols: pd.DataFrame, src: str, ctx: Ctx, *, rule: str, target: str) -> pd
     """FHIR dates -> --DTC via the engine helper; values that are not FHIR dates are reported."""
     if src not in cols:
         return pd.Series([None] * len(cols), index=cols.index, dtype="object")
-    out, bad = derive_dtc(cols[src])
+    out, bad = derive_dtc(cols[src], ctx.dropped_zone(target))
     if bad.any():
         keys = record_key(cols)
         for i in cols.index[bad]:

@@ -465,15 +465,15 @@ def map_findings(cols: pd.DataFrame, ctx: Ctx, d: str, testcd: pd.Series, unit_c
     out[f"{d}REASND"] = cols["_dar"].where(nd)
     # --DTC (LB: specimen collection first, per the Joint IG)
     eff = cols["_spec_dtc"].fillna(cols["_eff"]) if d == "LB" else cols["_eff"]
-    dtc, bad = derive_dtc(eff)
-    if bad.any():
-        ctx.row_issues(d, "dtc", Kind.INVALID_VALUE, "effective[x] is not a FHIR dateTime", cols, bad,
-                       rule=f"{d.lower()}.DTC", target=f"{d}DTC")
     # the SDTM text kept in the project's sdtm-dtc extension is the --DTC itself (LB: when no specimen
     # collection time says otherwise)
     kept = cols["_dtc_sdtm"].astype("object")
     if d == "LB":
         kept = kept.where(cols["_spec_dtc"].isna())
+    dtc, bad = derive_dtc(eff.where(kept.isna()), ctx.dropped_zone(f"{d}DTC"))
+    if bad.any():
+        ctx.row_issues(d, "dtc", Kind.INVALID_VALUE, "effective[x] is not a FHIR dateTime", cols, bad,
+                       rule=f"{d.lower()}.DTC", target=f"{d}DTC")
     out[f"{d}DTC"] = kept.where(kept.notna(), dtc)
     for c in ("VISITNUM", "VISIT", "_rfstdtc", "_rfendtc", "_rficdtc", "_src_type", "_src_id", "_src_ver",
               "_src_file", "_src_line"):

@@ -108,10 +108,10 @@ def map_dm(cols: pd.DataFrame, ctx: Ctx) -> pd.DataFrame:
     if bad.any():
         ctx.row_issues("DM", "brthdtc", Kind.INVALID_VALUE, "birthDate is not a FHIR date", cols, bad,
                        rule="dm.BRTHDTC", source="Patient.birthDate", target="BRTHDTC")
-    out["DTHDTC"], _ = derive_dtc(cols["_dth_dt"])
+    out["DTHDTC"], _ = derive_dtc(cols["_dth_dt"], ctx.dropped_zone("DTHDTC"))
     died = out["DTHDTC"].notna() | (cols["_dth_bool"] == True)  # noqa: E712 (object column)
     out["DTHFL"] = np.where(died, "Y", NO_VALUE)
-    out["DMDTC"], _ = derive_dtc(cols["_lastupdated"])
+    out["DMDTC"], _ = derive_dtc(cols["_lastupdated"], ctx.dropped_zone("DMDTC"))
     if out["DMDTC"].notna().any():
         ctx.once("dmdtc", Kind.INFERRED, "DMDTC = Patient.meta.lastUpdated (Joint IG; review history "
                  "for the collection date)", rule="dm.DMDTC", target="DMDTC")

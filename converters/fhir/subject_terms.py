@@ -290,8 +290,23 @@ def code_row(table: str, system: str, code: Any) -> dict[str, str] | None:
 
 @cache
 def ucum_for(unit: str) -> str | None:
+    """The UCUM code for a CDISC unit: the submission value itself when the CDISC Unit-UCUM table lists
+    it among the term's UCUM expressions (``g/dL`` stays ``g/dL``, ``L`` stays ``L``), else the table's
+    first expression for the term."""
     row = code_table("cdisc_unit_ucum.csv").get(("CDISC UNIT", unit))
-    return row["target_code"] if row else None
+    if not row:
+        return None
+    return unit if unit in (row.get("alt_ucum") or "").split() else row["target_code"]
+
+
+@cache
+def vs_ucum(testcd: str | None, unit: str) -> str | None:
+    """The UCUM code of a VS result unit: the one the FHIR vital-signs profile fixes for the test
+    (``fhir_subject/vs_ucum.csv``: heart rate ``/min``), else :func:`ucum_for`."""
+    for r in load_table("fhir_subject/vs_ucum.csv"):
+        if r["VSTESTCD"] == testcd and r["source_code"] == unit:
+            return r["target_code"]
+    return ucum_for(unit)
 
 
 @cache

@@ -972,13 +972,13 @@ class _LazyKeys:
         return f"{self.usubjid[i]}/{self.seqs[i]}"
 
 
-def _quantity_text(value: Any, comparator: Any, unit: Any) -> str:
+def _quantity_text(value: Any, comparator: Any, unit: Any, testcd: str | None = None) -> str:
     q: dict[str, Any] = {"value": value}
     if comparator:
         q["comparator"] = comparator
     if unit is not None:
         q["unit"] = unit
-        code = T.ucum_for(unit)
+        code = T.vs_ucum(testcd, unit) if testcd else T.ucum_for(unit)
         if code:
             q["system"] = T.UCUM
             q["code"] = code
@@ -1014,8 +1014,10 @@ def build_findings(df: pd.DataFrame, domain: str, ctx: Ctx, path: Path | str,
         ctx.tally(Kind.INFERRED, domain, f"{p}ORRES", "numeric text rewritten as a FHIR decimal (e.g. a "
                   "leading zero added)", int(dec.normalised.sum()), target="Observation.valueQuantity.value")
     units = _col(df, f"{p}ORRESU")
-    # value[x] and the unit tally: per distinct (result text, unit)
-    vcodes, vfirst, vcount = _distinct([dec_codes, units])
+    # value[x] and the unit tally: per distinct (result text, unit; VS: and test, for the UCUM code the
+    # vital-signs profile fixes)
+    vs_test = _col(df, "VSTESTCD") if domain == "VS" else None
+    vcodes, vfirst, vcount = _distinct([dec_codes, units] + ([vs_test] if vs_test is not None else []))
     value_parts, lost_unit = [], []
     for i, cnt in zip(vfirst, vcount.tolist(), strict=False):
         val, comp, _ = dec.distinct[dec_codes[i]]
@@ -1025,7 +1027,8 @@ def build_findings(df: pd.DataFrame, domain: str, ctx: Ctx, path: Path | str,
                 ctx.tally(Kind.UNMAPPED_CODE, domain, f"{p}ORRESU", "unit not in table fhir_subject/"
                           "cdisc_unit_ucum.csv: Quantity.unit only, no UCUM code", cnt,
                           target="Quantity.code", value=unit)
-            value_parts.append(',"valueQuantity":' + _quantity_text(val, comp, unit))
+            value_parts.append(',"valueQuantity":' + _quantity_text(val, comp, unit,
+                                                                    vs_test[i] if vs_test is not None else None))
             lost_unit.append("")
         elif texts[i] is not None:
             value_parts.append(',"valueCodeableConcept":' + _js({"text": texts[i]}))

@@ -88,6 +88,23 @@ def _cat_text(cats: Any) -> str | None:
     return None
 
 
+def _report_ucum_spelling(d: str, vu: pd.Series, orresu: pd.Series, testcd: pd.Series | None,
+                          ctx: Ctx) -> None:
+    """Once per UCUM code that SDTM cannot give back as written: the CDISC term stands for several UCUM
+    spellings of the same unit (``10*3/uL``, ``10^9/L`` -> 10^9/L; ``mg/mg`` -> g/g) and SDTM has no
+    variable for the spelling, so SDTM -> FHIR writes the term's own UCUM expression (lossy)."""
+    from ...fhir.subject_terms import ucum_for, vs_ucum
+    pairs = pd.DataFrame({"u": vu, "c": orresu, "t": testcd if d == "VS" and testcd is not None else None})
+    pairs = pairs.dropna(subset=["u", "c"]).drop_duplicates()
+    for u, c, t in pairs.itertuples(index=False):
+        back = vs_ucum(t, c) if d == "VS" else ucum_for(c)
+        if back != u:
+            ctx.once(f"ucum-spelling:{d}:{u}:{c}", Kind.LOSSY, f"UCUM unit {u} recorded as the CDISC term {c} "
+                     "(the same unit; SDTM keeps no UCUM spelling): SDTM -> FHIR writes it as "
+                     f"{back or 'unit text only'}", rule=f"{d.lower()}.ORRESU",
+                     source="Observation.valueQuantity.code", target=f"{d}ORRESU")
+
+
 def _dtc_sdtm(res: dict[str, Any]) -> str | None:
     """The SDTM --DTC text the project's ``sdtm-dtc`` extension keeps on effectiveDateTime when FHIR
     could not hold it (a time without zone): the --DTC itself (rule --.DTC)."""
@@ -413,6 +430,7 @@ def map_findings(cols: pd.DataFrame, ctx: Ctx, d: str, testcd: pd.Series, unit_c
                        "codelist (UCUM table)", cols, bad_u, rule=f"{d.lower()}.ORRESU",
                        source="valueQuantity.code", target=f"{d}ORRESU", value_col="_vu")
     out[f"{d}ORRESU"] = orresu
+    _report_ucum_spelling(d, vu, orresu, testcd, ctx)
     # --STRESN/--STRESC/--STRESU: convert to the test's standard unit where one is set
     std = standard_units(d)
     std_ucum = map_distinct(testcd, lambda t: std[t][0] if t in std else None)

@@ -92,7 +92,7 @@ def extract_ae(res: dict[str, Any], ctx: Ctx) -> dict[str, Any] | None:
         ctx.once("ae.category", Kind.LOSSY, "AdverseEvent.category (FHIR event categories) is not AECAT "
                  "(sponsor categories): not mapped", rule="ae.AECAT", source="AdverseEvent.category")
     meddra = C.coding_in(concept, C.MEDDRA_SYSTEMS)
-    return {"_subject": ref_of(res.get("subject")), "_encounter": ref_of(res.get("encounter")),
+    return {"_subject": ref_of(res.get("subject")), "_encounter": ref_of(res.get("encounter")), "_r5": r5,
             "AESPID": C.ident_value(res), "_term": C.text_of(concept),
             "_meddra_code": meddra.get("code") if meddra else None,
             "_meddra_display": meddra.get("display") if meddra else None,
@@ -119,6 +119,15 @@ def map_ae(cols: pd.DataFrame, ctx: Ctx) -> pd.DataFrame:
     cond_text = cond.map(lambda c: c.get("_text") if c else None)
     out["AESPID"] = cols["AESPID"]
     out["AETERM"] = cond_text.where(cond_text.notna(), cols["_term"])
+    differs = cond_text.notna() & cols["_term"].notna() & (cond_text != cols["_term"])
+    if differs.any():
+        keys = C.record_key(cols)
+        for i in cols.index[differs]:
+            ctx.report.add(Kind.LOSSY, "the event text differs from the text of the resultingCondition, "
+                           "which AETERM takes (Joint IG: AETERM <- resultingCondition.code): the event "
+                           "text is not kept", rule="ae.AETERM",
+                           source="AdverseEvent.code.text" if cols.at[i, "_r5"] else "AdverseEvent.event.text",
+                           target="AETERM", record=keys.at[i])
     cond_meddra = cond.map(lambda c: c.get("_meddra") if c else None)
     md_code = cols["_meddra_code"].where(cols["_meddra_code"].notna(),
                                          cond_meddra.map(lambda m: m.get("code") if m else None))

@@ -27,6 +27,7 @@ still listed (``declared lossy``) but do not count towards the bar.
 
 from __future__ import annotations
 
+import re
 import sys
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -197,20 +198,26 @@ def _norm(v: Any) -> Any:
 class _Explainer:
     """Which report entries explain a difference in a variable, or a whole record."""
 
-    def __init__(self, reports: list[ConversionReport]) -> None:
+    def __init__(self, reports: list[ConversionReport], *, engine: int = -1) -> None:
+        """``engine``: index in ``reports`` of the FHIR -> SDTM report, the one that names each record
+        it drops."""
         self.by_var: dict[tuple[str, str], list[str]] = defaultdict(list)
         self.by_dom_var: dict[str, list[str]] = defaultdict(list)   # target 'VAR' with no domain
         self.records: dict[str, str] = {}
         self.summaries: dict[str, str] = {}      # domain -> 'N more <dom> resources ...' entry
         self.fhir: dict[str, list[str]] = defaultdict(list)   # 'Type.element' -> entries
         targets = _rule_targets()
+        engine = engine % len(reports)
+        self.zone: str | None = None             # the entry on UTC offsets dropped / not restored
         for n, rep in enumerate(reports):
             for issue in rep.issues:
                 if issue.rule in NOT_AN_EXPLANATION and issue.kind == Kind.INFERRED:
                     continue
                 label = f"{issue.kind.value}[{issue.rule or issue.source or '-'}]: {issue.message[:70]}"
                 # record-level: only the FHIR -> SDTM engine names each record it drops (ResourceType/id)
-                if issue.record and n == len(reports) - 1 and issue.kind != Kind.INFERRED:
+                if issue.rule in ("subject.dtc-zone", "roundtrip.default-tz"):
+                    self.zone = self.zone or label
+                if issue.record and n == engine and issue.kind != Kind.INFERRED:
                     self.records.setdefault(issue.record, label)
                 if " more " in issue.message and " resources with the same problem" in issue.message:
                     self.summaries.setdefault(issue.message.split(" more ")[1].split(" ")[0], label)
@@ -218,8 +225,12 @@ class _Explainer:
                     dom = (issue.rule or "").split("-")[1] if (issue.rule or "").startswith("SDTM2FHIR-") \
                         else (issue.rule or "").split(".")[0].upper()
                     self.by_var[(dom, v)].append(label)
+                src_dom = (issue.source or "").split(".", 1)[0]
                 for ref in (issue.source, issue.target):
-                    if ref and ref[:1].isupper() and not ref.split(".", 1)[0].isupper():
+                    if ref and ref.startswith("Quantity.") and src_dom in _RTYPE:
+                        # a datatype path: it explains the element only in the resource of its domain
+                        self.fhir[f"{_RTYPE[src_dom]}.*{ref}"].append(label)
+                    elif ref and ref[:1].isupper() and not ref.split(".", 1)[0].isupper():
                         self.fhir[ref].append(label)
                     if ref and "." in ref and ref.split(".", 1)[0].isupper():
                         dom, var = ref.split(".", 1)
@@ -242,7 +253,10 @@ class _Explainer:
             head, leaf = alt.split(".")[0], alt.split(".")[-1]
             for ref, labels in self.fhir.items():
                 t, _, rest = ref.partition(".")
-                if (t == rtype and rest.split(".")[0].startswith(head.rstrip("[x]"))) or \
+                if t == rtype and rest.startswith("*Quantity."):
+                    if "Quantity" in alt and rest.split(".")[-1] == leaf:
+                        out += labels
+                elif (t == rtype and rest.split(".")[0].startswith(head.rstrip("[x]"))) or \
                         (t == "Quantity" and "Quantity" in alt and rest == leaf):
                     out += labels
         return list(dict.fromkeys(out))[:2]
@@ -357,7 +371,8 @@ def run_roundtrip(input: Path, workdir: Path, *, fhir_version: str = "R5", defau
 @click.option("-w", "--workdir", type=click.Path(path_type=Path), default=Path("roundtrip-out"),
               show_default=True)
 @click.option("--fhir-version", default="R5", show_default=True)
-@click.option("--default-tz", default=None, help="Zone for SDTM times without one (e.g. +00:00).")
+@click.option("--default-tz", default=None,
+              help="Zone for SDTM times without one: Z, +hh:mm or an IANA name (e.g. Asia/Seoul).")
 @click.option("--report-values", is_flag=True, help="Show example values (may contain subject data).")
 def roundtrip_command(input: Path, workdir: Path, fhir_version: str, default_tz: str | None,
                       report_values: bool) -> None:
@@ -395,12 +410,19 @@ def _get(res: dict[str, Any], path: str) -> Any:
 
 
 def _dt(v: Any) -> Any:
-    """FHIR date/dateTime as SDTM keeps it: local clock time, no zone, no fractions."""
-    return v[:19] if isinstance(v, str) else v
+    """FHIR date/dateTime as compared: fractional seconds dropped (SDTM --DTC keeps whole seconds,
+    reported by rule subject.dtc-zone); the UTC offset is kept, so a time that comes back with
+    another offset, or without one, is a difference."""
+    return _FRACTION.sub("", v) if isinstance(v, str) else v
+
+
+_FRACTION = re.compile(r"(?<=T\d{2}:\d{2}:\d{2})\.\d+")
 
 
 #: FHIR -> SDTM -> FHIR: per resource type, the element paths the FHIR -> SDTM specs map and the
-#: SDTM -> FHIR writer writes back (R4 spellings first, R5 second), each with its normaliser
+#: SDTM -> FHIR writer writes back (R4 spellings first, R5 second; a MedicationAdministration that is
+#: not study drug becomes CM and comes back as a MedicationStatement, hence its dosage paths), each
+#: with its normaliser
 FHIR_ELEMENTS: dict[str, list[tuple[str, Any]]] = {
     "Patient": [("gender", None), ("birthDate", None)],
     "Encounter": [("period.start|actualPeriod.start", _dt), ("period.end|actualPeriod.end", _dt)],
@@ -412,15 +434,49 @@ FHIR_ELEMENTS: dict[str, list[tuple[str, Any]]] = {
     "MedicationStatement": [("medicationCodeableConcept.text|medication.concept.text", None),
                             ("effectivePeriod.start|effectiveDateTime", _dt)],
     "MedicationAdministration": [("effectivePeriod.start|effectiveDateTime|occurencePeriod.start", _dt),
-                                 ("dosage.dose.value", None)],
+                                 ("dosage.dose.value|dosage.doseAndRate.doseQuantity.value", None)],
 }
 
 
+def _zone_offsets(tz: str) -> set[str]:
+    """The offsets a zone can give: a fixed offset itself (``Z`` also as ``+00:00``); an IANA zone's
+    standard and daylight offsets of 1970-2040 (per value the writer computes the one of its date)."""
+    from .fhir.subject_terms import is_fixed_offset, zone_offset
+    if is_fixed_offset(tz):
+        return {tz, "+00:00", "-00:00"} if tz in ("Z", "+00:00") else {tz}
+    return {o for y in range(1970, 2041) for md in ("01-15", "07-15")
+            if (o := zone_offset(f"{y}-{md}T12:00:00", tz)[0])}
+
+
+def zone_for_reverse(back: ConversionReport, default_tz: str | None) -> str | None:
+    """The zone the SDTM -> FHIR leg gives SDTM times: the user's ``default_tz``, else the single UTC
+    offset the FHIR -> SDTM leg dropped (its ``droppedUtcOffsets``). With several offsets and no
+    ``default_tz`` none is guessed; either way the offsets that zone cannot restore are reported
+    lossy in ``back`` (rule roundtrip.default-tz), per variable with counts."""
+    seen: dict[str, dict[str, int]] = back.extra.get("droppedUtcOffsets") or {}
+    zones = sorted({z for c in seen.values() for z in c if z != "fraction"})
+    tz = default_tz or (zones[0] if len(zones) == 1 else None)
+    gives = _zone_offsets(tz) if tz else set()
+    lost = {var: {z: n for z, n in sorted(c.items()) if z != "fraction" and z not in gives}
+            for var, c in sorted(seen.items())}
+    lost = {var: c for var, c in lost.items() if c}
+    if lost:
+        parts = "; ".join(f"{var} " + ", ".join(f"{z} x{n}" for z, n in c.items()) for var, c in lost.items())
+        how = f"--default-tz {tz}" if tz else f"no --default-tz ({len(zones)} offsets seen, none chosen)"
+        back.add(Kind.LOSSY, f"UTC offsets not restored by {how}: {parts}; those times come back "
+                 "with another offset or as dates", rule="roundtrip.default-tz", source="dateTime offset")
+    return tz
+
+
 def run_fhir_roundtrip(inputs: list[Path], workdir: Path, *, study: Path | None = None,
-                       fhir_version: str = "R4") -> tuple[FidelityTable, ConversionReport, ConversionReport]:
+                       fhir_version: str = "R4", default_tz: str | None = None,
+                       ) -> tuple[FidelityTable, ConversionReport, ConversionReport]:
     """FHIR -> SDTM (engine) -> FHIR (writer); the elements of :data:`FHIR_ELEMENTS` compared per
     resource, aligned through ``<dom>.provenance.csv`` (source resource) and :func:`writer_id`
-    (the resource written back for that SDTM row)."""
+    (the resource written back for that SDTM row). A source resource no SDTM row came from is
+    counted as lost for each of its elements (explained when the engine's report names it). The
+    SDTM -> FHIR leg gets ``default_tz``, else the single offset FHIR -> SDTM dropped
+    (:func:`zone_for_reverse`)."""
     import orjson
 
     from .fhir.subject_writer import convert_sdtm_to_fhir
@@ -431,9 +487,13 @@ def run_fhir_roundtrip(inputs: list[Path], workdir: Path, *, study: Path | None 
     sdtm_dir = workdir / "sdtm"
     st = load_study(study, back) if study else None
     convert_subjects(inputs, sdtm_dir, options=Options(fhir_version=fhir_version, study=st), report=back)
+    tz = zone_for_reverse(back, default_tz)
     fwd = ConversionReport()
+    extra: dict[str, Any] = {"ndjson": True}
+    if tz:
+        extra["default_tz"] = tz
     paths = convert_sdtm_to_fhir(sdtm_dir, workdir / "fhir", options=SimpleNamespace(
-        fhir_version=fhir_version, extra={"ndjson": True}), report=fwd)
+        fhir_version=fhir_version, extra=extra), report=fwd)
     original = {(it.resource["resourceType"], it.resource.get("id")): it.resource
                 for it in iter_resources(inputs, types=set(FHIR_ELEMENTS))}
     written: dict[tuple[str, str], dict[str, Any]] = {}
@@ -444,8 +504,7 @@ def run_fhir_roundtrip(inputs: list[Path], workdir: Path, *, study: Path | None 
                 written[(r["resourceType"], r["id"])] = r
     sdtm = read_sdtm_folder(sdtm_dir, datasets=set(COMPARED))
     studyid = next((s for s in sdtm.frames["DM"]["STUDYID"].tolist() if s), "")
-    pairs: dict[str, list[tuple[dict[str, Any], dict[str, Any] | None]]] = defaultdict(list)
-    seen: set[tuple[str, str]] = set()
+    came_back: dict[tuple[Any, Any], dict[str, Any] | None] = {}
     for dom, df in sdtm.frames.items():
         prov_path = sdtm_dir / f"{dom.lower()}.provenance.csv"
         if dom == "DS" or not prov_path.exists():
@@ -454,20 +513,22 @@ def run_fhir_roundtrip(inputs: list[Path], workdir: Path, *, study: Path | None 
         new_ids = writer_id(dom, df, studyid)
         new_type = _RTYPE[dom]
         for t, i, nid in zip(prov["src_type"], prov["src_id"], new_ids, strict=True):
-            if (t, i) in seen or (t, i) not in original:
-                continue
-            seen.add((t, i))
-            pairs[t].append((original[(t, i)], written.get((new_type, nid or ""))))
-    explain = _Explainer([back, fwd])
+            if (t, i) not in came_back and (t, i) in original:
+                came_back[(t, i)] = written.get((new_type, nid or ""))
+    explain = _Explainer([back, fwd], engine=0)
+    summary = {_RTYPE[d]: lbl for d, lbl in explain.summaries.items() if d in _RTYPE}
     rows: list[VariableFidelity] = []
     records: dict[str, tuple[int, int, int]] = {}
     for rtype, elements in FHIR_ELEMENTS.items():
-        total = sum(1 for k in original if k[0] == rtype)
-        got = pairs.get(rtype, [])
-        records[rtype] = (total, len(got), 0)
+        keys = [k for k in original if k[0] == rtype]
+        aligned = [k for k in keys if k in came_back]
+        records[rtype] = (len(keys), len(aligned), 0)
         for path, norm in elements:
             fid = VariableFidelity(rtype, path.split("|")[0])
-            for a, b in got:
+            gone_expl: set[str] = set()
+            zone_only = other = 0
+            for k in keys:
+                a, b = original[k], came_back.get(k)
                 va = _get(a, path)
                 if va is None:
                     continue
@@ -475,15 +536,27 @@ def run_fhir_roundtrip(inputs: list[Path], workdir: Path, *, study: Path | None 
                 if norm:
                     va, vb = norm(va), norm(vb)
                 fid.values += 1
+                if vb is not None and (_norm(va) == _norm(vb) or str(va) == str(vb)):
+                    fid.equal += 1
+                    continue
                 if vb is None:
                     fid.lost += 1
-                elif _norm(va) == _norm(vb) or str(va) == str(vb):
-                    fid.equal += 1
                 else:
                     fid.changed += 1
+                if k not in came_back:        # the record did not come back: the entry dropping it
+                    why = explain.records.get(f"{rtype}/{k[1]}") or summary.get(rtype)
+                    if why:
+                        gone_expl.add(why)
+                    else:
+                        fid.unexplained += 1
+                elif norm is _dt and isinstance(va, str) and isinstance(vb, str) and len(va) > 19 \
+                        and va[:19] == vb[:19]:
+                    zone_only += 1            # same local time, another (or no) offset
+                else:
+                    other += 1
+            here = explain.element(rtype, path) if other else []
+            fid.unexplained += (0 if here else other) + (0 if explain.zone else zone_only)
+            fid.explained_by = here + ([explain.zone] if zone_only and explain.zone else []) + sorted(gone_expl)[:1]
             if fid.values:
-                if fid.changed or fid.lost:
-                    fid.explained_by = explain.element(rtype, path)
-                    fid.unexplained = 0 if fid.explained_by else fid.changed + fid.lost
                 rows.append(fid)
     return FidelityTable(rows, [], records, {}), back, fwd

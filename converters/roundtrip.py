@@ -227,6 +227,10 @@ class _Explainer:
                     self.by_var[(dom, v)].append(label)
                 src_dom = (issue.source or "").split(".", 1)[0]
                 for ref in (issue.source, issue.target):
+                    if issue.kind == Kind.INFERRED and ref and not ref.split(".", 1)[0].isupper():
+                        # an inference that reads a FHIR element (visit matching by period.start) does not
+                        # change it: it explains no difference in it
+                        continue
                     if ref and ref.startswith("Quantity.") and src_dom in _RTYPE:
                         # a datatype path: it explains the element only in the resource of its domain
                         self.fhir[f"{_RTYPE[src_dom]}.*{ref}"].append(label)
@@ -367,19 +371,30 @@ def run_roundtrip(input: Path, workdir: Path, *, fhir_version: str = "R5", defau
 
 
 @click.command("roundtrip")
-@click.argument("input", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("input", type=click.Path(exists=True, path_type=Path))
 @click.option("-w", "--workdir", type=click.Path(path_type=Path), default=Path("roundtrip-out"),
               show_default=True)
-@click.option("--fhir-version", default="R5", show_default=True)
+@click.option("--fhir-version", default=None, help="R5 for SDTM input; FHIR input: R4 (default) or R5.")
 @click.option("--default-tz", default=None,
-              help="Zone for SDTM times without one: Z, +hh:mm or an IANA name (e.g. Asia/Seoul).")
+              help="Zone for SDTM times without one: Z, +hh:mm or an IANA name (e.g. Asia/Seoul). FHIR input: "
+                   "default = the single UTC offset FHIR -> SDTM dropped.")
+@click.option("--study", type=click.Path(exists=True, path_type=Path), default=None,
+              help="FHIR input: the study definition (as for convert --to sdtm).")
 @click.option("--report-values", is_flag=True, help="Show example values (may contain subject data).")
-def roundtrip_command(input: Path, workdir: Path, fhir_version: str, default_tz: str | None,
-                      report_values: bool) -> None:
-    """SDTM folder -> FHIR -> SDTM; print the fidelity table per domain and variable."""
+def roundtrip_command(input: Path, workdir: Path, fhir_version: str | None, default_tz: str | None,
+                      study: Path | None, report_values: bool) -> None:
+    """INPUT -> other format -> INPUT; print the fidelity table per domain/resource and variable/element.
+
+    INPUT: a folder of SDTM datasets (SDTM -> FHIR -> SDTM), or FHIR files / a folder of them
+    (FHIR -> SDTM -> FHIR)."""
     from .safeio import write_json_atomic
-    table, fwd, back = run_roundtrip(input, workdir, fhir_version=fhir_version.upper(), default_tz=default_tz,
-                                     include_values=report_values)
+    is_sdtm = input.is_dir() and any(f.stem.lower() == "dm" for f in input.iterdir())
+    if is_sdtm:
+        table, fwd, back = run_roundtrip(input, workdir, fhir_version=(fhir_version or "R5").upper(),
+                                         default_tz=default_tz, include_values=report_values)
+    else:
+        table, back, fwd = run_fhir_roundtrip([input], workdir, study=study,
+                                              fhir_version=(fhir_version or "R4").upper(), default_tz=default_tz)
     for line in table.lines():
         click.echo(line)
     write_json_atomic(workdir / "roundtrip.json", {"fidelity": table.to_json(), "forward": fwd.to_json(),
@@ -479,10 +494,14 @@ def run_fhir_roundtrip(inputs: list[Path], workdir: Path, *, study: Path | None 
     (:func:`zone_for_reverse`)."""
     import orjson
 
+    from .errors import UsageError
+    from .fhir.subject_terms import TZ_USAGE, valid_tz
     from .fhir.subject_writer import convert_sdtm_to_fhir
     from .pipeline import Options, load_study
     from .subject.pipeline import convert_subjects
     from .subject.reader import iter_resources
+    if default_tz is not None and not valid_tz(default_tz):
+        raise UsageError(TZ_USAGE.format(tz=default_tz))
     back = ConversionReport()
     sdtm_dir = workdir / "sdtm"
     st = load_study(study, back) if study else None

@@ -222,3 +222,44 @@ def test_sample_ucum_spelling_reported(sample_rt: Any) -> None:
                     "UCUM unit mg/mg recorded as the CDISC term g/g"]
     code = next(r for r in table.rows if r.domain == "Observation" and r.variable == "valueQuantity.code")
     assert code.changed == 275 + 72 and code.unexplained == 0
+
+
+def test_inference_reading_an_element_explains_no_difference_in_it() -> None:
+    """The visit matcher *reads* Encounter.period.start (inferred entry): that entry must not explain a
+    changed period; a lossy entry on the element does."""
+    from trialbridge.roundtrip import _Explainer
+    rep = ConversionReport()
+    rep.add(Kind.INFERRED, "Encounters matched to the planned visits by study day", rule="subject.visit",
+            source="Encounter.period.start", target="VISITNUM")
+    assert _Explainer([rep, ConversionReport()], engine=0).element("Encounter", "period.start") == []
+    rep.add(Kind.LOSSY, "time cut", rule="SDTM2FHIR-SV-03", source="SV.SVSTDTC", target="Encounter.period.start")
+    assert _Explainer([rep, ConversionReport()], engine=0).element("Encounter", "period.start")
+
+
+def test_wrong_silent_zone_is_an_unexplained_difference(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Were the reverse leg given another zone without the forward leg reporting the offsets it dropped,
+    every timed value would differ unexplained: the harness must see it (no silent shift passes)."""
+    import trialbridge.roundtrip as rt
+    import trialbridge.subject.pipeline as sp
+    monkeypatch.setattr(sp, "report_dropped_zones", lambda ctx: None)
+    monkeypatch.setattr(rt, "zone_for_reverse", lambda back, tz: "+01:00")
+    sample = SAMPLES / "NCT04835883"
+    table, _, _ = rt.run_fhir_roundtrip([sample / "subjects.bundle.json"], tmp_path, study=sample / "ctgov.json")
+    rows = {f"{r.domain}.{r.variable}": r for r in table.rows}
+    assert rows["Encounter.period.start"].unexplained == 93
+    assert rows["Observation.effectiveDateTime"].unexplained == 979
+    assert rows["Patient.birthDate"].unexplained == 0          # date-only: no zone, unaffected
+
+
+def test_cli_roundtrip_fhir_input(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from trialbridge.cli import main
+    sample = SAMPLES / "NCT04835883"
+    args = ["roundtrip", str(sample / "subjects.bundle.json"), "--study", str(sample / "ctgov.json")]
+    assert main([*args, "-w", str(tmp_path / "a")]) == 0
+    out = capsys.readouterr().out
+    assert "Encounter period.start      93      93       0      0 100.00%      0" in out
+    assert (tmp_path / "a" / "roundtrip.json").exists()
+    assert main([*args, "-w", str(tmp_path / "b"), "--default-tz", "Mars/Base"]) == 2
+    assert capsys.readouterr().err.strip() == ("trialbridge: --default-tz must be Z, +hh:mm / -hh:mm or an IANA "
+                                               "time zone name (e.g. Europe/Paris), not 'Mars/Base'")
+    assert not (tmp_path / "b" / "sdtm").exists()

@@ -241,6 +241,9 @@ def is_fixed_offset(tz: str) -> bool:
     return _FIXED_TZ.fullmatch(tz) is not None
 
 
+TZ_USAGE = "--default-tz must be Z, +hh:mm / -hh:mm or an IANA time zone name (e.g. Europe/Paris), not {tz!r}"
+
+
 def valid_tz(tz: str) -> bool:
     """A fixed offset (:func:`is_fixed_offset`) or an IANA zone name the zone database knows."""
     if is_fixed_offset(tz):

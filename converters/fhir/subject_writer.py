@@ -1357,8 +1357,7 @@ def convert_sdtm_to_fhir(folder: Path, outdir: Path, *, options: Any, report: Co
     extra = dict(getattr(options, "extra", {}) or {})
     tz = extra.get("default_tz")
     if tz is not None and not T.valid_tz(tz):
-        raise UsageError(f"--default-tz must be Z, +hh:mm / -hh:mm or an IANA time zone name "
-                         f"(e.g. Europe/Paris), not {tz!r}")
+        raise UsageError(T.TZ_USAGE.format(tz=tz))
     ctx = Ctx(version=version, report=report, default_tz=tz)
     # millions of small dicts, none cyclic: the cyclic GC would rescan them over and over
     gc_was = gc.isenabled()

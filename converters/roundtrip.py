@@ -441,9 +441,10 @@ _FRACTION = re.compile(r"(?<=T\d{2}:\d{2}:\d{2})\.\d+")
 FHIR_ELEMENTS: dict[str, list[tuple[str, Any]]] = {
     "Patient": [("gender", None), ("birthDate", None)],
     "Encounter": [("period.start|actualPeriod.start", _dt), ("period.end|actualPeriod.end", _dt)],
-    "Observation": [("valueQuantity.value", None),
+    "Observation": [("status", None), ("valueQuantity.value", None),
                     ("valueQuantity.code", None), ("effectiveDateTime", _dt),
-                    ("referenceRange.low.value", None), ("referenceRange.high.value", None)],
+                    ("referenceRange.low.value", None), ("referenceRange.high.value", None),
+                    ("dataAbsentReason.coding.code", None)],
     "AdverseEvent": [("event.text|code.text", None), ("date|occurrenceDateTime|occurrencePeriod.start", _dt)],
     "Condition": [("code.text", None), ("onsetDateTime", _dt)],
     "MedicationStatement": [("medicationCodeableConcept.text|medication.concept.text", None),
@@ -524,6 +525,7 @@ def run_fhir_roundtrip(inputs: list[Path], workdir: Path, *, study: Path | None 
     sdtm = read_sdtm_folder(sdtm_dir, datasets=set(COMPARED))
     studyid = next((s for s in sdtm.frames["DM"]["STUDYID"].tolist() if s), "")
     came_back: dict[tuple[Any, Any], dict[str, Any] | None] = {}
+    every: dict[tuple[Any, Any], list[dict[str, Any]]] = {}     # all resources written from one source
     for dom, df in sdtm.frames.items():
         prov_path = sdtm_dir / f"{dom.lower()}.provenance.csv"
         if dom == "DS" or not prov_path.exists():
@@ -532,8 +534,11 @@ def run_fhir_roundtrip(inputs: list[Path], workdir: Path, *, study: Path | None 
         new_ids = writer_id(dom, df, studyid)
         new_type = _RTYPE[dom]
         for t, i, nid in zip(prov["src_type"], prov["src_id"], new_ids, strict=True):
-            if (t, i) not in came_back and (t, i) in original:
-                came_back[(t, i)] = written.get((new_type, nid or ""))
+            if (t, i) in original:
+                got = written.get((new_type, nid or ""))
+                came_back.setdefault((t, i), got)
+                if got is not None:
+                    every.setdefault((t, i), []).append(got)
     explain = _Explainer([back, fwd], engine=0)
     summary = {_RTYPE[d]: lbl for d, lbl in explain.summaries.items() if d in _RTYPE}
     rows: list[VariableFidelity] = []
@@ -578,4 +583,49 @@ def run_fhir_roundtrip(inputs: list[Path], workdir: Path, *, study: Path | None 
             fid.explained_by = here + ([explain.zone] if zone_only and explain.zone else []) + sorted(gone_expl)[:1]
             if fid.values:
                 rows.append(fid)
+        if rtype == "Observation":
+            fid = _component_fidelity(keys, original, every, explain, summary)
+            if fid.values:
+                rows.append(fid)
     return FidelityTable(rows, [], records, {}), back, fwd
+
+
+def _loinc_of(res: dict[str, Any]) -> str | None:
+    return next((c.get("code") for c in (res.get("code") or {}).get("coding") or ()
+                 if isinstance(c, dict) and c.get("system") == "http://loinc.org"), None)
+
+
+def _component_fidelity(keys: list[tuple[Any, Any]], original: dict[tuple[Any, Any], dict[str, Any]],
+                        every: dict[tuple[Any, Any], list[dict[str, Any]]], explain: _Explainer,
+                        summary: dict[str, str]) -> VariableFidelity:
+    """Observation.component values (blood pressure panels): each component becomes its own SDTM record
+    (SYSBP, DIABP) and its own Observation; compared with the written Observation of the same LOINC."""
+    fid = VariableFidelity("Observation", "component.valueQuantity.value")
+    gone: set[str] = set()
+    other = 0
+    for k in keys:
+        comps = [c for c in original[k].get("component") or () if isinstance(c, dict)
+                 and (c.get("valueQuantity") or {}).get("value") is not None]
+        if not comps:
+            continue
+        back_by_loinc = {_loinc_of(r): _get(r, "valueQuantity.value") for r in every.get(k, ())}
+        for c in comps:
+            fid.values += 1
+            va, vb = c["valueQuantity"]["value"], back_by_loinc.get(_loinc_of(c))
+            if vb is not None and _norm(va) == _norm(vb):
+                fid.equal += 1
+                continue
+            if vb is None:
+                fid.lost += 1
+            else:
+                fid.changed += 1
+            why = explain.records.get(f"Observation/{k[1]}") or summary.get("Observation") \
+                if k not in every else None
+            if why:
+                gone.add(why)
+            else:
+                other += 1
+    here = explain.element("Observation", "component") if other else []
+    fid.unexplained = 0 if here else other
+    fid.explained_by = here + sorted(gone)[:1]
+    return fid

@@ -55,6 +55,10 @@ _UNMAPPED_LB = ("144 Observations whose LOINC (5130-0 anti-dsDNA, 62238-1 CKD-EP
                 "LOINC-to-LB table and no NCIt coding: no LBTESTCD, not converted (unmapped-code per record); "
                 "counted as lost")
 FHIR_BELOW_BAR = {
+    "Observation.status": _UNMAPPED_LB + "; and 1 'final' result with dataAbsentReason 'error' (SDTM keeps "
+                          "NOT DONE + reason text; reported lossy, lb.STAT)",
+    "Observation.dataAbsentReason.coding.code": "the dataAbsentReason code is not kept in SDTM (reason text in "
+                                                "LBREASND; reported lossy, lb.REASND): 1 of 2",
     "Observation.valueQuantity.value": _UNMAPPED_LB,
     "Observation.effectiveDateTime": _UNMAPPED_LB,
     "Observation.referenceRange.low.value": _UNMAPPED_LB,

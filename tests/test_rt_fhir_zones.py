@@ -263,3 +263,18 @@ def test_cli_roundtrip_fhir_input(tmp_path: Path, capsys: pytest.CaptureFixture[
     assert capsys.readouterr().err.strip() == ("trialbridge: --default-tz must be Z, +hh:mm / -hh:mm or an IANA "
                                                "time zone name (e.g. Europe/Paris), not 'Mars/Base'")
     assert not (tmp_path / "b" / "sdtm").exists()
+
+
+def test_sample_data_absent_and_bp_components(sample_rt: Any) -> None:
+    """A 'final' result with dataAbsentReason 'error' keeps only NOT DONE + the reason text in SDTM: the
+    status and the code are reported lost, per record; BP panel components come back as SYSBP/DIABP
+    Observations with the same values."""
+    table, back, _ = sample_rt
+    stat = [i.record for i in back.issues if i.rule == "lb.STAT" and i.kind is Kind.LOSSY]
+    assert stat == ["Observation/obs-001-005-w4-plt"]
+    dar = sorted(i.record for i in back.issues if i.rule == "lb.REASND" and i.kind is Kind.LOSSY)
+    assert dar == ["Observation/obs-001-003-w16-c4", "Observation/obs-001-005-w4-plt"]
+    rows = {f"{r.domain}.{r.variable}": r for r in table.rows}
+    comp = rows["Observation.component.valueQuantity.value"]
+    assert (comp.values, comp.equal) == (184, 184)
+    assert rows["Observation.status"].changed == 1 and rows["Observation.status"].unexplained == 0

@@ -481,6 +481,16 @@ def map_findings(cols: pd.DataFrame, ctx: Ctx, d: str, testcd: pd.Series, unit_c
     nd &= out[f"{d}ORRES"].isna()
     out[f"{d}STAT"] = np.where(nd, "NOT DONE", NO_VALUE)
     out[f"{d}REASND"] = cols["_dar"].where(nd)
+    # SDTM keeps that the test was not done and the reason text: not the FHIR status of a result that
+    # was done but is absent (final + dataAbsentReason 'error'), nor the dataAbsentReason code
+    if nd.any():
+        ctx.row_issues(d, "dar", Kind.LOSSY, f"data-absent result: {d}STAT NOT DONE and {d}REASND = the reason "
+                       "text; the dataAbsentReason code is not kept", cols, nd & cols["_dar"].notna(),
+                       rule=f"{d.lower()}.REASND", source="Observation.dataAbsentReason", target=f"{d}REASND")
+        ctx.row_issues(d, "nd-status", Kind.LOSSY, f"Observation.status other than cancelled with no result: "
+                       f"{d}STAT NOT DONE; the status is not kept (SDTM -> FHIR writes cancelled)", cols,
+                       nd & (cols["_status"] != "cancelled"), rule=f"{d.lower()}.STAT",
+                       source="Observation.status", target=f"{d}STAT")
     # --DTC (LB: specimen collection first, per the Joint IG)
     eff = cols["_spec_dtc"].fillna(cols["_eff"]) if d == "LB" else cols["_eff"]
     # the SDTM text kept in the project's sdtm-dtc extension is the --DTC itself (LB: when no specimen

@@ -440,7 +440,7 @@ _FRACTION = re.compile(r"(?<=T\d{2}:\d{2}:\d{2})\.\d+")
 #: with its normaliser
 FHIR_ELEMENTS: dict[str, list[tuple[str, Any]]] = {
     "Patient": [("gender", None), ("birthDate", None)],
-    "Encounter": [("period.start|actualPeriod.start", _dt), ("period.end|actualPeriod.end", _dt)],
+    "Encounter": [("status", None), ("period.start|actualPeriod.start", _dt), ("period.end|actualPeriod.end", _dt)],
     "Observation": [("status", None), ("valueQuantity.value", None),
                     ("valueQuantity.code", None), ("effectiveDateTime", _dt),
                     ("referenceRange.low.value", None), ("referenceRange.high.value", None),

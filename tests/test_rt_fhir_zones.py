@@ -278,3 +278,11 @@ def test_sample_data_absent_and_bp_components(sample_rt: Any) -> None:
     comp = rows["Observation.component.valueQuantity.value"]
     assert (comp.values, comp.equal) == (184, 184)
     assert rows["Observation.status"].changed == 1 and rows["Observation.status"].unexplained == 0
+
+
+def test_sample_missed_visit_comes_back_cancelled(sample_rt: Any) -> None:
+    """A cancelled Encounter becomes SVOCCUR N (SDTMIG 3.4); SDTM -> FHIR writes it cancelled again, not
+    finished (rule SDTM2FHIR-SV-05)."""
+    table, _, _ = sample_rt
+    status = next(r for r in table.rows if r.domain == "Encounter" and r.variable == "status")
+    assert (status.values, status.equal) == (94, 94)

@@ -582,6 +582,7 @@ def build_sv(df: pd.DataFrame, ctx: Ctx, path: Path | str) -> Iterator[tuple[str
     subj, keep = _subject_refs(df, "SV", ctx)
     ex = Extras(df, "SV", ctx, consumed=mapped_variables("SV"), idvars=_idvar_cols(df))
     names = _col(df, "VISIT")
+    occur = _col(df, "SVOCCUR")
     studies = _col(df, "STUDYID")
     # SDTMIG key is USUBJID/VISITNUM/SVSTDTC: a repeated VISITNUM gets its start date in the id, and
     # records of other domains with that VISITNUM get no encounter reference (it would be ambiguous)
@@ -609,7 +610,8 @@ def build_sv(df: pd.DataFrame, ctx: Ctx, path: Path | str) -> Iterator[tuple[str
         if extra:
             enc["extension"] = extra
         enc["identifier"] = [{"system": f"{T.SID}/visitnum", "value": visits[i]}]
-        enc["status"] = "completed" if ctx.r5 else "finished"
+        # a planned visit that did not occur (SVOCCUR N) is a cancelled encounter, never a finished one
+        enc["status"] = "cancelled" if occur[i] == "N" else "completed" if ctx.r5 else "finished"
         if not ctx.r5:
             enc["class"] = {"system": "http://terminology.hl7.org/CodeSystem/v3-NullFlavor", "code": "UNK"}
         if names[i]:

@@ -445,12 +445,17 @@ FHIR_ELEMENTS: dict[str, list[tuple[str, Any]]] = {
                     ("valueQuantity.code", None), ("effectiveDateTime", _dt),
                     ("referenceRange.low.value", None), ("referenceRange.high.value", None),
                     ("dataAbsentReason.coding.code", None)],
-    "AdverseEvent": [("event.text|code.text", None), ("date|occurrenceDateTime|occurrencePeriod.start", _dt)],
-    "Condition": [("code.text", None), ("onsetDateTime", _dt)],
+    "AdverseEvent": [("event.text|code.text", None), ("date|occurrenceDateTime|occurrencePeriod.start", _dt),
+                     ("recordedDate", _dt), ("severity.coding.code", None), ("outcome.coding.code", None)],
+    "Condition": [("code.text", None), ("onsetDateTime", _dt), ("abatementDateTime", _dt), ("recordedDate", _dt)],
     "MedicationStatement": [("medicationCodeableConcept.text|medication.concept.text", None),
-                            ("effectivePeriod.start|effectiveDateTime", _dt)],
+                            ("effectivePeriod.start|effectiveDateTime", _dt), ("effectivePeriod.end", _dt),
+                            ("dosage.doseAndRate.doseQuantity.value", None),
+                            ("dosage.doseAndRate.doseQuantity.code", None)],
     "MedicationAdministration": [("effectivePeriod.start|effectiveDateTime|occurencePeriod.start", _dt),
-                                 ("dosage.dose.value|dosage.doseAndRate.doseQuantity.value", None)],
+                                 ("effectivePeriod.end|occurencePeriod.end", _dt),
+                                 ("dosage.dose.value|dosage.doseAndRate.doseQuantity.value", None),
+                                 ("dosage.dose.code|dosage.doseAndRate.doseQuantity.code", None)],
 }
 
 

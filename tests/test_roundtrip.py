@@ -69,6 +69,8 @@ FHIR_BELOW_BAR = {
                                "is not kept (reported lossy, ae.AETERM); 1 of 5",
     "Condition.code.text": "that Condition becomes the AE's AETERM, not an MH record (reported lossy, mh.select)",
     "Condition.onsetDateTime": "same",
+    "Condition.abatementDateTime": "same (1 of 3)",
+    "Condition.recordedDate": "same",
 }
 FHIR_UNEXPLAINED: set[str] = set()
 

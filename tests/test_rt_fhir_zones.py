@@ -286,3 +286,9 @@ def test_sample_missed_visit_comes_back_cancelled(sample_rt: Any) -> None:
     table, _, _ = sample_rt
     status = next(r for r in table.rows if r.domain == "Encounter" and r.variable == "status")
     assert (status.values, status.equal) == (94, 94)
+
+
+def test_cell_therapy_dose_unit_comes_back() -> None:
+    """'10^6 Therapeutic Cells' (C187973) has no row in the CDISC Unit-UCUM table: SDTM -> FHIR takes the
+    UCUM code FHIR -> SDTM maps to it (codes/fhir_dose_unit_extra.csv), the first listed."""
+    assert T.ucum_for("10^6 Therapeutic Cells") == "10*6{cells}"

@@ -295,11 +295,22 @@ def code_row(table: str, system: str, code: Any) -> dict[str, str] | None:
 def ucum_for(unit: str) -> str | None:
     """The UCUM code for a CDISC unit: the submission value itself when the CDISC Unit-UCUM table lists
     it among the term's UCUM expressions (``g/dL`` stays ``g/dL``, ``L`` stays ``L``), else the table's
-    first expression for the term."""
+    first expression for the term. A dose unit the CDISC table lacks (cell-therapy doses) takes the first
+    UCUM code that FHIR -> SDTM maps to it (``codes/fhir_dose_unit_extra.csv``, the same decision read
+    backwards)."""
     row = code_table("cdisc_unit_ucum.csv").get(("CDISC UNIT", unit))
     if not row:
-        return None
+        return _dose_unit_ucum().get(unit)
     return unit if unit in (row.get("alt_ucum") or "").split() else row["target_code"]
+
+
+@cache
+def _dose_unit_ucum() -> dict[str, str]:
+    out: dict[str, str] = {}
+    for r in load_table("codes/fhir_dose_unit_extra.csv"):
+        if r["source_system"] == UCUM:
+            out.setdefault(r["target_code"], r["source_code"])
+    return out
 
 
 @cache

@@ -298,8 +298,7 @@ class Ctx:
 
 
 # ------------------------------------------------------------------------------------- derivations
-_DTC_OK = re.compile(r"^\d{4}(-\d{2}(-\d{2}(T\d{2}:\d{2}(:\d{2}(?P<frac>\.\d+)?)?"
-                     r"(?P<zone>Z|[+-]\d{2}:\d{2})?)?)?)?$")
+_DTC_OK = re.compile(r"^\d{4}(-\d{2}(-\d{2}(T\d{2}:\d{2}(:\d{2}(\.\d+)?)?(Z|[+-]\d{2}:\d{2})?)?)?)?$")
 
 
 def _distinct(values: pd.Series) -> tuple[np.ndarray, np.ndarray]:
@@ -326,26 +325,30 @@ def derive_dtc(values: pd.Series, dropped: dict[str, int] | None = None) -> tupl
     ok_match = _DTC_OK.match
     dtc: list[Any] = []
     bad: list[bool] = []
-    cut: list[tuple[str | None, bool]] = []
-    for u in uniq:
+    # what was cut per distinct value ('.250Z', '+09:00'), weighted by its rows; only when asked
+    freq = np.bincount(codes[codes >= 0], minlength=len(uniq)).tolist() if dropped is not None else None
+    cuts: dict[str, int] = {}
+    for j, u in enumerate(uniq):
         txt = str(u)
-        m = ok_match(txt)
-        bad.append(m is None)
-        if m is None:
+        if ok_match(txt) is None:
             dtc.append(None)
-            cut.append((None, False))
+            bad.append(True)
             continue
-        end = m.start("frac") if m.group("frac") else m.start("zone") if m.group("zone") else len(txt)
+        # a valid value: hh:mm ends at 16, hh:mm:ss at 19; anything after is fraction and/or offset
+        end = 19 if len(txt) > 16 and txt[16] == ":" else min(len(txt), 16)
         dtc.append(txt[:end])
-        cut.append((m.group("zone"), m.group("frac") is not None))
+        bad.append(False)
+        if freq is not None and len(txt) > end:
+            cut = txt[end:]
+            cuts[cut] = cuts.get(cut, 0) + freq[j]
     dtc.append(None)       # code -1: missing stays missing, and is not invalid
     bad.append(False)
-    if dropped is not None and any(z or f for z, f in cut):
-        freq = np.bincount(codes[codes >= 0], minlength=len(cut))
-        for (zone, frac), n in zip(cut, freq.tolist(), strict=True):
+    if dropped is not None:
+        for cut, n in cuts.items():
+            zone = cut.lstrip(".0123456789")
             if n and zone:
                 dropped[zone] = dropped.get(zone, 0) + n
-            if n and frac:
+            if n and cut.startswith("."):
                 dropped["fraction"] = dropped.get("fraction", 0) + n
     out = pd.Series(np.array(dtc, dtype=object)[codes], index=values.index, dtype="object")
     return out, pd.Series(np.array(bad, dtype=bool)[codes], index=values.index)

@@ -221,7 +221,8 @@ class _Run:
         if not len(cols):
             return pd.DataFrame()
         dom = load_domain(p.domain)
-        if "VISITNUM" in dom.names and "_encounter" in cols:
+        # the domain's own variables only: a class variable (CM VISITNUM) is kept when carried, not derived
+        if "VISITNUM" in dom.spec_names and "_encounter" in cols:
             enc = self.ctx.refs.resolve_series(cols["_encounter"])
             vm = self.ctx.visit_map
             cols["VISITNUM"] = enc.map(lambda k: vm[k][0] if k in vm else None).astype("float64")
@@ -268,7 +269,7 @@ class _Run:
         if not len(df):
             return df
         dom = load_domain(p.domain)
-        names = set(dom.names)
+        names = set(dom.spec_names)     # derived only for the domain's own variables (not class additions)
         d = p.domain
         if "DOMAIN" in names and "DOMAIN" not in df:
             df["DOMAIN"] = d

@@ -6,8 +6,9 @@ sub-extension per variable, url = the variable name) and SUPPQUAL rows in ``.../
 QLABEL, QVAL, QORIG, QEVAL). This module gives those values back to SDTM, for every domain, with one
 generic rule (rule id ``subject.sdtm-ext``, mappings/subject/README.md):
 
-* a carried value fills the variable of that name when the domain has it (schemas/sdtm) and the
-  mapping produced nothing for that row;
+* a carried value fills the variable of that name when the domain has it (schemas/sdtm: its own
+  variables and those of its general observation class, ``general_classes.csv``) and the mapping
+  produced nothing for that row;
 * it also replaces a value the engine only *inferred* for want of data (VISITNUM/VISIT from the order
   of the subject's Encounters, EPOCH from the reference dates, EXDOSFRQ = ONCE per administration, --STRESC/N/U and --STNRLO/HI
   converted from the original result): the carried value is the SDTM value
@@ -229,8 +230,9 @@ def fill(domain: str, out: pd.DataFrame, ctx: Ctx, sources: Sources, supp_spec: 
     for var in sorted(carried - names - KEYS):
         n = sum(var in v for v in values)
         ctx.once(f"sdtm-ext-unknown:{domain}.{var}", Kind.LOSSY, f"variable carried in the project extension "
-                 f"sdtm is not a {domain} variable of schemas/sdtm: not written ({n} values in the first "
-                 "chunk)", rule=RULE, source=EXT_SDTM, target=f"{domain}.{var}")
+                 f"sdtm is neither a {domain} variable nor a variable of its general observation class in "
+                 f"schemas/sdtm: not written ({n} values in the first chunk)", rule=RULE, source=EXT_SDTM,
+                 target=f"{domain}.{var}")
     wanted = sorted({var for var in carried if var in names and var not in KEYS})
     for var in wanted:
         col = pd.Series([v.get(var) for v in values], index=out.index, dtype=object)

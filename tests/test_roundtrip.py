@@ -35,14 +35,8 @@ MSG = DATA / "dataset_json" / "examples" / "sdtm"
 PILOT = DATA / "sdtm" / "phuse_cdiscpilot01"
 BAR = 0.99
 
-_DOSFRQ = ("CMDOSFRQ values that are not terms of CT FREQ (EVERY MORNING, OTHER, ...): written as text with an "
-           "unmapped-code entry; the engine maps codings only")
-
 # (dataset, DOM.VAR) -> why it is below the bar
-BELOW_BAR: dict[tuple[str, str], str] = {
-    ("msg", "DM.RACE"): "RACE code not in sdtm_to_fhir_codes.csv: text kept, engine maps OMB codings only",
-    ("pilot", "CM.CMDOSFRQ"): _DOSFRQ,
-}
+BELOW_BAR: dict[tuple[str, str], str] = {}
 
 # (dataset, DOM.VAR) with differences no report entry explains yet: silent losses to fix
 UNEXPLAINED: set[tuple[str, str]] = set()

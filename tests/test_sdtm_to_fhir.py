@@ -288,3 +288,44 @@ def test_dtc_conversion_table() -> None:
     assert d.original[3] == "2014-03-05T10:20" and d.original[5] == "2014---05" and d.original[6] == "garbage"
     d = T.convert_dates(s, default_tz="-05:00")
     assert d.value[3] == "2014-03-05T10:20:00-05:00"
+
+
+def test_race_multiple_and_sponsor_frequency_round_trip(tmp_path: Path) -> None:
+    """RACE MULTIPLE with SUPPDM RACE1..n -> one US Core ombCategory per race (and back to MULTIPLE +
+    RACEn); a CMDOSFRQ outside CT FREQ -> timing text, and the value itself in the sdtm extension, so
+    FHIR -> SDTM gives the exact value back (the engine maps codings only)."""
+    from trialbridge.pipeline import Options
+    from trialbridge.sdtm.reader import read_sdtm_folder
+    from trialbridge.subject.pipeline import convert_subjects
+    dm = DM.assign(RACE=["MULTIPLE"])
+    supp = pd.DataFrame({"STUDYID": ["S1"] * 2, "RDOMAIN": ["DM"] * 2, "USUBJID": ["S1-001"] * 2,
+                         "IDVAR": ["", ""], "IDVARVAL": ["", ""], "QNAM": ["RACE2", "RACE1"],
+                         "QLABEL": ["Race 2", "Race 1"], "QVAL": ["WHITE", "ASIAN"], "QORIG": ["CRF", "CRF"],
+                         "QEVAL": ["", ""]})
+    cm = pd.DataFrame({"STUDYID": ["S1"] * 2, "DOMAIN": ["CM"] * 2, "USUBJID": ["S1-001"] * 2, "CMSEQ": [1, 2],
+                       "CMTRT": ["ASPIRIN", "IBUPROFEN"], "CMDOSFRQ": ["QD", "EVERY MORNING"],
+                       "VISITNUM": [1, 2], "VISIT": ["SCREENING", "WEEK 2"]})
+    folder = _write_folder(tmp_path, dm=dm, suppdm=supp, cm=cm)
+    paths, report = _convert(folder, tmp_path / "fhir", "R5", ndjson=True)
+    res = _resources(paths)
+    pat = next(r for r in res if r["resourceType"] == "Patient")
+    race = next(e for e in pat["extension"] if e["url"].endswith("us-core-race"))
+    assert [s["valueCoding"]["code"] for s in race["extension"] if s["url"] == "ombCategory"] == ["2028-9", "2106-3"]
+    assert not [i for i in report.issues if i.kind.value == "unmapped-code" and i.target and "race" in i.target]
+    ms = {r["identifier"][0]["value"]: r for r in res if r["resourceType"] == "MedicationStatement"}
+    sdtm = [s for e in ms["2"]["extension"] if e["url"] == T.EXT_SDTM for s in e["extension"]]
+    assert {"url": "CMDOSFRQ", "valueString": "EVERY MORNING"} in sdtm
+    assert ms["2"]["dosage"][0]["timing"]["code"] == {"text": "EVERY MORNING"}
+    assert not any(s["url"] == "CMDOSFRQ" for e in ms["1"].get("extension", ()) for s in e["extension"])
+    back = ConversionReport()
+    convert_subjects(paths, tmp_path / "sdtm", options=Options(fhir_version="R5"), report=back)
+    got = read_sdtm_folder(tmp_path / "sdtm", datasets={"DM", "CM", "SUPPDM"}).frames
+    assert got["DM"]["RACE"].tolist() == ["MULTIPLE"]
+    supp_back = got["SUPPDM"].set_index("QNAM")["QVAL"].to_dict()
+    assert supp_back["RACE1"] == "ASIAN" and supp_back["RACE2"] == "WHITE"
+    cm_back = got["CM"].sort_values("CMTRT")
+    assert cm_back["CMDOSFRQ"].tolist() == ["QD", "EVERY MORNING"]
+    # CM VISITNUM/VISIT: Timing variables of the class, not of the CM specification: kept, in model order
+    assert cm_back["VISITNUM"].tolist() == [1, 2] and cm_back["VISIT"].tolist() == ["SCREENING", "WEEK 2"]
+    cols = list(got["CM"].columns)
+    assert cols.index("CMDOSFRQ") < cols.index("VISITNUM") < cols.index("VISIT")

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import re
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -258,6 +259,30 @@ def _coded(table: str, system: str, values: list[Any], ctx: Ctx, domain: str, va
     return out
 
 
+def _multiple_races(users: list[Any], races: list[Any], ctx: Ctx) -> dict[int, list[dict[str, str]]]:
+    """Row -> OMB codings of a subject with RACE = MULTIPLE (SDTMIG 3.4 DM assumption: the races
+    reported go to SUPPDM RACE1, RACE2...): one US Core ombCategory per SUPPDM race, as US Core records
+    several races; FHIR -> SDTM reads several categories back as MULTIPLE + RACEn. Without SUPPDM races,
+    or with a race outside the table, the row is left to the table lookup (unmapped, text kept)."""
+    index = ctx.supp.get("DM") or {}
+    out: dict[int, list[dict[str, str]]] = {}
+    for i, (u, r) in enumerate(zip(users, races, strict=True)):
+        if r != "MULTIPLE":
+            continue
+        vals = [q for e in index.get((str(u or ""), "", ""), ())
+                for q in [{s["url"]: s["valueString"] for s in e["extension"]}]
+                if re.fullmatch(r"RACE\d+", q.get("QNAM", "")) and q.get("QVAL")]
+        rows = [T.code_row("sdtm_to_fhir_codes.csv", "CDISC RACE", q["QVAL"]) for q in
+                sorted(vals, key=lambda q: int(q["QNAM"][4:]))]
+        found = [r for r in rows if r is not None]
+        if rows and len(found) == len(rows):
+            out[i] = found
+    if out:
+        ctx.tally(Kind.INFERRED, "DM", "RACE", "RACE MULTIPLE written as one US Core ombCategory per SUPPDM "
+                  "RACEn (SDTMIG 3.4 DM assumption)", len(out), target="Patient.extension(us-core-race)")
+    return out
+
+
 def _ct_concept(value: Any, codelist: str, ctx: Ctx, domain: str, var: str, target: str) -> dict[str, Any] | None:
     """A CDISC CT value as a CodeableConcept: the NCIt coding of the term (C-code from the pinned CT)
     and the submission value as text. A value that is not a term of ``codelist`` keeps its text only
@@ -451,7 +476,10 @@ def build_dm(df: pd.DataFrame, ctx: Ctx, path: Path | str) -> Iterator[tuple[str
     rfst, rfst_o = _dates(df, "RFSTDTC", ctx, "DM", keys, target="ResearchSubject.period.start")
     rfen, rfen_o = _dates(df, "RFENDTC", ctx, "DM", keys, target="ResearchSubject.period.end")
     sex = _coded("sdtm_to_fhir_codes.csv", "CDISC SEX", _col(df, "SEX"), ctx, "DM", "SEX", "Patient.gender")
-    race = _coded("sdtm_to_fhir_codes.csv", "CDISC RACE", _col(df, "RACE"), ctx, "DM", "RACE",
+    race_raw = _col(df, "RACE")
+    multiple = _multiple_races(users, race_raw, ctx)
+    race = _coded("sdtm_to_fhir_codes.csv", "CDISC RACE", [None if i in multiple else v for i, v in
+                                                            enumerate(race_raw)], ctx, "DM", "RACE",
                   "Patient.extension(us-core-race)")
     eth = _coded("sdtm_to_fhir_codes.csv", "CDISC ETHNIC", _col(df, "ETHNIC"), ctx, "DM", "ETHNIC",
                  "Patient.extension(us-core-ethnicity)")
@@ -471,6 +499,7 @@ def build_dm(df: pd.DataFrame, ctx: Ctx, path: Path | str) -> Iterator[tuple[str
             subs: list[dict[str, Any]] = []
             if race[i]:
                 subs.append({"url": "ombCategory", "valueCoding": _coding(race[i])})  # type: ignore[arg-type]
+            subs.extend({"url": "ombCategory", "valueCoding": _coding(r)} for r in multiple.get(i, ()))
             subs.append({"url": "text", "valueString": race_t})
             pext.append({"url": T.US_CORE_RACE, "extension": subs})
         if eth_t:
@@ -768,7 +797,11 @@ def build_cm(df: pd.DataFrame, ctx: Ctx, path: Path | str) -> Iterator[tuple[str
         if not keep[i]:
             continue
         res: dict[str, Any] = {}
-        _start(res, "MedicationStatement", ids[i], ex.ext(i), f"{T.SID}/cmseq", seqs[i])
+        freq = _ct_concept(raw["CMDOSFRQ"][i], "FREQ", ctx, "CM", "CMDOSFRQ", "MedicationStatement.dosage.timing.code")
+        ext = ex.ext(i)
+        if freq and "coding" not in freq:   # a sponsor term outside CT FREQ: also the SDTM value itself
+            ext = _merge_sdtm(ext or [], [{"url": "CMDOSFRQ", "valueString": raw["CMDOSFRQ"][i]}])
+        _start(res, "MedicationStatement", ids[i], ext, f"{T.SID}/cmseq", seqs[i])
         res["status"] = "recorded" if ctx.r5 else "unknown"
         if raw["CMCAT"][i]:
             res["category"] = [{"text": raw["CMCAT"][i]}] if ctx.r5 else {"text": raw["CMCAT"][i]}
@@ -783,9 +816,8 @@ def build_cm(df: pd.DataFrame, ctx: Ctx, path: Path | str) -> Iterator[tuple[str
         dos: dict[str, Any] = {}
         if raw["CMDOSTXT"][i]:
             dos["text"] = raw["CMDOSTXT"][i]
-        if raw["CMDOSFRQ"][i]:
-            dos["timing"] = {"code": _ct_concept(raw["CMDOSFRQ"][i], "FREQ", ctx, "CM", "CMDOSFRQ",
-                                                 "MedicationStatement.dosage.timing.code")}
+        if freq:
+            dos["timing"] = {"code": freq}
         if raw["CMROUTE"][i]:
             dos["route"] = _ct_concept(raw["CMROUTE"][i], "ROUTE", ctx, "CM", "CMROUTE",
                                        "MedicationStatement.dosage.route")

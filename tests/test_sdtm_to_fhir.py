@@ -16,6 +16,7 @@ from trialbridge.errors import InputError
 from trialbridge.fhir import subject_terms as T
 from trialbridge.fhir.subject_writer import SUBJECT_DOMAINS, convert_sdtm_to_fhir, domain_spec, subject_domains_in
 from trialbridge.report import ConversionReport
+from trialbridge.sdtm.metadata import load_domain
 
 MSG = ("dataset_json", "examples", "sdtm")
 PILOT = ("sdtm", "phuse_cdiscpilot01")
@@ -275,6 +276,13 @@ def test_specs_lint() -> None:
         ids.extend(r["id"] for r in spec["rules"])
         sources = {r["source"] for r in spec["rules"]}
         assert not sources & set(spec.get("derived", [])), dom
+        # 'derived' means recomputed by FHIR -> SDTM (rule subject --DY from RFSTDTC, SDTMIG 3.4 4.4.4): a
+        # study day of the domain's own specification with its date; anything else (VISITDY from TV, a
+        # class --STDY the domain spec lacks) is carried in the sdtm extension, not excused
+        own = load_domain(dom).spec_names
+        for var in spec.get("derived", []):
+            dtc = var[:-2] + "DTC" if var.endswith(("STDY", "ENDY")) or var == f"{dom}DY" else None
+            assert var in own and dtc in own, (dom, var)
         assert all(r.get("R4") and r.get("R5") and r.get("ig") for r in spec["rules"]), dom
     assert len(ids) == len(set(ids))
 

@@ -58,7 +58,8 @@ class Domain:
         for v in self.variables:
             if v.name == name:
                 return v
-        raise KeyError(f"{name} is not a variable of {self.domain} in schemas/sdtm")
+        raise KeyError(f"{name} is neither a variable of {self.domain} nor of its general observation class "
+                       "in schemas/sdtm")
 
     @property
     def spec_names(self) -> list[str]:

@@ -347,7 +347,56 @@ def compare_folders(input: Path, sdtm_dir: Path, reports: list[ConversionReport]
                                   rtype=_RTYPE[dom], include_values=include_values)
         rows.extend(got)
         records[dom] = rec
+    rel = read_sdtm_folder(input, datasets={"RELREC"}).frames.get("RELREC")
+    rel_b = read_sdtm_folder(sdtm_dir, datasets={"RELREC"}).frames.get("RELREC")
+    for r in compare_relrec(rel, rel_b, a.frames, b.frames, sdtm_dir, studyid, explain):
+        rows.append(r)
+        if r.mapped:     # record-level links: (source rows, rows found again, extra)
+            records["RELREC"] = (r.values, r.equal, 0)
     return FidelityTable(rows, missing, records, excluded)
+
+
+def compare_relrec(a: pd.DataFrame | None, b: pd.DataFrame | None, a_frames: dict[str, pd.DataFrame],
+                   b_frames: dict[str, pd.DataFrame], sdtm_dir: Path, studyid: str,
+                   explain: _Explainer) -> list[VariableFidelity]:
+    """RELREC: a record-level row is equal when the record it names (through its resource, as for the
+    domains) is again in a RELREC row of the same RELID. Dataset-level rows (no USUBJID) are listed
+    ``declared lossy``: FHIR links resources, not datasets (the writer reports them)."""
+    if a is None or not len(a):
+        return []
+
+    def keyed(rel: pd.DataFrame | None, frames: dict[str, pd.DataFrame], ids: Any) -> set[tuple[Any, str]]:
+        out: set[tuple[Any, str]] = set()
+        if rel is None or not len(rel):
+            return out
+        by_rec: dict[tuple[str, str, str], Any] = {}
+        for dom, df in frames.items():
+            seq = f"{dom}SEQ"
+            if seq in df and dom in _RTYPE and dom != "DM" and len(df):
+                for u, q, rid in zip(df["USUBJID"], df[seq], ids(dom, df), strict=True):
+                    by_rec[(dom, str(u), str(_norm(q)))] = rid
+        for d, u, iv, ivv, rel_id in zip(rel["RDOMAIN"], rel["USUBJID"], rel["IDVAR"], rel["IDVARVAL"],
+                                          rel["RELID"], strict=True):
+            rid = by_rec.get((d, str(u), str(_norm(ivv)))) if u and iv == f"{d}SEQ" else None
+            if rid is not None:
+                out.add((rid, f"{u}\x00{rel_id}"))
+        return out
+
+    record_level = a["USUBJID"].map(lambda u: isinstance(u, str) and u != "")
+    src = keyed(a, a_frames, lambda dom, df: writer_id(dom, df, studyid))
+    got = keyed(b, b_frames, lambda dom, df: result_id(dom, df, sdtm_dir))
+    n = int(record_level.sum())
+    fid = VariableFidelity("RELREC", "RELID", n, len(src & got), 0, n - len(src & got))
+    if fid.lost:
+        fid.explained_by = explain.variable("RELREC", "RELID")
+        fid.unexplained = 0 if fid.explained_by else fid.lost
+    rows = [fid] if n else []
+    if n < len(a):
+        ds_level = VariableFidelity("RELREC", "RELID(ds)", len(a) - n, 0, 0, len(a) - n, mapped=False)
+        ds_level.explained_by = explain.variable("RELREC", "RELTYPE")
+        ds_level.unexplained = 0 if ds_level.explained_by else ds_level.values
+        rows.append(ds_level)
+    return rows
 
 
 def run_roundtrip(input: Path, workdir: Path, *, fhir_version: str = "R5", default_tz: str | None = None,

@@ -12,6 +12,7 @@ Two passes over the inputs (see :mod:`.base` for the plug-in contract):
    holds one chunk plus the indexes, never the input.
 
 Outputs: ``<dom>.json`` (and ``.csv``/``.ndjson`` on request), ``supp<dom>.*`` when qualifiers exist,
+``relrec.*`` when project-made input carries record-level RELREC links (extension ``relrec``),
 and ``<dom>.provenance.csv`` (USUBJID, --SEQ -> FHIR resource type/id/versionId/file/line).
 """
 
@@ -96,6 +97,8 @@ class _Run:
         self.seq: dict[str, dict[str, int]] = defaultdict(dict)
         self.writers: dict[str, ChunkedDomainWriter] = {}
         self.supp_frames: dict[str, list[pd.DataFrame]] = defaultdict(list)
+        #: RELREC rows rebuilt from the project extension relrec (rule subject.sdtm-ext)
+        self.relrec_frames: list[pd.DataFrame] = []
         #: USUBJID -> latest date of any of the subject's records (for DM.RFPENDTC, rule dm.RFPENDTC)
         self.last_dates: dict[str, str] = {}
         #: DM, written at the end once RFPENDTC can see every record (streamed LB/VS included)
@@ -326,6 +329,8 @@ class _Run:
                 "QEVAL": spec[2] if len(spec) > 2 else ""})
             supp_parts.append(part)
         supp = pd.concat(supp_parts, ignore_index=True) if supp_parts else pd.DataFrame()
+        if "_relrec" in df and seq:
+            self.relrec_frames.append(_relrec_rows(d, df, seq, self.ctx.studyid))
         names = set(load_domain(d).names)
         sdtm = df[[c for c in df.columns if c in names]]
         return sdtm, supp, prov
@@ -420,6 +425,10 @@ class _Run:
             supp = pd.concat(parts, ignore_index=True)
             self.written += write_domain(supp, f"SUPP{dom}", self.outdir, self.formats,
                                          study_oid=self.ctx.studyid, report=self.ctx.report, sort=True)
+        if self.relrec_frames:
+            relrec = pd.concat(self.relrec_frames, ignore_index=True)
+            self.written += write_domain(relrec, "RELREC", self.outdir, self.formats,
+                                         study_oid=self.ctx.studyid, report=self.ctx.report, sort=True)
         report_dropped_zones(self.ctx)
         for (dom, reason), n in sorted(self.ctx.issue_counts.items()):
             if n > base.MAX_ROW_ISSUES:
@@ -451,6 +460,17 @@ def report_dropped_zones(ctx: base.Ctx) -> None:
     ctx.report.add(Kind.LOSSY, f"{what} dropped from --DTC (SDTMIG 3.4 §4.4: ISO 8601 local clock time, "
                    f"no offset): {parts}; {hint}", rule="subject.dtc-zone",
                    source="dateTime offset", target="--DTC")
+
+
+def _relrec_rows(domain: str, df: pd.DataFrame, seq: str, studyid: str) -> pd.DataFrame:
+    """RELREC rows of the records whose resource carried ``relrec`` extensions (column ``_relrec``):
+    the record is identified by its --SEQ as written here (SDTMIG 3.4 section 8.2: IDVAR/IDVARVAL name
+    the record), so links survive the renumbering; RELID/RELTYPE as carried."""
+    rows = [{"STUDYID": studyid, "RDOMAIN": domain, "USUBJID": u, "IDVAR": seq,
+             "IDVARVAL": str(int(q)) if q == q else "", "RELTYPE": link.get("RELTYPE"), "RELID": link["RELID"]}
+            for u, q, links in zip(df["USUBJID"], df[seq], df["_relrec"], strict=True)
+            for link in links or ()]
+    return pd.DataFrame(rows, columns=["STUDYID", "RDOMAIN", "USUBJID", "IDVAR", "IDVARVAL", "RELTYPE", "RELID"])
 
 
 def _columnar_route(routes: dict[str, list[tuple[Any, list[DomainPlugin]]]]) -> list[DomainPlugin] | None:

@@ -16,7 +16,10 @@ generic rule (rule id ``subject.sdtm-ext``, mappings/subject/README.md):
 * ``--SEQ`` is filled only when every row of the frame carries it (DS, whose records are
   ResearchSubject.progress items with no identifier); otherwise the engine numbers it;
 * ``suppqual`` extensions become SUPP-- rows of the record (IDVAR = --SEQ as the engine writes it;
-  DM: blank); a QNAM that is a variable of the parent domain is not written (reported).
+  DM: blank); a QNAM that is a variable of the parent domain is not written (reported);
+* ``relrec`` extensions (a record-level RELREC row: RELID, RELTYPE, the other records as references)
+  become RELREC rows of the record (column ``_relrec``; IDVAR = --SEQ as the engine writes it, the
+  records of one RELID keep being linked by it; :meth:`..pipeline` writes ``relrec.*``).
 
 The source resource of each mapped row is found through the engine's provenance columns
 (``_src_file``, ``_src_line``: NDJSON line or Bundle entry index) and re-read from the input (NDJSON
@@ -39,7 +42,7 @@ import numpy as np
 import orjson
 import pandas as pd
 
-from ..fhir.subject_terms import BASE, EXT_SDTM, EXT_SUPPQUAL, SID
+from ..fhir.subject_terms import BASE, EXT_RELREC, EXT_SDTM, EXT_SUPPQUAL, SID
 from ..report import Kind
 from ..sdtm.metadata import load_domain
 from .base import Ctx, DomainPlugin
@@ -163,7 +166,7 @@ def _project_ext(res: Any) -> list[dict[str, Any]]:
     if not isinstance(res, dict):
         return []
     return [e for e in res.get("extension") or () if isinstance(e, dict)
-            and e.get("url") in (EXT_SDTM, EXT_SUPPQUAL)]
+            and e.get("url") in (EXT_SDTM, EXT_SUPPQUAL, EXT_RELREC)]
 
 
 def _bundle_index(path: Path) -> dict[Any, list[dict[str, Any]]]:
@@ -201,6 +204,19 @@ def carried_values(extensions: Iterable[Any]) -> tuple[dict[str, Any], list[dict
     return values, supp
 
 
+def carried_relrec(extensions: Iterable[Any]) -> list[dict[str, Any]]:
+    """The record-level RELREC rows of the ``relrec`` extensions: RELID and RELTYPE (the targets are
+    the other records of the RELID, which carry the same RELID)."""
+    out = []
+    for ext in extensions or ():
+        if isinstance(ext, dict) and ext.get("url") == EXT_RELREC:
+            subs = {s.get("url"): s.get("valueString") for s in ext.get("extension") or ()
+                    if isinstance(s, dict) and "valueString" in s}
+            if subs.get("RELID"):
+                out.append({"RELID": subs["RELID"], "RELTYPE": subs.get("RELTYPE")})
+    return out
+
+
 # ----------------------------------------------------------------------------- the rule
 def fill(domain: str, out: pd.DataFrame, ctx: Ctx, sources: Sources, supp_spec: dict[str, Any]) -> pd.DataFrame:
     """Rule subject.sdtm-ext on one mapped frame (see the module docstring)."""
@@ -211,15 +227,23 @@ def fill(domain: str, out: pd.DataFrame, ctx: Ctx, sources: Sources, supp_spec: 
     row_level = out["_sdtm"].tolist() if "_sdtm" in out else [None] * len(out)
     values: list[dict[str, Any]] = []
     supps: list[list[dict[str, Any]]] = []
+    links: list[list[dict[str, Any]]] = []
     for k, own in zip(keys, row_level, strict=True):
         v, s = carried_values(found.get(k, ()))
+        r = carried_relrec(found.get(k, ()))
         if isinstance(own, dict):
             v = {**v, **own.get("values", {})}
             s = s + list(own.get("supp", []))
+            r = r + list(own.get("relrec", []))
         values.append(v)
         supps.append(s)
+        links.append(r)
     if "_sdtm" in out:
         out = out.drop(columns="_sdtm")
+    if any(links):
+        out["_relrec"] = pd.Series([r or None for r in links], index=out.index, dtype=object)
+        _report(ctx, domain, "RELREC.RELID", sum(bool(r) for r in links),
+                "RELREC row taken from the project extension relrec (IDVAR = the record's --SEQ)")
     if not any(values) and not any(supps):
         return out
     meta = load_domain(domain)
@@ -291,5 +315,5 @@ def _supp_columns(domain: str, out: pd.DataFrame, supps: list[list[dict[str, Any
 def _report(ctx: Ctx, domain: str, var: str, n: int, message: str) -> None:
     """Once per (domain, variable): the report names the rule, the extension and the target."""
     target = var if "." in var else f"{domain}.{var}"
-    ctx.once(f"sdtm-ext:{target}", Kind.INFERRED, message, rule=RULE, source=EXT_SDTM if "." not in var
-             else EXT_SUPPQUAL, target=target)
+    source = EXT_SDTM if "." not in var else EXT_RELREC if var.startswith("RELREC.") else EXT_SUPPQUAL
+    ctx.once(f"sdtm-ext:{domain}:{target}", Kind.INFERRED, message, rule=RULE, source=source, target=target)

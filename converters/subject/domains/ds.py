@@ -17,7 +17,7 @@ from ...report import Kind
 from ...sdtm.ct import pinned_ct
 from ..base import Ctx, DomainPlugin, ref_of, register_domain
 from ..identity import project_sid
-from ..sdtm_ext import carried_values
+from ..sdtm_ext import carried_relrec, carried_values
 from . import _codes as C
 
 TABLE = "fhir_disposition.csv"
@@ -97,10 +97,12 @@ def extract_ds(res: dict[str, Any], ctx: Ctx) -> list[dict[str, Any]] | None:
         reason = C.codings(p.get("reason"))
         if reason:
             values, supp = carried_values(p.get("extension") or ())
+            relrec = carried_relrec(p.get("extension") or ())
             rows.append({"_subject": subject, "_codes": reason, "_term": C.text_of(p.get("reason")),
                          "_date": p.get("startDate"), "_kind": "progress",
                          # SDTM values carried on the item (rule subject.sdtm-ext); DSCAT among them
-                         "_sdtm": {"values": values, "supp": supp} if values or supp else None,
+                         "_sdtm": {"values": values, "supp": supp, "relrec": relrec}
+                         if values or supp or relrec else None,
                          "_cat": values.get("DSCAT") or _project_cat(p, reason)})
     if res.get("progress") is None:           # R4
         state = res.get("status") if state is None else state

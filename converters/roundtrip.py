@@ -11,6 +11,11 @@ them, so the comparison never depends on how --SEQ is numbered:
 * DS records are ResearchSubject.progress items: aligned on (ResearchSubject, DSSEQ carried in the
   item's ``sdtm`` extension).
 
+SUPP-- rows of the compared domains are compared per QNAM (equal when the parent record, found
+through its resource, has the QNAM again with the same QVAL); record-level RELREC rows per RELID
+(equal when the record is again in a RELREC row of that RELID); dataset-level RELREC rows are listed
+``declared lossy`` (FHIR links resources, not datasets).
+
 Per mapped variable: values present in the source, equal, changed, lost (empty or no record after),
 and which report entries explain the differences. A difference is *explained* when an issue of either
 report names the variable (``DOM.VAR`` source/target, the variable as target, or rule ``dom.VAR``), or
@@ -347,13 +352,68 @@ def compare_folders(input: Path, sdtm_dir: Path, reports: list[ConversionReport]
                                   rtype=_RTYPE[dom], include_values=include_values)
         rows.extend(got)
         records[dom] = rec
-    rel = read_sdtm_folder(input, datasets={"RELREC"}).frames.get("RELREC")
-    rel_b = read_sdtm_folder(sdtm_dir, datasets={"RELREC"}).frames.get("RELREC")
+    supp_names = {f"SUPP{d}" for d in COMPARED}
+    sa = read_sdtm_folder(input, datasets=supp_names | {"RELREC"}).frames
+    sb = read_sdtm_folder(sdtm_dir, datasets=supp_names | {"RELREC"}).frames
+    a_ids = _record_ids(a.frames, lambda dom, df: writer_id(dom, df, studyid))
+    b_ids = _record_ids(b.frames, lambda dom, df: result_id(dom, df, sdtm_dir))
+    for r in compare_supp(sa, sb, a_ids, b_ids, explain):
+        rows.append(r)
+        src, found, _ = records.get(r.domain, (0, 0, 0))
+        records[r.domain] = (src + r.values, found + r.equal + r.changed, 0)   # SUPP rows found again
+    rel, rel_b = sa.get("RELREC"), sb.get("RELREC")
     for r in compare_relrec(rel, rel_b, a.frames, b.frames, sdtm_dir, studyid, explain):
         rows.append(r)
         if r.mapped:     # record-level links: (source rows, rows found again, extra)
             records["RELREC"] = (r.values, r.equal, 0)
     return FidelityTable(rows, missing, records, excluded)
+
+
+def _record_ids(frames: dict[str, pd.DataFrame], ids: Any) -> dict[tuple[str, str, str, Any], Any]:
+    """(domain, USUBJID, IDVAR, IDVARVAL) -> the resource id of the record; DM: IDVAR blank."""
+    out: dict[tuple[str, str, str, Any], Any] = {}
+    for dom, df in frames.items():
+        if dom not in _RTYPE or not len(df):
+            continue
+        rids = ids(dom, df)
+        if dom == "DM":
+            out.update({(dom, str(u), "", None): r for u, r in zip(df["USUBJID"], rids, strict=True)})
+            continue
+        for var in (f"{dom}SEQ", f"{dom}SPID", f"{dom}GRPID", f"{dom}LNKID"):
+            if var in df:
+                out.update({(dom, str(u), var, _norm(v)): r
+                            for u, v, r in zip(df["USUBJID"], df[var], rids, strict=True)})
+    return out
+
+
+def compare_supp(a: dict[str, pd.DataFrame], b: dict[str, pd.DataFrame], a_ids: dict[Any, Any],
+                 b_ids: dict[Any, Any], explain: _Explainer) -> list[VariableFidelity]:
+    """SUPP-- of the compared domains, per QNAM: a row is equal when the parent record (through its
+    resource) has again that QNAM with the same QVAL."""
+    rows = []
+    for name in sorted(n for n in a if n.startswith("SUPP") and n[4:] in COMPARED):
+        def keyed(df: pd.DataFrame | None, ids: dict[Any, Any]) -> dict[tuple[Any, str], Any]:
+            if df is None or not len(df):
+                return {}
+            return {(ids.get((str(d), str(u), str(iv or ""), _norm(ivv) if iv else None)), str(q)): _norm(v)
+                    for d, u, iv, ivv, q, v in zip(df["RDOMAIN"], df["USUBJID"], df["IDVAR"], df["IDVARVAL"],
+                                                    df["QNAM"], df["QVAL"], strict=True)}
+        src, got = keyed(a[name], a_ids), keyed(b.get(name), b_ids)
+        for qnam in sorted({q for _, q in src}):
+            keys = [k for k in src if k[1] == qnam]
+            fid = VariableFidelity(name, qnam, len(keys))
+            for k in keys:
+                if k[0] is not None and k in got and got[k] == src[k]:
+                    fid.equal += 1
+                elif k[0] is not None and k in got:
+                    fid.changed += 1
+                else:
+                    fid.lost += 1
+            if fid.changed or fid.lost:
+                fid.explained_by = explain.variable(name, qnam) or explain.variable(name[4:], "SUPP")
+                fid.unexplained = 0 if fid.explained_by else fid.changed + fid.lost
+            rows.append(fid)
+    return rows
 
 
 def compare_relrec(a: pd.DataFrame | None, b: pd.DataFrame | None, a_frames: dict[str, pd.DataFrame],

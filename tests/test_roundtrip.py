@@ -127,9 +127,14 @@ def test_roundtrip_pilot(pilot: Any) -> None:
     _check("pilot", pilot)
 
 
-def test_roundtrip_relrec(pilot: Any) -> None:
-    """Record-level RELREC (pilot: 234 rows linking AE and DS records) comes back: each record is again
-    in a RELREC row of its RELID, named by its --SEQ as renumbered (rows found through the resources)."""
+def test_roundtrip_supp_and_relrec(msg: Any, pilot: Any) -> None:
+    """SUPPQUAL rows come back on their parent records (per QNAM, parent found through its resource);
+    record-level RELREC (pilot: 234 rows linking AE and DS records) comes back: each record is again
+    in a RELREC row of its RELID, named by its --SEQ as renumbered."""
+    supp = {(r.domain, r.variable): (r.values, r.equal) for t in (msg[0], pilot[0]) for r in t.rows
+            if r.domain.startswith("SUPP")}
+    assert supp[("SUPPAE", "AETRTEM")] == (1191, 1191) and supp[("SUPPDS", "ENTCRIT")] == (3, 3)
+    assert supp[("SUPPDM", "RACE3")] == (1, 1) and supp[("SUPPDM", "ITT")] == (254, 254)
     table, _, back = pilot
     row = next(r for r in table.rows if (r.domain, r.variable) == ("RELREC", "RELID"))
     assert row.values == 234 and row.equal == row.values

@@ -355,9 +355,9 @@ def compare_folders(input: Path, sdtm_dir: Path, reports: list[ConversionReport]
     supp_names = {f"SUPP{d}" for d in COMPARED}
     sa = read_sdtm_folder(input, datasets=supp_names | {"RELREC"}).frames
     sb = read_sdtm_folder(sdtm_dir, datasets=supp_names | {"RELREC"}).frames
-    a_ids = _record_ids(a.frames, lambda dom, df: writer_id(dom, df, studyid))
-    b_ids = _record_ids(b.frames, lambda dom, df: result_id(dom, df, sdtm_dir))
-    for r in compare_supp(sa, sb, a_ids, b_ids, explain):
+    rec_a = _record_ids(a.frames, lambda dom, df: writer_id(dom, df, studyid))
+    rec_b = _record_ids(b.frames, lambda dom, df: result_id(dom, df, sdtm_dir))
+    for r in compare_supp(sa, sb, rec_a, rec_b, explain):
         rows.append(r)
         src, found, _ = records.get(r.domain, (0, 0, 0))
         records[r.domain] = (src + r.values, found + r.equal + r.changed, 0)   # SUPP rows found again

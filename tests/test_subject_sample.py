@@ -130,3 +130,26 @@ def test_golden_sdtm(path: Path, tmp_path: Path) -> None:
     for name in produced:
         assert (out / name).read_text(encoding="utf-8") == (golden / name).read_text(encoding="utf-8"), name
     assert report_text == (golden / "report.json").read_text(encoding="utf-8")
+
+
+def test_golden_visitdy_is_the_planned_day_of_tv() -> None:
+    """VISITDY (SDTMIG 3.4 SV/TV): the planned study day of a planned visit, from TV; null for unplanned
+    visits. Checked on the golden outputs against the sample's own TV (same study definition)."""
+    import pandas as pd
+    folder = SAMPLE.parent
+    tv_doc = _load(folder / "sdtm" / "tv.json")
+    names = [c["name"] for c in tv_doc["columns"]]
+    tv = [dict(zip(names, row, strict=True)) for row in tv_doc["rows"]]
+    planned = {float(r["VISITNUM"]): r["VISITDY"] for r in tv if r["VISITDY"] is not None}
+    checked = 0
+    for f in sorted((folder / "sdtm-subjects").glob("*.csv")):
+        if f.name.endswith(".provenance.csv"):
+            continue
+        df = pd.read_csv(f, dtype=str, keep_default_na=False)
+        if "VISITDY" not in df:
+            continue
+        for num, day in zip(df["VISITNUM"], df["VISITDY"], strict=True):
+            want = planned.get(float(num)) if num else None
+            assert (int(day) if day else None) == want, (f.name, num, day)
+            checked += 1
+    assert checked > 1000     # SV, EX, LB, VS

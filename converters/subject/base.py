@@ -223,6 +223,8 @@ class Ctx:
     #: Encounter keys of unplanned visits (no planned visit matched, or an unscheduled/inpatient
     #: encounter) when the study has planned visits -> description for SVUPDES (type text)
     unplanned_visits: dict[str, str | None] = field(default_factory=dict)
+    #: planned VISITNUM -> VISITDY of the trial design (TV), for the domains' VISITDY
+    planned_visitdy: dict[float, int] = field(default_factory=dict)
     #: small resources kept by type (scrubbed of names/telecom/address lines), key -> resource
     resources: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
     frames: dict[str, pd.DataFrame] = field(default_factory=dict)

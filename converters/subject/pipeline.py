@@ -291,6 +291,15 @@ class _Run:
         for dtc, dy in ((f"{d}DTC", f"{d}DY"), (f"{d}STDTC", f"{d}STDY"), (f"{d}ENDTC", f"{d}ENDY")):
             if dy in names and dy not in df and dtc in df:
                 df[dy] = base.dy_from_dates(date_of(dtc, df[dtc]), date_of("_rfstdtc", rf))
+        if "VISITDY" in names and "VISITDY" not in df and "VISITNUM" in df and self.ctx.planned_visitdy:
+            # SDTMIG 3.4 SV/TV: VISITDY is the planned study day of a planned visit (TV); null for
+            # unplanned visits (their VISITNUM is in no TV row)
+            visitdy = df["VISITNUM"].map(self.ctx.planned_visitdy).astype("Int64")
+            if visitdy.notna().any():      # no all-empty Perm column for records without visits
+                df["VISITDY"] = visitdy
+                self.ctx.once("visitdy", Kind.INFERRED, "VISITDY: the planned study day of the visit in the "
+                              "trial design (TV); null for unplanned visits", rule="subject.visit",
+                              target="VISITDY")
         if "EPOCH" in names and "EPOCH" not in df and p.dtc and p.dtc in df:
             df["EPOCH"] = base.epoch_from_dates(date_of(p.dtc, df[p.dtc]), date_of("_rfstdtc", rf),
                                                 date_of("_rfendtc", rfe), date_of("_rficdtc", ric))
@@ -865,6 +874,7 @@ def _match_planned_visits(ctx: Ctx, df: pd.DataFrame, planned: list[dict[str, An
         vmap[key] = (num, f"UNSCHEDULED {num:g}", start or None)
         unplanned[key] = resources[key].get("_type_text")
     ctx.visit_map, ctx.unplanned_visits = vmap, unplanned
+    ctx.planned_visitdy = {float(v["VISITNUM"]): int(v["VISITDY"]) for v in planned if v["VISITDY"] is not None}
     how = {m for _, m in matched.values()}
     if "name" in how:
         ctx.once("visits.name", Kind.INFERRED, "Encounters matched to the planned visits of the trial "

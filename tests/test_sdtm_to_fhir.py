@@ -320,6 +320,8 @@ def test_race_multiple_and_sponsor_frequency_round_trip(tmp_path: Path) -> None:
     race = next(e for e in pat["extension"] if e["url"].endswith("us-core-race"))
     assert [s["valueCoding"]["code"] for s in race["extension"] if s["url"] == "ombCategory"] == ["2028-9", "2106-3"]
     assert not [i for i in report.issues if i.kind.value == "unmapped-code" and i.target and "race" in i.target]
+    # the SUPPDM races are said by the codings (FHIR has the element): no suppqual extension repeats them
+    assert not [e for e in pat["extension"] if e["url"] == T.EXT_SUPPQUAL]
     ms = {r["identifier"][0]["value"]: r for r in res if r["resourceType"] == "MedicationStatement"}
     sdtm = [s for e in ms["2"]["extension"] if e["url"] == T.EXT_SDTM for s in e["extension"]]
     assert {"url": "CMDOSFRQ", "valueString": "EVERY MORNING"} in sdtm

@@ -259,13 +259,18 @@ def _coded(table: str, system: str, values: list[Any], ctx: Ctx, domain: str, va
     return out
 
 
-def _multiple_races(users: list[Any], races: list[Any], ctx: Ctx) -> dict[int, list[dict[str, str]]]:
+def _multiple_races(users: list[Any], races: list[Any],
+                    ctx: Ctx) -> tuple[dict[int, list[dict[str, str]]], dict[int, set[str]]]:
     """Row -> OMB codings of a subject with RACE = MULTIPLE (SDTMIG 3.4 DM assumption: the races
     reported go to SUPPDM RACE1, RACE2...): one US Core ombCategory per SUPPDM race, as US Core records
     several races; FHIR -> SDTM reads several categories back as MULTIPLE + RACEn. Without SUPPDM races,
-    or with a race outside the table, the row is left to the table lookup (unmapped, text kept)."""
+    or with a race outside the table, the row is left to the table lookup (unmapped, text kept).
+    Also row -> the QNAMs the codings say in full (QLABEL "Race n", QORIG CRF, no QEVAL: what FHIR ->
+    SDTM writes back), which need no suppqual extension (SUPPQUAL travels as an extension only where
+    FHIR has no element)."""
     index = ctx.supp.get("DM") or {}
     out: dict[int, list[dict[str, str]]] = {}
+    said: dict[int, set[str]] = {}
     for i, (u, r) in enumerate(zip(users, races, strict=True)):
         if r != "MULTIPLE":
             continue
@@ -277,10 +282,16 @@ def _multiple_races(users: list[Any], races: list[Any], ctx: Ctx) -> dict[int, l
         found = [r for r in rows if r is not None]
         if rows and len(found) == len(rows):
             out[i] = found
+            ordered = [q["QNAM"] for q in sorted(vals, key=lambda q: int(q["QNAM"][4:]))]
+            distinct = len({q["QVAL"] for q in vals}) == len(vals)   # FHIR -> SDTM numbers distinct races
+            said[i] = {q["QNAM"] for q in vals if distinct and q.get("QLABEL") == f"Race {q['QNAM'][4:]}"
+                       and q.get("QORIG") == "CRF" and not q.get("QEVAL")
+                       and ordered.index(q["QNAM"]) == int(q["QNAM"][4:]) - 1}
     if out:
         ctx.tally(Kind.INFERRED, "DM", "RACE", "RACE MULTIPLE written as one US Core ombCategory per SUPPDM "
-                  "RACEn (SDTMIG 3.4 DM assumption)", len(out), target="Patient.extension(us-core-race)")
-    return out
+                  "RACEn (SDTMIG 3.4 DM assumption); those SUPPDM rows are not repeated as suppqual "
+                  "extensions", len(out), target="Patient.extension(us-core-race)")
+    return out, said
 
 
 def _ct_concept(value: Any, codelist: str, ctx: Ctx, domain: str, var: str, target: str) -> dict[str, Any] | None:
@@ -477,7 +488,7 @@ def build_dm(df: pd.DataFrame, ctx: Ctx, path: Path | str) -> Iterator[tuple[str
     rfen, rfen_o = _dates(df, "RFENDTC", ctx, "DM", keys, target="ResearchSubject.period.end")
     sex = _coded("sdtm_to_fhir_codes.csv", "CDISC SEX", _col(df, "SEX"), ctx, "DM", "SEX", "Patient.gender")
     race_raw = _col(df, "RACE")
-    multiple = _multiple_races(users, race_raw, ctx)
+    multiple, race_supp = _multiple_races(users, race_raw, ctx)
     race = _coded("sdtm_to_fhir_codes.csv", "CDISC RACE", [None if i in multiple else v for i, v in
                                                             enumerate(race_raw)], ctx, "DM", "RACE",
                   "Patient.extension(us-core-race)")
@@ -508,7 +519,9 @@ def build_dm(df: pd.DataFrame, ctx: Ctx, path: Path | str) -> Iterator[tuple[str
                 subs.append({"url": "ombCategory", "valueCoding": _coding(eth[i])})  # type: ignore[arg-type]
             subs.append({"url": "text", "valueString": eth_t})
             pext.append({"url": T.US_CORE_ETHNICITY, "extension": subs})
-        carried = ex.ext(i) or []
+        carried = [e for e in ex.ext(i) or () if not (
+            i in race_supp and e["url"] == T.EXT_SUPPQUAL
+            and any(s["url"] == "QNAM" and s["valueString"] in race_supp[i] for s in e["extension"]))]
         extra_vars: list[dict[str, Any]] = []
         if sex_raw[i] is not None and sex[i] is None:
             extra_vars.append({"url": "SEX", "valueString": sex_raw[i]})

@@ -1,7 +1,7 @@
 """General observation class variables (schemas/sdtm/general_classes.csv) as variables of a domain.
 
-SDTM model v2.0 / SDTMIG 3.4 section 2.5: identifiers, timing variables and the qualifiers of a domain's
-class are permissible in any domain of that class. A class variable the domain specification omits
+SDTM model v2.0 section 3.1 and the SDTMIG 3.4 domain assumptions: identifiers, timing variables and
+the qualifiers of a domain's class are permissible in any domain of that class (unless restricted). A class variable the domain specification omits
 (CM VISITNUM, MH MHLLT, DS DSLNKID, EX SPDEVID, VS VSREPNUM, MH MHSTDY) is a legitimate variable of the
 domain when the data has it: written in model order, read, typed, checked and described in define.xml;
 a non-standard variable is still refused (SUPPQUAL). The FHIR -> SDTM engine derives only the domain's
@@ -38,6 +38,7 @@ def test_class_table_lint() -> None:
         assert (r["type"] == "Num") == (r["data_type"] in ("integer", "float", "double", "decimal")), r
         if r["codelist"]:
             assert ct.codelist(r["codelist"]).terms, r     # only codelists of the pinned CT
+        assert set(r["not_in"].split()) <= set(known_domains()) | set(GENERAL), r
     names = {n for n, _ in seen}
     # the variables the issue names as permissible in any domain of their class
     assert {"--LNKID", "--LNKGRP", "SPDEVID", "--REFID", "--SPID", "VISITNUM", "VISIT", "VISITDY", "TAETORD",
@@ -67,6 +68,12 @@ def test_domain_gains_class_variables_in_model_order() -> None:
     assert "VSREPNUM" in load_domain("VS").names and "DSLNKID" in load_domain("DS").names
     # Events qualifiers are not Interventions or Findings variables; special-purpose domains gain nothing
     assert "CMLLT" not in cm.names and "VSHLT" not in load_domain("VS").names
+    # SDTMIG 3.4 AE assumption 10: --OCCUR, --STAT, --REASND are not permitted in AE (they are in MH)
+    assert not {"AEOCCUR", "AESTAT", "AEREASND"} & set(load_domain("AE").names)
+    assert {"MHOCCUR", "MHSTAT", "MHREASND"} <= set(load_domain("MH").names)
+    # SDTM v2.0 3.1.5: --STDTC and --STDY are not in Findings class domains
+    assert "VSSTDTC" not in load_domain("VS").names and "LBSTDY" not in load_domain("LB").names
+    assert "MHSTDY" in load_domain("MH").names
     for dom in ("DM", "SV", "TS", "TA", "TE", "TV", "TI", "SUPPAE"):
         meta = load_domain(dom)
         assert meta.names == meta.spec_names, dom

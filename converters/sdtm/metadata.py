@@ -12,8 +12,8 @@ C-code of the CDISC CT codelist that constrains the variable (empty when none). 
 
 A domain of a general observation class (Interventions, Events, Findings) also has the variables of
 its class that its specification does not list: ``schemas/sdtm/general_classes.csv`` (SDTM model
-v2.0 identifiers, timing variables and class qualifiers; SDTMIG 3.4 section 2.5: permissible in any
-domain of the class). They are merged into the domain's variables in model order, core ``Perm``,
+v2.0 section 3.1.1-3.1.5: identifiers, timing variables and class qualifiers, permissible in any
+domain of the class unless the standard restricts them). They are merged into the domain's variables in model order, core ``Perm``,
 flagged ``general``; like every Perm variable they are written only when the data has them.
 ``Domain.spec_names`` is the domain specification alone: what the FHIR -> SDTM engine derives on its
 own (a class variable it meets in the data is legitimate, it is not produced unasked).
@@ -112,10 +112,12 @@ def class_variable_rows() -> tuple[dict[str, str], ...]:
 
 def class_variables(domain: str, domain_class: str) -> list[Variable]:
     """The identifiers, the qualifiers of ``domain_class`` and the timing variables, in model order,
-    with ``--`` replaced by the domain prefix."""
+    with ``--`` replaced by the domain prefix; without those the standard excludes from the domain or
+    its class (column ``not_in``: SDTM v2.0 restrictions, SDTMIG domain assumptions)."""
     out = []
     for r in class_variable_rows():
-        if r["class"] not in ("Identifiers", domain_class, "Timing"):
+        excluded = r.get("not_in", "").split()
+        if r["class"] not in ("Identifiers", domain_class, "Timing") or domain in excluded or domain_class in excluded:
             continue
         out.append(Variable(
             name=r["name"].replace("--", domain), label=r["label"], type=r["type"], data_type=r["data_type"],

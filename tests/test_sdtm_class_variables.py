@@ -1,11 +1,12 @@
 """General observation class variables (schemas/sdtm/general_classes.csv) as variables of a domain.
 
 SDTM model v2.0 section 3.1 and the SDTMIG 3.4 domain assumptions: identifiers, timing variables and
-the qualifiers of a domain's class are permissible in any domain of that class (unless restricted). A class variable the domain specification omits
-(CM VISITNUM, MH MHLLT, DS DSLNKID, EX SPDEVID, VS VSREPNUM, MH MHSTDY) is a legitimate variable of the
-domain when the data has it: written in model order, read, typed, checked and described in define.xml;
-a non-standard variable is still refused (SUPPQUAL). The FHIR -> SDTM engine derives only the domain's
-own variables (``Domain.spec_names``).
+the qualifiers of a domain's class are permissible in any domain of that class (unless restricted).
+A class variable the domain specification omits (CM VISITNUM, MH MHLLT, DS DSLNKID, EX SPDEVID,
+VS VSREPNUM, MH MHSTDY) is a legitimate variable of the domain when the data has it: written in
+model order, read, typed, checked and described in define.xml; a non-standard variable is still
+refused (SUPPQUAL). The FHIR -> SDTM engine derives only the domain's own variables
+(``Domain.spec_names``).
 """
 
 from __future__ import annotations

@@ -13,8 +13,9 @@ C-code of the CDISC CT codelist that constrains the variable (empty when none). 
 A domain of a general observation class (Interventions, Events, Findings) also has the variables of
 its class that its specification does not list: ``schemas/sdtm/general_classes.csv`` (SDTM model
 v2.0 section 3.1.1-3.1.5: identifiers, timing variables and class qualifiers, permissible in any
-domain of the class unless the standard restricts them). They are merged into the domain's variables in model order, core ``Perm``,
-flagged ``general``; like every Perm variable they are written only when the data has them.
+domain of the class unless the standard restricts them). They are merged into the domain's
+variables in model order, core ``Perm``, flagged ``general``; like every Perm variable they are
+written only when the data has them.
 ``Domain.spec_names`` is the domain specification alone: what the FHIR -> SDTM engine derives on its
 own (a class variable it meets in the data is legitimate, it is not produced unasked).
 """

@@ -149,3 +149,20 @@ def test_conformance_checks_type_of_a_class_variable(tmp_path: Path) -> None:
     pyreadstat.write_xport(df, str(path), table_name="VS", file_format_version=5)
     found = {(f.check, f.variable) for f in check_variables(read_dataset(path))}
     assert ("TB-TYPE", "VSREPNUM") in found      # Num in the model, Char in the data
+
+
+def test_csv_reader_types_class_variables_from_the_schema(tmp_path: Path) -> None:
+    """A CSV dataset (no define.xml) is typed from schemas/sdtm, class variables included: the MedDRA
+    codes of AE are Num (SDTM v2.0 3.1.2), and text in one is refused like in any Num variable."""
+    from trialbridge.errors import InputError
+    from trialbridge.sdtm.reader import DatasetFile, read_dataset
+    path = tmp_path / "ae.csv"
+    pd.DataFrame({"STUDYID": ["S1"], "DOMAIN": ["AE"], "USUBJID": ["S1-001"], "AESEQ": ["1"],
+                  "AETERM": ["HEADACHE"], "AELLTCD": ["10019211"], "AELNKID": ["7"]}).to_csv(path, index=False)
+    df = read_dataset(DatasetFile("AE", path, "csv"))
+    assert df["AELLTCD"].tolist() == [10019211] and df["AELLTCD"].dtype.kind in "if"
+    assert df["AELNKID"].tolist() == ["7"]          # Char in the model: the text stays text
+    pd.DataFrame({"STUDYID": ["S1"], "DOMAIN": ["AE"], "USUBJID": ["S1-001"], "AESEQ": ["1"],
+                  "AETERM": ["HEADACHE"], "AEPTCD": ["headache"]}).to_csv(path, index=False)
+    with pytest.raises(InputError, match="text in numeric variable AEPTCD"):
+        read_dataset(DatasetFile("AE", path, "csv"))

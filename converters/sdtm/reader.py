@@ -45,6 +45,16 @@ _NUM_SUFFIXES = ("SEQ", "DY", "STDY", "ENDY", "STRESN", "STNRLO", "STNRHI", "DOS
 _NUM_NAMES = frozenset({"VISITNUM", "VISITDY", "AGE", "TAETORD", "TSSEQ"})
 
 
+def schema_numeric(dataset: str) -> set[str]:
+    """The Num variables of a domain schemas/sdtm knows (its own and its general observation class
+    variables); empty for other datasets, which fall back to :func:`is_numeric_name`."""
+    from .metadata import load_domain
+    try:
+        return {v.name for v in load_domain(dataset).variables if v.type == "Num"}
+    except (KeyError, FileNotFoundError):
+        return set()
+
+
 def is_numeric_name(name: str) -> bool:
     if name in _NUM_NAMES:
         return True
@@ -240,8 +250,9 @@ def iter_dataset_chunks(ds: DatasetFile, *, chunksize: int = 100_000, define: De
         reader = pd.read_csv(ds.path, dtype=str, keep_default_na=False, chunksize=chunksize,
                              encoding="utf-8")
         offset = 0
+        schema_num = schema_numeric(ds.name)
         for chunk in reader:
-            num = numeric or {c for c in chunk.columns if is_numeric_name(c)}
+            num = numeric or schema_num or {c for c in chunk.columns if is_numeric_name(c)}
             yield _normalise(chunk, num & set(chunk.columns), file=file, row_offset=offset)
             offset += len(chunk)
     except (UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:

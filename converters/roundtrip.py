@@ -502,7 +502,7 @@ def roundtrip_command(input: Path, workdir: Path, fhir_version: str | None, defa
         table, fwd, back = run_roundtrip(input, workdir, fhir_version=(fhir_version or "R5").upper(),
                                          default_tz=default_tz, include_values=report_values)
     else:
-        table, back, fwd = run_fhir_roundtrip([input], workdir, study=study,
+        table, fwd, back = run_fhir_roundtrip([input], workdir, study=study,
                                               fhir_version=(fhir_version or "R4").upper(), default_tz=default_tz)
     for line in table.lines():
         click.echo(line)
@@ -603,10 +603,11 @@ def run_fhir_roundtrip(inputs: list[Path], workdir: Path, *, study: Path | None 
                        ) -> tuple[FidelityTable, ConversionReport, ConversionReport]:
     """FHIR -> SDTM (engine) -> FHIR (writer); the elements of :data:`FHIR_ELEMENTS` compared per
     resource, aligned through ``<dom>.provenance.csv`` (source resource) and :func:`writer_id`
-    (the resource written back for that SDTM row). A source resource no SDTM row came from is
+    (the resource written to_sdtm for that SDTM row). A source resource no SDTM row came from is
     counted as lost for each of its elements (explained when the engine's report names it). The
     SDTM -> FHIR leg gets ``default_tz``, else the single offset FHIR -> SDTM dropped
-    (:func:`zone_for_reverse`)."""
+    (:func:`zone_for_reverse`). Returns (table, the FHIR -> SDTM report, the SDTM -> FHIR report):
+    the legs in the order they run, as :func:`run_roundtrip` returns them."""
     import orjson
 
     from .errors import UsageError
@@ -617,17 +618,17 @@ def run_fhir_roundtrip(inputs: list[Path], workdir: Path, *, study: Path | None 
     from .subject.reader import iter_resources
     if default_tz is not None and not valid_tz(default_tz):
         raise UsageError(TZ_USAGE.format(tz=default_tz))
-    back = ConversionReport()
+    to_sdtm = ConversionReport()
     sdtm_dir = workdir / "sdtm"
-    st = load_study(study, back) if study else None
-    convert_subjects(inputs, sdtm_dir, options=Options(fhir_version=fhir_version, study=st), report=back)
-    tz = zone_for_reverse(back, default_tz)
-    fwd = ConversionReport()
+    st = load_study(study, to_sdtm) if study else None
+    convert_subjects(inputs, sdtm_dir, options=Options(fhir_version=fhir_version, study=st), report=to_sdtm)
+    tz = zone_for_reverse(to_sdtm, default_tz)
+    to_fhir = ConversionReport()
     extra: dict[str, Any] = {"ndjson": True}
     if tz:
         extra["default_tz"] = tz
     paths = convert_sdtm_to_fhir(sdtm_dir, workdir / "fhir", options=SimpleNamespace(
-        fhir_version=fhir_version, extra=extra), report=fwd)
+        fhir_version=fhir_version, extra=extra), report=to_fhir)
     original = {(it.resource["resourceType"], it.resource.get("id")): it.resource
                 for it in iter_resources(inputs, types=set(FHIR_ELEMENTS))}
     written: dict[tuple[str, str], dict[str, Any]] = {}
@@ -653,7 +654,7 @@ def run_fhir_roundtrip(inputs: list[Path], workdir: Path, *, study: Path | None 
                 came_back.setdefault((t, i), got)
                 if got is not None:
                     every.setdefault((t, i), []).append(got)
-    explain = _Explainer([back, fwd], engine=0)
+    explain = _Explainer([to_sdtm, to_fhir], engine=0)
     summary = {_RTYPE[d]: lbl for d, lbl in explain.summaries.items() if d in _RTYPE}
     rows: list[VariableFidelity] = []
     records: dict[str, tuple[int, int, int]] = {}
@@ -681,7 +682,7 @@ def run_fhir_roundtrip(inputs: list[Path], workdir: Path, *, study: Path | None 
                     fid.lost += 1
                 else:
                     fid.changed += 1
-                if k not in came_back:        # the record did not come back: the entry dropping it
+                if k not in came_back:        # the record did not come to_sdtm: the entry dropping it
                     why = explain.records.get(f"{rtype}/{k[1]}") or summary.get(rtype)
                     if why:
                         gone_expl.add(why)
@@ -701,7 +702,7 @@ def run_fhir_roundtrip(inputs: list[Path], workdir: Path, *, study: Path | None 
             fid = _component_fidelity(keys, original, every, explain, summary)
             if fid.values:
                 rows.append(fid)
-    return FidelityTable(rows, [], records, {}), back, fwd
+    return FidelityTable(rows, [], records, {}), to_sdtm, to_fhir
 
 
 def _loinc_of(res: dict[str, Any]) -> str | None:

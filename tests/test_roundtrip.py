@@ -90,11 +90,11 @@ def pilot(tmp_path_factory: pytest.TempPathFactory) -> Any:
 def fhir_rt(tmp_path_factory: pytest.TempPathFactory) -> Any:
     from trialbridge.roundtrip import run_fhir_roundtrip
     sample = SAMPLES / "NCT04835883"
-    table, back, fwd = run_fhir_roundtrip([sample / "subjects.bundle.json"], tmp_path_factory.mktemp("rt-fhir"),
+    table, to_sdtm, to_fhir = run_fhir_roundtrip([sample / "subjects.bundle.json"], tmp_path_factory.mktemp("rt-fhir"),
                                           study=sample / "ctgov.json")
     print("\n== FHIR -> SDTM -> FHIR: NCT04835883 subjects.bundle.json")
     print("\n".join(table.lines()))
-    return table, back, fwd
+    return table, to_sdtm, to_fhir
 
 
 def _check(name: str, result: Any) -> None:

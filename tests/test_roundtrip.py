@@ -91,7 +91,7 @@ def fhir_rt(tmp_path_factory: pytest.TempPathFactory) -> Any:
     from trialbridge.roundtrip import run_fhir_roundtrip
     sample = SAMPLES / "NCT04835883"
     table, to_sdtm, to_fhir = run_fhir_roundtrip([sample / "subjects.bundle.json"], tmp_path_factory.mktemp("rt-fhir"),
-                                          study=sample / "ctgov.json")
+                                                   study=sample / "ctgov.json")
     print("\n== FHIR -> SDTM -> FHIR: NCT04835883 subjects.bundle.json")
     print("\n".join(table.lines()))
     return table, to_sdtm, to_fhir

@@ -66,6 +66,29 @@ def test_reader_bundle_ndjson_folder(tmp_path: Path) -> None:
     assert items[0].full_url == "urn:uuid:1" and errors
 
 
+def test_resource_types_no_domain_reads_are_reported_with_counts(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """Nothing dropped silently: a resource type no domain reads is reported once, with its count, whether
+    it sits in a Bundle, in a mixed NDJSON file (skipped unparsed) or in a Bulk file named after it."""
+    monkeypatch.setenv("TRIALBRIDGE_SALT", "s")
+    src = tmp_path / "in"
+    src.mkdir()
+    pat = {"resourceType": "Patient", "id": "p1", "gender": "female", "birthDate": "1970-05-01",
+           "identifier": [{"value": "S1"}]}
+    (src / "b.json").write_bytes(orjson.dumps({"resourceType": "Bundle", "type": "collection", "entry": [
+        {"resource": pat}, {"resource": {"resourceType": "Claim", "id": "c1"}},
+        {"resource": {"resourceType": "Immunization", "id": "i1"}}]}))
+    (src / "mixed.ndjson").write_bytes(b'{"resourceType":"Claim","id":"c2"}\n{"resourceType":"Goal","id":"g1"}\n')
+    (src / "Claim.ndjson").write_bytes(b'{"resourceType":"Claim","id":"c3"}\n\n{"resourceType":"Claim","id":"c4"}\n')
+    report = ConversionReport()
+    convert_subjects([src], tmp_path / "out", options=Options(studyid="ST1", sdtm_formats=("csv",)), report=report)
+    got = {i.source: i.message for i in report.issues if i.rule == "subject.scope"}
+    assert set(got) == {"Claim", "Immunization", "Goal"}
+    assert got["Claim"].startswith("4 Claim resource(s) not converted")
+    assert got["Goal"].startswith("1 Goal") and got["Immunization"].startswith("1 Immunization")
+    assert all(i.kind.value == "unmapped-source" for i in report.issues if i.rule == "subject.scope")
+
+
 def _bad_bundle(tmp_path: Path) -> Path:
     res = [
         {"resourceType": "Patient", "id": "p1", "gender": "female", "birthDate": "1970-05-01",

@@ -154,7 +154,8 @@ class _Run:
         streamed_types = {t for p in self.plugins.values() if p.streamed for t in p.resource_types}
         wanted = (set(ENGINE_TYPES) | set(routes)) - streamed_types
         errors: list[tuple[str, int | None, str]] = []
-        for chunk in iter_chunks(inputs, types=wanted, errors=errors):
+        skipped: dict[str, int] = {}
+        for chunk in iter_chunks(inputs, types=wanted, errors=errors, skipped=skipped):
             for item in chunk:
                 collect_engine(item, self.ctx)
                 rtype = item.resource.get("resourceType")
@@ -162,6 +163,15 @@ class _Run:
                 if r:
                     self._extract(item, r, self.rows)
         self._report_read_errors(errors)
+        self._report_out_of_scope(skipped, streamed_types)
+
+    def _report_out_of_scope(self, skipped: dict[str, int], streamed: set[str]) -> None:
+        """Every resource type no domain reads, once with its count (nothing is dropped silently);
+        the streamed types are read by pass 2."""
+        for rtype in sorted(set(skipped) - streamed):
+            self.ctx.report.add(Kind.UNMAPPED_SOURCE, f"{skipped[rtype]} {rtype} resource(s) not converted: no "
+                                "SDTM domain of this converter reads this resource type", source=rtype,
+                                rule="subject.scope")
 
     def _report_read_errors(self, errors: list[tuple[str, int | None, str]]) -> None:
         for name, line, msg in errors:

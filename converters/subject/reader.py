@@ -10,6 +10,9 @@ is parsed whole (bundles are bounded by their file).
 a Bulk Data file named after a type (``Observation.ndjson``, ``Patient1.ndjson``,
 ``Observation-2.ndjson``) is skipped when that type is not wanted; in mixed files a line whose first
 key is ``"resourceType": "X"`` is skipped without parsing when X is not wanted.
+
+``skipped`` (a dict, optional) counts what the filter left out, by resource type (for a file skipped by
+its name: its non-blank lines), so the caller can report every resource it did not convert.
 """
 
 from __future__ import annotations
@@ -60,8 +63,8 @@ def file_resource_type(path: Path) -> str | None:
 
 def iter_chunks(paths: Iterable[Path], *, types: frozenset[str] | set[str] | None = None,
                 skip_types: frozenset[str] | set[str] | None = None,
-                chunk_size: int = DEFAULT_CHUNK, errors: list[tuple[str, int | None, str]] | None = None
-                ) -> Iterator[list[Item]]:
+                chunk_size: int = DEFAULT_CHUNK, errors: list[tuple[str, int | None, str]] | None = None,
+                skipped: dict[str, int] | None = None) -> Iterator[list[Item]]:
     """Yield lists of at most ``chunk_size`` items from every input, in input order.
 
     ``types``: only these resource types (None = all). ``skip_types``: never these.
@@ -70,7 +73,7 @@ def iter_chunks(paths: Iterable[Path], *, types: frozenset[str] | set[str] | Non
     """
     buf: list[Item] = []
     for path in list_input_files(paths):
-        for item in _iter_file(path, types, skip_types, errors):
+        for item in _iter_file(path, types, skip_types, errors, skipped):
             buf.append(item)
             if len(buf) >= chunk_size:
                 yield buf
@@ -93,13 +96,16 @@ def _wanted(rtype: Any, types: Any, skip: Any) -> bool:
     return not (skip and rtype in skip)
 
 
-def _iter_file(path: Path, types: Any, skip: Any, errors: list | None) -> Iterator[Item]:
+def _iter_file(path: Path, types: Any, skip: Any, errors: list | None,
+               skipped: dict[str, int] | None = None) -> Iterator[Item]:
     name = path.name
     if path.suffix.lower() in NDJSON_SUFFIXES:
         declared = file_resource_type(path)
         if declared is not None and not _wanted(declared, types, skip):
+            if skipped is not None:
+                skipped[declared] = skipped.get(declared, 0) + _count_lines(path, name)
             return
-        yield from _iter_ndjson(path, name, types, skip, errors)
+        yield from _iter_ndjson(path, name, types, skip, errors, skipped)
         return
     try:
         raw = path.read_bytes()
@@ -109,11 +115,25 @@ def _iter_file(path: Path, types: Any, skip: Any, errors: list | None) -> Iterat
         obj = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
         raise InputError(f"not valid JSON ({exc})", file=name) from None
-    yield from iter_bundle(obj, name, types, skip, errors)
+    yield from iter_bundle(obj, name, types, skip, errors, skipped)
+
+
+def _count_lines(path: Path, name: str) -> int:
+    try:
+        with open(path, "rb", buffering=1 << 20) as fh:
+            return sum(1 for line in fh if not line.isspace())
+    except OSError as exc:
+        raise InputError(f"cannot read file ({exc.strerror})", file=name) from None
+
+
+def _skip(skipped: dict[str, int] | None, rtype: Any) -> None:
+    if skipped is not None:
+        key = rtype if isinstance(rtype, str) else "(no resourceType)"
+        skipped[key] = skipped.get(key, 0) + 1
 
 
 def iter_bundle(obj: Any, name: str, types: Any = None, skip: Any = None,
-                errors: list | None = None) -> Iterator[Item]:
+                errors: list | None = None, skipped: dict[str, int] | None = None) -> Iterator[Item]:
     """Resources of a parsed Bundle (entries' ``resource``) or of a single resource."""
     if not isinstance(obj, dict) or "resourceType" not in obj:
         _fail(errors, name, None, "not a FHIR resource (no resourceType)")
@@ -121,6 +141,8 @@ def iter_bundle(obj: Any, name: str, types: Any = None, skip: Any = None,
     if obj["resourceType"] != "Bundle":
         if _wanted(obj["resourceType"], types, skip):
             yield Item(obj, name, None, None)
+        else:
+            _skip(skipped, obj["resourceType"])
         return
     for i, entry in enumerate(obj.get("entry") or (), start=1):
         res = entry.get("resource") if isinstance(entry, dict) else None
@@ -129,12 +151,15 @@ def iter_bundle(obj: Any, name: str, types: Any = None, skip: Any = None,
             continue
         rtype = res.get("resourceType")
         if rtype == "Bundle":      # nested bundle (e.g. a searchset of documents)
-            yield from iter_bundle(res, name, types, skip, errors)
+            yield from iter_bundle(res, name, types, skip, errors, skipped)
         elif _wanted(rtype, types, skip):
             yield Item(res, name, entry.get("fullUrl"), i)
+        else:
+            _skip(skipped, rtype)
 
 
-def _iter_ndjson(path: Path, name: str, types: Any, skip: Any, errors: list | None) -> Iterator[Item]:
+def _iter_ndjson(path: Path, name: str, types: Any, skip: Any, errors: list | None,
+                 skipped: dict[str, int] | None = None) -> Iterator[Item]:
     loads = orjson.loads
     lead = _LEAD_TYPE.match
     filtering = types is not None or bool(skip)
@@ -163,6 +188,7 @@ def _iter_ndjson(path: Path, name: str, types: Any, skip: Any, errors: list | No
             elif filtering:
                 m = lead(line)
                 if m is not None and not _wanted(m.group(1).decode(), types, skip):
+                    _skip(skipped, m.group(1).decode())
                     continue
             if not line.strip():
                 continue
@@ -175,6 +201,7 @@ def _iter_ndjson(path: Path, name: str, types: Any, skip: Any, errors: list | No
                 _fail(errors, name, n, "line is not a FHIR resource (no resourceType)")
                 continue
             if filtering and not _wanted(res["resourceType"], types, skip):
+                _skip(skipped, res["resourceType"])
                 continue
             yield new(Item, (res, name, None, n))
 

@@ -163,9 +163,12 @@ def test_vs_ucum_is_the_vital_signs_profile_code_and_comes_back() -> None:
 def test_ucum_for_submission_value_is_a_listed_pair() -> None:
     """The preferred expression is always one the CDISC Unit-UCUM table pairs with the term."""
     from trialbridge.specs import load_table
-    for r in load_table("fhir_subject/cdisc_unit_ucum.csv"):
-        got = T.ucum_for(r["source_code"])
-        assert got == r["target_code"] or got in (r["alt_ucum"] or "").split(), r["source_code"]
+    pairs = {(r["target_code"], r["source_code"]) for r in load_table("codes/ucum_cdisc_units.csv")}
+    for term in {t for t, _ in pairs}:
+        got = T.ucum_for(term)
+        assert (term, got) in pairs, term
+    assert T.ucum_for("g/dL") == "g/dL" and T.ucum_for("10^9/L") == "10^9/L"   # the submission value itself
+    assert T.ucum_for("U/L") == "{Unit}/l"        # the CDISC table's first expression for the term
 
 
 # ----------------------------------------------------------------------------- the sample round trip

@@ -339,3 +339,24 @@ def test_race_multiple_and_sponsor_frequency_round_trip(tmp_path: Path) -> None:
     assert cm_back["VISITNUM"].tolist() == [1, 2] and cm_back["VISIT"].tolist() == ["SCREENING", "WEEK 2"]
     cols = list(got["CM"].columns)
     assert cols.index("CMDOSFRQ") < cols.index("VISITNUM") < cols.index("VISIT")
+
+
+def test_sdtm_to_fhir_codes_map_back_through_the_fhir_to_sdtm_table() -> None:
+    """The two directions read two tables (one FHIR code per CDISC term out; several FHIR codes per term in):
+    every SEX/RACE/ETHNIC/NRIND pair written maps back to the same term, except the one declared one-way."""
+    from trialbridge.specs import load_table
+    table_of = {"CDISC SEX": "sex", "CDISC RACE": "race", "CDISC ETHNIC": "ethnic", "CDISC NRIND": "nrind"}
+    back: dict[tuple[str, str], set[str]] = {}
+    for r in load_table("codes/fhir_sdtm_codes.csv"):
+        back.setdefault((r["table"], r["source_code"]), set()).add(r["target_code"])
+    checked, one_way = 0, []
+    for r in load_table("fhir_subject/sdtm_to_fhir_codes.csv"):
+        t = table_of.get(r["source_system"])
+        if t is None:
+            continue
+        got = back.get((t, r["target_code"]), set())
+        if got != {r["source_code"]}:
+            one_way.append((r["source_system"], r["source_code"]))
+        checked += 1
+    assert checked >= 15
+    assert one_way == [("CDISC SEX", "UNDIFFERENTIATED")]

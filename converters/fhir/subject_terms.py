@@ -292,16 +292,30 @@ def code_row(table: str, system: str, code: Any) -> dict[str, str] | None:
 
 
 @cache
+def _unit_ucum() -> dict[str, list[str]]:
+    """CDISC unit term -> its UCUM expressions in the order the CDISC Unit-UCUM table lists them: the
+    one table FHIR -> SDTM reads forwards (``codes/ucum_cdisc_units.csv``, ``rank`` 1 = first listed),
+    read backwards; the first codelist that has the term gives its list."""
+    ranked: dict[str, list[tuple[int, str]]] = {}
+    first: dict[str, str] = {}
+    for r in load_table("codes/ucum_cdisc_units.csv"):
+        term, codelist = r["target_code"], r["codelist"]
+        if first.setdefault(term, codelist) == codelist:
+            ranked.setdefault(term, []).append((int(r["rank"]), r["source_code"]))
+    return {t: [u for _, u in sorted(v)] for t, v in ranked.items()}
+
+
+@cache
 def ucum_for(unit: str) -> str | None:
     """The UCUM code for a CDISC unit: the submission value itself when the CDISC Unit-UCUM table lists
     it among the term's UCUM expressions (``g/dL`` stays ``g/dL``, ``L`` stays ``L``), else the table's
     first expression for the term. A dose unit the CDISC table lacks (cell-therapy doses) takes the first
     UCUM code that FHIR -> SDTM maps to it (``codes/fhir_dose_unit_extra.csv``, the same decision read
     backwards)."""
-    row = code_table("cdisc_unit_ucum.csv").get(("CDISC UNIT", unit))
-    if not row:
+    listed = _unit_ucum().get(unit)
+    if not listed:
         return _dose_unit_ucum().get(unit)
-    return unit if unit in (row.get("alt_ucum") or "").split() else row["target_code"]
+    return unit if unit in listed[1:] else listed[0]
 
 
 @cache
@@ -326,8 +340,12 @@ def vs_ucum(testcd: str | None, unit: str) -> str | None:
 @cache
 def lb_loinc_index() -> dict[str, list[dict[str, str]]]:
     idx: dict[str, list[dict[str, str]]] = {}
-    for r in load_table("fhir_subject/lb_loinc.csv"):
-        idx.setdefault(r["target_code"], []).append(r)
+    seen: set[tuple[str, ...]] = set()
+    for r in load_table("codes/loinc_to_lb.csv"):   # the CDISC LOINC-to-LB table FHIR -> SDTM reads
+        key = (r["source_code"], r["target_code"], r["LBSPEC"], r["LBMETHOD"])
+        if key not in seen:
+            seen.add(key)
+            idx.setdefault(r["target_code"], []).append(r)
     return idx
 
 
@@ -338,9 +356,9 @@ def lb_loinc(testcd: str, spec: str | None, method: str | None) -> tuple[str | N
     """
     rows = lb_loinc_index().get(testcd, [])
     if spec:
-        rows = [r for r in rows if r["lbspec"] == spec]
+        rows = [r for r in rows if r["LBSPEC"] == spec]
     if method:
-        rows = [r for r in rows if r["lbmethod"] == method]
+        rows = [r for r in rows if r["LBMETHOD"] == method]
     codes = sorted({r["source_code"] for r in rows})
     return (codes[0] if len(codes) == 1 else None), len(codes)
 

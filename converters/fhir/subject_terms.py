@@ -378,3 +378,23 @@ def ncit_coding(codelist: str, value: str) -> dict[str, str] | None:
     if term is None:
         return None
     return {"system": NCIT, "code": term.code, "display": term.preferred}
+
+
+# ----------------------------------------------------------------------------- bound code systems
+SNOMED = "http://snomed.info/sct"
+V3_ACT = "http://terminology.hl7.org/CodeSystem/v3-ActCode"
+DATA_ABSENT = "http://hl7.org/fhir/StructureDefinition/data-absent-reason"
+
+
+@cache
+def bound_pairs(table: str, system: str) -> dict[str, str]:
+    """CDISC term -> the one code of ``system`` that ``mappings/codes/<table>`` (read by FHIR -> SDTM)
+    pairs with it, for one-to-one pairs only: the term has exactly one code of the system and that code
+    exactly one term. Anything else is absent (the caller reports it): never a chosen code."""
+    terms: dict[str, set[str]] = {}
+    codes: dict[str, set[str]] = {}
+    for r in load_table(f"codes/{table}"):
+        if r["source_system"] == system and r["target_code"]:
+            terms.setdefault(r["target_code"], set()).add(r["source_code"])
+            codes.setdefault(r["source_code"], set()).add(r["target_code"])
+    return {t: next(iter(cs)) for t, cs in terms.items() if len(cs) == 1 and len(codes[next(iter(cs))]) == 1}

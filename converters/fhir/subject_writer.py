@@ -48,7 +48,9 @@ def domain_spec(domain: str) -> dict[str, Any]:
 
 
 def mapped_variables(domain: str) -> set[str]:
-    return {r["source"] for r in domain_spec(domain)["rules"]}
+    """The variables a rule consumes; a rule marked ``carried: true`` writes its element and leaves the
+    variable in the sdtm extension too (its FHIR element says less than the SDTM value)."""
+    return {r["source"] for r in domain_spec(domain)["rules"] if not r.get("carried")}
 
 
 def derived_variables(domain: str) -> set[str]:
@@ -294,16 +296,28 @@ def _multiple_races(users: list[Any], races: list[Any],
     return out, said
 
 
-def _ct_concept(value: Any, codelist: str, ctx: Ctx, domain: str, var: str, target: str) -> dict[str, Any] | None:
+def _ct_concept(value: Any, codelist: str, ctx: Ctx, domain: str, var: str, target: str,
+                bound: tuple[str, str, str] | None = None) -> dict[str, Any] | None:
     """A CDISC CT value as a CodeableConcept: the NCIt coding of the term (C-code from the pinned CT)
     and the submission value as text. A value that is not a term of ``codelist`` keeps its text only
-    and is reported."""
+    and is reported. ``bound`` = (code table of mappings/codes, system, its name): the system the FHIR
+    element is bound to; its code goes beside the NCIt coding when the table pairs the term with
+    exactly one code of it (:func:`T.bound_pairs`), else the NCIt coding alone is reported (info)."""
     if value is None or value == "":
         return None
     cc: dict[str, Any] = {"text": value}
     coding = T.ncit_coding(codelist, value)
     if coding:
         cc["coding"] = [coding]
+        if bound:
+            table, system, name = bound
+            code = T.bound_pairs(table, system).get(value)
+            if code:
+                cc["coding"] = [coding, {"system": system, "code": code}]
+            else:
+                ctx.tally(Kind.UNMAPPED_CODE, domain, var, f"no {name} code paired one-to-one with the term "
+                          f"in codes/{table}: NCIt coding only", target=target, value=value,
+                          severity=Severity.INFO)
     else:
         ctx.tally(Kind.UNMAPPED_CODE, domain, var, f"not a term of the CDISC CT codelist {codelist}: text only, "
                   "no NCIt coding", target=target, value=value)
@@ -625,6 +639,7 @@ def build_sv(df: pd.DataFrame, ctx: Ctx, path: Path | str) -> Iterator[tuple[str
     ex = Extras(df, "SV", ctx, consumed=mapped_variables("SV"), idvars=_idvar_cols(df))
     names = _col(df, "VISIT")
     occur = _col(df, "SVOCCUR")
+    classes = _encounter_class(_col(df, "SVCNTMOD"), ctx)
     studies = _col(df, "STUDYID")
     # SDTMIG key is USUBJID/VISITNUM/SVSTDTC: a repeated VISITNUM gets its start date in the id, and
     # records of other domains with that VISITNUM get no encounter reference (it would be ambiguous)
@@ -654,8 +669,10 @@ def build_sv(df: pd.DataFrame, ctx: Ctx, path: Path | str) -> Iterator[tuple[str
         enc["identifier"] = [{"system": f"{T.SID}/visitnum", "value": visits[i]}]
         # a planned visit that did not occur (SVOCCUR N) is a cancelled encounter, never a finished one
         enc["status"] = "cancelled" if occur[i] == "N" else "completed" if ctx.r5 else "finished"
-        if not ctx.r5:
-            enc["class"] = {"system": "http://terminology.hl7.org/CodeSystem/v3-NullFlavor", "code": "UNK"}
+        if classes[i]:
+            enc["class"] = [{"coding": [classes[i]]}] if ctx.r5 else classes[i]
+        elif not ctx.r5:     # R4 class is 1..1 (R5 0..*: left out)
+            enc["class"] = {"extension": [{"url": T.DATA_ABSENT, "valueCode": "unknown"}]}
         if names[i]:
             enc["type"] = [{"text": names[i]}]
         enc["subject"] = subj[i]
@@ -663,6 +680,23 @@ def build_sv(df: pd.DataFrame, ctx: Ctx, path: Path | str) -> Iterator[tuple[str
         if per:
             enc["actualPeriod" if ctx.r5 else "period"] = per
         yield "Encounter", enc
+
+
+def _encounter_class(modes: list[Any], ctx: Ctx) -> list[dict[str, str] | None]:
+    """Encounter.class (v3 ActCode) from SVCNTMOD (rule SDTM2FHIR-SV-06, sdtm_to_fhir_codes.csv: the
+    remote contact modes -> VR 'virtual'); a mode without a row (IN PERSON says neither ambulatory,
+    home health nor inpatient) gives no class, reported (info). Without a class R4 (class 1..1) gets
+    the data-absent-reason extension 'unknown' on the Coding (reported); R5 (0..*) leaves it out."""
+    rows = [T.code_row("sdtm_to_fhir_codes.csv", "CDISC CNTMODE", m) if m else None for m in modes]
+    unmapped = [m for m, r in zip(modes, rows, strict=True) if m and r is None]
+    ctx.tally(Kind.UNMAPPED_CODE, "SV", "SVCNTMOD", "contact mode without a v3 ActEncounterCode in "
+              "sdtm_to_fhir_codes.csv: no Encounter.class from it; kept in the sdtm extension", len(unmapped),
+              target="Encounter.class", value=unmapped[0] if unmapped else None, severity=Severity.INFO)
+    if not ctx.r5:
+        ctx.tally(Kind.MISSING, "SV", "SVCNTMOD", "R4 Encounter.class is required and SV does not say it: "
+                  "data-absent-reason 'unknown'", sum(r is None for r in rows), target="Encounter.class",
+                  severity=Severity.INFO)
+    return [_coding(r) if r else None for r in rows]
 
 
 def _common(df: pd.DataFrame, domain: str, prefix: str, ctx: Ctx, path: Path | str,
@@ -691,7 +725,9 @@ def build_ae(df: pd.DataFrame, ctx: Ctx, path: Path | str) -> Iterator[tuple[str
     en, en_o = _dates(df, "AEENDTC", ctx, "AE", keys, target="AdverseEvent.occurrence")
     rec, rec_o = _dates(df, "AEDTC", ctx, "AE", keys, target="AdverseEvent.recordedDate")
     table = "sdtm_to_fhir_codes.csv"
-    ser = _coded(table, "AESER", _col(df, "AESER"), ctx, "AE", "AESER", "AdverseEvent.seriousness")
+    ser = _coded(table, "AESER R5" if ctx.r5 else "AESER R4", _col(df, "AESER"), ctx, "AE", "AESER",
+                 "AdverseEvent.seriousness")
+    ser, said = _seriousness(df, ser, ctx)
     out = _coded(table, "AEOUT", _col(df, "AEOUT"), ctx, "AE", "AEOUT", "AdverseEvent.outcome")
     sev = (_coded(table, "AESEV", _col(df, "AESEV"), ctx, "AE", "AESEV", "AdverseEvent.severity")
            if not ctx.r5 else [None] * len(df))
@@ -702,6 +738,9 @@ def build_ae(df: pd.DataFrame, ctx: Ctx, path: Path | str) -> Iterator[tuple[str
             continue
         res: dict[str, Any] = {}
         extra = ex.ext(i) or []
+        flag = said[i]
+        if flag:
+            extra = _drop_sdtm(extra, flag)
         # codes missing from a table stay in the sdtm extension (never guessed, never dropped)
         lost = [{"url": c, "valueString": raw[c][i]} for c, m in (("AESER", ser), ("AEOUT", out),
                                                                    ("AESEV", sev))
@@ -750,6 +789,57 @@ def build_ae(df: pd.DataFrame, ctx: Ctx, path: Path | str) -> Iterator[tuple[str
         yield "AdverseEvent", res
 
 
+#: the serious-event criteria flags of SDTMIG 3.4 AE (codelist NY C66742)
+SERIOUS_FLAGS = ("AESCAN", "AESCONG", "AESDISAB", "AESDTH", "AESHOSP", "AESLIFE", "AESOD", "AESMIE", "AESINTV")
+
+
+def _seriousness(df: pd.DataFrame, ser: list[dict[str, str] | None], ctx: Ctx,
+                 ) -> tuple[list[dict[str, str] | None], list[str | None]]:
+    """AdverseEvent.seriousness per FHIR version (sdtm_to_fhir_codes.csv). R4's code system has a child
+    of Serious per criterion: AESER = Y with exactly one criterion flag Y that has one gets that code,
+    and the flag it says is not repeated in the sdtm extension (returned per row). Several flags, a flag
+    without an R4 code (AESMIE, AESCAN, AESOD) or R5 (serious | non-serious, and AdverseEvent has no
+    criteria element): the generic code, the flags stay in the sdtm extension (reported, info)."""
+    said: list[str | None] = [None] * len(df)
+    flags = [(c, _col(df, c)) for c in SERIOUS_FLAGS if c in df.columns]
+    if not flags:
+        return ser, said
+    out = list(ser)
+    counts = {"r5": 0, "several": 0, "no-code": 0}
+    for i, s in enumerate(_col(df, "AESER")):
+        ys = [c for c, vals in flags if vals[i] == "Y"] if s == "Y" else []
+        if not ys:
+            continue
+        if ctx.r5:
+            counts["r5"] += 1
+        elif len(ys) > 1:
+            counts["several"] += 1
+        elif (row := T.code_row("sdtm_to_fhir_codes.csv", "AESER R4 criterion", ys[0])) is None:
+            counts["no-code"] += 1
+        else:
+            out[i], said[i] = row, ys[0]
+    why = {"r5": "R5 seriousness says only serious | non-serious and AdverseEvent has no criteria element",
+           "several": "several serious criteria flags are Y: one R4 seriousness code cannot say them all",
+           "no-code": "the one serious criterion flag Y (AESMIE, AESCAN or AESOD) has no R4 seriousness code"}
+    for k, n in counts.items():
+        ctx.tally(Kind.LOSSY, "AE", "AESER", f"{why[k]}: generic serious code, the criteria flags stay in the "
+                  "sdtm extension", n, target="AdverseEvent.seriousness", severity=Severity.INFO)
+    return out, said
+
+
+def _drop_sdtm(extra: list[dict[str, Any]], var: str) -> list[dict[str, Any]]:
+    """``extra`` without the sdtm sub-extension of ``var`` (said by a FHIR element instead)."""
+    out: list[dict[str, Any]] = []
+    for e in extra:
+        if e["url"] == T.EXT_SDTM:
+            subs = [s for s in e["extension"] if s["url"] != var]
+            if subs:
+                out.append({**e, "extension": subs})
+        else:
+            out.append(e)
+    return out
+
+
 def _merge_sdtm(extra: list[dict[str, Any]], subs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     if extra and extra[0]["url"] == T.EXT_SDTM:
         extra[0]["extension"].extend(subs)
@@ -784,6 +874,10 @@ def _dose(df: pd.DataFrame, var: str, unit: str, ctx: Ctx, domain: str) -> list[
     texts = [None if v is None else T.num_text(v) for v in _col(df, var)]
     vals = [None if t is None else orjson.Fragment(t.encode()) for t in texts]
     return _quantity(vals, _col(df, unit), ctx, domain, unit)
+
+
+# Dosage.route (R4 and R5): example binding SNOMED CT route codes (ValueSet route-codes)
+_ROUTE_BOUND = ("fhir_route.csv", T.SNOMED, "SNOMED CT route")
 
 
 def _medication_subject(res: dict[str, Any], ctx: Ctx, treatment: Any, subject: Any, encounter: Any) -> None:
@@ -833,7 +927,7 @@ def build_cm(df: pd.DataFrame, ctx: Ctx, path: Path | str) -> Iterator[tuple[str
             dos["timing"] = {"code": freq}
         if raw["CMROUTE"][i]:
             dos["route"] = _ct_concept(raw["CMROUTE"][i], "ROUTE", ctx, "CM", "CMROUTE",
-                                       "MedicationStatement.dosage.route")
+                                       "MedicationStatement.dosage.route", bound=_ROUTE_BOUND)
         if dose[i]:
             dos["doseAndRate"] = [{"doseQuantity": dose[i]}]
         if dos:
@@ -867,7 +961,7 @@ def build_ex(df: pd.DataFrame, ctx: Ctx, path: Path | str) -> Iterator[tuple[str
         dos: dict[str, Any] = {}
         if raw["EXROUTE"][i]:
             dos["route"] = _ct_concept(raw["EXROUTE"][i], "ROUTE", ctx, "EX", "EXROUTE",
-                                       "MedicationAdministration.dosage.route")
+                                       "MedicationAdministration.dosage.route", bound=_ROUTE_BOUND)
         if dose[i]:
             dos["dose"] = dose[i]
         if dos:
@@ -880,20 +974,18 @@ def build_mh(df: pd.DataFrame, ctx: Ctx, path: Path | str) -> Iterator[tuple[str
     st, st_o = _dates(df, "MHSTDTC", ctx, "MH", keys, target="Condition.onsetDateTime")
     en, en_o = _dates(df, "MHENDTC", ctx, "MH", keys, target="Condition.abatementDateTime")
     rec, rec_o = _dates(df, "MHDTC", ctx, "MH", keys, target="Condition.recordedDate")
-    raw = {c: _col(df, c) for c in ("MHTERM", "MHDECOD", "MHCAT", "MHSEV")}
+    raw = {c: _col(df, c) for c in ("MHTERM", "MHDECOD", "MHCAT", "MHSEV", "MHENRTPT", "MHENTPT", "MHENRF")}
+    status = _clinical_status(raw, en, en_o, ctx)
     for i in range(len(df)):
         if not keep[i]:
             continue
         res: dict[str, Any] = {}
         _start(res, "Condition", ids[i], ex.ext(i), f"{T.SID}/mhseq", seqs[i])
-        # an abated Condition must say inactive/resolved/remission (R4 con-4, R5 con-3, both errors);
-        # 'inactive' is the parent of the other two, so it claims no more than the end date does.
-        # R5 clinicalStatus is 1..1: 'unknown' when no end date is given.
-        abated = en[i] is not None or en_o[i] is not None
-        if abated or ctx.r5:
+        # R5 clinicalStatus is 1..1: 'unknown' when the record does not say it
+        if status[i] or ctx.r5:
             res["clinicalStatus"] = {"coding": [{
                 "system": "http://terminology.hl7.org/CodeSystem/condition-clinical",
-                "code": "inactive" if abated else "unknown"}]}
+                "code": status[i] or "unknown"}]}
         if raw["MHCAT"][i]:
             res["category"] = [{"text": raw["MHCAT"][i]}]
         if raw["MHSEV"][i]:
@@ -912,6 +1004,35 @@ def build_mh(df: pd.DataFrame, ctx: Ctx, path: Path | str) -> Iterator[tuple[str
         _put_date(res, "abatementDateTime", en[i], en_o[i])
         _put_date(res, "recordedDate", rec[i], rec_o[i])
         yield "Condition", res
+
+
+def _clinical_status(raw: dict[str, list[Any]], en: list[Any], en_o: list[Any], ctx: Ctx) -> list[str | None]:
+    """Condition.clinicalStatus (condition-clinical) where MH says it unambiguously (rule SDTM2FHIR-MH-09):
+    an end date (MHENDTC) -> inactive: an abated Condition must say inactive/resolved/remission (R4
+    con-4, R5 con-3) and 'inactive' is the parent of the other two, so it claims no more than the end
+    date does; else MHENRTPT (SDTMIG 3.4 MH / 4.4.7, relative to the time point MHENTPT) ONGOING ->
+    active, BEFORE -> inactive (ended before it). COINCIDENT, AFTER, U, MHENRF alone (relative to the
+    study reference period, not to the record) or no MHENTPT: no status (reported, info); the
+    variables stay in the sdtm extension either way. FHIR -> SDTM reads active back as ONGOING and
+    inactive without an end date as BEFORE (codes/fhir_condition_status.csv)."""
+    out: list[str | None] = []
+    clash = unsaid = 0
+    for i, (rtpt, tpt, rf) in enumerate(zip(raw["MHENRTPT"], raw["MHENTPT"], raw["MHENRF"], strict=True)):
+        if en[i] is not None or en_o[i] is not None:
+            out.append("inactive")
+            clash += rtpt == "ONGOING"
+        elif tpt and rtpt in ("ONGOING", "BEFORE"):
+            out.append("active" if rtpt == "ONGOING" else "inactive")
+        else:
+            out.append(None)
+            unsaid += bool(rtpt or rf)
+    ctx.tally(Kind.LOSSY, "MH", "MHENRTPT", "MHENRTPT ONGOING beside an end date MHENDTC: clinicalStatus "
+              "inactive (an abated Condition cannot be active)", clash, target="Condition.clinicalStatus",
+              severity=Severity.WARNING)
+    ctx.tally(Kind.LOSSY, "MH", "MHENRTPT", "MHENRTPT/MHENRF do not say the clinical status unambiguously "
+              "(COINCIDENT, AFTER, U, MHENRF alone or no MHENTPT): no clinicalStatus from them (R5: unknown); "
+              "kept in the sdtm extension", unsaid, target="Condition.clinicalStatus", severity=Severity.INFO)
+    return out
 
 
 def build_pr(df: pd.DataFrame, ctx: Ctx, path: Path | str) -> Iterator[tuple[str, dict[str, Any]]]:

@@ -54,9 +54,10 @@ KEYS = frozenset({"STUDYID", "DOMAIN", "USUBJID"})
 #: (EXDOSFRQ: ONCE per MedicationAdministration, which has no frequency element; the standardised
 #: findings results and ranges: derived by UCUM conversion, while the sponsor's own are carried)
 #: (RFXSTDTC/RFXENDTC: first/last exposure; ARMNRS: from the arm assignment; AELLT/AELLTCD: the
-#: MedDRA PT coding taken as LLT; AEENTPT: END OF STUDY for an ongoing outcome)
+#: MedDRA PT coding taken as LLT; AEENTPT: END OF STUDY for an ongoing outcome; MHENTPT: the
+#: collection date MHDTC as the time point of a clinicalStatus)
 INFERRED = frozenset({"VISITNUM", "VISIT", "EPOCH", "EXDOSFRQ", "RFXSTDTC", "RFXENDTC", "ARMNRS",
-                      "AELLT", "AELLTCD", "AEENTPT",
+                      "AELLT", "AELLTCD", "AEENTPT", "MHENTPT",
                       *(f"{d}{v}" for d in ("LB", "VS") for v in ("STRESC", "STRESN", "STRESU", "STNRLO",
                                                                  "STNRHI"))})
 _MARK = BASE.encode()

@@ -202,3 +202,25 @@ def test_sdtm_fhir_sdtm_closes(sdtm: Path, tmp_path: Path, version: str) -> None
         assert col("MH", "MHTERM", var) == dict(zip(MH["MHTERM"], MH[var], strict=True)), var
     assert col("CM", "CMTRT", "CMROUTE") == dict(zip(CM["CMTRT"], CM["CMROUTE"], strict=True))
     assert col("SV", "VISIT", "SVCNTMOD") == dict(zip(SV["VISIT"], SV["SVCNTMOD"], strict=True))
+
+
+def test_seriousness_rows_map_back_through_the_fhir_to_sdtm_table() -> None:
+    """Every seriousness code the writer can emit is read back by FHIR -> SDTM (codes/fhir_ae_seriousness.csv)
+    as the same AESER and, for a criterion code, exactly the flag it was written from."""
+    from trialbridge.specs import load_table
+    back = {(r["source_system"], r["source_code"]): r for r in load_table("codes/fhir_ae_seriousness.csv")}
+    flags = ("AESDTH", "AESLIFE", "AESHOSP", "AESDISAB", "AESCONG", "AESINTV")
+    seen = 0
+    for r in load_table("fhir_subject/sdtm_to_fhir_codes.csv"):
+        if not r["source_system"].startswith("AESER"):
+            continue
+        row = back[(r["target_system"], r["target_code"])]
+        if r["source_system"] == "AESER R4 criterion":
+            assert row["target_code"] == "Y" and [f for f in flags if row[f] == "Y"] == [r["source_code"]], r
+            assert R4_SERIOUSNESS[r["target_code"]] == r["target_display"], r
+        else:
+            assert row["target_code"] == r["source_code"] and not any(row[f] for f in flags), r
+            table = R4_SERIOUSNESS if r["source_system"] == "AESER R4" else R5_SERIOUSNESS
+            assert table[r["target_code"]] == r["target_display"], r
+        seen += 1
+    assert seen == 10

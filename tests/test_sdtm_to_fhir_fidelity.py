@@ -3,7 +3,8 @@ definitions, valid output (official JSON schemas + fhir.resources), and SDTM -> 
 
 - AdverseEvent.seriousness: R4 CodeSystem adverse-event-seriousness is case-sensitive (Non-serious,
   Serious and one child of Serious per criterion); R5's value set has serious | non-serious only.
-- Condition.clinicalStatus from MHENDTC / MHENRTPT + MHENTPT (SDTMIG 3.4 MH), only where unambiguous.
+- Condition.clinicalStatus from MHENDTC / MHENRTPT + MHENTPT (SDTMIG 3.4 MH), only where unambiguous;
+  verificationStatus refuted for a pre-specified condition that did not occur (MHPRESP Y, MHOCCUR N).
 - Dosage.route: the SNOMED CT route code (example binding route-codes) beside the NCIt coding when
   codes/fhir_route.csv pairs the term one-to-one.
 - Encounter.class from SVCNTMOD (v3 ActCode VR for remote contact); R4 (class 1..1) without one: the
@@ -43,12 +44,13 @@ AE = {"AETERM": ["Pneumonia", "Sepsis", "Stroke", "Rash", "Fall", "Fracture"],
       "AESER": ["Y", "Y", "Y", "N", "Y", "Y"],
       "AESHOSP": ["Y", "Y", "N", "N", None, "N"], "AESDTH": ["N", "Y", "N", "N", None, "N"],
       "AESMIE": ["N", "N", "Y", "N", None, "N"], "AESINTV": ["N", "N", "N", "N", None, "Y"]}
-MH = {"MHTERM": ["Asthma", "Appendicitis", "Gout", "Eczema", "Migraine", "Acne"],
-      "MHDTC": ["2020-01-01"] * 6,
-      "MHENDTC": [None, None, "2019-05", None, None, None],
-      "MHENRTPT": ["ONGOING", "BEFORE", "ONGOING", "AFTER", "ONGOING", None],
-      "MHENTPT": ["SCREENING", "2020-01-01", "2020-01-01", "2020-01-01", None, None],
-      "MHENRF": [None, None, None, None, None, "BEFORE"]}
+MH = {"MHTERM": ["Asthma", "Appendicitis", "Gout", "Eczema", "Migraine", "Acne", "Diabetes", "Psoriasis"],
+      "MHDTC": ["2020-01-01"] * 8,
+      "MHENDTC": [None, None, "2019-05", None, None, None, None, None],
+      "MHENRTPT": ["ONGOING", "BEFORE", "ONGOING", "AFTER", "ONGOING", None, None, None],
+      "MHENTPT": ["SCREENING", "2020-01-01", "2020-01-01", "2020-01-01", None, None, None, None],
+      "MHENRF": [None, None, None, None, None, "BEFORE", None, None],
+      "MHPRESP": [None] * 6 + ["Y", "Y"], "MHOCCUR": [None] * 6 + ["N", "U"]}
 SV = {"VISITNUM": [1, 2, 3], "VISIT": ["SCREENING", "WEEK 1", "WEEK 2"],
       "SVSTDTC": ["2020-01-01", "2020-01-08", "2020-01-15"], "SVCNTMOD": ["IN PERSON", "TELEPHONE CALL", None]}
 CM = {"CMTRT": ["ASPIRIN", "NICOTINE"], "CMROUTE": ["ORAL", "TRANSDERMAL"]}
@@ -140,7 +142,14 @@ def test_clinical_status_only_where_unambiguous(sdtm: Path, tmp_path: Path, vers
               for t, r in conds.items()}
     none = [(CLIN, "unknown")] if version == "R5" else []
     assert status == {"Asthma": [(CLIN, "active")], "Appendicitis": [(CLIN, "inactive")],
-                      "Gout": [(CLIN, "inactive")], "Eczema": none, "Migraine": none, "Acne": none}
+                      "Gout": [(CLIN, "inactive")], "Eczema": none, "Migraine": none, "Acne": none,
+                      "Diabetes": none, "Psoriasis": none}
+    # a pre-specified condition that did not occur (MHPRESP Y, MHOCCUR N) is refuted; MHOCCUR U says nothing
+    ver = {t: r["verificationStatus"]["coding"] for t, r in conds.items() if "verificationStatus" in r}
+    assert ver == {"Diabetes": [{"system": "http://terminology.hl7.org/CodeSystem/condition-ver-status",
+                                 "code": "refuted"}]}
+    assert any(m.startswith("MHOCCUR N without MHPRESP Y, or U") and m.endswith("(1 value)")
+               for m in _messages(report, "MH.MHOCCUR"))
     # the SDTM variables stay in the sdtm extension: the status says less than they do
     assert _sdtm_ext(conds["Asthma"])["MHENTPT"] == "SCREENING"
     msgs = _messages(report, "MH.MHENRTPT")
@@ -183,6 +192,7 @@ def test_bound_pairs_are_one_to_one() -> None:
 def test_sdtm_fhir_sdtm_closes(sdtm: Path, tmp_path: Path, version: str) -> None:
     """What the new elements say comes back: AESHOSP from the R4 criterion code (not from the extension),
     MHENRTPT/MHENTPT exactly (the carried MHENTPT replaces the collection date FHIR -> SDTM infers),
+    MHPRESP/MHOCCUR (refuted -> N, Y),
     CMROUTE, and SVCNTMOD."""
     from trialbridge.pipeline import Options
     from trialbridge.sdtm.reader import read_sdtm_folder
@@ -198,7 +208,7 @@ def test_sdtm_fhir_sdtm_closes(sdtm: Path, tmp_path: Path, version: str) -> None
     assert col("AE", "AETERM", "AESER") == dict(zip(AE["AETERM"], AE["AESER"], strict=True))
     for flag in ("AESHOSP", "AESDTH", "AESMIE", "AESINTV"):
         assert col("AE", "AETERM", flag) == dict(zip(AE["AETERM"], AE[flag], strict=True)), flag
-    for var in ("MHENRTPT", "MHENTPT", "MHENRF", "MHENDTC"):
+    for var in ("MHENRTPT", "MHENTPT", "MHENRF", "MHENDTC", "MHPRESP", "MHOCCUR"):
         assert col("MH", "MHTERM", var) == dict(zip(MH["MHTERM"], MH[var], strict=True)), var
     assert col("CM", "CMTRT", "CMROUTE") == dict(zip(CM["CMTRT"], CM["CMROUTE"], strict=True))
     assert col("SV", "VISIT", "SVCNTMOD") == dict(zip(SV["VISIT"], SV["SVCNTMOD"], strict=True))

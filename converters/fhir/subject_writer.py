@@ -974,8 +974,10 @@ def build_mh(df: pd.DataFrame, ctx: Ctx, path: Path | str) -> Iterator[tuple[str
     st, st_o = _dates(df, "MHSTDTC", ctx, "MH", keys, target="Condition.onsetDateTime")
     en, en_o = _dates(df, "MHENDTC", ctx, "MH", keys, target="Condition.abatementDateTime")
     rec, rec_o = _dates(df, "MHDTC", ctx, "MH", keys, target="Condition.recordedDate")
-    raw = {c: _col(df, c) for c in ("MHTERM", "MHDECOD", "MHCAT", "MHSEV", "MHENRTPT", "MHENTPT", "MHENRF")}
-    status = _clinical_status(raw, en, en_o, ctx)
+    raw = {c: _col(df, c) for c in ("MHTERM", "MHDECOD", "MHCAT", "MHSEV", "MHENRTPT", "MHENTPT", "MHENRF",
+                                     "MHPRESP", "MHOCCUR")}
+    refuted = _refuted(raw, ctx)
+    status = _clinical_status(raw, en, en_o, refuted, ctx)
     for i in range(len(df)):
         if not keep[i]:
             continue
@@ -986,6 +988,9 @@ def build_mh(df: pd.DataFrame, ctx: Ctx, path: Path | str) -> Iterator[tuple[str
             res["clinicalStatus"] = {"coding": [{
                 "system": "http://terminology.hl7.org/CodeSystem/condition-clinical",
                 "code": status[i] or "unknown"}]}
+        if refuted[i]:
+            res["verificationStatus"] = {"coding": [{
+                "system": "http://terminology.hl7.org/CodeSystem/condition-ver-status", "code": "refuted"}]}
         if raw["MHCAT"][i]:
             res["category"] = [{"text": raw["MHCAT"][i]}]
         if raw["MHSEV"][i]:
@@ -1006,13 +1011,28 @@ def build_mh(df: pd.DataFrame, ctx: Ctx, path: Path | str) -> Iterator[tuple[str
         yield "Condition", res
 
 
-def _clinical_status(raw: dict[str, list[Any]], en: list[Any], en_o: list[Any], ctx: Ctx) -> list[str | None]:
+def _refuted(raw: dict[str, list[Any]], ctx: Ctx) -> list[bool]:
+    """Condition.verificationStatus refuted for a pre-specified condition that did not occur: MHPRESP = Y
+    and MHOCCUR = N (rule SDTM2FHIR-MH-10; SDTMIG 3.4 MH: MHOCCUR only for pre-specified terms; Joint IG
+    MH MHOCCUR <- verificationStatus, read back by codes/fhir_condition_status.csv as MHOCCUR N with
+    MHPRESP Y). MHOCCUR N without MHPRESP Y, or U: no verificationStatus (reported); both variables stay
+    in the sdtm extension."""
+    out = [p == "Y" and o == "N" for p, o in zip(raw["MHPRESP"], raw["MHOCCUR"], strict=True)]
+    odd = sum(bool(o) and not r and o != "Y" for o, r in zip(raw["MHOCCUR"], out, strict=True))
+    ctx.tally(Kind.LOSSY, "MH", "MHOCCUR", "MHOCCUR N without MHPRESP Y, or U: no verificationStatus; kept in "
+              "the sdtm extension", odd, target="Condition.verificationStatus", severity=Severity.INFO)
+    return out
+
+
+def _clinical_status(raw: dict[str, list[Any]], en: list[Any], en_o: list[Any], refuted: list[bool],
+                     ctx: Ctx) -> list[str | None]:
     """Condition.clinicalStatus (condition-clinical) where MH says it unambiguously (rule SDTM2FHIR-MH-09):
     an end date (MHENDTC) -> inactive: an abated Condition must say inactive/resolved/remission (R4
     con-4, R5 con-3) and 'inactive' is the parent of the other two, so it claims no more than the end
     date does; else MHENRTPT (SDTMIG 3.4 MH / 4.4.7, relative to the time point MHENTPT) ONGOING ->
     active, BEFORE -> inactive (ended before it). COINCIDENT, AFTER, U, MHENRF alone (relative to the
-    study reference period, not to the record) or no MHENTPT: no status (reported, info); the
+    study reference period, not to the record), no MHENTPT or a refuted condition: no status (reported,
+    info); the
     variables stay in the sdtm extension either way. FHIR -> SDTM reads active back as ONGOING and
     inactive without an end date as BEFORE (codes/fhir_condition_status.csv)."""
     out: list[str | None] = []
@@ -1021,7 +1041,7 @@ def _clinical_status(raw: dict[str, list[Any]], en: list[Any], en_o: list[Any], 
         if en[i] is not None or en_o[i] is not None:
             out.append("inactive")
             clash += rtpt == "ONGOING"
-        elif tpt and rtpt in ("ONGOING", "BEFORE"):
+        elif tpt and rtpt in ("ONGOING", "BEFORE") and not refuted[i]:
             out.append("active" if rtpt == "ONGOING" else "inactive")
         else:
             out.append(None)
@@ -1030,7 +1050,7 @@ def _clinical_status(raw: dict[str, list[Any]], en: list[Any], en_o: list[Any], 
               "inactive (an abated Condition cannot be active)", clash, target="Condition.clinicalStatus",
               severity=Severity.WARNING)
     ctx.tally(Kind.LOSSY, "MH", "MHENRTPT", "MHENRTPT/MHENRF do not say the clinical status unambiguously "
-              "(COINCIDENT, AFTER, U, MHENRF alone or no MHENTPT): no clinicalStatus from them (R5: unknown); "
+              "(COINCIDENT, AFTER, U, MHENRF alone, no MHENTPT, or MHOCCUR N): no clinicalStatus from them (R5: unknown); "
               "kept in the sdtm extension", unsaid, target="Condition.clinicalStatus", severity=Severity.INFO)
     return out
 

@@ -43,7 +43,9 @@ DM = {"STUDYID": ["S1"], "DOMAIN": ["DM"], "USUBJID": ["S1-001"], "SUBJID": ["00
 AE = {"AETERM": ["Pneumonia", "Sepsis", "Stroke", "Rash", "Fall", "Fracture"],
       "AESER": ["Y", "Y", "Y", "N", "Y", "Y"],
       "AESHOSP": ["Y", "Y", "N", "N", None, "N"], "AESDTH": ["N", "Y", "N", "N", None, "N"],
-      "AESMIE": ["N", "N", "Y", "N", None, "N"], "AESINTV": ["N", "N", "N", "N", None, "Y"]}
+      "AESMIE": ["N", "N", "Y", "N", None, "N"], "AESINTV": ["N", "N", "N", "N", None, "Y"],
+      "AESTDTC": ["2020-01-03", "2020-01-04", "2020-01-05", "2020-01-06", "2020-01-07", "2020-01-08"],
+      "AEENDTC": ["2020-01-10", None, "2020-02", None, None, None]}
 MH = {"MHTERM": ["Asthma", "Appendicitis", "Gout", "Eczema", "Migraine", "Acne", "Diabetes", "Psoriasis"],
       "MHDTC": ["2020-01-01"] * 8,
       "MHENDTC": [None, None, "2019-05", None, None, None, None, None],
@@ -206,7 +208,9 @@ def test_sdtm_fhir_sdtm_closes(sdtm: Path, tmp_path: Path, version: str) -> None
         df = got[dom]
         return {k: (None if v != v or v == "" else v) for k, v in zip(df[key], df[var], strict=True)}
     assert col("AE", "AETERM", "AESER") == dict(zip(AE["AETERM"], AE["AESER"], strict=True))
-    for flag in ("AESHOSP", "AESDTH", "AESMIE", "AESINTV"):
+    # R4: the end date travels in the official cross-version extension (xver-r5.r4
+    # .../5.0/StructureDefinition/extension-AdverseEvent.occurrence, no [x]) that FHIR -> SDTM reads
+    for flag in ("AESHOSP", "AESDTH", "AESMIE", "AESINTV", "AESTDTC", "AEENDTC"):
         assert col("AE", "AETERM", flag) == dict(zip(AE["AETERM"], AE[flag], strict=True)), flag
     for var in ("MHENRTPT", "MHENTPT", "MHENRF", "MHENDTC", "MHPRESP", "MHOCCUR"):
         assert col("MH", "MHTERM", var) == dict(zip(MH["MHTERM"], MH[var], strict=True)), var

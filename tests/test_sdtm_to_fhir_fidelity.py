@@ -52,7 +52,8 @@ MH = {"MHTERM": ["Asthma", "Appendicitis", "Gout", "Eczema", "Migraine", "Acne",
       "MHENRTPT": ["ONGOING", "BEFORE", "ONGOING", "AFTER", "ONGOING", None, None, None],
       "MHENTPT": ["SCREENING", "2020-01-01", "2020-01-01", "2020-01-01", None, None, None, None],
       "MHENRF": [None, None, None, None, None, "BEFORE", None, None],
-      "MHPRESP": [None] * 6 + ["Y", "Y"], "MHOCCUR": [None] * 6 + ["N", "U"]}
+      "MHPRESP": [None] * 6 + ["Y", "Y"], "MHOCCUR": [None] * 6 + ["N", "U"],
+      "MHSEV": ["MILD", "SEVERE", None, "GRADE 2", None, None, None, None]}
 SV = {"VISITNUM": [1, 2, 3], "VISIT": ["SCREENING", "WEEK 1", "WEEK 2"],
       "SVSTDTC": ["2020-01-01", "2020-01-08", "2020-01-15"], "SVCNTMOD": ["IN PERSON", "TELEPHONE CALL", None]}
 CM = {"CMTRT": ["ASPIRIN", "NICOTINE"], "CMROUTE": ["ORAL", "TRANSDERMAL"]}
@@ -152,6 +153,11 @@ def test_clinical_status_only_where_unambiguous(sdtm: Path, tmp_path: Path, vers
                                  "code": "refuted"}]}
     assert any(m.startswith("MHOCCUR N without MHPRESP Y, or U") and m.endswith("(1 value)")
                for m in _messages(report, "MH.MHOCCUR"))
+    # MHSEV: text + NCIt coding of the CT term (C66769); a sponsor value keeps its text only, reported
+    assert conds["Asthma"]["severity"] == {"text": "MILD", "coding": [
+        {"system": NCIT, "code": "C41338", "display": "Mild Adverse Event"}]}
+    assert conds["Eczema"]["severity"] == {"text": "GRADE 2"} and _sdtm_ext(conds["Eczema"])["MHSEV"] == "GRADE 2"
+    assert any(m.startswith("not a term of the CDISC CT codelist AESEV") for m in _messages(report, "MH.MHSEV"))
     # the SDTM variables stay in the sdtm extension: the status says less than they do
     assert _sdtm_ext(conds["Asthma"])["MHENTPT"] == "SCREENING"
     msgs = _messages(report, "MH.MHENRTPT")
@@ -212,7 +218,7 @@ def test_sdtm_fhir_sdtm_closes(sdtm: Path, tmp_path: Path, version: str) -> None
     # .../5.0/StructureDefinition/extension-AdverseEvent.occurrence, no [x]) that FHIR -> SDTM reads
     for flag in ("AESHOSP", "AESDTH", "AESMIE", "AESINTV", "AESTDTC", "AEENDTC"):
         assert col("AE", "AETERM", flag) == dict(zip(AE["AETERM"], AE[flag], strict=True)), flag
-    for var in ("MHENRTPT", "MHENTPT", "MHENRF", "MHENDTC", "MHPRESP", "MHOCCUR"):
+    for var in ("MHENRTPT", "MHENTPT", "MHENRF", "MHENDTC", "MHPRESP", "MHOCCUR", "MHSEV"):
         assert col("MH", "MHTERM", var) == dict(zip(MH["MHTERM"], MH[var], strict=True)), var
     assert col("CM", "CMTRT", "CMROUTE") == dict(zip(CM["CMTRT"], CM["CMROUTE"], strict=True))
     assert col("SV", "VISIT", "SVCNTMOD") == dict(zip(SV["VISIT"], SV["SVCNTMOD"], strict=True))

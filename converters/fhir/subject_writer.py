@@ -978,11 +978,20 @@ def build_mh(df: pd.DataFrame, ctx: Ctx, path: Path | str) -> Iterator[tuple[str
                                      "MHPRESP", "MHOCCUR")}
     refuted = _refuted(raw, ctx)
     status = _clinical_status(raw, en, en_o, refuted, ctx)
+    # Condition.severity: preferred binding SNOMED CT (condition-severity); no project table pairs the
+    # CDISC severity terms with it, so the NCIt coding travels alone (reported once per run, info)
+    ctx.tally(Kind.UNMAPPED_CODE, "MH", "MHSEV", "no SNOMED CT code (condition-severity) paired with the term in a "
+              "project table: NCIt coding only", sum(v is not None and v != "" for v in raw["MHSEV"]),
+              target="Condition.severity", severity=Severity.INFO)
     for i in range(len(df)):
         if not keep[i]:
             continue
         res: dict[str, Any] = {}
-        _start(res, "Condition", ids[i], ex.ext(i), f"{T.SID}/mhseq", seqs[i])
+        sev = _ct_concept(raw["MHSEV"][i], "AESEV", ctx, "MH", "MHSEV", "Condition.severity")
+        ext = ex.ext(i)
+        if sev and "coding" not in sev:     # a sponsor term outside CT C66769: also the SDTM value itself
+            ext = _merge_sdtm(ext or [], [{"url": "MHSEV", "valueString": raw["MHSEV"][i]}])
+        _start(res, "Condition", ids[i], ext, f"{T.SID}/mhseq", seqs[i])
         # R5 clinicalStatus is 1..1: 'unknown' when the record does not say it
         if status[i] or ctx.r5:
             res["clinicalStatus"] = {"coding": [{
@@ -993,8 +1002,8 @@ def build_mh(df: pd.DataFrame, ctx: Ctx, path: Path | str) -> Iterator[tuple[str
                 "system": "http://terminology.hl7.org/CodeSystem/condition-ver-status", "code": "refuted"}]}
         if raw["MHCAT"][i]:
             res["category"] = [{"text": raw["MHCAT"][i]}]
-        if raw["MHSEV"][i]:
-            res["severity"] = {"text": raw["MHSEV"][i]}
+        if sev:
+            res["severity"] = sev
         code: dict[str, Any] = {}
         if raw["MHDECOD"][i]:
             code["coding"] = [{"system": T.MEDDRA, "display": raw["MHDECOD"][i]}]

@@ -1,8 +1,8 @@
 """Round trip modulo the report, on real data (issue 5, item 4).
 
-SDTM -> FHIR -> SDTM for the CDISC pilot (XPT, all rows of the mapped domains DM SV DS AE CM EX MH) and
-the MSG Dataset-JSON sample (all rows, with LB and VS); FHIR -> SDTM -> FHIR for the NCT04835883
-subject bundle. Each round trip runs once per module; its fidelity table is printed (``pytest -s``)
+SDTM -> FHIR -> SDTM (R5, and R4 held to the same bar) for the CDISC pilot (XPT, all rows of the mapped
+domains DM SV DS AE CM EX MH) and the MSG Dataset-JSON sample (all rows, with LB and VS); FHIR -> SDTM -> FHIR
+for the NCT04835883 subject bundle. Each round trip runs once per module; its fidelity table is printed (``pytest -s``)
 and kept in the forward report's ``extra["roundtrip"]``.
 
 *Mapped variable*: every variable of a compared domain that the SDTM -> FHIR spec maps to a FHIR
@@ -66,12 +66,12 @@ FHIR_BELOW_BAR = {
 FHIR_UNEXPLAINED: set[str] = set()
 
 
-def _run(name: str, folder: Path, tmp_path_factory: pytest.TempPathFactory) -> Any:
+def _run(name: str, folder: Path, tmp_path_factory: pytest.TempPathFactory, version: str = "R5") -> Any:
     from trialbridge.roundtrip import run_roundtrip
     if not (folder / "dm.xpt").exists() and not (folder / "dm.json").exists():
         pytest.skip(f"{folder} not present")
-    table, fwd, back = run_roundtrip(folder, tmp_path_factory.mktemp(f"rt-{name}"))
-    print(f"\n== SDTM -> FHIR -> SDTM: {name} ({folder})")
+    table, fwd, back = run_roundtrip(folder, tmp_path_factory.mktemp(f"rt-{name}-{version}"), fhir_version=version)
+    print(f"\n== SDTM -> FHIR {version} -> SDTM: {name} ({folder})")
     print("\n".join(table.lines()))
     return table, fwd, back
 
@@ -125,6 +125,13 @@ def test_roundtrip_msg(msg: Any) -> None:
 
 def test_roundtrip_pilot(pilot: Any) -> None:
     _check("pilot", pilot)
+
+
+@pytest.mark.parametrize("name", ["msg", "pilot"])
+def test_roundtrip_r4(name: str, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """The same bar through FHIR R4 (R4 shapes: AdverseEvent without R5 elements, cross-version
+    extensions such as AEENDTC in extension-AdverseEvent.occurrence, R4 seriousness codes)."""
+    _check(name, _run(name, MSG if name == "msg" else PILOT, tmp_path_factory, version="R4"))
 
 
 def test_roundtrip_supp_and_relrec(msg: Any, pilot: Any) -> None:

@@ -604,7 +604,7 @@ def run_fhir_roundtrip(inputs: list[Path], workdir: Path, *, study: Path | None 
                        ) -> tuple[FidelityTable, ConversionReport, ConversionReport]:
     """FHIR -> SDTM (engine) -> FHIR (writer); the elements of :data:`FHIR_ELEMENTS` compared per
     resource, aligned through ``<dom>.provenance.csv`` (source resource) and :func:`writer_id`
-    (the resource written to_sdtm for that SDTM row). A source resource no SDTM row came from is
+    (the resource written back for that SDTM row). A source resource no SDTM row came from is
     counted as lost for each of its elements (explained when the engine's report names it). The
     SDTM -> FHIR leg gets ``default_tz``, else the single offset FHIR -> SDTM dropped
     (:func:`zone_for_reverse`). Returns (table, the FHIR -> SDTM report, the SDTM -> FHIR report):
@@ -683,7 +683,7 @@ def run_fhir_roundtrip(inputs: list[Path], workdir: Path, *, study: Path | None 
                     fid.lost += 1
                 else:
                     fid.changed += 1
-                if k not in came_back:        # the record did not come to_sdtm: the entry dropping it
+                if k not in came_back:        # the record did not come back: the entry dropping it
                     why = explain.records.get(f"{rtype}/{k[1]}") or summary.get(rtype)
                     if why:
                         gone_expl.add(why)

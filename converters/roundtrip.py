@@ -599,6 +599,19 @@ def zone_for_reverse(back: ConversionReport, default_tz: str | None) -> str | No
     return tz
 
 
+def _tally(fid: VariableFidelity, va: Any, vb: Any) -> bool:
+    """Count one compared value as equal, lost (nothing came back) or changed; True when equal."""
+    fid.values += 1
+    if vb is not None and (_norm(va) == _norm(vb) or str(va) == str(vb)):
+        fid.equal += 1
+        return True
+    if vb is None:
+        fid.lost += 1
+    else:
+        fid.changed += 1
+    return False
+
+
 def run_fhir_roundtrip(inputs: list[Path], workdir: Path, *, study: Path | None = None,
                        fhir_version: str = "R4", default_tz: str | None = None,
                        ) -> tuple[FidelityTable, ConversionReport, ConversionReport]:
@@ -675,14 +688,8 @@ def run_fhir_roundtrip(inputs: list[Path], workdir: Path, *, study: Path | None 
                 vb = _get(b, path) if b is not None else None
                 if norm:
                     va, vb = norm(va), norm(vb)
-                fid.values += 1
-                if vb is not None and (_norm(va) == _norm(vb) or str(va) == str(vb)):
-                    fid.equal += 1
+                if _tally(fid, va, vb):
                     continue
-                if vb is None:
-                    fid.lost += 1
-                else:
-                    fid.changed += 1
                 if k not in came_back:        # the record did not come back: the entry dropping it
                     why = explain.records.get(f"{rtype}/{k[1]}") or summary.get(rtype)
                     if why:
@@ -726,15 +733,8 @@ def _component_fidelity(keys: list[tuple[Any, Any]], original: dict[tuple[Any, A
             continue
         back_by_loinc = {_loinc_of(r): _get(r, "valueQuantity.value") for r in every.get(k, ())}
         for c in comps:
-            fid.values += 1
-            va, vb = c["valueQuantity"]["value"], back_by_loinc.get(_loinc_of(c))
-            if vb is not None and _norm(va) == _norm(vb):
-                fid.equal += 1
+            if _tally(fid, c["valueQuantity"]["value"], back_by_loinc.get(_loinc_of(c))):
                 continue
-            if vb is None:
-                fid.lost += 1
-            else:
-                fid.changed += 1
             why = explain.records.get(f"Observation/{k[1]}") or summary.get("Observation") \
                 if k not in every else None
             if why:

@@ -1139,16 +1139,27 @@ def _concat(columns: list[list[str]], n: int) -> list[str]:
     return list(out.tolist())
 
 
-def _splice(columns: list[Any], keep: list[bool]) -> tuple[str, int]:
-    """The kept rows as one text: per row the columns in order (a str is the same on every row)."""
+SPLICE_ROWS = 4096     # rows per text block: a few MB, still in cache when encoded and written
+
+
+def _splice(columns: list[Any], keep: list[bool]) -> tuple[Iterator[str], int]:
+    """The kept rows as text blocks of :data:`SPLICE_ROWS` lines: per row the columns in order (a str
+    is the same on every row). Blocks, not one text: a chunk's NDJSON is tens of MB, and writing it in
+    cache-sized blocks costs a fraction of one giant string plus its encoded copy."""
     if not all(keep):
         columns = [c if isinstance(c, str) else list(compress(c, keep)) for c in columns]
     n = sum(keep)
-    k = len(columns)
-    flat: list[Any] = [None] * (n * k)
-    for j, col in enumerate(columns):
-        flat[j::k] = [col] * n if isinstance(col, str) else col
-    return "".join(flat), n
+
+    def blocks() -> Iterator[str]:
+        k = len(columns)
+        for start in range(0, n, SPLICE_ROWS):
+            m = min(SPLICE_ROWS, n - start)
+            flat: list[Any] = [None] * (m * k)
+            for j, col in enumerate(columns):
+                flat[j::k] = [col] * m if isinstance(col, str) else col[start:start + m]
+            yield "".join(flat)
+
+    return blocks(), n
 
 
 def _shared_parts(objs: list[Any], prefix: str) -> list[str]:
@@ -1183,9 +1194,9 @@ def _quantity_text(value: Any, comparator: Any, unit: Any, testcd: str | None = 
 
 
 def build_findings(df: pd.DataFrame, domain: str, ctx: Ctx, path: Path | str,
-                   seen: set[str]) -> tuple[str, int]:
-    """VS and LB -> Observation NDJSON text and its number of lines (one chunk; ``seen`` carries ids
-    across chunks for duplicates).
+                   seen: set[str]) -> tuple[Iterator[str], int]:
+    """VS and LB -> Observation NDJSON text blocks and their number of lines (one chunk; ``seen``
+    carries ids across chunks for duplicates).
 
     Column by column: each part of the resource is serialised once per distinct combination of the
     SDTM values it depends on, and the parts are spliced into one line per record.
@@ -1492,14 +1503,18 @@ class Sink:
             self.counts[rtype] += len(lines)
             self._file(rtype).write(b"\n".join(lines) + b"\n")
 
-    def add_text(self, rtype: str, text: str, count: int) -> None:
-        """``count`` resources already serialised, one per line (each line ending in a newline)."""
+    def add_text(self, rtype: str, blocks: Iterable[str], count: int) -> None:
+        """``count`` resources already serialised, one per line (each line ending in a newline), in
+        text blocks of whole lines."""
         if not count:
             return
         if self.ndjson:
             self.counts[rtype] += count
-            self._file(rtype).write(text.encode())
+            fh = self._file(rtype)
+            for block in blocks:
+                fh.write(block.encode())
             return
+        text = "".join(blocks)
         # a Bundle re-indents: parse back, numbers kept as their exact text
         import json
 

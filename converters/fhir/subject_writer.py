@@ -629,6 +629,35 @@ def _encounter_refs(df: pd.DataFrame, ctx: Ctx) -> list[Any]:
     return out
 
 
+def _subject_part(df: pd.DataFrame, domain: str, ctx: Ctx) -> tuple[list[str], list[bool]]:
+    """``,"subject":{...}`` per row (once per distinct USUBJID) and whether the row has a Patient;
+    the text form of :func:`_subject_refs`, with the same report entry."""
+    codes, distinct = T.factorize(_col(df, "USUBJID"))
+    pids = [ctx.patients.get(u) for u in distinct]
+    has = np.array([bool(pid) for pid in pids], dtype=bool)[codes]
+    missing = len(has) - int(has.sum())
+    if missing:
+        ctx.tally(Kind.MISSING, domain, "USUBJID", "record of a subject not in DM: not written (its "
+                  "subject reference would not resolve)", missing, severity=Severity.WARNING)
+    texts = [',"subject":' + _js(_ref("Patient", pid)) if pid else "" for pid in pids]
+    return T.take(texts, codes), has.tolist()
+
+
+def _encounter_part(df: pd.DataFrame, ctx: Ctx) -> str | list[str]:
+    """``,"encounter":{...}`` per row (once per distinct STUDYID/USUBJID/VISITNUM), or "" for all rows:
+    the text form of :func:`_encounter_refs`."""
+    if "VISITNUM" not in df.columns or not ctx.encounters:
+        return ""
+
+    def one(st: Any, u: Any, v: Any) -> str:
+        if v is None:
+            return ""
+        rid = T.make_id("enc", T.slug(st or ctx.studyid), T.slug(u), T.num_text(v) or "")
+        return ',"encounter":' + _js(_ref("Encounter", rid)) if rid in ctx.encounters else ""
+
+    return _per_distinct([_col(df, "STUDYID"), _col(df, "USUBJID"), _col(df, "VISITNUM")], one, len(df))
+
+
 def build_sv(df: pd.DataFrame, ctx: Ctx, path: Path | str) -> Iterator[tuple[str, dict[str, Any]]]:
     _require(df, "SV", path)
     users, visits = _col(df, "USUBJID"), [T.num_text(v) for v in _col(df, "VISITNUM")]
@@ -1128,18 +1157,33 @@ def _per_distinct(cols: list[Any], build: Callable[..., str], n: int) -> list[st
     return T.take([build(*(c[i] for c in cols)) for i in first], codes)
 
 
-def _concat(columns: list[list[str]], n: int) -> list[str]:
-    """Per row, the concatenation of the columns (object-array additions, no Python loop)."""
-    out = np.empty(n, dtype=object)
-    out[:] = ""
-    for col in columns:
-        arr = np.empty(n, dtype=object)
-        arr[:] = col
-        out += arr
-    return list(out.tolist())
+def _part(cols: list[Any], build: Callable[..., str], n: int) -> tuple[np.ndarray, list[str]]:
+    """``build(*values)`` once per distinct combination of the columns: (row codes, text per code)."""
+    if n == 0:
+        return np.zeros(0, dtype=np.intp), []
+    if len(cols) == 1:
+        codes, distinct = T.factorize(cols[0])
+        return codes, [build(v) for v in distinct]
+    codes, first, _ = _distinct(cols)
+    return codes, [build(*(c[i] for c in cols)) for i in first]
 
 
-SPLICE_ROWS = 4096     # rows per text block: a few MB, still in cache when encoded and written
+def _combine(parts: list[tuple[np.ndarray, list[str]]], build: Callable[..., str],
+             n: int) -> tuple[np.ndarray, list[str]]:
+    """``build(*texts)`` once per distinct combination of the parts' texts: (row codes, text per code)."""
+    if n == 0:
+        return np.zeros(0, dtype=np.intp), []
+    codes, first, _ = _distinct([c for c, _ in parts])
+    return codes, [build(*(texts[c[i]] for c, texts in parts)) for i in first]
+
+
+def _rows(part: tuple[np.ndarray, list[str]]) -> list[str]:
+    """The text of each row of a (row codes, text per code) part."""
+    codes, texts = part
+    return T.take(texts, codes)
+
+
+SPLICE_ROWS = 1024     # rows per text block (~1.5 MB of LB): still in cache when encoded and written
 
 
 def _splice(columns: list[Any], keep: list[bool]) -> tuple[Iterator[str], int]:
@@ -1160,14 +1204,6 @@ def _splice(columns: list[Any], keep: list[bool]) -> tuple[Iterator[str], int]:
             yield "".join(flat)
 
     return blocks(), n
-
-
-def _shared_parts(objs: list[Any], prefix: str) -> list[str]:
-    """``prefix + JSON`` per row of objects shared between rows (serialised once per object)."""
-    if not objs:
-        return []
-    codes, first, _ = _distinct([[id(o) for o in objs]])
-    return T.take(["" if objs[i] is None else prefix + _js(objs[i]) for i in first], codes)
 
 
 class _LazyKeys:
@@ -1205,10 +1241,11 @@ def build_findings(df: pd.DataFrame, domain: str, ctx: Ctx, path: Path | str,
     n = len(df)
     _require(df, domain, path)
     ids, seqs = _seq_ids(df, domain, p.lower(), ctx, path, seen)
-    subj, keep = _subject_refs(df, domain, ctx)
-    enc = _encounter_refs(df, ctx)
+    subject, keep = _subject_part(df, domain, ctx)
+    encounter = _encounter_part(df, ctx)
     consumed = mapped_variables(domain)
-    ex = Extras(df, domain, ctx, consumed=consumed, idvars=_idvar_cols(df), rows=False)
+    linked = bool(ctx.supp.get(domain) or ctx.relrec.get(domain))
+    ex = Extras(df, domain, ctx, consumed=consumed, idvars=_idvar_cols(df) if linked else {}, rows=False)
     usubjid = _col(df, "USUBJID")
     keys = _LazyKeys(usubjid, seqs)
     dates = _dates_full(df, f"{p}DTC", ctx, domain, keys, target="Observation.effectiveDateTime")
@@ -1245,7 +1282,6 @@ def build_findings(df: pd.DataFrame, domain: str, ctx: Ctx, path: Path | str,
             value_parts.append("")
             lost_unit.append("")
     value_col = T.take(value_parts, vcodes)
-    lost_unit_col = T.take(lost_unit, vcodes)
     lo_col = df[f"{p}ORNRLO"] if f"{p}ORNRLO" in df.columns else empty
     hi_col = df[f"{p}ORNRHI"] if f"{p}ORNRHI" in df.columns else empty
     lo, hi = T.parse_decimals(lo_col), T.parse_decimals(hi_col)
@@ -1258,55 +1294,64 @@ def build_findings(df: pd.DataFrame, domain: str, ctx: Ctx, path: Path | str,
     stat, reasnd = _col(df, f"{p}STAT"), _col(df, f"{p}REASND")
     cat = _col(df, f"{p}CAT")
     loc, method, pos = _col(df, f"{p}LOC"), _col(df, f"{p}METHOD"), _col(df, f"{p}POS")
-    codes = _test_codes(df, domain, ctx)
+    tcodes, concepts = _test_codes(df, domain, ctx)
 
-    # ---- extension: sdtm (carried variables + parts FHIR cannot hold), SUPPQUAL, RELREC, body position
-    sdtm_parts: list[Any] = []
+    # ---- extension: sdtm (carried variables + parts FHIR cannot hold), SUPPQUAL, RELREC, body position;
+    # each piece once per distinct value, the extension once per distinct combination of its pieces
+    pieces: list[tuple[np.ndarray, list[str]]] = []
     for var, values, numeric in ex.carried:
         if numeric:
-            sdtm_parts.append(_per_distinct([values], lambda v, var=var: "" if v is None else "," + _js(
+            pieces.append(_part([values], lambda v, var=var: "" if v is None else "," + _js(
                 {"url": var, "valueDecimal": T.num_json(v)}), n))
         else:
-            sdtm_parts.append(_per_distinct([values], lambda v, var=var: "" if v is None else "," + _js(
+            pieces.append(_part([values], lambda v, var=var: "" if v is None else "," + _js(
                 {"url": var, "valueString": v}), n))
-    sdtm_parts.append(lost_unit_col)
+    pieces.append((vcodes, lost_unit))
 
-    def lost_range(var: str, raw: list[Any], dec_: T.Decimals) -> list[str]:
+    def lost_range(var: str, raw: list[Any], dec_: T.Decimals) -> tuple[np.ndarray, list[str]]:
         def one(r: Any, c: int) -> str:
             if r is not None and dec_.distinct[c][0] is None:
                 return "," + _js({"url": var, "valueString": r})
             return ""
-        return _per_distinct([raw, dec_.codes], one, n)
+        return _part([raw, dec_.codes], one, n)
 
-    sdtm_parts.append(lost_range(f"{p}ORNRLO", lo_raw, lo))
-    sdtm_parts.append(lost_range(f"{p}ORNRHI", hi_raw, hi))
-    sdtm = _concat(sdtm_parts, n)
+    pieces.append(lost_range(f"{p}ORNRLO", lo_raw, lo))
+    pieces.append(lost_range(f"{p}ORNRHI", hi_raw, hi))
     head = '{"url":' + _js(T.EXT_SDTM) + ',"extension":['
-    ext = [head + s[1:] + "]}" if s else "" for s in sdtm]
-    if ex.supp is not None or ex.relrec is not None:
+
+    def sdtm_ext(*texts: str) -> str:
+        s = "".join(texts)
+        return head + s[1:] + "]}" if s else ""
+
+    pos_piece = _part([pos], lambda v: "," + _js({"url": T.BODY_POSITION, "valueCodeableConcept":
+                                                 _ct_concept(v, "POSITION", ctx, domain, f"{p}POS",
+                                                             "extension(observation-bodyPosition)")})
+                      if v else "", n)
+
+    def whole(e: str, q: str) -> str:
+        e = e + q if e else q[1:]
+        return ',"extension":[' + e + "]" if e else ""
+
+    if ex.supp is None and ex.relrec is None:
+        ext = _rows(_combine([*pieces, pos_piece], lambda *t: whole(sdtm_ext(*t[:-1]), t[-1]), n))
+    else:
+        ext = _rows(_combine(pieces, sdtm_ext, n))
         for i in range(n):
             items = (ex.supp[i] if ex.supp is not None else []) + (ex.relrec[i] if ex.relrec is not None else [])
             if items:
                 more = ",".join(_js(it) for it in items)
                 ext[i] = ext[i] + "," + more if ext[i] else more
-    pos_part = _per_distinct([pos], lambda v: "," + _js({"url": T.BODY_POSITION, "valueCodeableConcept":
-                                                         _ct_concept(v, "POSITION", ctx, domain, f"{p}POS",
-                                                                     "extension(observation-bodyPosition)")})
-                             if v else "", n)
-    ext = [e + q if e else q[1:] for e, q in zip(ext, pos_part, strict=False)]
-    ext = [',"extension":[' + e + "]" if e else "" for e in ext]
+        ext = [whole(e, q) for e, q in zip(ext, _rows(pos_piece), strict=True)]
 
     # ---- the other parts, each once per distinct value
     seq_sys = _js(f"{T.SID}/{p.lower()}seq")
-    ident = [',"identifier":[{"system":' + seq_sys + ',"value":"' + s + '"}]' if s is not None else ""
-             for s in seqs]
+    ident = _per_distinct([seqs], lambda s: ',"identifier":[{"system":' + seq_sys + ',"value":"' + s + '"}]'
+                          if s is not None else "", n)
     base_cat = _js(_CATEGORY[domain])
     status = _per_distinct([stat], lambda s: ',"status":"cancelled"' if s == "NOT DONE" else ',"status":"final"', n)
     category = _per_distinct([cat], lambda c: ',"category":[' + base_cat + ("," + _js({"text": c}) if c else "")
                              + "]", n)
-    code_col = _shared_parts(codes, ',"code":')
-    subject = _shared_parts(subj, ',"subject":')
-    encounter = _shared_parts(enc, ',"encounter":')
+    code_col = T.take([',"code":' + _js(cc) for cc in concepts], tcodes)
     eff_parts = []
     for v, o in zip(dates.distinct_value, dates.distinct_original, strict=False):
         t = "" if v is None else ',"effectiveDateTime":' + _js(v)
@@ -1350,10 +1395,9 @@ def build_findings(df: pd.DataFrame, domain: str, ctx: Ctx, path: Path | str,
         return ',"referenceRange":' + _js([rr]) if rr else ""
 
     rrange = _per_distinct([lo.codes, hi.codes, units, stnrc], ref_range, n)
-    # ids and --SEQ text are FHIR-id / number characters: nothing to escape
-    head_id = ['{"resourceType":"Observation","id":"' + i + '"' for i in ids]
-    return _splice([head_id, ext, ident, status, category, code_col, subject, encounter, effective, value_col,
-                    dar_col, interp, body, meth, rrange, "}\n"], keep)
+    # ids are FHIR-id characters: nothing to escape
+    return _splice(['{"resourceType":"Observation","id":"', ids, '"', ext, ident, status, category, code_col,
+                    subject, encounter, effective, value_col, dar_col, interp, body, meth, rrange, "}\n"], keep)
 
 
 def _range_q(value: Any, unit: Any) -> dict[str, Any]:
@@ -1367,51 +1411,50 @@ def _range_q(value: Any, unit: Any) -> dict[str, Any]:
     return q
 
 
-def _test_codes(df: pd.DataFrame, domain: str, ctx: Ctx) -> list[dict[str, Any]]:
-    """Observation.code per distinct (TESTCD, TEST, LOINC, SPEC, METHOD): built once, shared."""
+def _test_codes(df: pd.DataFrame, domain: str, ctx: Ctx) -> tuple[np.ndarray, list[dict[str, Any]]]:
+    """Observation.code per distinct (TESTCD, TEST, LOINC, SPEC, METHOD), in the order of first use:
+    (row codes, concept per code)."""
     p = domain
     cols = [_col(df, c) for c in (f"{p}TESTCD", f"{p}TEST", f"{p}LOINC", f"{p}SPEC", f"{p}METHOD")]
-    cache: dict[tuple[Any, ...], dict[str, Any]] = {}
+    if not len(df):
+        return np.zeros(0, dtype=np.intp), []
+    codes, first, _ = _distinct(cols)
     out = []
-    for key in zip(*cols, strict=False):
-        cc = cache.get(key)
-        if cc is None:
-            testcd, test, loinc, spec, meth = key
-            coding = [T.cdisc_coding(f"{p}TESTCD", testcd, test)]
-            ncit = T.ncit_coding(f"{p}TESTCD", testcd)
-            if ncit:
-                coding.append(ncit)
-            else:
-                ctx.tally(Kind.UNMAPPED_CODE, domain, f"{p}TESTCD", f"{p}TESTCD is not a term of the CDISC CT "
-                          f"codelist {p}TESTCD: no NCIt coding written", target="Observation.code", value=testcd)
-            if loinc:
-                coding.append({"system": T.LOINC, "code": loinc})
-            elif domain == "LB":
-                code, n = T.lb_loinc(testcd, spec, meth)
-                if code:
-                    coding.append({"system": T.LOINC, "code": code})
-                    ctx.tally(Kind.INFERRED, "LB", "LBTESTCD", "LOINC code taken from the CDISC LOINC-to-LB "
-                              "table (one candidate for LBTESTCD/LBSPEC/LBMETHOD)", target="Observation.code")
-                elif (testcd, spec, meth) not in ctx.counts:
-                    ctx.counts[(testcd, spec, meth)] = 1  # type: ignore[index]
-                    msg = (f"LBTESTCD is ambiguous in the CDISC LOINC-to-LB table ({n} LOINC candidates"
-                           f"{'' if spec else ', no LBSPEC'}): no LOINC coding written" if n > 1 else
-                           "LBTESTCD has no LOINC code in the CDISC LOINC-to-LB table: no LOINC coding written")
-                    ctx.report.add(Kind.UNMAPPED_CODE, msg, source="LB.LBTESTCD", target="Observation.code",
-                                   rule=rule_id("LB", "LBTESTCD"), value=testcd)
-            else:
-                row = T.code_row("sdtm_to_fhir_codes.csv", "VSTESTCD", testcd)
-                if row:
-                    coding.append(_coding(row))
-                elif (testcd, "VS") not in ctx.counts:
-                    ctx.counts[(testcd, "VS")] = 1  # type: ignore[index]
-                    ctx.report.add(Kind.UNMAPPED_CODE, "VSTESTCD has no LOINC code in fhir_subject/"
-                                   "sdtm_to_fhir_codes.csv: no LOINC coding written", source="VS.VSTESTCD",
-                                   target="Observation.code", rule=rule_id("VS", "VSTESTCD"), value=testcd)
-            cc = {"coding": coding}
-            cache[key] = cc
-        out.append(cc)
-    return out
+    for i in first:
+        testcd, test, loinc, spec, meth = (c[i] for c in cols)
+        coding = [T.cdisc_coding(f"{p}TESTCD", testcd, test)]
+        ncit = T.ncit_coding(f"{p}TESTCD", testcd)
+        if ncit:
+            coding.append(ncit)
+        else:
+            ctx.tally(Kind.UNMAPPED_CODE, domain, f"{p}TESTCD", f"{p}TESTCD is not a term of the CDISC CT "
+                      f"codelist {p}TESTCD: no NCIt coding written", target="Observation.code", value=testcd)
+        if loinc:
+            coding.append({"system": T.LOINC, "code": loinc})
+        elif domain == "LB":
+            code, n = T.lb_loinc(testcd, spec, meth)
+            if code:
+                coding.append({"system": T.LOINC, "code": code})
+                ctx.tally(Kind.INFERRED, "LB", "LBTESTCD", "LOINC code taken from the CDISC LOINC-to-LB "
+                          "table (one candidate for LBTESTCD/LBSPEC/LBMETHOD)", target="Observation.code")
+            elif (testcd, spec, meth) not in ctx.counts:
+                ctx.counts[(testcd, spec, meth)] = 1  # type: ignore[index]
+                msg = (f"LBTESTCD is ambiguous in the CDISC LOINC-to-LB table ({n} LOINC candidates"
+                       f"{'' if spec else ', no LBSPEC'}): no LOINC coding written" if n > 1 else
+                       "LBTESTCD has no LOINC code in the CDISC LOINC-to-LB table: no LOINC coding written")
+                ctx.report.add(Kind.UNMAPPED_CODE, msg, source="LB.LBTESTCD", target="Observation.code",
+                               rule=rule_id("LB", "LBTESTCD"), value=testcd)
+        else:
+            row = T.code_row("sdtm_to_fhir_codes.csv", "VSTESTCD", testcd)
+            if row:
+                coding.append(_coding(row))
+            elif (testcd, "VS") not in ctx.counts:
+                ctx.counts[(testcd, "VS")] = 1  # type: ignore[index]
+                ctx.report.add(Kind.UNMAPPED_CODE, "VSTESTCD has no LOINC code in fhir_subject/"
+                               "sdtm_to_fhir_codes.csv: no LOINC coding written", source="VS.VSTESTCD",
+                               target="Observation.code", rule=rule_id("VS", "VSTESTCD"), value=testcd)
+        out.append({"coding": coding})
+    return codes, out
 
 
 # ----------------------------------------------------------------------------- SUPPQUAL / RELREC

@@ -147,7 +147,7 @@ def factorize(values: Any) -> tuple[np.ndarray, list[Any]]:
     ``distinct[-1]`` is the missing value (None), so ``take(distinct, codes)`` expands them back.
     """
     if not isinstance(values, (pd.Series, np.ndarray)):
-        values = pd.Series(values, dtype=object)
+        values = np.fromiter(values, dtype=object, count=len(values))
     codes, uniq = pd.factorize(values)
     distinct = list(uniq.tolist() if hasattr(uniq, "tolist") else uniq)
     k = len(distinct)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import operator
 import re
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator
@@ -368,8 +369,8 @@ def _seq_ids(df: pd.DataFrame, domain: str, prefix: str, ctx: Ctx, path: Path | 
     # T.make_id(prefix, slug(study), slug(subject), seq): the part before the seq once per subject
     heads = _per_distinct([studies, subjects], lambda st, u: "-".join(
         (prefix, T.slug(st or ctx.studyid), T.slug(u), "")), len(df))
-    ids = [h + s if s is not None else h for h, s in zip(heads, seqs, strict=False)]
-    for i in [i for i, rid in enumerate(ids) if len(rid) > 64]:
+    ids = list(map(operator.add, heads, [s or "" for s in seqs]))
+    for i in np.flatnonzero(np.fromiter(map(len, ids), dtype=np.intp, count=len(ids)) > 64).tolist():
         ids[i] = T.make_id(ids[i])
     seen = set() if seen is None else seen
     new = set(ids)
@@ -1174,7 +1175,8 @@ def _combine(parts: list[tuple[np.ndarray, list[str]]], build: Callable[..., str
     if n == 0:
         return np.zeros(0, dtype=np.intp), []
     codes, first, _ = _distinct([c for c, _ in parts])
-    return codes, [build(*(texts[c[i]] for c, texts in parts)) for i in first]
+    at = np.asarray(first, dtype=np.intp)
+    return codes, [build(*texts) for texts in zip(*(T.take(t, c[at]) for c, t in parts), strict=True)]
 
 
 def _rows(part: tuple[np.ndarray, list[str]]) -> list[str]:

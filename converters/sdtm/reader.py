@@ -223,7 +223,9 @@ def _check_dataset_json_meta(meta: Any, file: str) -> list[dict[str, Any]]:
 
 def _read_lines(fh: Any, n: int) -> list[bytes]:
     """The next ``n`` non-blank lines of ``fh`` (fewer at its end)."""
-    lines = [line for line in islice(fh, n) if line.strip()]
+    lines = list(islice(fh, n))
+    if any(map(bytes.isspace, lines)):     # (a line from a file is never empty)
+        lines = [line for line in lines if line.strip()]
     while len(lines) < n:
         more = [line for line in islice(fh, n - len(lines)) if line.strip()]
         if not more:

@@ -630,7 +630,7 @@ def _encounter_refs(df: pd.DataFrame, ctx: Ctx) -> list[Any]:
     return out
 
 
-def _subject_part(df: pd.DataFrame, domain: str, ctx: Ctx) -> tuple[list[str], list[bool]]:
+def _subject_part(df: pd.DataFrame, domain: str, ctx: Ctx) -> tuple[tuple[np.ndarray, list[str]], list[bool]]:
     """``,"subject":{...}`` per row (once per distinct USUBJID) and whether the row has a Patient;
     the text form of :func:`_subject_refs`, with the same report entry."""
     codes, distinct = T.factorize(_col(df, "USUBJID"))
@@ -641,10 +641,10 @@ def _subject_part(df: pd.DataFrame, domain: str, ctx: Ctx) -> tuple[list[str], l
         ctx.tally(Kind.MISSING, domain, "USUBJID", "record of a subject not in DM: not written (its "
                   "subject reference would not resolve)", missing, severity=Severity.WARNING)
     texts = [',"subject":' + _js(_ref("Patient", pid)) if pid else "" for pid in pids]
-    return T.take(texts, codes), has.tolist()
+    return (codes, texts), has.tolist()
 
 
-def _encounter_part(df: pd.DataFrame, ctx: Ctx) -> str | list[str]:
+def _encounter_part(df: pd.DataFrame, ctx: Ctx) -> str | tuple[np.ndarray, list[str]]:
     """``,"encounter":{...}`` per row (once per distinct STUDYID/USUBJID/VISITNUM), or "" for all rows:
     the text form of :func:`_encounter_refs`."""
     if "VISITNUM" not in df.columns or not ctx.encounters:
@@ -656,7 +656,7 @@ def _encounter_part(df: pd.DataFrame, ctx: Ctx) -> str | list[str]:
         rid = T.make_id("enc", T.slug(st or ctx.studyid), T.slug(u), T.num_text(v) or "")
         return ',"encounter":' + _js(_ref("Encounter", rid)) if rid in ctx.encounters else ""
 
-    return _per_distinct([_col(df, "STUDYID"), _col(df, "USUBJID"), _col(df, "VISITNUM")], one, len(df))
+    return _part([_col(df, "STUDYID"), _col(df, "USUBJID"), _col(df, "VISITNUM")], one, len(df))
 
 
 def build_sv(df: pd.DataFrame, ctx: Ctx, path: Path | str) -> Iterator[tuple[str, dict[str, Any]]]:
@@ -1189,23 +1189,78 @@ SPLICE_ROWS = 1024     # rows per text block (~1.5 MB of LB): still in cache whe
 
 
 def _splice(columns: list[Any], keep: list[bool]) -> tuple[Iterator[str], int]:
-    """The kept rows as text blocks of :data:`SPLICE_ROWS` lines: per row the columns in order (a str
-    is the same on every row). Blocks, not one text: a chunk's NDJSON is tens of MB, and writing it in
+    """The kept rows as text blocks of :data:`SPLICE_ROWS` lines: per row the columns in order.
+
+    A column is a str (the same on every row), a list (one text per row) or a part (row codes, text
+    per code). Adjacent parts whose combinations repeat are fused first (:func:`_fuse`): fewer,
+    longer pieces per line. Blocks, not one text: a chunk's NDJSON is tens of MB, and writing it in
     cache-sized blocks costs a fraction of one giant string plus its encoded copy."""
-    if not all(keep):
-        columns = [c if isinstance(c, str) else list(compress(c, keep)) for c in columns]
-    n = sum(keep)
+    n = len(keep)
+    mask = None if all(keep) else np.asarray(keep, dtype=bool)
+    cols: list[Any] = []
+    for col in columns:
+        if isinstance(col, list):
+            cols.append(col if mask is None else list(compress(col, keep)))
+            continue
+        codes, texts = (np.zeros(n, dtype=np.intp), [col]) if isinstance(col, str) else col
+        cols.append((codes if mask is None else codes[mask], texts))
+    m = n if mask is None else int(mask.sum())
+    rows = [col if isinstance(col, list) else _rows(col) for col in _fuse(cols, m)]
 
     def blocks() -> Iterator[str]:
-        k = len(columns)
-        for start in range(0, n, SPLICE_ROWS):
-            m = min(SPLICE_ROWS, n - start)
-            flat: list[Any] = [None] * (m * k)
-            for j, col in enumerate(columns):
-                flat[j::k] = [col] * m if isinstance(col, str) else col[start:start + m]
+        k = len(rows)
+        for start in range(0, m, SPLICE_ROWS):
+            size = min(SPLICE_ROWS, m - start)
+            flat: list[Any] = [None] * (size * k)
+            for j, col in enumerate(rows):
+                flat[j::k] = col[start:start + size]
             yield "".join(flat)
 
-    return blocks(), n
+    return blocks(), m
+
+
+def _fuse(cols: list[Any], n: int) -> list[Any]:
+    """Adjacent parts (row codes, text per code) joined into one part while their distinct
+    combinations stay few (at most n/16): the joined texts are built once per combination, and a
+    line is spliced from fewer pieces. Lists (one text per row) stay as they are."""
+    limit = max(n // 16, 1)
+    out: list[Any] = []
+    run: list[tuple[np.ndarray, list[str]]] = []
+    codes = np.zeros(n, dtype=np.intp)
+    k = 1
+
+    def flush() -> None:
+        if len(run) == 1:
+            out.append(run[0])
+        elif run:
+            _, first = np.unique(codes, return_index=True)
+            out.append((codes, ["".join(t) for t in zip(*(T.take(texts, c[first]) for c, texts in run),
+                                                          strict=True)]))
+        run.clear()
+
+    for col in cols:
+        if isinstance(col, list):
+            flush()
+            out.append(col)
+            continue
+        c, texts = col
+        width = len(texts)
+        if run and k * width <= 64 * limit:
+            # dense: combinations numbered in sorted order (any order will do)
+            combined = codes * width + c
+            present = np.zeros(k * width, dtype=bool)
+            present[combined] = True
+            count = int(present.sum())
+            if count <= limit:
+                codes = (np.cumsum(present) - 1)[combined]
+                k = count
+                run.append(col)
+                continue
+        flush()
+        run.append(col)
+        codes, k = c, width
+    flush()
+    return out
 
 
 class _LazyKeys:
@@ -1283,7 +1338,7 @@ def build_findings(df: pd.DataFrame, domain: str, ctx: Ctx, path: Path | str,
         else:
             value_parts.append("")
             lost_unit.append("")
-    value_col = T.take(value_parts, vcodes)
+    value_col = (vcodes, value_parts)
     lo_col = df[f"{p}ORNRLO"] if f"{p}ORNRLO" in df.columns else empty
     hi_col = df[f"{p}ORNRHI"] if f"{p}ORNRHI" in df.columns else empty
     lo, hi = T.parse_decimals(lo_col), T.parse_decimals(hi_col)
@@ -1335,7 +1390,7 @@ def build_findings(df: pd.DataFrame, domain: str, ctx: Ctx, path: Path | str,
         return ',"extension":[' + e + "]" if e else ""
 
     if ex.supp is None and ex.relrec is None:
-        ext = _rows(_combine([*pieces, pos_piece], lambda *t: whole(sdtm_ext(*t[:-1]), t[-1]), n))
+        ext: Any = _combine([*pieces, pos_piece], lambda *t: whole(sdtm_ext(*t[:-1]), t[-1]), n)
     else:
         ext = _rows(_combine(pieces, sdtm_ext, n))
         for i in range(n):
@@ -1347,13 +1402,13 @@ def build_findings(df: pd.DataFrame, domain: str, ctx: Ctx, path: Path | str,
 
     # ---- the other parts, each once per distinct value
     seq_sys = _js(f"{T.SID}/{p.lower()}seq")
-    ident = _per_distinct([seqs], lambda s: ',"identifier":[{"system":' + seq_sys + ',"value":"' + s + '"}]'
+    ident = _part([seqs], lambda s: ',"identifier":[{"system":' + seq_sys + ',"value":"' + s + '"}]'
                           if s is not None else "", n)
     base_cat = _js(_CATEGORY[domain])
-    status = _per_distinct([stat], lambda s: ',"status":"cancelled"' if s == "NOT DONE" else ',"status":"final"', n)
-    category = _per_distinct([cat], lambda c: ',"category":[' + base_cat + ("," + _js({"text": c}) if c else "")
+    status = _part([stat], lambda s: ',"status":"cancelled"' if s == "NOT DONE" else ',"status":"final"', n)
+    category = _part([cat], lambda c: ',"category":[' + base_cat + ("," + _js({"text": c}) if c else "")
                              + "]", n)
-    code_col = T.take([',"code":' + _js(cc) for cc in concepts], tcodes)
+    code_col = (tcodes, [',"code":' + _js(cc) for cc in concepts])
     eff_parts = []
     for v, o in zip(dates.distinct_value, dates.distinct_original, strict=False):
         t = "" if v is None else ',"effectiveDateTime":' + _js(v)
@@ -1361,7 +1416,7 @@ def build_findings(df: pd.DataFrame, domain: str, ctx: Ctx, path: Path | str,
             t += ',"_effectiveDateTime":' + _js({"extension": [{"url": T.EXT_DTC, "valueString": o}]})
         eff_parts.append(t)
     assert dates.codes is not None, "the date parse always sets the row codes"
-    effective = T.take(eff_parts, dates.codes)
+    effective = (dates.codes, eff_parts)
 
     def absent(s: Any, r: Any) -> str:
         if s == "NOT DONE" or r:
@@ -1372,7 +1427,7 @@ def build_findings(df: pd.DataFrame, domain: str, ctx: Ctx, path: Path | str,
             return ',"dataAbsentReason":' + _js(dar)
         return ""
 
-    dar_col = _per_distinct([stat, reasnd], absent, n)
+    dar_col = _part([stat, reasnd], absent, n)
 
     def interpretation(r: Any) -> str:
         if r is None:
@@ -1380,10 +1435,10 @@ def build_findings(df: pd.DataFrame, domain: str, ctx: Ctx, path: Path | str,
         row = T.code_row("sdtm_to_fhir_codes.csv", "CDISC NRIND", r)
         return ',"interpretation":' + _js([{"coding": [_coding(row)]} if row else {"text": r}])
 
-    interp = _per_distinct([nrind_raw], interpretation, n)
-    body = _per_distinct([loc], lambda v: ',"bodySite":' + _js(_ct_concept(v, "LOC", ctx, domain, f"{p}LOC",
+    interp = _part([nrind_raw], interpretation, n)
+    body = _part([loc], lambda v: ',"bodySite":' + _js(_ct_concept(v, "LOC", ctx, domain, f"{p}LOC",
                                                                          "Observation.bodySite")) if v else "", n)
-    meth = _per_distinct([method], lambda v: ',"method":' + _js({"text": v}) if v else "", n)
+    meth = _part([method], lambda v: ',"method":' + _js({"text": v}) if v else "", n)
 
     def ref_range(lc: int, hc: int, unit: Any, text: Any) -> str:
         rr: dict[str, Any] = {}
@@ -1396,7 +1451,7 @@ def build_findings(df: pd.DataFrame, domain: str, ctx: Ctx, path: Path | str,
             rr["text"] = text
         return ',"referenceRange":' + _js([rr]) if rr else ""
 
-    rrange = _per_distinct([lo.codes, hi.codes, units, stnrc], ref_range, n)
+    rrange = _part([lo.codes, hi.codes, units, stnrc], ref_range, n)
     # ids are FHIR-id characters: nothing to escape
     return _splice(['{"resourceType":"Observation","id":"', ids, '"', ext, ident, status, category, code_col,
                     subject, encounter, effective, value_col, dar_col, interp, body, meth, rrange, "}\n"], keep)

@@ -173,3 +173,13 @@ def test_findings_do_not_depend_on_chunks_or_form(tmp_path: Path) -> None:
     assert _observations(as_json, tmp_path / "b", 7) == whole
     assert _observations(as_ndjson, tmp_path / "c", 100_000) == whole
     assert _observations(as_ndjson, tmp_path / "d", 13) == whole
+
+
+@pytest.mark.parametrize("values", [[], [None] * 5, [None, "a", None], [None, None, "a"], ["a", None], [None, 1.0, None]])
+def test_factorize_of_absent_columns_as_of_any_other(values: list[object]) -> None:
+    from trialbridge.fhir import subject_terms as T
+    codes, distinct = T.factorize(values)
+    ref_codes, uniq = pd.factorize(pd.Series(values, dtype=object))
+    assert distinct == [*uniq.tolist(), None]
+    assert codes.tolist() == np.where(ref_codes < 0, len(uniq), ref_codes).tolist()
+    assert T.take(distinct, codes) == values

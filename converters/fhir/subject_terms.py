@@ -147,7 +147,10 @@ def factorize(values: Any) -> tuple[np.ndarray, list[Any]]:
     ``distinct[-1]`` is the missing value (None), so ``take(distinct, codes)`` expands them back.
     """
     if not isinstance(values, (pd.Series, np.ndarray)):
-        values = np.fromiter(values, dtype=object, count=len(values))
+        n = len(values)
+        if not n or (values[0] is None and values[n // 2] is None and values.count(None) == n):
+            return np.zeros(n, dtype=np.intp), [None]      # an absent or empty variable: no hashing
+        values = np.fromiter(values, dtype=object, count=n)
     codes, uniq = pd.factorize(values)
     distinct = list(uniq.tolist() if hasattr(uniq, "tolist") else uniq)
     k = len(distinct)

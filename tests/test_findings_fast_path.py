@@ -183,3 +183,10 @@ def test_factorize_of_absent_columns_as_of_any_other(values: list[object]) -> No
     assert distinct == [*uniq.tolist(), None]
     assert codes.tolist() == np.where(ref_codes < 0, len(uniq), ref_codes).tolist()
     assert T.take(distinct, codes) == values
+
+
+def test_num_texts_once_per_distinct_value_as_num_text() -> None:
+    from trialbridge.fhir import subject_terms as T
+    vals = [1.0, 2.0, -0.0, 0.0, float("nan"), 1.5, 2.0**53, 2.0**60, -3.0, float("inf"), 1e-7, 123456789012.0] * 2
+    df = pd.DataFrame({"LBSEQ": np.array(vals, dtype=np.float64)})
+    assert W._num_texts(df, "LBSEQ") == [T.num_text(v) for v in vals]

@@ -343,20 +343,14 @@ def _require(df: pd.DataFrame, domain: str, path: Path | str) -> None:
 
 
 def _num_texts(df: pd.DataFrame, var: str) -> list[str | None]:
-    """``T.num_text`` of a column, vectorised for a float column of whole numbers."""
+    """``T.num_text`` of a column, once per distinct value of a float column."""
     if var not in df.columns:
         return [None] * len(df)
     s = df[var]
     if s.dtype.kind != "f":
         return [T.num_text(v) for v in _col(df, var)]
-    arr = s.to_numpy(dtype=np.float64)
-    whole = np.isfinite(arr) & (np.abs(arr) < 2**53)
-    whole &= arr == np.trunc(np.where(whole, arr, 0))
-    out = np.empty(len(arr), dtype=object)
-    out[whole] = arr[whole].astype(np.int64).astype(str)
-    for i in np.flatnonzero(~whole).tolist():
-        out[i] = T.num_text(float(arr[i]))
-    return list(out.tolist())
+    codes, uniq = pd.factorize(s.to_numpy(dtype=np.float64))      # NaN -> -1: the last text, None
+    return T.take([T.num_text(v) for v in uniq.tolist()] + [None], codes)
 
 
 def _seq_ids(df: pd.DataFrame, domain: str, prefix: str, ctx: Ctx, path: Path | str,

@@ -190,3 +190,21 @@ def test_num_texts_once_per_distinct_value_as_num_text() -> None:
     vals = [1.0, 2.0, -0.0, 0.0, float("nan"), 1.5, 2.0**53, 2.0**60, -3.0, float("inf"), 1e-7, 123456789012.0] * 2
     df = pd.DataFrame({"LBSEQ": np.array(vals, dtype=np.float64)})
     assert W._num_texts(df, "LBSEQ") == [T.num_text(v) for v in vals]
+
+
+def test_distinct_first_rows_in_first_seen_order() -> None:
+    rng = random.Random(3)
+    for n, k in ((1, 1), (50, 3), (2000, 40)):
+        cols = [[rng.choice([None, *range(k)]) for _ in range(n)],
+                [rng.choice(["a", "b", None]) for _ in range(n)], [rng.random() < 0.5 for _ in range(n)]]
+        for width in (1, 2, 3):
+            codes, first, count = W._distinct(cols[:width])
+            keys = list(zip(*cols[:width], strict=True))
+            seen: dict[object, int] = {}
+            for i, key in enumerate(keys):
+                seen.setdefault(key, i)
+            assert sorted(first) == sorted(seen.values())
+            assert [keys[i] for i in first] == [keys[i] for i in sorted(first, key=lambda i: codes[i])]
+            assert count.tolist() == [sum(1 for key in keys if key == keys[i]) for i in first]
+            if width > 1:
+                assert first == sorted(seen.values())       # the order the builders (and report) rely on

@@ -1134,11 +1134,17 @@ def _distinct(cols: list[Any]) -> tuple[np.ndarray, list[int], np.ndarray]:
     Returns the row codes (first-seen order), the first row of each combination and its row count.
     """
     codes, distinct = T.factorize(cols[0])
+    if len(cols) == 1:      # (missing has the last code, wherever it first occurs)
+        _, first = np.unique(codes, return_index=True)
+        return codes, first.tolist(), np.bincount(codes)
     for col in cols[1:]:
         c, d = T.factorize(col)
-        codes, _ = pd.factorize(codes.astype(np.int64) * len(d) + c)
-    _, first = np.unique(codes, return_index=True)
-    return codes, first.tolist(), np.bincount(codes)
+        codes, _ = pd.factorize(codes.astype(np.int64, copy=False) * len(d) + c)
+    # pd.factorize numbers in first-seen order: a code's first row is where the running maximum grows
+    new = np.empty(len(codes), dtype=bool)
+    new[:1] = True
+    new[1:] = codes[1:] > np.maximum.accumulate(codes)[:-1]
+    return codes, np.flatnonzero(new).tolist(), np.bincount(codes)
 
 
 def _per_distinct(cols: list[Any], build: Callable[..., str], n: int) -> list[str]:

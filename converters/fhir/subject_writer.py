@@ -8,8 +8,12 @@ SUPPQUAL rows in ``suppqual`` extensions on their parent, record-level RELREC li
 extensions with references; nothing is dropped without a report entry.
 
 Speed: the columns of a chunk are converted vectorised (dates, decimals, ids, code lookups per
-distinct code); the per-row work is a dict assembly from prepared lists, serialised once with orjson.
-Findings (LB, VS) are streamed chunk by chunk; no pydantic in this path (tests validate outputs).
+distinct code); for the other domains the per-row work is a dict assembly from prepared lists,
+serialised once with orjson. Findings (LB, VS) are streamed chunk by chunk and never become dicts:
+each part of an Observation line is serialised once per distinct combination of the SDTM values it
+depends on and kept as (row codes, text per code); adjacent parts that repeat together are fused,
+and the lines are spliced and written in blocks of about a megabyte. No pydantic in this path
+(tests validate outputs).
 """
 
 from __future__ import annotations

@@ -10,6 +10,8 @@ Which files are datasets, and which form of a dataset present in several forms (
 reported as ignored. XPT is read by :func:`.files.read_dataset_file` (Windows-1252 fallback reported).
 Dataset-JSON and CSV are read here in chunks by :func:`iter_dataset_chunks` (memory does not grow with
 the input), with the Dataset-JSON structure checks and the define.xml typing of CSV this reader adds.
+Dataset-JSON NDJSON rows are parsed straight into columns a few thousand lines at a time
+(:func:`_json_columns`); a chunk with anything to report goes row by row instead.
 
 Bad input is an :class:`~trialbridge.errors.InputError` naming the dataset file, the row and the
 variable: unreadable XPT, Dataset-JSON that breaks its schema, text in a numeric column.

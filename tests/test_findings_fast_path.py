@@ -208,3 +208,20 @@ def test_distinct_first_rows_in_first_seen_order() -> None:
             assert count.tolist() == [sum(1 for key in keys if key == keys[i]) for i in first]
             if width > 1:
                 assert first == sorted(seen.values())       # the order the builders (and report) rely on
+
+
+def test_errors_of_a_streamed_domain_name_the_dataset_row(tmp_path: Path) -> None:
+    from test_sdtm_to_fhir import DM, LB, _write_folder
+    lb = pd.concat([LB] * 4, ignore_index=True)
+    lb["LBSEQ"] = list(range(1, 13))
+    lb.loc[10, "LBSEQ"] = 2                       # row 11 repeats the key of row 2, in the third chunk
+    folder = _write_folder(tmp_path, dm=DM, lb=lb)
+    opts = SimpleNamespace(fhir_version="R5", extra={})
+    with pytest.raises(InputError, match=r"duplicated key USUBJID/LBSEQ in dataset LB \(row 11\)"):
+        W.convert_sdtm_to_fhir(folder, tmp_path / "out", report=ConversionReport(), chunksize=5, options=opts)
+    lb["LBSEQ"] = list(range(1, 13))
+    lb.loc[7, "LBTESTCD"] = ""
+    shutil.rmtree(folder)
+    folder = _write_folder(tmp_path, dm=DM, lb=lb)
+    with pytest.raises(InputError, match=r"required variable LBTESTCD is empty in row 8"):
+        W.convert_sdtm_to_fhir(folder, tmp_path / "out", report=ConversionReport(), chunksize=5, options=opts)

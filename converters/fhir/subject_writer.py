@@ -334,14 +334,15 @@ def _coding(row: dict[str, str] | None) -> dict[str, str]:
     return {"system": row["target_system"], "code": row["target_code"], "display": row["target_display"]}
 
 
-def _require(df: pd.DataFrame, domain: str, path: Path | str) -> None:
+def _require(df: pd.DataFrame, domain: str, path: Path | str, offset: int = 0) -> None:
+    """Required variables present and filled; ``offset``: rows of the dataset before ``df`` (a chunk)."""
     for var in domain_spec(domain).get("required", []):
         if var not in df.columns:
             raise InputError(f"required variable {var} is missing from dataset {domain}", file=str(path),
                              field=var)
         miss = df[var].isna()
         if miss.any():
-            i = int(miss.to_numpy().nonzero()[0][0])
+            i = offset + int(miss.to_numpy().nonzero()[0][0])
             raise InputError(f"required variable {var} is empty in row {i + 1}", file=str(path),
                              record=f"row {i + 1}", field=var)
 
@@ -358,8 +359,9 @@ def _num_texts(df: pd.DataFrame, var: str) -> list[str | None]:
 
 
 def _seq_ids(df: pd.DataFrame, domain: str, prefix: str, ctx: Ctx, path: Path | str,
-             seen: set[str] | None = None) -> tuple[list[str], list[str]]:
-    """Deterministic ids from STUDYID/USUBJID/--SEQ; a duplicated key is an InputError."""
+             seen: set[str] | None = None, offset: int = 0) -> tuple[list[str], list[str]]:
+    """Deterministic ids from STUDYID/USUBJID/--SEQ; a duplicated key is an InputError (its row
+    counted over the dataset: ``offset`` rows come before ``df``)."""
     seqvar = f"{domain}SEQ"
     seqs = _num_texts(df, seqvar)
     studies = _col(df, "STUDYID")
@@ -377,7 +379,7 @@ def _seq_ids(df: pd.DataFrame, domain: str, prefix: str, ctx: Ctx, path: Path | 
         return ids, seqs  # type: ignore[return-value]
     for i, rid in enumerate(ids):
         if rid in seen:
-            raise InputError(f"duplicated key USUBJID/{seqvar} in dataset {domain} (row {i + 1})",
+            raise InputError(f"duplicated key USUBJID/{seqvar} in dataset {domain} (row {offset + i + 1})",
                              file=str(path), record=f"{subjects[i]}/{seqs[i]}", field=seqvar)
         seen.add(rid)
     return ids, seqs  # type: ignore[return-value]
@@ -1291,17 +1293,17 @@ def _quantity_text(value: Any, comparator: Any, unit: Any, testcd: str | None = 
 
 
 def build_findings(df: pd.DataFrame, domain: str, ctx: Ctx, path: Path | str,
-                   seen: set[str]) -> tuple[Iterator[str], int]:
+                   seen: set[str], offset: int = 0) -> tuple[Iterator[str], int]:
     """VS and LB -> Observation NDJSON text blocks and their number of lines (one chunk; ``seen``
-    carries ids across chunks for duplicates).
+    carries ids across chunks for duplicates, ``offset`` is the number of rows before the chunk).
 
     Column by column: each part of the resource is serialised once per distinct combination of the
     SDTM values it depends on, and the parts are spliced into one line per record.
     """
     p = domain
     n = len(df)
-    _require(df, domain, path)
-    ids, seqs = _seq_ids(df, domain, p.lower(), ctx, path, seen)
+    _require(df, domain, path, offset)
+    ids, seqs = _seq_ids(df, domain, p.lower(), ctx, path, seen, offset)
     subject, keep = _subject_part(df, domain, ctx)
     encounter = _encounter_part(df, ctx)
     consumed = mapped_variables(domain)
@@ -1721,9 +1723,12 @@ def _convert(folder: Path, outdir: Path, ctx: Ctx, extra: dict[str, Any], chunks
         for name in ("VS", "LB"):
             if name in files:
                 seen: set[str] = set()
+                offset = 0
                 for chunk in iter_dataset_chunks(files[name], chunksize=chunksize, define=define,
                                                  report=report):
-                    sink.add_text("Observation", *build_findings(chunk, name, ctx, files[name].path, seen))
+                    sink.add_text("Observation", *build_findings(chunk, name, ctx, files[name].path, seen,
+                                                                 offset))
+                    offset += len(chunk)
         _report_unattached(ctx, frames)
         written = sink.finish(T.make_id("bundle", T.slug(ctx.studyid)))
         report.extra.setdefault("sdtm_to_fhir", {})["resources"] = dict(sorted(sink.counts.items()))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 
+import orjson
 import pandas as pd
 from conftest import SAMPLES
 from trialbridge.cli import main
@@ -58,4 +59,52 @@ def test_chunked_writer_merges_sorted_chunks_with_their_companion_rows(tmp_path)
     assert [(p["USUBJID"], int(p["SEQ"])) for p in prov] == list(zip(df["USUBJID"], df["VSSEQ"], strict=True))
     as_csv = pd.read_csv(tmp_path / "vs.csv", dtype=str, keep_default_na=False)
     assert as_csv["VSSEQ"].tolist() == [str(v) for v in df["VSSEQ"]]
+    assert not list(tmp_path.glob(".*.spool"))
+
+
+def test_chunked_writer_merge_in_blocks_matches_the_in_memory_sort(tmp_path, monkeypatch):
+    """Many runs merged a few rows at a time (tiny merge blocks), ties across runs, missing key values,
+    a Char value holding "]" (a run that cannot be split at "],["), a Perm column first filled in a
+    later chunk (early runs re-serialised), every output form: same rows and order as sorting the whole
+    domain in memory, provenance row for row."""
+    import random
+
+    monkeypatch.setattr(ChunkedDomainWriter, "MERGE_ROWS", 7)
+    monkeypatch.setattr(ChunkedDomainWriter, "MERGE_BLOCK_MIN", 1)
+    rnd = random.Random(3)
+    chunks = []
+    seq = 0
+    for c in range(9):
+        n = rnd.randint(1, 30)
+        rows = []
+        for _ in range(n):
+            seq += 1
+            rows.append({"STUDYID": "S", "DOMAIN": "VS", "USUBJID": rnd.choice(["S-1", "S-2", "S-10", None]),
+                         "VSSEQ": seq, "VSTESTCD": rnd.choice(["PULSE", "SYSBP", "DIABP"]),
+                         "VSORRES": rnd.choice(["1", "a],[b", "x]"]) if c == 4 else str(seq),
+                         "VISITNUM": rnd.choice([1.0, 2, 0.1, None]),
+                         "VSTPTNUM": rnd.choice([1, None]) if c >= 5 else None})
+        frame = pd.DataFrame(rows)
+        if c < 5:
+            frame = frame.drop(columns=["VSTPTNUM"])
+        chunks.append(frame)
+    w = ChunkedDomainWriter("VS", tmp_path, ("json", "ndjson", "csv", "xpt"), study_oid="S",
+                            companion=tmp_path / "vs.provenance.csv")
+    for frame in chunks:
+        w.write(frame, companion=pd.DataFrame({"USUBJID": frame["USUBJID"], "SEQ": frame["VSSEQ"]}))
+    w.close()
+    whole = pd.concat(chunks, ignore_index=True)
+    want = sort_by_keys(whole, "VS")["VSSEQ"].tolist()
+    assert len(w.runs) == 9 and not w.runs[4].split and w.runs[0].sel != w.runs[8].sel
+    df, _ = read_dataset_json(tmp_path / "vs.json")
+    assert df["VSSEQ"].tolist() == want
+    assert "VSTPTNUM" in df.columns and _in_key_order(df, "VS")
+    by_seq = whole.set_index("VSSEQ")
+    assert df["VSORRES"].tolist() == [by_seq.at[s, "VSORRES"] for s in want]
+    nd = (tmp_path / "vs.ndjson").read_bytes().splitlines()
+    assert [orjson.loads(line)[3] for line in nd[1:]] == want
+    assert pd.read_csv(tmp_path / "vs.csv")["VSSEQ"].tolist() == want
+    assert pd.read_sas(tmp_path / "vs.xpt", format="xport", encoding="infer")["VSSEQ"].astype(int).tolist() == want
+    with open(tmp_path / "vs.provenance.csv", newline="", encoding="utf-8") as fh:
+        assert [int(p["SEQ"]) for p in csv.DictReader(fh)] == want
     assert not list(tmp_path.glob(".*.spool"))

@@ -6,19 +6,18 @@ form is added in one place. File names are the domain in lower case (``dm.json``
 Subject data rows are written in the order of the domain's keys (``schemas/sdtm/domains.csv``, the keySequence
 Define-XML declares): numeric keys numerically, text keys by code point, missing values first, ties
 in arrival order (:func:`sort_by_keys`). The streamed writer sorts each chunk and merges the sorted
-chunks at close (an external merge sort: one row per run in memory, see :class:`ChunkedDomainWriter`).
+chunks at close (an external merge sort: one block per run in memory, see :class:`ChunkedDomainWriter`).
 """
 
 from __future__ import annotations
 
-import heapq
+import contextlib
 import importlib
 import io
-from array import array
+import operator
 from collections.abc import Callable, Iterator
-from itertools import islice
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, NamedTuple
 
 import numpy as np
 import orjson
@@ -35,7 +34,7 @@ SDTM_FORMATS = ("json", "ndjson", "csv", "xpt")
 
 def sort_by_keys(df: pd.DataFrame, domain: str) -> pd.DataFrame:
     """``df`` in the order of the domain's key variables (those it has); stable. Same order as
-    :func:`row_key` gives the streamed writer."""
+    the streamed writer gives (:class:`ChunkedDomainWriter`)."""
     return df.iloc[key_order(df, domain)].reset_index(drop=True)
 
 
@@ -61,21 +60,6 @@ def key_order(df: pd.DataFrame, domain: str) -> np.ndarray:
             frame[k] = ["" if v is None or (isinstance(v, float) and v != v) or v is pd.NA else str(v)
                         for v in vals]
     return frame.sort_values(keys, na_position="first", kind="stable").index.to_numpy()
-
-
-def row_key(positions: list[tuple[int, bool]]) -> Callable[[Any], tuple[Any, ...]]:
-    """Sort key of a spooled row (a list): per key variable its position in the row (-1: not
-    carried) and whether it is numeric; missing numbers sort first, missing text is ""."""
-    def key(row: Any) -> tuple[Any, ...]:
-        out: list[Any] = []
-        for j, num in positions:
-            v = row[j] if j >= 0 else None
-            if num:
-                out.append((0, 0.0) if v is None else (1, float(v)))
-            else:
-                out.append("" if v is None else str(v))
-        return tuple(out)
-    return key
 
 
 def write_domain(df: pd.DataFrame, domain: str, outdir: Path, formats: tuple[str, ...], *,
@@ -110,20 +94,26 @@ class ChunkedDomainWriter:
     """Write one domain from a stream of DataFrame chunks with memory bounded by one chunk.
 
     Each chunk is serialised once, column by column (vectorised value conversion, then one
-    ``orjson.dumps`` of the chunk's rows), into a spool file beside the target, while the row count,
-    the byte length of every Char column and which Perm columns carry a value are tracked. A chunk is
-    spooled with the columns selected *so far* (Req/Exp always, Perm once any chunk had a value);
-    :meth:`close` writes the final files: Dataset-JSON (metadata first, then rows) copies every chunk
-    spooled with the final selection byte for byte and re-serialises only the (early) chunks that
-    lack a Perm column first filled later; NDJSON and CSV re-read the spool. XPT v5 has no way to
-    append, so for ``xpt`` the domain is assembled in memory once, at close. Same column rules as
-    :func:`write_domain`.
+    ``orjson.dumps`` of all the chunk's rows), into a spool file beside the target, while the row
+    count, the byte length of every Char column and which Perm columns carry a value are tracked. A
+    chunk is spooled with the columns selected *so far* (Req/Exp always, Perm once any chunk had a
+    value); at :meth:`close` the rows of (early) chunks that lack a Perm column first filled later are
+    re-serialised, every other row is copied byte for byte. XPT v5 has no way to append, so for
+    ``xpt`` the domain is assembled in memory once, at close. Same column rules as :func:`write_domain`.
 
     Key order with bounded memory (an external merge sort): each chunk is sorted by the domain keys
-    before it is spooled, one row per line, so every chunk is a sorted run; :meth:`close` merges the
-    runs (``heapq.merge``, stable: ties keep arrival order), reading each run line by line, so memory
-    holds one row per run, not the domain. A single run is copied as it is.
+    (numpy, on integer ranks of the key values) before it is spooled, so every chunk is a sorted run.
+    Beside the run, per row, the key values' ids (an id per distinct key value, kept in a small
+    vocabulary per key variable: distinct subjects, tests, visits) and the byte lengths of the row and
+    its companion line go to a second spool. :meth:`close` merges the runs block by block: it reads
+    the next rows' ids of every run, takes every row up to the smallest last key of the runs that have
+    more, orders those with one stable numpy sort (ties keep arrival order: run, then position) and
+    replays their raw bytes. Memory: the vocabularies plus one block per run, not the domain.
     """
+
+    #: rows held per run while merging (split over the runs: memory is about this many rows)
+    MERGE_ROWS = 200_000
+    MERGE_BLOCK_MIN = 256
 
     def __init__(self, domain: str, outdir: Path, formats: tuple[str, ...], *, study_oid: str,
                  report: ConversionReport | None = None, companion: Path | None = None,
@@ -144,22 +134,24 @@ class ChunkedDomainWriter:
         self.lengths = [0] * len(self.names)
         self.present = [False] * len(self.names)
         self.records = 0
-        #: per spooled chunk (a sorted run, one JSON row per line): (byte offset, byte length,
-        #: selected column indexes)
-        self.parts: list[tuple[int, int, tuple[int, ...]]] = []
-        self.spooled = 0
-        self.order: array | None = None
+        #: key variables the domain has (schemas/sdtm/domains.csv), as column indexes, and the
+        #: vocabulary of each
+        self.key_cols = [self.names.index(k) for k in self.domain.keys if k in self.names]
+        self.vocab = [_KeyVocab(self.numeric[i]) for i in self.key_cols]
+        #: the sorted runs, in arrival order
+        self.runs: list[_Run] = []
+        self.spooled = self.meta_spooled = self.companion_spooled = 0
         outdir.mkdir(parents=True, exist_ok=True)
-        self.spool_path = outdir / f".{domain.lower()}.spool"
+        stem = domain.lower()
+        self.spool_path = outdir / f".{stem}.spool"
+        self.meta_spool_path = outdir / f".{stem}.keys.spool"
         self.spool = open(self.spool_path, "wb")  # noqa: SIM115 (closed in close())
+        self.meta_spool = open(self.meta_spool_path, "wb")  # noqa: SIM115
         self.companion = companion
         self.companion_csv = companion_csv or (
             lambda df, fh, header: df.to_csv(fh, index=False, header=header, lineterminator="\n"))
         self.companion_header = b""
-        #: per chunk: (byte offset, byte length) of its companion CSV lines, same row order as the run
-        self.companion_parts: list[tuple[int, int]] = []
-        self.companion_spooled = 0
-        self.companion_spool_path = outdir / f".{domain.lower()}.companion.spool"
+        self.companion_spool_path = outdir / f".{stem}.companion.spool"
         self.companion_spool = open(self.companion_spool_path, "wb") if companion else None  # noqa: SIM115
 
     def write(self, df: pd.DataFrame, companion: pd.DataFrame | None = None) -> None:
@@ -198,23 +190,44 @@ class ChunkedDomainWriter:
                     vals = [v if isinstance(v, str) else str(v) for v in vals]
                 cols.append(vals)
         sel = tuple(self._selected())
+        # key order within the chunk: the ids of the key values, ranked, one stable numpy sort
+        ids = [v.ids_of(c if (c := cols[i]) is not None else [None] * n)
+               for v, i in zip(self.vocab, self.key_cols, strict=True)]
+        keys = _composite([v.ranks()[x] for v, x in zip(self.vocab, ids, strict=True)],
+                          [len(v.values) for v in self.vocab], n)
+        order = np.argsort(keys, kind="stable")
         picked = [cols[i] if cols[i] is not None else ([None] * n if self.numeric[i] else [""] * n)
                   for i in sel]
         rows = list(zip(*picked, strict=True))
-        keyf = self._key(sel)
-        if companion is None:
-            rows.sort(key=keyf)
-        else:
-            order = sorted(range(n), key=lambda j: keyf(rows[j]))
-            rows = [rows[j] for j in order]
-            self._spool_companion(companion.iloc[order], n)
-        body = b"\n".join(map(orjson.dumps, rows)) + b"\n"
-        self.spool.write(body)
-        self.parts.append((self.spooled, len(body), sel))
-        self.spooled += len(body)
+        if n > 1:
+            rows = list(operator.itemgetter(*order.tolist())(rows))
+        # every row of the chunk in one orjson call; a row is the text between "[" and "]": the rows
+        # are split at "],[", which only a Char value holding "]" could also contain (checked: the
+        # split must give one piece per row, else the rows are serialised one by one)
+        inner = orjson.dumps(rows)[2:-2]
+        pieces = inner.split(b"],[")
+        split = len(pieces) == n
+        if not split:
+            pieces = [orjson.dumps(r)[1:-1] for r in rows]
+            inner = b"],[".join(pieces)
+        meta = np.empty((n, len(ids) + 2), dtype=np.int64)
+        for j, x in enumerate(ids):
+            meta[:, j] = x[order]
+        meta[:, len(ids)] = np.fromiter(map(len, pieces), dtype=np.int64, count=n)
+        meta[:, len(ids) + 1] = 0
+        comp_offset = self.companion_spooled
+        if companion is not None:
+            meta[:, len(ids) + 1] = self._spool_companion(companion.iloc[order], n)
+        self.spool.write(inner)
+        mbytes = meta.tobytes()
+        self.meta_spool.write(mbytes)
+        self.runs.append(_Run(self.spooled, self.meta_spooled, comp_offset, n, sel, split))
+        self.spooled += len(inner)
+        self.meta_spooled += len(mbytes)
         self.records += n
 
-    def _spool_companion(self, frame: pd.DataFrame, n: int) -> None:
+    def _spool_companion(self, frame: pd.DataFrame, n: int) -> np.ndarray:
+        """Spool the companion lines of a sorted chunk; returns the byte length of each line."""
         assert self.companion_spool is not None
         buf = io.StringIO()
         self.companion_csv(frame, buf, True)
@@ -224,89 +237,88 @@ class ChunkedDomainWriter:
         self.companion_header = head.encode("utf-8") + b"\n"
         data = lines.encode("utf-8")
         self.companion_spool.write(data)
-        self.companion_parts.append((self.companion_spooled, len(data)))
         self.companion_spooled += len(data)
-
-    def _key(self, sel: tuple[int, ...]) -> Callable[[Any], tuple[Any, ...]]:
-        pos = {c: j for j, c in enumerate(sel)}
-        return row_key([(pos.get(self.names.index(k), -1), self.numeric[self.names.index(k)])
-                        for k in self.domain.keys if k in self.names])
+        return np.fromiter(map(len, data[:-1].split(b"\n")), dtype=np.int64, count=n) + 1
 
     def _selected(self) -> list[int]:
         return [i for i in range(len(self.names)) if self.always[i] or self.present[i]]
 
-    @staticmethod
-    def _run_lines(path: Path, offset: int, length: int) -> Iterator[bytes]:
-        """The lines of one spooled run, read one at a time."""
-        with open(path, "rb") as fh:
-            fh.seek(offset)
-            left = length
-            while left > 0:
-                line = fh.readline()
-                if not line:
-                    break
-                left -= len(line)
-                yield line
-
-    def _merge_order(self) -> array | None:
-        """Which run each row of the key order comes from (None: one run, already in order). One
-        pass over the spool; memory: one row per run plus this array (1-4 bytes per row)."""
-        if len(self.parts) < 2:
-            return None
-
-        def keyed(r: int) -> Iterator[tuple[tuple[Any, ...], int]]:
-            offset, length, chunk_sel = self.parts[r]
-            key = self._key(chunk_sel)
-            for line in self._run_lines(self.spool_path, offset, length):
-                yield key(orjson.loads(line)), r
-
-        order = array("B" if len(self.parts) < 256 else "H" if len(self.parts) < 65536 else "I")
-        order.extend(r for _, r in heapq.merge(*(keyed(r) for r in range(len(self.parts)))))
-        return order
-
-    def _lines(self, path: Path, parts: list[tuple[int, int]]) -> Iterator[tuple[int, bytes]]:
-        """(run, raw line) of a spool in key order (the replay of :meth:`_merge_order`)."""
-        if self.order is None:
-            for r, (offset, length) in enumerate(parts):
-                for line in self._run_lines(path, offset, length):
-                    yield r, line
+    def _merged(self) -> Iterator[tuple[list[bytes], list[bytes] | None, np.ndarray]]:
+        """The rows in key order, block by block: (row texts without the brackets, companion lines
+        without their line break, run of each row). See the class docstring."""
+        runs = self.runs
+        if not runs:
             return
-        runs = [self._run_lines(path, o, n) for o, n in parts]
-        for r in self.order:
-            yield r, next(runs[r])
+        nkeys = len(self.vocab)
+        width = nkeys + 2
+        ranks = [v.ranks() for v in self.vocab]
+        sizes = [len(v.values) for v in self.vocab]
+        block = max(self.MERGE_BLOCK_MIN, self.MERGE_ROWS // len(runs))
+        # per run: rows not yet read, and the read ones not yet emitted (keys, byte starts, lengths)
+        state = [_RunState(r) for r in runs]
+        with open(self.meta_spool_path, "rb") as meta_fh, open(self.spool_path, "rb") as data_fh, \
+                (open(self.companion_spool_path, "rb") if self.companion is not None
+                 else contextlib.nullcontext()) as comp_fh:
+            def fill(st: _RunState) -> None:
+                take = min(block, st.run.n - st.read)
+                meta_fh.seek(st.run.meta_offset + st.read * width * 8)
+                m = np.frombuffer(meta_fh.read(take * width * 8), dtype=np.int64).reshape(take, width)
+                k = _composite([rk[m[:, j]] for j, rk in enumerate(ranks)], sizes, take)
+                st.add(k, m[:, nkeys], m[:, nkeys + 1])
+                st.read += take
 
-    def _rows(self, sel: list[int]) -> Iterator[list[Any]]:
-        """Every row in the final selection, in key order."""
+            while True:
+                for st in state:
+                    if st.read < st.run.n and len(st.keys) < block // 2 + 1:
+                        fill(st)
+                live = [j for j, st in enumerate(state) if len(st.keys)]
+                if not live:
+                    return
+                more = [j for j in live if state[j].read < state[j].run.n]
+                takes: dict[int, int] = {}
+                if more:
+                    # the bound: the smallest last read key among the runs with rows still unread
+                    # (on equal keys the earliest run); every row up to it is final
+                    b = min(more, key=lambda j: (state[j].keys[-1], j))
+                    bk = state[b].keys[-1]
+                    for j in live:
+                        st = state[j]
+                        takes[j] = (len(st.keys) if j == b else
+                                    int(np.searchsorted(st.keys, bk, side="right" if j < b else "left")))
+                else:
+                    takes = {j: len(state[j].keys) for j in live}
+                parts: list[bytes] = []
+                comp: list[bytes] = []
+                key_parts = []
+                run_ids = []
+                for j, t in takes.items():
+                    if not t:
+                        continue
+                    st = state[j]
+                    parts += st.rows(data_fh, t)
+                    if comp_fh is not None:
+                        comp += st.companion_lines(comp_fh, t)
+                    key_parts.append(st.keys[:t])
+                    run_ids.append(np.full(t, j, dtype=np.int64))
+                    st.drop(t)
+                order = np.argsort(np.concatenate(key_parts), kind="stable")
+                lines = np.array(parts, dtype=object)[order].tolist() if len(key_parts) > 1 else parts
+                comp_out = ((np.array(comp, dtype=object)[order].tolist() if len(key_parts) > 1 else comp)
+                            if comp_fh is not None else None)
+                yield lines, comp_out, np.concatenate(run_ids)[order]
+
+    def _row_texts(self, sel: list[int], lines: list[bytes], run_ids: np.ndarray) -> list[bytes]:
+        """Row texts in the final column selection (rows of runs spooled with fewer columns are
+        re-serialised)."""
         want = tuple(sel)
-        for r, line in self._lines(self.spool_path, [(o, n) for o, n, _ in self.parts]):
-            row = orjson.loads(line)
-            chunk_sel = self.parts[r][2]
-            yield row if chunk_sel == want else self._reselect([row], chunk_sel, sel)[0]
-
-    def _bodies(self, sel: list[int], size: int = 50_000) -> Iterator[bytes]:
-        """The rows in key order as pieces of the inside of a JSON array (no separator at the ends);
-        rows spooled with the final selection are copied as they are."""
-        want = tuple(sel)
-        batch: list[bytes] = []
-        for r, line in self._lines(self.spool_path, [(o, n) for o, n, _ in self.parts]):
-            chunk_sel = self.parts[r][2]
-            if chunk_sel == want:
-                batch.append(line.rstrip(b"\n"))
-            else:
-                batch.append(orjson.dumps(self._reselect([orjson.loads(line)], chunk_sel, sel)[0]))
-            if len(batch) >= size:
-                yield b",\n".join(batch)
-                batch = []
-        if batch:
-            yield b",\n".join(batch)
-
-    def _chunks(self, sel: list[int], size: int = 50_000) -> Iterator[list[list[Any]]]:
-        it = self._rows(sel)
-        while True:
-            batch = list(islice(it, size))
-            if not batch:
-                return
-            yield batch
+        stale = [j for j, r in enumerate(self.runs) if r.sel != want]
+        if not stale:
+            return lines
+        out = list(lines)
+        for k in np.flatnonzero(np.isin(run_ids, stale)).tolist():
+            row = orjson.loads(b"[" + lines[k] + b"]")
+            out[k] = orjson.dumps(self._reselect([row], self.runs[int(run_ids[k])].sel, sel)[0])[1:-1]
+        return out
 
     def _reselect(self, rows: list[list[Any]], chunk_sel: tuple[int, ...], sel: list[int]) -> list[list[Any]]:
         pos = {c: j for j, c in enumerate(chunk_sel)}
@@ -316,27 +328,71 @@ class ChunkedDomainWriter:
 
     def close(self) -> list[Path]:
         self.spool.close()
+        self.meta_spool.close()
         if self.companion_spool is not None:
             self.companion_spool.close()
         sel = self._selected()
+        stem = self.domain.domain.lower()
+        targets = [(fmt, self.outdir / f"{stem}.{fmt}") for fmt in self.formats]
         written: list[Path] = []
         try:
-            self.order = self._merge_order()
-            for fmt in self.formats:
-                target = self.outdir / f"{self.domain.domain.lower()}.{fmt}"
-                if fmt in ("json", "ndjson"):
-                    self._write_json(target, sel, ndjson=fmt == "ndjson")
-                elif fmt == "csv":
-                    self._write_csv(target, sel)
-                else:  # xpt: a v5 file is written whole, so the domain is held in memory once, here
-                    self._write_xpt(target, sel)
+            with contextlib.ExitStack() as stack:
+                files: dict[str, IO[bytes]] = {}
+                for fmt, target in targets:
+                    if fmt == "xpt":
+                        continue
+                    tmp = stack.enter_context(atomic_path(target))
+                    files[fmt] = stack.enter_context(open(tmp, "wb"))
+                comp_fh: IO[bytes] | None = None
+                if self.companion is not None and self.runs:
+                    comp_fh = stack.enter_context(open(stack.enter_context(atomic_path(self.companion)), "wb"))
+                    comp_fh.write(self.companion_header)
+                xpt_rows: list[list[Any]] = []
+                head = self.header(sel)
+                if "json" in files:
+                    files["json"].write(orjson.dumps(head)[:-1] + b',"rows":[')
+                if "ndjson" in files:
+                    files["ndjson"].write(orjson.dumps(head) + b"\n")
+                csv_writer = None
+                csv_text = io.StringIO()
+                if "csv" in files:
+                    import csv
+                    csv_writer = csv.writer(csv_text, lineterminator="\n")
+                    csv_writer.writerow([self.names[i] for i in sel])
+                first = True
+                for lines, comp, run_ids in self._merged():
+                    texts = self._row_texts(sel, lines, run_ids)
+                    if "json" in files:
+                        files["json"].write((b"\n[" if first else b",\n[") + b"],\n[".join(texts) + b"]")
+                    if "ndjson" in files:
+                        files["ndjson"].write(b"[" + b"]\n[".join(texts) + b"]\n")
+                    if csv_writer is not None or "xpt" in self.formats:
+                        rows = orjson.loads(b"[[" + b"],[".join(texts) + b"]]")
+                        if csv_writer is not None:
+                            csv_writer.writerows(["" if v is None else v for v in r] for r in rows)
+                            files["csv"].write(csv_text.getvalue().encode("utf-8"))
+                            csv_text.seek(0)
+                            csv_text.truncate()
+                        if "xpt" in self.formats:
+                            xpt_rows += rows
+                    if comp_fh is not None and comp is not None:
+                        comp_fh.write(b"\n".join(comp) + b"\n")
+                    first = False
+                if "json" in files:
+                    files["json"].write(b"]}\n")
+                if csv_writer is not None:
+                    files["csv"].write(csv_text.getvalue().encode("utf-8"))
+            for fmt, target in targets:
+                if fmt == "xpt":   # a v5 file is written whole, so the domain is held in memory once, here
+                    frame = pd.DataFrame(xpt_rows, columns=[self.names[i] for i in sel])
+                    importlib.import_module("trialbridge.sdtm.xpt").write_xpt(
+                        frame, self.domain.domain, target, transliterate=True, ascii_report=self.report)
                 written.append(target)
-            if self.companion is not None and self.parts:
-                self._write_companion(self.companion)
+            if self.companion is not None and self.runs:
                 written.append(self.companion)
         finally:
-            self.spool_path.unlink(missing_ok=True)
-            self.companion_spool_path.unlink(missing_ok=True)
+            for p in (self.spool_path, self.meta_spool_path, self.companion_spool_path):
+                p.unlink(missing_ok=True)
         return written
 
     def header(self, sel: list[int]) -> dict[str, Any]:
@@ -358,47 +414,111 @@ class ChunkedDomainWriter:
                 "itemGroupOID": f"IG.{d.domain}", "records": self.records, "name": d.domain,
                 "label": d.label, "columns": columns}
 
-    def _write_json(self, target: Path, sel: list[int], *, ndjson: bool) -> None:
-        head = self.header(sel)
-        with atomic_path(target) as tmp, open(tmp, "wb") as fh:
-            if ndjson:
-                fh.write(orjson.dumps(head) + b"\n")
-                for rows in self._chunks(sel):
-                    fh.write(b"\n".join(orjson.dumps(r) for r in rows) + b"\n")
-                return
-            fh.write(orjson.dumps(head)[:-1] + b',"rows":[')
-            first = True
-            for body in self._bodies(sel):
-                if not body:
-                    continue
-                fh.write((b"\n" if first else b",\n") + body)
-                first = False
-            fh.write(b"]}\n")
 
-    def _write_xpt(self, target: Path, sel: list[int]) -> None:
-        rows = [r for chunk in self._chunks(sel) for r in chunk]
-        frame = pd.DataFrame(rows, columns=[self.names[i] for i in sel])
-        importlib.import_module("trialbridge.sdtm.xpt").write_xpt(
-            frame, self.domain.domain, target, transliterate=True, ascii_report=self.report)
+class _Run(NamedTuple):
+    """One spooled, sorted chunk: where its rows, key ids and companion lines start."""
 
-    def _write_companion(self, target: Path) -> None:
-        with atomic_path(target) as tmp, open(tmp, "wb") as fh:
-            fh.write(self.companion_header)
-            batch: list[bytes] = []
-            for _, line in self._lines(self.companion_spool_path, self.companion_parts):
-                batch.append(line)
-                if len(batch) >= 50_000:
-                    fh.write(b"".join(batch))
-                    batch = []
-            fh.write(b"".join(batch))
+    offset: int
+    meta_offset: int
+    companion_offset: int
+    n: int
+    sel: tuple[int, ...]
+    split: bool        # its rows can be split at "],[" (no Char value holds "]")
 
-    def _write_csv(self, target: Path, sel: list[int]) -> None:
-        import csv
-        with atomic_path(target) as tmp, open(tmp, "w", newline="", encoding="utf-8") as fh:
-            w = csv.writer(fh, lineterminator="\n")
-            w.writerow([self.names[i] for i in sel])
-            for rows in self._chunks(sel):
-                w.writerows(["" if v is None else v for v in r] for r in rows)
+
+class _RunState:
+    """A run during the merge: the rows read (keys, byte starts, lengths) and not yet emitted."""
+
+    def __init__(self, run: _Run) -> None:
+        self.run = run
+        self.read = 0
+        self.keys: np.ndarray = np.empty(0, dtype=np.int64)
+        self.lens = np.empty(0, dtype=np.int64)
+        self.comp_lens = np.empty(0, dtype=np.int64)
+        self.next_byte = run.offset             # spool offset of the first row not yet emitted
+        self.next_comp = run.companion_offset
+
+    def add(self, keys: np.ndarray, lens: np.ndarray, comp_lens: np.ndarray) -> None:
+        self.keys = np.concatenate([self.keys, keys]) if len(self.keys) else keys
+        self.lens = np.concatenate([self.lens, lens]) if len(self.lens) else lens
+        self.comp_lens = np.concatenate([self.comp_lens, comp_lens]) if len(self.comp_lens) else comp_lens
+
+    def rows(self, fh: IO[bytes], t: int) -> list[bytes]:
+        """The texts of the next ``t`` rows (rows are separated by "],[" in the spool)."""
+        size = int(self.lens[:t].sum()) + 3 * (t - 1)
+        fh.seek(self.next_byte)
+        data = fh.read(size)
+        self.next_byte += size + 3
+        if self.run.split:
+            return data.split(b"],[")
+        ends = np.cumsum(self.lens[:t] + 3).tolist()
+        return [data[e - 3 - ln:e - 3] for e, ln in zip(ends, self.lens[:t].tolist(), strict=True)]
+
+    def companion_lines(self, fh: IO[bytes], t: int) -> list[bytes]:
+        size = int(self.comp_lens[:t].sum())
+        fh.seek(self.next_comp)
+        data = fh.read(size)
+        self.next_comp += size
+        return data[:-1].split(b"\n")
+
+    def drop(self, t: int) -> None:
+        self.keys, self.lens, self.comp_lens = self.keys[t:], self.lens[t:], self.comp_lens[t:]
+
+
+class _KeyVocab:
+    """The distinct values of one key variable seen so far, each with a stable id; :meth:`ranks`
+    gives each id its place in key order (numbers numerically, missing first; text by code point,
+    missing = "")."""
+
+    def __init__(self, numeric: bool) -> None:
+        self.numeric = numeric
+        self.ids: dict[Any, int] = {}
+        self.values: list[Any] = []
+        self._ranks: np.ndarray | None = None
+
+    def _id(self, value: Any) -> int:
+        got = self.ids.get(value)
+        if got is None:
+            got = self.ids[value] = len(self.values)
+            self.values.append(value)
+            self._ranks = None
+        return got
+
+    def ids_of(self, values: list[Any]) -> np.ndarray:
+        codes, uniq = pd.factorize(np.asarray(values, dtype=object))   # missing -> -1
+        table = np.empty(len(uniq) + 1, dtype=np.int64)
+        if self.numeric:
+            table[:-1] = [self._id(float(u)) for u in uniq.tolist()]
+            table[-1] = self._id(None)
+        else:
+            table[:-1] = [self._id(u if isinstance(u, str) else str(u)) for u in uniq.tolist()]
+            table[-1] = self._id("")
+        return table[codes]
+
+    def ranks(self) -> np.ndarray:
+        if self._ranks is None:
+            if self.numeric:
+                order = sorted(range(len(self.values)), key=lambda j: (self.values[j] is not None,
+                                                                        self.values[j] or 0.0))
+            else:
+                order = sorted(range(len(self.values)), key=self.values.__getitem__)
+            ranks = np.empty(len(order), dtype=np.int64)
+            ranks[order] = np.arange(len(order))
+            self._ranks = ranks
+        return self._ranks
+
+
+def _composite(ranks: list[np.ndarray], sizes: list[int], n: int) -> np.ndarray:
+    """One sortable key per row from the ranks of its key values (mixed radix, first key most
+    significant); exact Python integers when the product of the radixes passes int64."""
+    total = 1
+    for s in sizes:
+        total *= max(s, 1)
+    exact = total >= 2**62
+    out = np.zeros(n, dtype=object if exact else np.int64)
+    for r, s in zip(ranks, sizes, strict=True):
+        out = out * max(s, 1) + (r.astype(object) if exact else r)
+    return out
 
 
 def _longest_utf8(values: Any) -> int:

@@ -164,6 +164,8 @@ class ChunkedDomainWriter:
             raise ValueError(f"{self.domain.domain}: columns not in schemas/sdtm metadata: {unknown}")
         n = len(df)
         cols: list[list[Any] | None] = []
+        #: text columns factorised (codes, distinct values as str): the key ids reuse them
+        distinct: dict[int, tuple[np.ndarray, list[str]]] = {}
         for i, name in enumerate(self.names):
             if name not in df:
                 cols.append(None)
@@ -175,24 +177,28 @@ class ChunkedDomainWriter:
                     self.present[i] = True
                 cols.append(vals)
             else:
-                filled = s.to_numpy(dtype=object)   # object arrays: no copy
-                miss = pd.isna(filled)
-                if miss.any():
-                    filled = filled.copy()
-                    filled[miss] = ""
-                uniq = pd.unique(filled)
-                longest = _longest_utf8(uniq)
+                # one factorisation gives the distinct values (lengths), the missing ones (-> "")
+                # and rows that share one str object per value (the serialiser reads fewer objects)
+                codes, uniq = pd.factorize(s.to_numpy(dtype=object))
+                strs = [u if isinstance(u, str) else str(u) for u in uniq.tolist()]
+                longest = _longest_utf8(strs)
                 if longest:
                     self.present[i] = True
                     self.lengths[i] = max(self.lengths[i], longest)
-                vals = filled.tolist()
-                if any(not isinstance(u, str) for u in uniq):
-                    vals = [v if isinstance(v, str) else str(v) for v in vals]
-                cols.append(vals)
+                table = np.empty(len(strs) + 1, dtype=object)
+                table[:-1] = strs
+                table[-1] = ""
+                cols.append(table[codes].tolist())
+                distinct[i] = (codes, strs)
         sel = tuple(self._selected())
         # key order within the chunk: the ids of the key values, ranked, one stable numpy sort
-        ids = [v.ids_of(c if (c := cols[i]) is not None else [None] * n)
-               for v, i in zip(self.vocab, self.key_cols, strict=True)]
+        ids = []
+        for v, i in zip(self.vocab, self.key_cols, strict=True):
+            c = cols[i]
+            if i in distinct:
+                ids.append(v.ids_of_distinct(*distinct[i]))
+            else:
+                ids.append(v.ids_of(c if c is not None else [None] * n))
         keys = _composite([v.ranks()[x] for v, x in zip(self.vocab, ids, strict=True)],
                           [len(v.values) for v in self.vocab], n)
         order = np.argsort(keys, kind="stable")
@@ -493,6 +499,13 @@ class _KeyVocab:
         else:
             table[:-1] = [self._id(u if isinstance(u, str) else str(u)) for u in uniq.tolist()]
             table[-1] = self._id("")
+        return table[codes]
+
+    def ids_of_distinct(self, codes: np.ndarray, strs: list[str]) -> np.ndarray:
+        """Text: ids from a factorisation (codes, distinct values; code -1 = missing = "")."""
+        table = np.empty(len(strs) + 1, dtype=np.int64)
+        table[:-1] = [self._id(u) for u in strs]
+        table[-1] = self._id("")
         return table[codes]
 
     def ranks(self) -> np.ndarray:

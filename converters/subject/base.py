@@ -412,6 +412,19 @@ def epoch_from_dates(d: pd.Series, r: pd.Series, e: pd.Series, ic: pd.Series | N
 
 def derive_seq(usubjid: pd.Series, start: dict[str, int] | None = None) -> pd.Series:
     """--SEQ: 1..n per subject in row order, continuing from ``start`` (updated in place)."""
+    codes, subjects = pd.factorize(usubjid.to_numpy(dtype=object))
+    if len(codes) and (codes >= 0).all():
+        # numpy: the rank of each row within its subject (stable sort by subject), plus the start
+        order = np.argsort(codes, kind="stable")
+        counts = np.bincount(codes, minlength=len(subjects))
+        first = np.cumsum(counts) - counts
+        rank = np.empty(len(codes), dtype=np.int64)
+        rank[order] = np.arange(len(codes)) - np.repeat(first, counts)
+        names = subjects.tolist()
+        begin = np.array([int(start.get(u, 0)) if start else 0 for u in names], dtype=np.int64)
+        if start is not None:
+            start.update({u: int(b + c) for u, b, c in zip(names, begin.tolist(), counts.tolist(), strict=True)})
+        return pd.Series(rank + 1 + begin[codes], index=usubjid.index, dtype="int64")
     seq = usubjid.groupby(usubjid, sort=False).cumcount() + 1
     if start:
         seq = seq + usubjid.map(start).fillna(0).astype("int64")

@@ -208,6 +208,34 @@ class _Run:
         cols = [c for c in (f"{domain}DTC", f"{domain}STDTC", f"{domain}ENDTC") if c in frame]
         if not cols:
             return
+        # each subject's latest date with codes: the dates factorised in sorted order (one numpy
+        # maximum per subject), then one comparison per subject of the chunk
+        ucodes, subjects = pd.factorize(frame["USUBJID"].to_numpy(dtype=object))
+        d = np.concatenate([frame[c].to_numpy(dtype=object) for c in cols])
+        u = np.tile(ucodes, len(cols))
+        try:
+            dcodes, uniq = pd.factorize(d, sort=True)
+        except TypeError:   # values that do not compare with each other
+            return self._note_dates_frame(frame, cols)
+        dates = uniq.tolist()
+        if not all(type(x) is str for x in dates):
+            return self._note_dates_frame(frame, cols)
+        if dates and dates[0] == "":   # sorted: "" first
+            dcodes = np.where(dcodes == 0, -1, dcodes)
+        ok = (dcodes >= 0) & (u >= 0)
+        if not ok.any():
+            return
+        best = np.full(len(subjects), -1, dtype=np.int64)
+        np.maximum.at(best, u[ok], dcodes[ok])
+        last = self.last_dates
+        subs = subjects.tolist()
+        for j in np.flatnonzero(best >= 0).tolist():
+            s, v = subs[j], dates[best[j]]
+            if s not in last or v > last[s]:
+                last[s] = v
+
+    def _note_dates_frame(self, frame: pd.DataFrame, cols: list[str]) -> None:
+        """:meth:`_note_dates` for date columns that hold other values than text (pandas groupby)."""
         parts = [pd.DataFrame({"u": frame["USUBJID"].to_numpy(dtype=object),
                                "d": frame[c].to_numpy(dtype=object)}) for c in cols]
         dates = pd.concat(parts, ignore_index=True)
@@ -298,9 +326,12 @@ class _Run:
                 dates[name] = base._date_part(s)
             return dates[name]
 
+        # no subject of the chunk has a reference start: no --DY, no EPOCH (the dates need no parsing)
+        no_ref = bool(date_of("_rfstdtc", rf).isna().all())
         for dtc, dy in ((f"{d}DTC", f"{d}DY"), (f"{d}STDTC", f"{d}STDY"), (f"{d}ENDTC", f"{d}ENDY")):
             if dy in names and dy not in df and dtc in df:
-                df[dy] = base.dy_from_dates(date_of(dtc, df[dtc]), date_of("_rfstdtc", rf))
+                df[dy] = (pd.arrays.IntegerArray(np.zeros(len(df), dtype=np.int64), np.ones(len(df), dtype=bool))
+                          if no_ref else base.dy_from_dates(date_of(dtc, df[dtc]), date_of("_rfstdtc", rf)))
         if "VISITDY" in names and "VISITDY" not in df and "VISITNUM" in df and self.ctx.planned_visitdy:
             # SDTMIG 3.4 SV/TV: VISITDY is the planned study day of a planned visit (TV); null for
             # unplanned visits (their VISITNUM is in no TV row)
@@ -310,7 +341,9 @@ class _Run:
                 self.ctx.once("visitdy", Kind.INFERRED, "VISITDY: the planned study day of the visit in the "
                               "trial design (TV); null for unplanned visits", rule="subject.visit",
                               target="VISITDY")
-        if "EPOCH" in names and "EPOCH" not in df and p.dtc and p.dtc in df:
+        if "EPOCH" in names and "EPOCH" not in df and p.dtc and p.dtc in df and no_ref:
+            df["EPOCH"] = pd.Series(np.full(len(df), None, dtype=object), index=df.index, dtype="object")
+        elif "EPOCH" in names and "EPOCH" not in df and p.dtc and p.dtc in df:
             df["EPOCH"] = base.epoch_from_dates(date_of(p.dtc, df[p.dtc]), date_of("_rfstdtc", rf),
                                                 date_of("_rfendtc", rfe), date_of("_rficdtc", ric))
             if df["EPOCH"].notna().any():
@@ -541,18 +574,35 @@ def _provenance_csv(prov: pd.DataFrame, fh: Any, *, header: bool) -> None:
     (floats, dates) are left to pandas."""
     cols: list[list[Any]] = []
     texts: list[bool] = []   # column already all str (no per-value conversion needed)
+    checked: set[int] = set()   # columns whose values are known to need no quoting
     for name in prov.columns:
         s = prov[name]
         kind = s.dtype.kind
         if kind in "iu" and not isinstance(s.dtype, pd.api.extensions.ExtensionDtype):
-            # str(int) for every value, in C (digits and a sign: never quoted)
-            cols.append(s.to_numpy().astype(str).tolist())
+            # str(int) for every value (digits and a sign: never quoted)
+            checked.add(len(cols))
+            cols.append(list(map(str, s.to_numpy().tolist())))
             texts.append(True)
             continue
         if kind == "b" and not isinstance(s.dtype, pd.api.extensions.ExtensionDtype):
             cols.append(s.to_numpy().tolist())
             texts.append(False)
             continue
+        if kind == "O":
+            # text columns (the usual case): one factorisation checks the type of the distinct
+            # values only, and gives the missing ones (-> "")
+            codes, uniq = pd.factorize(s.to_numpy(dtype=object))
+            distinct = uniq.tolist()
+            if all(type(u) is str for u in distinct):
+                joined = "\x00".join(distinct)
+                if not any(ch in joined for ch in ',"\r\n'):
+                    checked.add(len(cols))
+                table = np.empty(len(distinct) + 1, dtype=object)
+                table[:-1] = distinct
+                table[-1] = ""
+                cols.append(table[codes].tolist())
+                texts.append(True)
+                continue
         inferred = pd.api.types.infer_dtype(s, skipna=True) if kind in "OT" else ""
         if inferred not in ("string", "empty", "integer"):
             prov.to_csv(fh, index=False, header=header, lineterminator="\n")
@@ -567,8 +617,11 @@ def _provenance_csv(prov: pd.DataFrame, fh: Any, *, header: bool) -> None:
     if header:
         csv.writer(fh, lineterminator="\n").writerow(list(prov.columns))
     text: list[list[str]] = []
-    for c, is_text in zip(cols, texts, strict=True):
+    for j, (c, is_text) in enumerate(zip(cols, texts, strict=True)):
         strs = c if is_text else [str(v) for v in c]
+        if j in checked:
+            text.append(strs)
+            continue
         joined = "\x00".join(strs)
         if any(ch in joined for ch in ',"\r\n'):
             text = []   # a value needs quoting: the csv module decides how

@@ -355,25 +355,51 @@ def standard_units(domain: str) -> dict[str, tuple[str, str]]:
             if r["domain"] == domain}
 
 
+class Distinct:
+    """A column factorised once: lookups once per distinct value (``fn(None)`` for missing values),
+    gathered back to the rows as object Series. Several lookups on one column share the
+    factorisation (a LOINC code gives LBTESTCD, LBTEST, LBSPEC, LBMETHOD, LBCAT)."""
+
+    def __init__(self, keys: pd.Series | None = None) -> None:
+        if keys is not None:
+            self.index = keys.index
+            self.codes, uniq = pd.factorize(keys.to_numpy(dtype=object))
+            self.values: list[Any] = uniq.tolist()
+
+    def map(self, fn: Callable[[Any], Any]) -> pd.Series:
+        table = np.empty(len(self.values) + 1, dtype=object)
+        table[:-1] = [fn(u) for u in self.values]
+        table[-1] = fn(None)
+        return pd.Series(table[self.codes], index=self.index, dtype="object")
+
+    def subset(self, keep: pd.Series) -> Distinct:
+        """The rows where ``keep`` is true (same distinct values)."""
+        mask = keep.to_numpy(dtype=bool)
+        out = Distinct()
+        out.index, out.codes, out.values = self.index[mask], self.codes[mask], self.values
+        return out
+
+
 def map_distinct(keys: pd.Series, fn: Callable[[Any], Any]) -> pd.Series:
     """``keys.map(fn)`` with ``fn`` called once per distinct key (``fn(None)`` for missing keys):
     code tables are looked up per code, not per row. Object dtype."""
-    codes, uniq = pd.factorize(keys.to_numpy(dtype=object))
-    table = np.empty(len(uniq) + 1, dtype=object)
-    table[:-1] = [fn(u) for u in uniq]
-    table[-1] = fn(None)
-    return pd.Series(table[codes], index=keys.index, dtype="object")
+    return Distinct(keys).map(fn)
 
 
-def ct_values(ccodes: pd.Series, codelist: str) -> pd.Series:
-    """NCIt C-codes -> the CDISC submission value of that term in ``codelist`` (pinned CT), None when
-    the code is not a term of it. Once per distinct code."""
+def ct_term(codelist: str) -> Callable[[Any], str | None]:
+    """NCIt C-code -> the CDISC submission value of that term in ``codelist`` (pinned CT), None when
+    the code is not a term of it."""
     cl = pinned_ct().codelist(codelist)
 
     def one(c: Any) -> str | None:
         term = cl.by_code(c) if isinstance(c, str) else None
         return term.value if term is not None else None
-    return map_distinct(ccodes.astype("object"), one)
+    return one
+
+
+def ct_values(ccodes: pd.Series, codelist: str) -> pd.Series:
+    """NCIt C-codes -> :func:`ct_term` of ``codelist``, once per distinct code."""
+    return map_distinct(ccodes.astype("object"), ct_term(codelist))
 
 
 def _text(x: pd.Series) -> pd.Series:
@@ -433,8 +459,9 @@ def map_findings(cols: pd.DataFrame, ctx: Ctx, d: str, testcd: pd.Series, unit_c
     _report_ucum_spelling(d, vu, orresu, testcd, ctx)
     # --STRESN/--STRESC/--STRESU: convert to the test's standard unit where one is set
     std = standard_units(d)
-    std_ucum = map_distinct(testcd, lambda t: std[t][0] if t in std else None)
-    std_cdisc = map_distinct(testcd, lambda t: std[t][1] if t in std else None)
+    tests = Distinct(testcd)
+    std_ucum = tests.map(lambda t: std[t][0] if t in std else None)
+    std_cdisc = tests.map(lambda t: std[t][1] if t in std else None)
     numeric = num.notna() & ~has_cmp
     to_ucum = std_ucum.where(std_ucum.notna(), vu)
     conv, ok = units.convert(num.where(numeric), vu.where(numeric), to_ucum.where(numeric))

@@ -14,7 +14,7 @@ import pandas as pd
 from ...report import Kind
 from ...specs import load_table
 from ..base import Ctx, DomainPlugin, register_domain
-from ._findings import accept_vs, ct_values, extract_observation, extract_observation_columns, map_distinct, map_findings
+from ._findings import Distinct, accept_vs, ct_term, ct_values, extract_observation, extract_observation_columns, map_findings
 
 
 @cache
@@ -30,20 +30,25 @@ def vs_unit_override() -> dict[tuple[str, str], str]:
 def map_vs(cols: pd.DataFrame, ctx: Ctx) -> pd.DataFrame:
     table = loinc_vs()
     loinc = cols["_loinc"].astype("object")
-    hit = map_distinct(loinc, lambda c: table.get(c) if isinstance(c, str) else None)
+    # lookups once per distinct code, each code column factorised once
+    codes = Distinct(loinc)
+    ncits = Distinct(cols["_ncit"].astype("object"))
+    hit = codes.map(lambda c: table.get(c) if isinstance(c, str) else None)
     # an NCIt coding of a VSTESTCD term is the CDISC value itself (rule vs.VSTESTCD): it wins over
     # the LOINC table; so do NCIt codings of POSITION / LOC terms over the LOINC's pre-coordination
-    by_ncit = ct_values(cols["_ncit"], "VSTESTCD")
+    testcd_term, test_term = ct_term("VSTESTCD"), ct_term("VSTEST")
+    by_ncit = ncits.map(testcd_term)
     bad = hit.isna() & by_ncit.isna()
     if bad.any():
         ctx.row_issues("VS", "testcd", Kind.UNMAPPED_CODE, "Observation.code has neither a LOINC in table "
                        "loinc_to_vs nor an NCIt coding of a VSTESTCD term: row not converted", cols, bad,
                        rule="vs.VSTESTCD", source="Observation.code", target="VSTESTCD", value_col="_loinc")
         cols, loinc, by_ncit = cols.loc[~bad], loinc.loc[~bad], by_ncit.loc[~bad]
+        codes, ncits = codes.subset(~bad), ncits.subset(~bad)
     if not len(cols):
         return pd.DataFrame()
-    # lookups once per distinct code; the unit override once per (VSTESTCD, unit) it lists
-    testcd = map_distinct(loinc, lambda c: table[c]["target_code"] if c in table else None)
+    # the unit override once per (VSTESTCD, unit) it lists
+    testcd = codes.map(lambda c: table[c]["target_code"] if c in table else None)
     testcd = by_ncit.where(by_ncit.notna(), testcd)
     vu = cols["_vu"].astype("object")
     override = pd.Series(None, index=cols.index, dtype="object")
@@ -51,13 +56,14 @@ def map_vs(cols: pd.DataFrame, ctx: Ctx) -> pd.DataFrame:
         override[((testcd == t) & (vu == u)).to_numpy()] = term
     out = map_findings(cols, ctx, "VS", testcd, "VSRESU", override)
     out["VSTESTCD"] = testcd
-    vstest = map_distinct(loinc, lambda c: table[c]["VSTEST"] if c in table else None)
-    test_ncit = ct_values(cols["_ncit"].where(by_ncit.notna()), "VSTEST")
+    vstest = codes.map(lambda c: table[c]["VSTEST"] if c in table else None)
+    # VSTEST of the NCIt coding where that coding gave VSTESTCD
+    test_ncit = ncits.map(lambda c: test_term(c) if testcd_term(c) is not None else None)
     out["VSTEST"] = test_ncit.where(test_ncit.notna(), vstest)
     for var, src, codelist in (("VSPOS", "_pos", "POSITION"), ("VSLOC", "_loc", "LOC")):
         def pre_coordinated(c: object, var: str = var) -> str | None:
             return (table[c][var] or None) if isinstance(c, str) and c in table else None
-        pre = map_distinct(loinc, pre_coordinated)
+        pre = codes.map(pre_coordinated)
         coded = ct_values(cols[src], codelist)
         bad_c = cols[src].notna() & coded.isna()
         if bad_c.any():

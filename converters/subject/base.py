@@ -300,6 +300,31 @@ class Ctx:
 
 
 # ------------------------------------------------------------------------------------- derivations
+class Distinct:
+    """A column factorised once: lookups once per distinct value (``fn(None)`` for missing values),
+    gathered back to the rows as object Series. Several lookups on one column share the
+    factorisation (a LOINC code gives LBTESTCD, LBTEST, LBSPEC, LBMETHOD, LBCAT)."""
+
+    def __init__(self, keys: pd.Series | None = None) -> None:
+        if keys is not None:
+            self.index = keys.index
+            self.codes, uniq = pd.factorize(keys.to_numpy(dtype=object))
+            self.values: list[Any] = uniq.tolist()
+
+    def map(self, fn: Callable[[Any], Any]) -> pd.Series:
+        table = np.empty(len(self.values) + 1, dtype=object)
+        table[:-1] = [fn(u) for u in self.values]
+        table[-1] = fn(None)
+        return pd.Series(table[self.codes], index=self.index, dtype="object")
+
+    def subset(self, keep: pd.Series) -> Distinct:
+        """The rows where ``keep`` is true (same distinct values)."""
+        mask = keep.to_numpy(dtype=bool)
+        out = Distinct()
+        out.index, out.codes, out.values = self.index[mask], self.codes[mask], self.values
+        return out
+
+
 _DTC_OK = re.compile(r"^\d{4}(-\d{2}(-\d{2}(T\d{2}:\d{2}(:\d{2}(\.\d+)?)?(Z|[+-]\d{2}:\d{2})?)?)?)?$")
 
 

@@ -264,10 +264,22 @@ class _Run:
         dom = load_domain(p.domain)
         # the domain's own variables only: a class variable (CM VISITNUM) is kept when carried, not derived
         if "VISITNUM" in dom.spec_names and "_encounter" in cols:
-            enc = self.ctx.refs.resolve_series(cols["_encounter"])
+            # once per distinct Encounter reference: the alias as written, else its normalised form
+            # (RefIndex.resolve_series), then the visit index
             vm = self.ctx.visit_map
-            cols["VISITNUM"] = enc.map(lambda k: vm[k][0] if k in vm else None).astype("float64")
-            cols["VISIT"] = enc.map(lambda k: vm[k][1] if k in vm else None)
+            alias = self.ctx.refs.alias
+
+            def visit_of(ref: Any) -> tuple[float, str, str | None] | None:
+                if ref is None:
+                    return None
+                key = alias.get(ref)
+                if key is None:
+                    key = alias.get(base.normalise_ref(ref) or "")
+                return vm.get(key) if key is not None else None
+
+            encs = base.Distinct(cols["_encounter"])
+            cols["VISITNUM"] = encs.map(lambda r: v[0] if (v := visit_of(r)) is not None else None).astype("float64")
+            cols["VISIT"] = encs.map(lambda r: v[1] if (v := visit_of(r)) is not None else None)
         return p.map(cols, self.ctx)
 
     def _attach_subjects(self, p: DomainPlugin, cols: pd.DataFrame) -> pd.DataFrame:
@@ -327,7 +339,7 @@ class _Run:
             return dates[name]
 
         # no subject of the chunk has a reference start: no --DY, no EPOCH (the dates need no parsing)
-        no_ref = bool(date_of("_rfstdtc", rf).isna().all())
+        no_ref = bool(rf.isna().all()) or bool(date_of("_rfstdtc", rf).isna().all())
         for dtc, dy in ((f"{d}DTC", f"{d}DY"), (f"{d}STDTC", f"{d}STDY"), (f"{d}ENDTC", f"{d}ENDY")):
             if dy in names and dy not in df and dtc in df:
                 df[dy] = (pd.arrays.IntegerArray(np.zeros(len(df), dtype=np.int64), np.ones(len(df), dtype=bool))
@@ -593,7 +605,7 @@ def _provenance_csv(prov: pd.DataFrame, fh: Any, *, header: bool) -> None:
             # values only, and gives the missing ones (-> "")
             codes, uniq = pd.factorize(s.to_numpy(dtype=object))
             distinct = uniq.tolist()
-            if all(type(u) is str for u in distinct):
+            if pd.api.types.infer_dtype(uniq, skipna=False) in ("string", "empty"):
                 joined = "\x00".join(distinct)
                 if not any(ch in joined for ch in ',"\r\n'):
                     checked.add(len(cols))

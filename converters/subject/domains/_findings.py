@@ -21,7 +21,7 @@ from ...report import Kind
 from ...sdtm.ct import pinned_ct
 from ...specs import load_table
 from .. import units
-from ..base import SRC_COLUMNS, Ctx, derive_dtc
+from ..base import SRC_COLUMNS, Ctx, Distinct, derive_dtc
 from ._codes import NCIT_SYSTEMS
 from .dm import NO_VALUE, code_table
 
@@ -353,31 +353,6 @@ def accept_lb(row: dict[str, Any]) -> bool:
 def standard_units(domain: str) -> dict[str, tuple[str, str]]:
     return {r["testcd"]: (r["ucum"], r["cdisc_unit"]) for r in load_table("codes/standard_units.csv")
             if r["domain"] == domain}
-
-
-class Distinct:
-    """A column factorised once: lookups once per distinct value (``fn(None)`` for missing values),
-    gathered back to the rows as object Series. Several lookups on one column share the
-    factorisation (a LOINC code gives LBTESTCD, LBTEST, LBSPEC, LBMETHOD, LBCAT)."""
-
-    def __init__(self, keys: pd.Series | None = None) -> None:
-        if keys is not None:
-            self.index = keys.index
-            self.codes, uniq = pd.factorize(keys.to_numpy(dtype=object))
-            self.values: list[Any] = uniq.tolist()
-
-    def map(self, fn: Callable[[Any], Any]) -> pd.Series:
-        table = np.empty(len(self.values) + 1, dtype=object)
-        table[:-1] = [fn(u) for u in self.values]
-        table[-1] = fn(None)
-        return pd.Series(table[self.codes], index=self.index, dtype="object")
-
-    def subset(self, keep: pd.Series) -> Distinct:
-        """The rows where ``keep`` is true (same distinct values)."""
-        mask = keep.to_numpy(dtype=bool)
-        out = Distinct()
-        out.index, out.codes, out.values = self.index[mask], self.codes[mask], self.values
-        return out
 
 
 def map_distinct(keys: pd.Series, fn: Callable[[Any], Any]) -> pd.Series:

@@ -14,8 +14,8 @@ import pandas as pd
 
 from ...report import Kind
 from ...specs import load_table
-from ..base import Ctx, DomainPlugin, register_domain
-from ._findings import Distinct, accept_lb, ct_term, extract_observation, extract_observation_columns, map_distinct, map_findings
+from ..base import Ctx, Distinct, DomainPlugin, register_domain
+from ._findings import accept_lb, ct_term, extract_observation, extract_observation_columns, map_distinct, map_findings
 from .dm import code_table
 
 

@@ -13,8 +13,8 @@ import pandas as pd
 
 from ...report import Kind
 from ...specs import load_table
-from ..base import Ctx, DomainPlugin, register_domain
-from ._findings import Distinct, accept_vs, ct_term, ct_values, extract_observation, extract_observation_columns, map_findings
+from ..base import Ctx, Distinct, DomainPlugin, register_domain
+from ._findings import accept_vs, ct_term, ct_values, extract_observation, extract_observation_columns, map_findings
 
 
 @cache

@@ -153,3 +153,85 @@ def test_precomputed_ucum_conversions_match_ucumvert() -> None:
     for r in rows:
         got = units.ucum_linear(r["source_code"], r["target_code"])
         assert got == (float(r["factor"]), float(r["offset"])), (r["source_code"], r["target_code"], got)
+
+
+def test_columnar_extractor_gives_the_row_extractors_rows() -> None:
+    """extract_observation_columns reads the usual Observation inline and every other shape with the
+    row extractor: for a mix of shapes the columns are exactly the rows extract_observation gives
+    (values and their types, order, provenance), issues included."""
+    from trialbridge.subject.base import Ctx
+    from trialbridge.subject.domains import _findings as F
+    from trialbridge.subject.reader import Item
+
+    ucum, loinc = "http://unitsofmeasure.org", "http://loinc.org"
+    lab = {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/observation-category",
+                       "code": "laboratory"}]}
+    vital = {"coding": [{"code": "vital-signs"}]}
+
+    def obs(i: int, **kw: object) -> dict:
+        base = {"resourceType": "Observation", "id": f"o{i}", "meta": {"versionId": str(i)}, "status": "final",
+                "category": [lab], "code": {"coding": [{"system": loinc, "code": "2345-7"}]},
+                "subject": {"reference": "Patient/p1"}, "effectiveDateTime": "2024-01-02T08:00:00Z",
+                "valueQuantity": {"value": 5 if i % 2 else 5.0, "unit": "mg/dL", "system": ucum, "code": "mg/dL"},
+                "referenceRange": [{"low": {"value": 1, "code": "mg/dL"}, "high": {"unit": "mg/dL", "value": 9.5},
+                                    "text": "1-9.5"}],
+                "interpretation": [{"coding": [{"code": "H"}]}]}
+        base.update(kw)
+        return {k: v for k, v in base.items() if v is not None}
+
+    resources = [
+        obs(1), obs(2, encounter={"reference": "Encounter/e1"}, referenceRange=None, interpretation=None),
+        obs(3, category=[vital], code={"coding": [{"system": loinc, "code": "8867-4"},
+                                                  {"system": "http://ncicb.nci.nih.gov/xml/owl/EVS/Thesaurus.owl",
+                                                   "code": "C49677"}]}),
+        obs(4, valueQuantity={"value": 3, "comparator": "<", "unit": "U/L"}, effectiveDateTime=""),
+        obs(5, valueQuantity=None, valueString="positive"),
+        obs(6, valueQuantity=None, dataAbsentReason={"text": "not asked"}, status="cancelled"),
+        obs(7, status="entered-in-error"),
+        obs(8, category=[{"text": "sponsor panel"}, lab]),
+        obs(9, category=[{"coding": [{"code": "survey"}]}]),
+        obs(10, category=[vital], valueQuantity=None, code={"coding": [{"system": loinc, "code": "85354-9"}]},
+            component=[{"code": {"coding": [{"system": loinc, "code": "8480-6"}]},
+                        "valueQuantity": {"value": 120, "code": "mm[Hg]", "system": ucum}},
+                       {"code": {"coding": [{"system": loinc, "code": "8462-4"}]},
+                        "valueQuantity": {"value": 80, "code": "mm[Hg]", "system": ucum}}]),
+        obs(11, category=[vital], extension=[{"url": F.BODY_POSITION, "valueCodeableConcept": {"coding": [
+            {"system": "http://ncicb.nci.nih.gov/xml/owl/EVS/Thesaurus.owl", "code": "C62166"}]}}],
+            bodySite={"coding": [{"system": "http://ncicb.nci.nih.gov/xml/owl/EVS/Thesaurus.owl", "code": "C12434"}]}),
+        obs(12, effectiveDateTime=None, effectivePeriod={"start": "2024-02"}),
+        obs(13, subject="Patient/p1"), obs(17, code={"coding": ["2345-7"]}),
+        obs(14, valueQuantity={"value": 7, "unit": "mmol/L", "system": "http://example.org/units", "code": "X"}),
+        obs(15, hasMember=[{"reference": "Observation/o1"}], valueQuantity=None),
+        obs(16, category=[lab, vital]),
+    ]
+    items = [Item(r, "Observation.ndjson", None, n) for n, r in enumerate(resources, start=1)]
+
+    def ctx() -> Ctx:
+        return Ctx(studyid="S", report=ConversionReport())
+
+    errors: list[tuple[str, str]] = []
+    c1 = ctx()
+    got, consumed = F.extract_observation_columns(items, c1, lambda item, exc: errors.append(
+        (item.resource["id"], type(exc).__name__)))
+    assert consumed == len(items)
+    c2 = ctx()
+    want: dict[str, list[tuple]] = {"LB": [], "VS": []}
+    want_errors: list[tuple[str, str]] = []
+    for item in items:
+        res = item.resource
+        try:
+            rows = F.extract_observation(res, c2)
+        except (TypeError, AttributeError, KeyError, ValueError) as exc:
+            want_errors.append((res["id"], type(exc).__name__))
+            continue
+        for r in (rows if isinstance(rows, list) else [rows] if rows else []):
+            src = (res["resourceType"], res["id"], res["meta"]["versionId"], item.file, item.line)
+            want[r["_cat"]].append(tuple(r[k] for k in F.FIELDS) + src)
+    assert errors == want_errors == [("o17", "AttributeError")]
+    assert set(got) == {d for d, rows in want.items() if rows}
+    for dom, cols in got.items():
+        assert list(cols) == list(F.COLUMNS)
+        rows = list(zip(*[list(cols[c]) for c in F.COLUMNS], strict=True))
+        assert [[(v, type(v)) for v in r] for r in rows] == [[(v, type(v)) for v in r] for r in want[dom]], dom
+    assert [i.message for i in c1.report.issues] == [i.message for i in c2.report.issues]
+    assert len(want["LB"]) >= 8 and len(want["VS"]) >= 4

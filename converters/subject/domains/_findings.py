@@ -212,65 +212,57 @@ def extract_observation(res: dict[str, Any], ctx: Ctx) -> dict[str, Any] | list[
     return row
 
 
-#: the columns :func:`extract_observation_columns` returns, in order (FIELDS, then provenance)
+#: the columns :func:`extract_observation_columns` returns (FIELDS, then provenance)
 COLUMNS = FIELDS + SRC_COLUMNS
 NUMERIC_COLUMNS = frozenset({"_src_line"})
+#: the columns of the usual Observation, one tuple slot each; every other column is almost always
+#: empty and is kept sparse (row -> value) while a chunk is extracted
+DENSE = ("_subject", "_encounter", "_loinc", "_status", "_eff", "_v", "_vu", "_vcmp", "_interp",
+         "_rlo", "_rhi", "_ru") + SRC_COLUMNS
+SPARSE = tuple(c for c in FIELDS if c not in DENSE and c != "_cat")
+#: elements that take the full row extractor (:func:`extract_observation`): components, panels,
+#: extensions, body site, specimen, other effective[x]/value[x] forms, data absent reason
+RARE_ELEMENTS = frozenset({"component", "hasMember", "extension", "bodySite", "_effectiveDateTime",
+                           "specimen", "effectiveInstant", "effectivePeriod", "valueCodeableConcept",
+                           "valueString", "valueInteger", "valueBoolean", "dataAbsentReason"})
 
 
 def extract_observation_columns(items: Iterable[Any], ctx: Ctx, on_error: Callable[[Any, Exception], None]
                                 ) -> tuple[dict[str, dict[str, Any]], int]:
     """Columnar :func:`extract_observation` for a chunk of reader items: one tight pass, one tuple per
-    row, transposed into per-domain column lists ({"LB": {column: values}, "VS": ...}, columns
-    :data:`COLUMNS`). Same values, same issues, same order as the row extractor (which still handles
-    the rare shapes: components, panels). Returns (columns by domain, items consumed)."""
+    row, transposed into per-domain columns ({"LB": {column: values}, "VS": ...}, columns
+    :data:`COLUMNS`). The usual Observation (one category coding, a LOINC code, valueQuantity, a
+    reference range, an interpretation) is read inline; any other shape takes the row extractor
+    (same values, same issues). Same rows in the same order as the row extractor. Returns (columns
+    by domain, items consumed)."""
     by_cat: dict[str, list[tuple[Any, ...]]] = {"LB": [], "VS": []}
     add = {k: v.append for k, v in by_cat.items()}
+    sparse: dict[str, dict[str, dict[int, Any]]] = {"LB": {}, "VS": {}}
     order: dict[str, None] = {}   # domains in order of their first row (the order they are written)
     cat_of = CATEGORIES.get
+    rare = RARE_ELEMENTS.isdisjoint
+    ucum = units.UCUM_SYSTEM
     n = 0
     for item in items:
         n += 1
         res = item[0]
         try:
             get = res.get
-            meta = get("meta")
-            ver = meta.get("versionId") if isinstance(meta, dict) else None
-            if "component" in res or "hasMember" in res:
-                src = (get("resourceType"), get("id"), ver, item[1], item[3])
-                got = extract_observation(res, ctx)
-                if got:
-                    for r in (got if isinstance(got, list) else (got,)):
-                        add[r["_cat"]](tuple([r[k] for k in FIELDS]) + src)
-                        order.setdefault(r["_cat"])
-                continue
-            # the usual shape first (first coding of the first category); anything else, or a first
-            # code that is not a category, takes the full search below (same result, same errors)
             cats = get("category")
-            try:
-                cat = cat_of(cats[0]["coding"][0]["code"])  # type: ignore[index]
-            except (KeyError, IndexError, TypeError):
-                cat = None
-            if cat is None:
-                for cc in cats or ():
-                    for c in cc.get("coding") or ():
-                        cat = cat_of(c.get("code"))
-                        if cat:
-                            break
-                    if cat:
-                        break
-                if cat is None:
-                    continue
+            cat = None
+            if rare(res) and type(cats) is list and len(cats) == 1:
+                try:
+                    cat = cat_of(cats[0]["coding"][0]["code"])
+                except (KeyError, IndexError, TypeError):
+                    cat = None
             status = get("status")
-            if status == "entered-in-error":
-                ctx.row_issue(cat, "entered-in-error", Kind.LOSSY, "Observation entered-in-error: not "
-                              "converted", record=f"Observation/{get('id')}", rule=f"{cat.lower()}.STAT")
+            if cat is None or status == "entered-in-error":
+                _extract_row(item, ctx, add, sparse, by_cat, order)
                 continue
+            # the usual shape: what extract_observation reads, without the branches that cannot apply
+            meta = get("meta")
             subj = get("subject")
             enc = get("encounter")
-            eff = get("effectiveDateTime") or get("effectiveInstant")
-            if eff is None:
-                per = get("effectivePeriod")
-                eff = per.get("start") if isinstance(per, dict) else None
             code = get("code")
             loinc = ncit = None
             if isinstance(code, dict):
@@ -281,64 +273,91 @@ def extract_observation_columns(items: Iterable[Any], ctx: Ctx, on_error: Callab
                             loinc = c.get("code")
                     elif system in NCIT_SYSTEMS and ncit is None:
                         ncit = c.get("code")
-            pos = _position(res) if "extension" in res else None
-            loc = _ncit(get("bodySite"))
-            cat_text = _cat_text(cats) if len(cats) > 1 else None
-            dtc_sdtm = _dtc_sdtm(res) if "_effectiveDateTime" in res else None
             interp = get("interpretation")
-            icode = (interp[0].get("coding") or [{}])[0].get("code") if interp else None
             rlo = rhi = ru = rtext = None
             rr = get("referenceRange")
             if rr:
                 r0 = rr[0]
-                rlo, lu = _q(r0.get("low"))
-                rhi, hu = _q(r0.get("high"))
+                lo = r0.get("low")
+                if isinstance(lo, dict):
+                    rlo, lu = lo.get("value"), lo.get("code") or lo.get("unit")
+                else:
+                    lu = None
+                hi = r0.get("high")
+                if isinstance(hi, dict):
+                    rhi, hu = hi.get("value"), hi.get("code") or hi.get("unit")
+                else:
+                    hu = None
                 ru = lu or hu
                 rtext = r0.get("text")
-            spec_type = fast = spec_dtc = None
-            if cat == "LB":
-                sp = get("specimen")
-                if isinstance(sp, dict):
-                    spec = ctx.resource("Specimen", sp.get("reference"))
-                    if spec is not None:
-                        st = spec.get("type")
-                        spec_type = (st.get("coding") or [{}])[0].get("code") if isinstance(st, dict) else None
-                        col = spec.get("collection") or {}
-                        fs = col.get("fastingStatusCodeableConcept")
-                        fast = (fs.get("coding") or [{}])[0].get("code") if isinstance(fs, dict) else None
-                        spec_dtc = col.get("collectedDateTime") or (col.get("collectedPeriod") or {}).get("start")
-            v = vu = vcmp = vtext = dar = None
+            v = vu = vcmp = None
             vq = get("valueQuantity")
             if vq is not None:
                 vget = vq.get
                 v = vget("value")
-                vu = vget("code") if vget("system", units.UCUM_SYSTEM) == units.UCUM_SYSTEM else None
+                vu = vget("code") if vget("system", ucum) == ucum else None
                 if vu is None and vget("unit"):
                     vu = vget("unit")
                 vcmp = vget("comparator")
-            elif "valueCodeableConcept" in res or "valueString" in res or "valueInteger" in res \
-                    or "valueBoolean" in res or "dataAbsentReason" in res:
-                row: dict[str, Any] = {"_v": None, "_vu": None, "_vcmp": None, "_vtext": None, "_dar": None}
-                _value(res, row)
-                vtext, dar = row["_vtext"], row["_dar"]
+            rows = by_cat[cat]
+            if ncit is not None or rtext is not None:
+                at = len(rows)
+                sp = sparse[cat]
+                if ncit is not None:
+                    sp.setdefault("_ncit", {})[at] = ncit
+                if rtext is not None:
+                    sp.setdefault("_rtext", {})[at] = rtext
             if cat not in order:
                 order[cat] = None
-            add[cat]((subj.get("reference") if isinstance(subj, dict) else None,
-                      enc.get("reference") if isinstance(enc, dict) else None,
-                      cat, loinc, status, eff, v, vu, vcmp, vtext, dar, icode, rlo, rhi, ru, rtext,
-                      spec_type, fast, None, spec_dtc, ncit, pos, loc, cat_text, dtc_sdtm,
-                      get("resourceType"), get("id"), ver, item[1], item[3]))
+            rows.append((subj.get("reference") if isinstance(subj, dict) else None,
+                         enc.get("reference") if isinstance(enc, dict) else None,
+                         loinc, status, get("effectiveDateTime") or None, v, vu, vcmp,
+                         (interp[0].get("coding") or [{}])[0].get("code") if interp else None,
+                         rlo, rhi, ru, get("resourceType"), get("id"),
+                         meta.get("versionId") if isinstance(meta, dict) else None, item[1], item[3]))
         except (TypeError, AttributeError, KeyError, ValueError) as exc:
             on_error(item, exc)
     out: dict[str, dict[str, Any]] = {}
     for cat in order:
         rows = by_cat[cat]
+        m = len(rows)
         # line numbers as lists; everything else as object Series: no string-dtype inference (it costs
         # more than the mapping that follows), and result numbers keep the JSON's int/float, so 118
         # is reported as "118" and 118.0 as "118.0" (base.AS_GIVEN_COLUMNS)
-        out[cat] = {name: (list(col) if name in NUMERIC_COLUMNS else pd.Series(col, dtype="object"))
-                    for name, col in zip(COLUMNS, zip(*rows, strict=True), strict=True)}
+        cols: dict[str, Any] = {name: (list(col) if name in NUMERIC_COLUMNS else pd.Series(col, dtype="object"))
+                                for name, col in zip(DENSE, zip(*rows, strict=True), strict=True)}
+        cols["_cat"] = pd.Series(np.full(m, cat, dtype=object), dtype="object")
+        for name in SPARSE:
+            col = np.full(m, None, dtype=object)
+            got = sparse[cat].get(name)
+            if got:
+                col[np.fromiter(got.keys(), dtype=np.int64, count=len(got))] = list(got.values())
+            cols[name] = pd.Series(col, dtype="object")
+        out[cat] = {name: cols[name] for name in COLUMNS}
     return out, n
+
+
+def _extract_row(item: Any, ctx: Ctx, add: dict[str, Callable[[tuple[Any, ...]], None]],
+                 sparse: dict[str, dict[str, dict[int, Any]]], by_cat: dict[str, list[tuple[Any, ...]]],
+                 order: dict[str, None]) -> None:
+    """Any Observation but the usual shape: :func:`extract_observation`, rows split into the dense
+    tuple and the sparse columns."""
+    res = item[0]
+    meta = res.get("meta")
+    src = (res.get("resourceType"), res.get("id"),
+           meta.get("versionId") if isinstance(meta, dict) else None, item[1], item[3])
+    got = extract_observation(res, ctx)
+    if not got:
+        return
+    for r in (got if isinstance(got, list) else (got,)):
+        cat = r["_cat"]
+        at = len(by_cat[cat])
+        sp = sparse[cat]
+        for name in SPARSE:
+            if r[name] is not None:
+                sp.setdefault(name, {})[at] = r[name]
+        add[cat](tuple([r[k] for k in DENSE[:-len(SRC_COLUMNS)]]) + src)
+        order.setdefault(cat)
 
 
 def accept_vs(row: dict[str, Any]) -> bool:

@@ -154,9 +154,16 @@ def convert(values: pd.Series, from_ucum: pd.Series, to_ucum: pd.Series) -> tupl
     """Convert numeric ``values`` row-wise; returns (converted float Series, ok mask).
     Rows whose unit pair is not convertible get NaN and ok=False. One :func:`linear` per distinct
     (from, to) pair; the values are converted with one gathered factor/offset per row."""
-    vals = pd.to_numeric(values, errors="coerce").to_numpy(dtype="float64", na_value=np.nan)
-    out = np.full(len(vals), np.nan)
-    ok = np.zeros(len(vals), dtype=bool)
+    return apply_linear(values, *linear_rows(from_ucum, to_ucum))
+
+
+def linear_rows(from_ucum: pd.Series, to_ucum: pd.Series) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per row the (a, b) of :func:`linear` for its unit pair and whether the pair converts: one
+    :func:`linear` per distinct pair (several value columns in the same units share it)."""
+    n = len(from_ucum)
+    a_rows = np.full(n, np.nan)
+    b_rows = np.full(n, np.nan)
+    ok = np.zeros(n, dtype=bool)
     cf, uf = pd.factorize(from_ucum.to_numpy(dtype=object))   # missing -> -1
     ct, ut = pd.factorize(to_ucum.to_numpy(dtype=object))
     valid = (cf >= 0) & (ct >= 0)
@@ -173,6 +180,13 @@ def convert(values: pd.Series, from_ucum: pd.Series, to_ucum: pd.Series) -> tupl
         rows = np.flatnonzero(valid)
         conv = good[inv]
         rows, inv = rows[conv], inv[conv]
-        out[rows] = vals[rows] * a[inv] + b[inv]
-        ok[rows] = True
-    return pd.Series(out, index=values.index), pd.Series(ok, index=values.index)
+        a_rows[rows], b_rows[rows], ok[rows] = a[inv], b[inv], True
+    return a_rows, b_rows, ok
+
+
+def apply_linear(values: pd.Series, a: np.ndarray, b: np.ndarray, ok: np.ndarray) -> tuple[pd.Series, pd.Series]:
+    """``values * a + b`` where ``ok`` (see :func:`linear_rows`), NaN elsewhere."""
+    vals = pd.to_numeric(values, errors="coerce").to_numpy(dtype="float64", na_value=np.nan)
+    out = np.full(len(vals), np.nan)
+    out[ok] = vals[ok] * a[ok] + b[ok]
+    return pd.Series(out, index=values.index), pd.Series(ok.copy(), index=values.index)

@@ -412,7 +412,7 @@ def _fmt(x: pd.Series) -> pd.Series:
     out = np.full(len(arr), None, dtype=object)
     ok = ~np.isnan(arr)
     if ok.any():
-        out[ok] = [f"{v:.10g}" for v in arr[ok]]
+        out[ok] = [f"{v:.10g}" for v in arr[ok].tolist()]
     return pd.Series(out, index=x.index)
 
 
@@ -478,8 +478,9 @@ def map_findings(cols: pd.DataFrame, ctx: Ctx, d: str, testcd: pd.Series, unit_c
         out["LBORNRLO"] = _text(rlo)
         out["LBORNRHI"] = _text(rhi)
         ru = cols["_ru"].astype("object").fillna(vu)
-        lo, lok = units.convert(rlo, ru, to_ucum)
-        hi, hok = units.convert(rhi, ru, to_ucum)
+        ranges = units.linear_rows(ru, to_ucum)   # one factor per unit pair for both limits
+        lo, lok = units.apply_linear(rlo, *ranges)
+        hi, hok = units.apply_linear(rhi, *ranges)
         out["LBSTNRLO"] = lo.where(lok & keep)
         out["LBSTNRHI"] = hi.where(hok & keep)
         out["LBSTNRC"] = cols["_rtext"].astype("object").where(rlo.isna() & rhi.isna())

@@ -601,9 +601,15 @@ def _provenance_csv(prov: pd.DataFrame, fh: Any, *, header: bool) -> None:
             texts.append(False)
             continue
         if kind == "O":
-            # text columns (the usual case): one factorisation checks the type of the distinct
-            # values only, and gives the missing ones (-> "")
-            codes, uniq = pd.factorize(s.to_numpy(dtype=object))
+            arr = s.to_numpy(dtype=object)
+            if pd.api.types.infer_dtype(arr, skipna=False) == "string":
+                # all text, none missing (the usual case): checked in C, no per-value work
+                cols.append(arr.tolist())
+                texts.append(True)
+                continue
+            # text with missing values: one factorisation checks the type of the distinct values
+            # only, and gives the missing ones (-> "")
+            codes, uniq = pd.factorize(arr)
             distinct = uniq.tolist()
             if pd.api.types.infer_dtype(uniq, skipna=False) in ("string", "empty"):
                 joined = "\x00".join(distinct)

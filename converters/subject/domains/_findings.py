@@ -431,7 +431,7 @@ def map_findings(cols: pd.DataFrame, ctx: Ctx, d: str, testcd: pd.Series, unit_c
     vstr = _text(v)
     cmp_ = cols["_vcmp"].astype("object")
     has_cmp = cmp_.notna()
-    orres = vstr.where(~has_cmp, cmp_.fillna("") + vstr.fillna(""))
+    orres = vstr.where(~has_cmp, cmp_.fillna("") + vstr.fillna("")) if has_cmp.any() else vstr
     vtext = cols["_vtext"].astype("object")
     if vtext.notna().any():
         orres = orres.fillna(vtext.map(lambda t: None if t is None or t != t else str(t)))

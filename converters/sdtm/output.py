@@ -112,7 +112,7 @@ class ChunkedDomainWriter:
     """
 
     #: rows held per run while merging (split over the runs: memory is about this many rows)
-    MERGE_ROWS = 200_000
+    MERGE_ROWS = 100_000
     MERGE_BLOCK_MIN = 256
 
     def __init__(self, domain: str, outdir: Path, formats: tuple[str, ...], *, study_oid: str,

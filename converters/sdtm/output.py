@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import importlib
 import io
-import operator
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any, NamedTuple
@@ -163,50 +162,53 @@ class ChunkedDomainWriter:
         if unknown:
             raise ValueError(f"{self.domain.domain}: columns not in schemas/sdtm metadata: {unknown}")
         n = len(df)
+        # 1. the key order: text keys factorised, numeric keys as values; ids ranked; one stable sort
+        texts: dict[int, tuple[np.ndarray, list[str]]] = {}   # text column -> (codes, distinct str)
+
+        def text_codes(i: int) -> tuple[np.ndarray, list[str]]:
+            if i not in texts:
+                # one factorisation gives the distinct values (lengths), the missing ones (-> "")
+                # and rows that share one str object per value (the serialiser reads fewer objects)
+                codes, uniq = pd.factorize(df[self.names[i]].to_numpy(dtype=object))
+                texts[i] = (codes, [u if isinstance(u, str) else str(u) for u in uniq.tolist()])
+            return texts[i]
+
+        ids = []
+        for v, i in zip(self.vocab, self.key_cols, strict=True):
+            if self.names[i] not in df:
+                ids.append(v.ids_of([None] * n))
+            elif self.numeric[i]:
+                ids.append(v.ids_of(_numeric_values(df[self.names[i]], self.integer[i])[0]))
+            else:
+                ids.append(v.ids_of_distinct(*text_codes(i)))
+        keys = _composite([v.ranks()[x] for v, x in zip(self.vocab, ids, strict=True)],
+                          [len(v.values) for v in self.vocab], n)
+        order = np.argsort(keys, kind="stable")
+        # 2. every column in key order (values made in that order: the serialiser reads them in turn)
         cols: list[list[Any] | None] = []
-        #: text columns factorised (codes, distinct values as str): the key ids reuse them
-        distinct: dict[int, tuple[np.ndarray, list[str]]] = {}
         for i, name in enumerate(self.names):
             if name not in df:
                 cols.append(None)
                 continue
-            s = df[name]
             if self.numeric[i]:
-                vals, filled = _numeric_values(s, self.integer[i])
+                vals, filled = _numeric_values(df[name].take(order), self.integer[i])
                 if filled:
                     self.present[i] = True
                 cols.append(vals)
-            else:
-                # one factorisation gives the distinct values (lengths), the missing ones (-> "")
-                # and rows that share one str object per value (the serialiser reads fewer objects)
-                codes, uniq = pd.factorize(s.to_numpy(dtype=object))
-                strs = [u if isinstance(u, str) else str(u) for u in uniq.tolist()]
-                longest = _longest_utf8(strs)
-                if longest:
-                    self.present[i] = True
-                    self.lengths[i] = max(self.lengths[i], longest)
-                table = np.empty(len(strs) + 1, dtype=object)
-                table[:-1] = strs
-                table[-1] = ""
-                cols.append(table[codes].tolist())
-                distinct[i] = (codes, strs)
+                continue
+            codes, strs = text_codes(i)
+            longest = _longest_utf8(strs)
+            if longest:
+                self.present[i] = True
+                self.lengths[i] = max(self.lengths[i], longest)
+            table = np.empty(len(strs) + 1, dtype=object)
+            table[:-1] = strs
+            table[-1] = ""
+            cols.append(table[codes[order]].tolist())
         sel = tuple(self._selected())
-        # key order within the chunk: the ids of the key values, ranked, one stable numpy sort
-        ids = []
-        for v, i in zip(self.vocab, self.key_cols, strict=True):
-            c = cols[i]
-            if i in distinct:
-                ids.append(v.ids_of_distinct(*distinct[i]))
-            else:
-                ids.append(v.ids_of(c if c is not None else [None] * n))
-        keys = _composite([v.ranks()[x] for v, x in zip(self.vocab, ids, strict=True)],
-                          [len(v.values) for v in self.vocab], n)
-        order = np.argsort(keys, kind="stable")
         picked = [cols[i] if cols[i] is not None else ([None] * n if self.numeric[i] else [""] * n)
                   for i in sel]
         rows = list(zip(*picked, strict=True))
-        if n > 1:
-            rows = list(operator.itemgetter(*order.tolist())(rows))
         # every row of the chunk in one orjson call; a row is the text between "[" and "]": the rows
         # are split at "],[", which only a Char value holding "]" could also contain (checked: the
         # split must give one piece per row, else the rows are serialised one by one)

@@ -235,3 +235,27 @@ def test_columnar_extractor_gives_the_row_extractors_rows() -> None:
         assert [[(v, type(v)) for v in r] for r in rows] == [[(v, type(v)) for v in r] for r in want[dom]], dom
     assert [i.message for i in c1.report.issues] == [i.message for i in c2.report.issues]
     assert len(want["LB"]) >= 8 and len(want["VS"]) >= 4
+
+
+@pytest.mark.parametrize("values", [
+    [1, 2, None, 2], [1.5, 2.0, None, float("nan"), 1.5], [0.0, -0.0, 1.0], [-0.0, 3.0, -0.0], [1, 1.0, True],
+    ["a", None, "a"], [10**30, 5, 10**30], [], [None], [float("inf"), 1e300, 5e-324, -2.5, 1e300],
+    [118, 118.0, 118], [12345678901.5, 0.1 + 0.2, 0.1 + 0.2]])
+def test_result_texts_once_per_distinct_value_are_the_per_value_texts(values: list) -> None:
+    """--ORRES/--ORNRLO/--ORNRHI (str of the value as given) and --STRESC (10 significant digits) are
+    made once per distinct value: the same texts as value by value (118 and 118.0 stay apart, so do
+    0.0 and -0.0), missing values kept."""
+    import numpy as np
+    from trialbridge.subject.domains._findings import _fmt, _text
+
+    def norm(xs: list) -> list:
+        return [("nan",) if isinstance(v, float) and v != v else (type(v), v) for v in xs]
+
+    s = pd.Series(values, dtype=object)
+    arr = s.to_numpy(dtype=object)
+    want = [v if v is None or (isinstance(v, float) and v != v) else str(v) for v in arr]
+    assert norm(list(_text(s))) == norm(want)
+    f = pd.to_numeric(s, errors="coerce").astype(float)
+    fa = f.to_numpy()
+    want_fmt = [None if np.isnan(v) else f"{v:.10g}" for v in fa.tolist()]
+    assert norm([None if v is None or v != v else v for v in _fmt(f)]) == norm(want_fmt)

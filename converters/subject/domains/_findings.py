@@ -396,23 +396,46 @@ def ct_values(ccodes: pd.Series, codelist: str) -> pd.Series:
     return map_distinct(ccodes.astype("object"), ct_term(codelist))
 
 
+#: inferred types whose values factorise without merging different texts: one Python type (1, 1.0
+#: and True hash alike, so do 0.0 and -0.0: a float column holding a zero goes value by value)
+_ONE_TYPE = ("string", "integer", "floating")
+
+
 def _text(x: pd.Series) -> pd.Series:
     """``x.where(x.isna(), x.astype(str))`` in object dtype (``str()`` of each present value; missing
-    values kept as they are), without a str-dtype intermediate."""
+    values kept as they are), without a str-dtype intermediate; ``str()`` once per distinct value
+    where the values are of one type."""
     arr = x.to_numpy(dtype=object)
     out = arr.copy()
+    if pd.api.types.infer_dtype(arr, skipna=True) in _ONE_TYPE:
+        codes, uniq = pd.factorize(arr)
+        distinct = uniq.tolist()
+        if 0.0 not in distinct:
+            table = np.empty(len(distinct), dtype=object)
+            table[:] = [str(v) for v in distinct]
+            ok = codes >= 0
+            out[ok] = table[codes[ok]]
+            return pd.Series(out, index=x.index, dtype="object")
     ok = ~pd.isna(arr)
     out[ok] = [str(v) for v in arr[ok]]
     return pd.Series(out, index=x.index, dtype="object")
 
 
 def _fmt(x: pd.Series) -> pd.Series:
-    """Numbers -> SDTM character results: up to 10 significant digits, no float noise."""
+    """Numbers -> SDTM character results: up to 10 significant digits, no float noise. Formatted
+    once per distinct value (value by value when a zero is present: 0.0 and -0.0 hash alike)."""
     arr = x.to_numpy(dtype="float64", na_value=np.nan)
     out = np.full(len(arr), None, dtype=object)
     ok = ~np.isnan(arr)
     if ok.any():
-        out[ok] = [f"{v:.10g}" for v in arr[ok].tolist()]
+        codes, uniq = pd.factorize(arr[ok])
+        distinct = uniq.tolist()
+        if 0.0 in distinct:
+            out[ok] = [f"{v:.10g}" for v in arr[ok].tolist()]
+        else:
+            table = np.empty(len(distinct), dtype=object)
+            table[:] = [f"{v:.10g}" for v in distinct]
+            out[ok] = table[codes]
     return pd.Series(out, index=x.index)
 
 

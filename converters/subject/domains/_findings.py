@@ -94,9 +94,17 @@ def _report_ucum_spelling(d: str, vu: pd.Series, orresu: pd.Series, testcd: pd.S
     spellings of the same unit (``10*3/uL``, ``10^9/L`` -> 10^9/L; ``mg/mg`` -> g/g) and SDTM has no
     variable for the spelling, so SDTM -> FHIR writes the term's own UCUM expression (lossy)."""
     from ...fhir.subject_terms import ucum_for, vs_ucum
-    pairs = pd.DataFrame({"u": vu, "c": orresu, "t": testcd if d == "VS" and testcd is not None else None})
-    pairs = pairs.dropna(subset=["u", "c"]).drop_duplicates()
-    for u, c, t in pairs.itertuples(index=False):
+    # the distinct (unit, term[, VSTESTCD]) of the rows with both, in order of first occurrence
+    cu, units_ = pd.factorize(vu.to_numpy(dtype=object))
+    cc, terms = pd.factorize(orresu.to_numpy(dtype=object))
+    if d == "VS" and testcd is not None:
+        ct, tests = pd.factorize(testcd.to_numpy(dtype=object))
+    else:
+        ct, tests = np.full(len(cu), -1, dtype=np.int64), np.empty(0, dtype=object)
+    rows = np.flatnonzero((cu >= 0) & (cc >= 0))
+    key = (cu[rows].astype(np.int64) * len(terms) + cc[rows]) * (len(tests) + 1) + (ct[rows] + 1)
+    first = rows[np.sort(np.unique(key, return_index=True)[1])]
+    for u, c, t in ((units_[cu[r]], terms[cc[r]], tests[ct[r]] if ct[r] >= 0 else None) for r in first.tolist()):
         back = vs_ucum(t, c) if d == "VS" else ucum_for(c)
         if back != u:
             ctx.once(f"ucum-spelling:{d}:{u}:{c}", Kind.LOSSY, f"UCUM unit {u} recorded as the CDISC term {c} "

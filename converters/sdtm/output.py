@@ -198,9 +198,11 @@ class ChunkedDomainWriter:
                 continue
             codes, strs = text_codes(i)
             longest = _longest_utf8(strs)
-            if longest:
-                self.present[i] = True
-                self.lengths[i] = max(self.lengths[i], longest)
+            if not longest:   # nothing but missing or "": written as "" where selected
+                cols.append(None)
+                continue
+            self.present[i] = True
+            self.lengths[i] = max(self.lengths[i], longest)
             table = np.empty(len(strs) + 1, dtype=object)
             table[:-1] = strs
             table[-1] = ""

@@ -312,9 +312,8 @@ class _Run:
             table = np.empty(len(uniq) + 1, dtype=object)
             table[:-1] = ref.reindex(uniq).to_numpy(dtype=object)
             table[-1] = None
-            vals = table[codes]
-            vals[pd.isna(vals)] = None
-            cols[f"_{name.lower()}"] = pd.Series(vals, index=cols.index, dtype="object")
+            table[pd.isna(table)] = None   # missing as None, once per subject (not per row)
+            cols[f"_{name.lower()}"] = pd.Series(table[codes], index=cols.index, dtype="object")
         return cols
 
     def _finish_frame(self, p: DomainPlugin, df: pd.DataFrame, seq_start: dict[str, int]) -> pd.DataFrame:

@@ -66,7 +66,7 @@ def test_reader_bundle_ndjson_folder(tmp_path: Path) -> None:
     assert items[0].full_url == "urn:uuid:1" and errors
 
 
-def test_resource_types_no_domain_reads_are_reported_with_counts(tmp_path: Path,
+def test_resources_no_domain_reads_are_reported(tmp_path: Path,
                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     """Nothing dropped silently: a resource type no domain reads is reported once, with its count, whether
     it sits in a Bundle, in a mixed NDJSON file (skipped unparsed) or in a Bulk file named after it."""
@@ -77,16 +77,26 @@ def test_resource_types_no_domain_reads_are_reported_with_counts(tmp_path: Path,
            "identifier": [{"value": "S1"}]}
     (src / "b.json").write_bytes(orjson.dumps({"resourceType": "Bundle", "type": "collection", "entry": [
         {"resource": pat}, {"resource": {"resourceType": "Claim", "id": "c1"}},
-        {"resource": {"resourceType": "Immunization", "id": "i1"}}]}))
+        {"resource": {"resourceType": "Immunization", "id": "i1"}},
+        {"resource": {"resourceType": "Observation", "id": "smoke", "status": "final", "subject": {"reference": "Patient/p1"},
+                      "category": [{"coding": [{"code": "social-history"}]}, {"coding": [{"code": "survey"}]}],
+                      "code": {"coding": [{"system": "http://loinc.org", "code": "72166-2"}]}}},
+        {"resource": {"resourceType": "Observation", "id": "nocat", "status": "final", "subject": {"reference": "Patient/p1"},
+                      "code": {"coding": [{"system": "http://loinc.org", "code": "8867-4"}]}}}]}))
     (src / "mixed.ndjson").write_bytes(b'{"resourceType":"Claim","id":"c2"}\n{"resourceType":"Goal","id":"g1"}\n')
     (src / "Claim.ndjson").write_bytes(b'{"resourceType":"Claim","id":"c3"}\n\n{"resourceType":"Claim","id":"c4"}\n')
     report = ConversionReport()
     convert_subjects([src], tmp_path / "out", options=Options(studyid="ST1", sdtm_formats=("csv",)), report=report)
-    got = {i.source: i.message for i in report.issues if i.rule == "subject.scope"}
+    got = {i.source: i.message for i in report.issues if i.rule == "subject.scope" and i.record is None}
     assert set(got) == {"Claim", "Immunization", "Goal"}
     assert got["Claim"].startswith("4 Claim resource(s) not converted")
     assert got["Goal"].startswith("1 Goal") and got["Immunization"].startswith("1 Immunization")
     assert all(i.kind.value == "unmapped-source" for i in report.issues if i.rule == "subject.scope")
+    # Observations of a category no domain reads: reported per resource, by category
+    cats = {i.record: i.message for i in report.issues if i.source == "Observation.category"}
+    assert set(cats) == {"Observation/smoke", "Observation/nocat"}
+    assert "category social-history, survey" in cats["Observation/smoke"]
+    assert "no category code" in cats["Observation/nocat"]
 
 
 def _bad_bundle(tmp_path: Path) -> Path:

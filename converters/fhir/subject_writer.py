@@ -893,8 +893,8 @@ def _quantity(values: list[Any], units: list[Any], ctx: Ctx, domain: str, var: s
                 q["system"] = T.UCUM
                 q["code"] = code
             else:
-                ctx.tally(Kind.UNMAPPED_CODE, domain, var, "unit not in table fhir_subject/"
-                          "cdisc_unit_ucum.csv: Quantity.unit only, no UCUM code", target="Quantity.code",
+                ctx.tally(Kind.UNMAPPED_CODE, domain, var, "unit not in the CDISC Unit-UCUM table "
+                          "(codes/ucum_cdisc_units.csv): Quantity.unit only, no UCUM code", target="Quantity.code",
                           value=u)
         out.append(q)
     return out
@@ -1332,8 +1332,8 @@ def build_findings(df: pd.DataFrame, domain: str, ctx: Ctx, path: Path | str,
         unit = units[i]
         if val is not None:
             if unit is not None and not T.ucum_for(unit):
-                ctx.tally(Kind.UNMAPPED_CODE, domain, f"{p}ORRESU", "unit not in table fhir_subject/"
-                          "cdisc_unit_ucum.csv: Quantity.unit only, no UCUM code", cnt,
+                ctx.tally(Kind.UNMAPPED_CODE, domain, f"{p}ORRESU", "unit not in the CDISC Unit-UCUM table "
+                          "(codes/ucum_cdisc_units.csv): Quantity.unit only, no UCUM code", cnt,
                           target="Quantity.code", value=unit)
             value_parts.append(',"valueQuantity":' + _quantity_text(val, comp, unit,
                                                                     vs_test[i] if vs_test is not None else None))

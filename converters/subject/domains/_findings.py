@@ -131,6 +131,18 @@ def _position(res: dict[str, Any]) -> str | None:
     return None
 
 
+def _report_out_of_scope(res: dict[str, Any], ctx: Ctx) -> None:
+    """An Observation of no category this converter reads (survey, social-history, imaging, exam, ...,
+    or none): reported per resource (nothing dropped silently), grouped by its category codes."""
+    codes = sorted({str(c.get("code")) for cc in res.get("category") or () if isinstance(cc, dict)
+                    for c in cc.get("coding") or () if isinstance(c, dict) and c.get("code")})
+    what = ", ".join(codes) if codes else "no category code"
+    ctx.row_issue("OBS", f"category:{what}", Kind.UNMAPPED_SOURCE,
+                  f"Observation of category {what}: not converted (VS reads category vital-signs, LB "
+                  "laboratory; no other SDTM findings domain is in this converter's scope)",
+                  record=f"Observation/{res.get('id')}", source="Observation.category", rule="subject.scope")
+
+
 def extract_observation(res: dict[str, Any], ctx: Ctx) -> dict[str, Any] | list[dict[str, Any]] | None:
     """Observation -> one row (or one per component). Hot path: keep it plain."""
     cat = None
@@ -142,6 +154,7 @@ def extract_observation(res: dict[str, Any], ctx: Ctx) -> dict[str, Any] | list[
         if cat:
             break
     if cat is None:
+        _report_out_of_scope(res, ctx)
         return None
     if res.get("status") == "entered-in-error":
         ctx.row_issue(cat, "entered-in-error", Kind.LOSSY, "Observation entered-in-error: not converted",

@@ -520,8 +520,8 @@ def report_dropped_zones(ctx: base.Ctx) -> None:
             f"{len(zones)} different offsets: one --default-tz cannot restore them all" if zones else
             "no offset dropped")
     what = "UTC offsets" + (" and fractional seconds" if any("fraction" in c for c in seen.values()) else "")
-    ctx.report.add(Kind.LOSSY, f"{what} dropped from --DTC (SDTMIG 3.4 §4.4: ISO 8601 local clock time, "
-                   f"no offset): {parts}; {hint}", rule="subject.dtc-zone",
+    ctx.report.add(Kind.LOSSY, f"{what} dropped from --DTC (the ISO 8601 --DTC forms of SDTMIG 3.4 §4.4 have no "
+                   f"UTC offset; the local clock time is kept): {parts}; {hint}", rule="subject.dtc-zone",
                    source="dateTime offset", target="--DTC")
 
 

@@ -225,3 +225,42 @@ def test_errors_of_a_streamed_domain_name_the_dataset_row(tmp_path: Path) -> Non
     folder = _write_folder(tmp_path, dm=DM, lb=lb)
     with pytest.raises(InputError, match=r"required variable LBTESTCD is empty in row 8"):
         W.convert_sdtm_to_fhir(folder, tmp_path / "out", report=ConversionReport(), chunksize=5, options=opts)
+
+
+def test_id_log_finds_exactly_the_first_repeat_as_a_set_of_ids_would() -> None:
+    """IdLog keeps ids as int64 keys (head code << 32 | integer --SEQ) in sorted runs, other ids as text:
+    over many chunks it must name the same first repeated row as a plain set of the id strings."""
+    import random
+
+    from trialbridge.fhir.subject_writer import IdLog
+    rnd = random.Random(11)
+    heads_pool = [f"lb-ST-S{i}-" for i in range(30)]
+    seq_pool: list[str | None] = [str(i) for i in range(1, 400)] + ["01", "1.5", None, "0", "4294967296"]
+    for trial in range(60):
+        log, seen, found = IdLog(), set(), None
+        for chunk in range(8):
+            n = rnd.randint(1, 300)
+            heads = [rnd.choice(heads_pool) for _ in range(n)]
+            # mostly fresh (head, seq) pairs; now and then an old or in-chunk repeat
+            seqs = [rnd.choice(seq_pool) if rnd.random() < 0.02 * (trial % 5) else str(1000 + chunk * 1000 + i)
+                    for i in range(n)]
+            ids = [h + (s or "") for h, s in zip(heads, seqs, strict=True)]
+            want = None
+            local: set[str] = set()
+            for i, rid in enumerate(ids):
+                if rid in seen or rid in local:
+                    want = i
+                    break
+                local.add(rid)
+            got = log.first_repeat(heads, seqs, ids)
+            assert got == want, (trial, chunk)
+            if want is not None:
+                found = want
+                break
+            seen |= local
+        assert trial % 5 != 0 or found is None
+    # memory: one int64 per integer-keyed id, whatever the id's length
+    log = IdLog()
+    ids = [f"lb-STUDY-SUBJECT-{i % 1000:04d}-{i}" for i in range(200_000)]
+    assert log.first_repeat([i.rsplit("-", 1)[0] + "-" for i in ids], [i.rsplit("-", 1)[1] for i in ids], ids) is None
+    assert sum(r.nbytes for r in log.runs) == 8 * 200_000 and not log.texts

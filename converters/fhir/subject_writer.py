@@ -329,6 +329,16 @@ def _ct_concept(value: Any, codelist: str, ctx: Ctx, domain: str, var: str, targ
     return cc
 
 
+def _ct_concept_kept(value: Any, codelist: str, ctx: Ctx, domain: str, var: str, target: str,
+                     ext: list[dict[str, Any]] | None) -> tuple[dict[str, Any] | None, list[dict[str, Any]] | None]:
+    """:func:`_ct_concept`, and a sponsor term outside the codelist (text only) also kept as the SDTM value
+    itself in the ``sdtm`` extension ``ext``, so FHIR -> SDTM gives it back exactly."""
+    cc = _ct_concept(value, codelist, ctx, domain, var, target)
+    if cc and "coding" not in cc:
+        ext = _merge_sdtm(ext or [], [{"url": var, "valueString": value}])
+    return cc, ext
+
+
 def _coding(row: dict[str, str] | None) -> dict[str, str]:
     assert row is not None, "callers test the row first"
     return {"system": row["target_system"], "code": row["target_code"], "display": row["target_display"]}
@@ -985,10 +995,8 @@ def build_cm(df: pd.DataFrame, ctx: Ctx, path: Path | str) -> Iterator[tuple[str
         if not keep[i]:
             continue
         res: dict[str, Any] = {}
-        freq = _ct_concept(raw["CMDOSFRQ"][i], "FREQ", ctx, "CM", "CMDOSFRQ", "MedicationStatement.dosage.timing.code")
-        ext = ex.ext(i)
-        if freq and "coding" not in freq:   # a sponsor term outside CT FREQ: also the SDTM value itself
-            ext = _merge_sdtm(ext or [], [{"url": "CMDOSFRQ", "valueString": raw["CMDOSFRQ"][i]}])
+        freq, ext = _ct_concept_kept(raw["CMDOSFRQ"][i], "FREQ", ctx, "CM", "CMDOSFRQ",
+                                     "MedicationStatement.dosage.timing.code", ex.ext(i))
         _start(res, "MedicationStatement", ids[i], ext, f"{T.SID}/cmseq", seqs[i])
         res["status"] = "recorded" if ctx.r5 else "unknown"
         if raw["CMCAT"][i]:
@@ -1068,10 +1076,7 @@ def build_mh(df: pd.DataFrame, ctx: Ctx, path: Path | str) -> Iterator[tuple[str
         if not keep[i]:
             continue
         res: dict[str, Any] = {}
-        sev = _ct_concept(raw["MHSEV"][i], "AESEV", ctx, "MH", "MHSEV", "Condition.severity")
-        ext = ex.ext(i)
-        if sev and "coding" not in sev:     # a sponsor term outside CT C66769: also the SDTM value itself
-            ext = _merge_sdtm(ext or [], [{"url": "MHSEV", "valueString": raw["MHSEV"][i]}])
+        sev, ext = _ct_concept_kept(raw["MHSEV"][i], "AESEV", ctx, "MH", "MHSEV", "Condition.severity", ex.ext(i))
         _start(res, "Condition", ids[i], ext, f"{T.SID}/mhseq", seqs[i])
         # R5 clinicalStatus is 1..1: 'unknown' when the record does not say it
         if status[i] or ctx.r5:

@@ -41,6 +41,14 @@ def _ext(node: dict[str, Any], suffix: str) -> list[dict[str, Any]]:
     return [e for e in node.get("extension", []) if e["url"].endswith("/" + suffix)]
 
 
+XVER = "http://hl7.org/fhir/5.0/StructureDefinition/extension-"   # hl7.fhir.uv.xver-r5.r4, written out on purpose
+TIME_FRAME = "http://trialbridge.org/fhir/StructureDefinition/outcome-time-frame"
+
+
+def _xver(node: dict[str, Any], element: str) -> list[dict[str, Any]]:
+    return [e for e in node.get("extension", []) if e["url"] == XVER + element]
+
+
 def _sub(ext: dict[str, Any], name: str) -> list[Any]:
     return [next(v for k, v in s.items() if k.startswith("value")) for s in ext["extension"] if s["url"] == name]
 
@@ -102,8 +110,8 @@ def test_facts_match_source(path: Path) -> None:
     got5 = [(o["name"], o["type"][0]["coding"][0]["code"],
              (_ext(o, "outcome-time-frame") or [{}])[0].get("valueString")) for o in rs5.get("outcomeMeasure", [])]
     assert got5 == expected
-    got4 = [(_sub(e, "name")[0], _sub(e, "type")[0]["coding"][0]["code"], (_sub(e, "timeFrame") or [None])[0])
-            for e in _ext(rs4, "research-study-outcome-measure")]
+    got4 = [(_sub(e, "name")[0], _sub(e, "type")[0]["coding"][0]["code"], (_sub(e, TIME_FRAME) or [None])[0])
+            for e in _xver(rs4, "ResearchStudy.outcomeMeasure")]
     assert got4 == expected
     # structured eligibility
     el = ps.get("eligibilityModule")

@@ -40,6 +40,39 @@ def ext_url(name: str) -> str:
     return str(spec()["extension_base"]) + name
 
 
+@cache
+def xver_url(element: str) -> str:
+    """Official HL7 cross-version extension (hl7.fhir.uv.xver-r5.r4) for an R5 element, e.g.
+    ``ResearchStudy.label`` -> ``http://hl7.org/fhir/5.0/StructureDefinition/extension-ResearchStudy.label``."""
+    exts = spec()["xver_extensions"]
+    if element not in exts:
+        raise KeyError(f"cross-version extension {element!r} is not declared in {SPEC_NAME}")
+    return str(spec()["xver_base"]) + element
+
+
+def xver_parts(element: str) -> dict[str, str]:
+    """Sub-extension name (the R5 child element) -> its value[x] name, as declared in the spec."""
+    return dict(spec()["xver_extensions"][element].get("parts") or {})
+
+
+@cache
+def retired_url(name: str) -> str:
+    """URL of a project extension earlier releases wrote and the reader still reads."""
+    if name not in spec()["retired_extensions"]:
+        raise KeyError(f"retired extension {name!r} is not declared in {SPEC_NAME}")
+    return str(spec()["extension_base"]) + name
+
+
+@cache
+def retired_same_parts() -> dict[str, tuple[str, ...]]:
+    """R5 element -> the retired project extension URLs read as its cross-version extension (same parts)."""
+    out: dict[str, list[str]] = {}
+    for name, decl in spec()["retired_extensions"].items():
+        if decl.get("same_parts"):
+            out.setdefault(decl["replaced_by"], []).append(retired_url(name))
+    return {k: tuple(v) for k, v in out.items()}
+
+
 def system(name: str) -> str:
     return str(spec()["systems"][name])
 

@@ -16,7 +16,7 @@ from .. import model as m
 from ..errors import InputError
 from ..report import ConversionReport, Kind
 from .concepts import concept_text
-from .study_common import countries, ext_url, reverse, spec, system
+from .study_common import countries, ext_url, retired_same_parts, retired_url, reverse, spec, system, xver_url
 
 CONTACTPOINT_EXT = "http://hl7.org/fhir/StructureDefinition/contactpoint-extension"
 DATA_ABSENT_EXT = "http://hl7.org/fhir/StructureDefinition/data-absent-reason"
@@ -95,6 +95,20 @@ class _Reader:
         self.used_ext.add(url)
         return self.exts.get(url, [])
 
+    def xext(self, element: str) -> list[dict[str, Any]]:
+        """The official cross-version extension for an R5 element, then the retired project extensions with
+        the same parts (bundles written by earlier releases; ``retired_extensions`` in the spec)."""
+        out: list[dict[str, Any]] = []
+        for url in (xver_url(element), *retired_same_parts().get(element, ())):
+            self.used_ext.add(url)
+            out.extend(self.exts.get(url, []))
+        return out
+
+    def follows_r5(self) -> bool:
+        """An R4 resource that carries any cross-version ResearchStudy extension uses R5 meanings."""
+        prefix = str(spec()["xver_base"]) + "ResearchStudy."
+        return any(url.startswith(prefix) for url in self.exts)
+
     def resolve(self, reference: Any) -> dict[str, Any] | None:
         if not isinstance(reference, dict):
             return None
@@ -131,7 +145,7 @@ class _Reader:
         if self.version == "R5":
             return [p for p in self.get("associatedParty") or () if isinstance(p, dict)]
         out = []
-        for e in self.ext("research-study-associated-party"):
+        for e in self.xext("ResearchStudy.associatedParty"):
             v = _values(e)
             out.append({"name": _first(v, "name"), "role": _first(v, "role"),
                         "classifier": v.get("classifier", []), "party": _first(v, "party")})
@@ -141,7 +155,7 @@ class _Reader:
         if self.version == "R5":
             return [p for p in self.get("progressStatus") or () if isinstance(p, dict)]
         out = []
-        for e in self.ext("research-study-progress-status"):
+        for e in self.xext("ResearchStudy.progressStatus"):
             v = _values(e)
             out.append({"state": _first(v, "state"), "actual": _first(v, "actual"), "period": _first(v, "period")})
         return out
@@ -215,7 +229,7 @@ class _Reader:
         if self.version == "R5":
             labels = [(lab.get("type"), lab.get("value")) for lab in self.get("label") or () if isinstance(lab, dict)]
         else:
-            for e in self.ext("research-study-label"):
+            for e in self.xext("ResearchStudy.label"):
                 v = _values(e)
                 labels.append((_first(v, "type"), _first(v, "value")))
         for typ, value in labels:
@@ -361,8 +375,16 @@ class _Reader:
         if self.version == "R5":
             return _nz(m.Description, brief_summary=self.get("descriptionSummary"),
                        detailed_description=self.get("description"))
-        detail = [e.get("valueMarkdown") for e in self.ext("research-study-description-detail")]
-        return _nz(m.Description, brief_summary=self.get("description"), detailed_description=detail[0] if detail else None)
+        summary_url = xver_url("ResearchStudy.descriptionSummary")
+        legacy_url = retired_url("research-study-description-detail")
+        self.used_ext.update((summary_url, legacy_url))
+        summary = [e.get("valueMarkdown") for e in self.exts.get(summary_url, [])]
+        legacy = [e.get("valueMarkdown") for e in self.exts.get(legacy_url, [])]
+        if self.follows_r5():   # R4 description = R5 description (detailed); brief summary in the extension
+            return _nz(m.Description, brief_summary=summary[0] if summary else None,
+                       detailed_description=self.get("description"))
+        # earlier trialbridge releases and mCODE practice: R4 description holds the brief summary
+        return _nz(m.Description, brief_summary=self.get("description"), detailed_description=legacy[0] if legacy else None)
 
     def read_conditions(self) -> tuple[m.Conditions | None, tuple[m.MeshTerm, ...]]:
         conds: list[str] = []
@@ -443,7 +465,7 @@ class _Reader:
             rec = self.get("recruitment") or {}
             numbers = {k: rec.get(k) for k in ("targetNumber", "actualNumber")}
         else:
-            for e in self.ext("research-study-recruitment"):
+            for e in self.xext("ResearchStudy.recruitment"):
                 v = _values(e)
                 numbers = {k: _first(v, k) for k in ("targetNumber", "actualNumber")}
         enrollment = None
@@ -599,9 +621,12 @@ class _Reader:
                                if isinstance(e, dict) and e.get("url") == url_tf), None)
                     items.append((o.get("name"), (o.get("type") or [None])[0], o.get("description"), tf))
         else:
-            for e in self.ext("research-study-outcome-measure"):
+            url_tf = ext_url("outcome-time-frame")
+            for e in self.xext("ResearchStudy.outcomeMeasure"):
                 v = _values(e)
-                items.append((_first(v, "name"), _first(v, "type"), _first(v, "description"), _first(v, "timeFrame")))
+                # the time frame: nested project extension (absolute url); "timeFrame" in the retired extension
+                tf = _first(v, url_tf) if url_tf in v else _first(v, "timeFrame")
+                items.append((_first(v, "name"), _first(v, "type"), _first(v, "description"), tf))
         for i, (name, typ, desc, tf) in enumerate(items):
             kind = (reverse("OutcomeType", typ, self.version) or reverse("OutcomeType", typ, "R4")) if typ else None
             if kind is None:

@@ -21,7 +21,21 @@ from typing import Any, NamedTuple
 from ..model import Study
 from ..report import ConversionReport, Kind
 from ..specs import get_transform, transform
-from .study_common import coding, concept, countries, ctgov_path, ext_url, full_url, leaves_under_each, lookup, rid, spec, system
+from .study_common import (
+    coding,
+    concept,
+    countries,
+    ctgov_path,
+    ext_url,
+    full_url,
+    leaves_under_each,
+    lookup,
+    rid,
+    spec,
+    system,
+    xver_parts,
+    xver_url,
+)
 
 CONTACTPOINT_EXT = "http://hl7.org/fhir/StructureDefinition/contactpoint-extension"
 DATA_ABSENT_EXT = "http://hl7.org/fhir/StructureDefinition/data-absent-reason"
@@ -49,6 +63,15 @@ def complex_ext(url: str, parts: Sequence[tuple[str, str, Any]]) -> dict[str, An
 
 def simple_ext(url: str, vtype: str, value: Any) -> dict[str, Any] | None:
     return None if value in _NO_VALUE else {"url": url, vtype: value}
+
+
+def xver_ext(element: str, values: Sequence[tuple[str, Any]],
+             nested: Sequence[tuple[str, str, Any]] = ()) -> dict[str, Any] | None:
+    """The official cross-version extension (R4) for an R5 backbone element: one sub-extension per R5 child
+    (relative url = child name, value[x] from the spec's ``parts``), then project extensions (absolute url)
+    for what the R5 element has no child for."""
+    parts = xver_parts(element)
+    return complex_ext(xver_url(element), [(name, parts[name], value) for name, value in values] + list(nested))
 
 
 @dataclass
@@ -164,8 +187,7 @@ def map_titles(ctx: Ctx) -> None:
         put(ctx.rs, "label", labels)
     else:
         for lab in labels:
-            ctx.ext(complex_ext(ext_url("research-study-label"),
-                                [("type", "valueCodeableConcept", lab["type"]), ("value", "valueString", lab["value"])]))
+            ctx.ext(xver_ext("ResearchStudy.label", [("type", lab["type"]), ("value", lab["value"])]))
 
 
 def _milestone(ctx: Ctx, kind: str, ds: Any, path: str, edge: str) -> dict[str, Any] | None:
@@ -234,10 +256,8 @@ def map_status(ctx: Ctx) -> None:
         put(ctx.rs, "progressStatus", progress)
     else:
         for entry in progress:
-            ctx.ext(complex_ext(ext_url("research-study-progress-status"), [
-                ("state", "valueCodeableConcept", entry.get("state")),
-                ("actual", "valueBoolean", entry.get("actual")),
-                ("period", "valuePeriod", entry.get("period"))]))
+            ctx.ext(xver_ext("ResearchStudy.progressStatus", [
+                ("state", entry.get("state")), ("actual", entry.get("actual")), ("period", entry.get("period"))]))
 
 
 @transform("fhir_study.why_stopped")
@@ -327,12 +347,13 @@ def map_descriptions(ctx: Ctx) -> None:
     d = ctx.study.description
     if d is None:
         return
+    # R4 and R5 description are the same element (the detailed description); R4 has no descriptionSummary,
+    # so the brief summary travels in its cross-version extension.
     if ctx.r5:
         put(ctx.rs, "descriptionSummary", d.brief_summary)
-        put(ctx.rs, "description", d.detailed_description)
     else:
-        put(ctx.rs, "description", d.brief_summary)
-        ctx.ext(simple_ext(ext_url("research-study-description-detail"), "valueMarkdown", d.detailed_description))
+        ctx.ext(simple_ext(xver_url("ResearchStudy.descriptionSummary"), "valueMarkdown", d.brief_summary))
+    put(ctx.rs, "description", d.detailed_description)
 
 
 def _telecom(ctx: Ctx, c: Any, path: str, rule: str) -> list[dict[str, Any]]:
@@ -435,13 +456,11 @@ def map_parties(ctx: Ctx) -> None:
         if first_pi:
             ctx.rs["principalInvestigator"] = {"type": "Practitioner", "display": first_pi}
         put(ctx.rs, "contact", contacts_r4)
-        url = ext_url("research-study-associated-party")
         for p in parties:
-            parts: list[tuple[str, str, Any]] = [("name", "valueString", p.get("name")),
-                                                  ("role", "valueCodeableConcept", p.get("role"))]
-            parts += [("classifier", "valueCodeableConcept", c) for c in p.get("classifier", ())]
-            parts.append(("party", "valueReference", p.get("party")))
-            ctx.ext(complex_ext(url, parts))
+            parts: list[tuple[str, Any]] = [("name", p.get("name")), ("role", p.get("role"))]
+            parts += [("classifier", c) for c in p.get("classifier", ())]
+            parts.append(("party", p.get("party")))
+            ctx.ext(xver_ext("ResearchStudy.associatedParty", parts))
 
 
 @transform("fhir_study.recruitment")
@@ -472,8 +491,7 @@ def map_recruitment(ctx: Ctx) -> None:
     if ctx.r5:
         ctx.rs.setdefault("recruitment", {}).update(numbers)
     else:
-        ctx.ext(complex_ext(ext_url("research-study-recruitment"),
-                            [(k, "valueUnsignedInt", v) for k, v in numbers.items()]))
+        ctx.ext(xver_ext("ResearchStudy.recruitment", list(numbers.items())))
 
 
 def _age(ctx: Ctx, text: str | None, path: str) -> dict[str, Any] | None:
@@ -651,9 +669,10 @@ def map_outcomes(ctx: Ctx) -> None:
                 put(om, "description", o.description)
                 out.append(om)
             else:
-                ctx.ext(complex_ext(ext_url("research-study-outcome-measure"), [
-                    ("name", "valueString", o.measure), ("type", "valueCodeableConcept", type_cc),
-                    ("description", "valueMarkdown", o.description), ("timeFrame", "valueString", o.time_frame)]))
+                # R5 outcomeMeasure has no time frame: the project extension, nested as on R5 outcomeMeasure
+                ctx.ext(xver_ext("ResearchStudy.outcomeMeasure",
+                                 [("name", o.measure), ("type", type_cc), ("description", o.description)],
+                                 [(ext_url("outcome-time-frame"), "valueString", o.time_frame)]))
     if ctx.r5:
         put(ctx.rs, "outcomeMeasure", out)
 

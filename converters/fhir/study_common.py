@@ -50,8 +50,10 @@ def xver_url(element: str) -> str:
     return str(spec()["xver_base"]) + element
 
 
+@cache
 def xver_parts(element: str) -> dict[str, str]:
-    """Sub-extension name (the R5 child element) -> its value[x] name, as declared in the spec."""
+    """Sub-extension name (the R5 child element) -> its value[x] name, as declared in the spec
+    (cached: callers must not mutate it)."""
     return dict(spec()["xver_extensions"][element].get("parts") or {})
 
 

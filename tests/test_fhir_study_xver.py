@@ -33,6 +33,7 @@ EXPECTED = {
     "ResearchStudy.recruitment": "research-study-recruitment",
     "ResearchStudy.outcomeMeasure": "research-study-outcome-measure",
     "ResearchStudy.descriptionSummary": "research-study-description-detail",
+    "Group.description": "eligibility-criteria",
 }
 RECORDS = record_paths()
 needs_records = pytest.mark.skipif(not RECORDS, reason="../shared/data/ctgov not present")
@@ -50,17 +51,19 @@ def _value_type(annotation: Any) -> str:
 
 
 def test_declared_cross_version_extensions_are_the_official_ones() -> None:
-    from fhir.resources import researchstudy as r5
+    from fhir.resources import group, researchstudy
+    models = {"ResearchStudy": researchstudy, "Group": group}
     s = spec()
     assert s["xver_base"] == XVER and s["xver_package"].startswith("hl7.fhir.uv.xver-r5.r4#")
     assert set(s["xver_extensions"]) == set(EXPECTED)
     for element, decl in s["xver_extensions"].items():
-        assert re.fullmatch(r"ResearchStudy\.[a-z][A-Za-z]*", element) and "[x]" not in element
-        assert decl["versions"] == ["R4"] and decl["context"] == "ResearchStudy"
-        child = element.split(".", 1)[1]
-        field = r5.ResearchStudy.model_fields[child]
+        assert re.fullmatch(r"(ResearchStudy|Group)\.[a-z][A-Za-z]*", element) and "[x]" not in element
+        rtype, child = element.split(".", 1)
+        assert decl["versions"] == ["R4"] and decl["context"] == rtype
+        r5 = models[rtype]
+        field = getattr(r5, rtype).model_fields[child]
         if "parts" in decl:   # complex: R5 backbone element; sub-extension names and types from its children
-            backbone = getattr(r5, "ResearchStudy" + child[0].upper() + child[1:])
+            backbone = getattr(r5, rtype + child[0].upper() + child[1:])
             for name, vtype in decl["parts"].items():
                 assert name in backbone.model_fields, (element, name)
                 assert vtype == _value_type(backbone.model_fields[name].annotation), (element, name)
@@ -119,6 +122,10 @@ def test_r4_output_uses_official_urls_and_r5_child_names(path: Path) -> None:
         assert rs.get("description") == src.description.detailed_description
     if src.outcomes and src.outcomes.primary:
         assert "ResearchStudy.outcomeMeasure" in seen
+    if src.eligibility and src.eligibility.criteria:
+        (group,) = [e["resource"] for e in bundle["entry"] if e["resource"]["resourceType"] == "Group"]
+        assert [x["valueMarkdown"] for x in group["extension"] if x["url"] == XVER + "Group.description"] == [
+            src.eligibility.criteria]
 
 
 def _to_retired_shape(bundle: dict[str, Any]) -> dict[str, Any]:
@@ -138,6 +145,10 @@ def _to_retired_shape(bundle: dict[str, Any]) -> dict[str, Any]:
                 if sub["url"] == TIME_FRAME:
                     sub["url"] = "timeFrame"
         exts.append(e)
+    for entry in old["entry"][1:]:
+        for e in entry["resource"].get("extension", []):
+            if e["url"] == XVER + "Group.description":
+                e["url"] = PROJECT + "eligibility-criteria"
     detail = rs.pop("description", None)
     if detail is not None:
         exts.append({"url": PROJECT + "research-study-description-detail", "valueMarkdown": detail})

@@ -495,7 +495,8 @@ class _Reader:
             if isinstance(e, dict):
                 gexts.setdefault(e.get("url", ""), []).append(e)
         criteria = group.get("description") if self.version == "R5" else next(
-            (e.get("valueMarkdown") for e in gexts.get(ext_url("eligibility-criteria"), [])), None)
+            (e.get("valueMarkdown") for url in (xver_url("Group.description"), *retired_same_parts().get("Group.description", ()))
+             for e in gexts.get(url, [])), None)
         kw: dict[str, Any] = {"criteria": criteria, "std_ages": []}
         for i, ch in enumerate(group.get("characteristic") or ()):
             if not isinstance(ch, dict):

@@ -534,7 +534,7 @@ def map_eligibility(ctx: Ctx) -> None:
                       "exclude": False})
     exts: list[Any] = []
     if not ctx.r5:
-        exts.append(simple_ext(ext_url("eligibility-criteria"), "valueMarkdown", el.criteria))
+        exts.append(simple_ext(xver_url("Group.description"), "valueMarkdown", el.criteria))
     exts.append(simple_ext(ext_url("eligibility-study-population"), "valueMarkdown", el.study_population))
     if el.sampling_method:
         exts.append(simple_ext(ext_url("eligibility-sampling-method"), "valueCodeableConcept",

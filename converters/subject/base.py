@@ -231,6 +231,10 @@ class Ctx:
     issue_counts: dict[tuple[str, str], int] = field(default_factory=dict)
     #: --DTC variable -> {UTC offset dropped ('+09:00', 'Z') or 'fraction': number of values}
     dropped_zones: dict[str, dict[str, int]] = field(default_factory=dict)
+    #: (resource type, top-level element, unread | privacy | narrative) -> resources (rule subject.unread)
+    unread: dict[tuple[str, str, str], int] = field(default_factory=dict)
+    #: resource type -> {modifierExtension url: occurrences} (rule subject.modifier)
+    modifiers: dict[str, dict[str, int]] = field(default_factory=dict)
     _once: set[str] = field(default_factory=set)
 
     def dropped_zone(self, target: str) -> dict[str, int]:

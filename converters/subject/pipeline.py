@@ -38,7 +38,7 @@ from ..safeio import atomic_path
 from ..sdtm.metadata import load_domain
 from ..sdtm.output import ChunkedDomainWriter, key_order, write_domain
 from ..specs import transform
-from . import base, sdtm_ext
+from . import base, sdtm_ext, unread
 from .base import SRC_COLUMNS, Ctx, DomainPlugin
 from .reader import iter_chunks, iter_resources
 
@@ -129,6 +129,7 @@ class _Run:
         meta = res.get("meta")
         src = (res.get("resourceType"), res.get("id"),
                meta.get("versionId") if isinstance(meta, dict) else None, item.file, item.line)
+        converted = False
         for fn, group in routes:
             try:
                 got = fn(res, self.ctx)
@@ -141,12 +142,16 @@ class _Run:
                 continue
             if not got:
                 continue
+            converted = True
             for row in (got if isinstance(got, list) else (got,)):
                 row["_src_type"], row["_src_id"], row["_src_ver"], row["_src_file"], \
                     row["_src_line"] = src
                 for p in group:
                     if p.accept is None or p.accept(row):
                         sink[p.domain].append(row)
+        if converted and src[0] not in unread.SELF_NOTED:
+            unread.note_resource(res, self.ctx)   # rule subject.unread (resources not converted are
+            #                                      reported whole by their own rules)
 
     # -- pass 1
     def pass1(self, inputs: list[Path]) -> None:
@@ -493,6 +498,7 @@ class _Run:
             self.written += write_domain(relrec, "RELREC", self.outdir, self.formats,
                                          study_oid=self.ctx.studyid, report=self.ctx.report, sort=True)
         report_dropped_zones(self.ctx)
+        unread.report_unread(self.ctx)
         for (dom, reason), n in sorted(self.ctx.issue_counts.items()):
             if n > base.MAX_ROW_ISSUES:
                 self.ctx.report.add(Kind.ERROR if reason == "subject" else Kind.INVALID_VALUE,

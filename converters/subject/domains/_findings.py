@@ -20,7 +20,7 @@ from ...fhir.subject_terms import EXT_DTC
 from ...report import Kind
 from ...sdtm.ct import pinned_ct
 from ...specs import load_table
-from .. import units
+from .. import units, unread
 from ..base import SRC_COLUMNS, Ctx, Distinct, derive_dtc
 from ._codes import NCIT_SYSTEMS
 from .dm import NO_VALUE, code_table
@@ -199,10 +199,12 @@ def extract_observation(res: dict[str, Any], ctx: Ctx) -> dict[str, Any] | list[
     comps = res.get("component")
     if comps:
         out = []
-        has_top = "valueQuantity" in res or "valueCodeableConcept" in res or "valueString" in res
+        has_top = any(k in res for k in TOP_WITH_COMPONENTS)
         if has_top:
             _value(res, row)
             out.append(row)
+        # top-level value[x] beside components: only these three are read (the others are reported)
+        _note_unread(res, cat, ctx, tuple(k for k in res if k.startswith("value") and k not in TOP_WITH_COMPONENTS))
         for comp in comps:
             r = dict(row)
             r["_loinc"] = _loinc(comp.get("code"))
@@ -230,7 +232,19 @@ def extract_observation(res: dict[str, Any], ctx: Ctx) -> dict[str, Any] | list[
                  "not results: not converted (their members are)", rule=f"{cat.lower()}.panel")
         return None
     _value(res, row)
+    _note_unread(res, cat, ctx, ())
     return row
+
+
+#: the top-level value[x] an Observation with components converts (besides its component rows)
+TOP_WITH_COMPONENTS = ("valueQuantity", "valueCodeableConcept", "valueString")
+#: elements the table lists as read for Observation that one category does not read
+NOT_READ_BY = {"VS": ("specimen",), "LB": ("bodySite",)}
+
+
+def _note_unread(res: dict[str, Any], cat: str, ctx: Ctx, also: tuple[str, ...]) -> None:
+    """Rule subject.unread for a converted Observation off the fast path."""
+    unread.note_resource(res, ctx, also_unread=NOT_READ_BY[cat] + also)
 
 
 #: the columns :func:`extract_observation_columns` returns (FIELDS, then provenance)
@@ -262,6 +276,9 @@ def extract_observation_columns(items: Iterable[Any], ctx: Ctx, on_error: Callab
     order: dict[str, None] = {}   # domains in order of their first row (the order they are written)
     cat_of = CATEGORIES.get
     rare = RARE_ELEMENTS.isdisjoint
+    # rule subject.unread: one C-level subset test per resource; the difference only when it fails
+    read_all = unread.read_elements("Observation")
+    all_read = read_all.issuperset
     ucum = units.UCUM_SYSTEM
     n = 0
     for item in items:
@@ -280,6 +297,8 @@ def extract_observation_columns(items: Iterable[Any], ctx: Ctx, on_error: Callab
             if cat is None or status == "entered-in-error":
                 _extract_row(item, ctx, add, sparse, by_cat, order)
                 continue
+            if not all_read(res):
+                _note_unread_fast(res, read_all, ctx)
             # the usual shape: what extract_observation reads, without the branches that cannot apply
             meta = get("meta")
             subj = get("subject")
@@ -356,6 +375,14 @@ def extract_observation_columns(items: Iterable[Any], ctx: Ctx, on_error: Callab
             cols[name] = pd.Series(col, dtype="object")
         out[cat] = {name: cols[name] for name in COLUMNS}
     return out, n
+
+
+def _note_unread_fast(res: dict[str, Any], read_all: frozenset[str], ctx: Ctx) -> None:
+    """Rule subject.unread for a fast-path Observation that has elements no rule reads (its nested
+    elements are not walked for modifier extensions: the fast path reads none of them deeply)."""
+    unread.note_keys("Observation", res.keys() - read_all, ctx)
+    if unread.MODIFIER in res:
+        unread.note_modifier("Observation", res[unread.MODIFIER], ctx)
 
 
 def _extract_row(item: Any, ctx: Ctx, add: dict[str, Callable[[tuple[Any, ...]], None]],

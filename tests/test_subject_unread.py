@@ -114,6 +114,24 @@ def test_observation_shapes_off_the_fast_path(tmp_path: Path, monkeypatch: pytes
                    "Observation.bodySite": 1, "Observation.effectiveTiming": 1}
 
 
+def test_extension_urls_no_rule_reads(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Top-level extensions are checked by URL: the ones a rule reads are not reported, every other URL is,
+    once per type with its count (the URL is no subject value; the extension's value never appears)."""
+    race = {"url": "http://hl7.org/fhir/us/core/StructureDefinition/us-core-race",
+            "extension": [{"url": "text", "valueString": "White"}]}
+    maiden = {"url": "http://hl7.org/fhir/StructureDefinition/patient-mothersMaidenName", "valueString": "Smith"}
+    pos = {"url": "http://hl7.org/fhir/StructureDefinition/observation-bodyPosition",
+           "valueCodeableConcept": {"text": "sitting"}}
+    other = {"url": "http://example.org/ext/device-model", "valueString": "X1"}
+    report = _run(tmp_path, [PATIENT | {"extension": [race, maiden]}, _obs(1, extension=[pos, other]),
+                             _obs(2, extension=[other, other]), _obs(3, extension=[pos])], monkeypatch)
+    got = {k: _count(v) for k, v in _entries(report).items() if "extension" in k}
+    assert got == {"Patient.extension('http://hl7.org/fhir/StructureDefinition/patient-mothersMaidenName')": 1,
+                   "Observation.extension('http://example.org/ext/device-model')": 2}
+    text = orjson.dumps(report.to_json()).decode()
+    assert "Smith" not in text and "X1" not in text
+
+
 def test_fast_path_and_row_path_report_the_same(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     obs = [_obs(i, **({"issued": "2024-01-01T09:00:00Z"} if i % 2 else {}),
                 **({"note": [{"text": "n"}]} if i % 3 == 0 else {}),
@@ -197,6 +215,27 @@ def test_every_declared_read_element_is_read_by_the_code() -> None:
             helper = any(name == s + t for s in stems for t in ("DateTime", "Period", "Instant", "Range"))
             if quoted not in code and f"'{name}'" not in code and not helper:
                 missing.append(f"{rtype}.{elem}")
+    assert missing == []
+
+
+def test_every_declared_extension_url_is_read_by_the_code() -> None:
+    """Each extension URL the table lists is named in converters/subject: as a literal, or as the HL7
+    cross-version stem (_codes.XV) plus the element it carries, or as the project's own extension."""
+    from trialbridge.fhir import subject_terms as T
+    from trialbridge.subject.domains import _codes as C
+    code = _code_text()
+    project = {T.EXT_SDTM: "EXT_SDTM", T.EXT_SUPPQUAL: "EXT_SUPPQUAL", T.EXT_RELREC: "EXT_RELREC"}
+    missing = []
+    for rtype, e in U.element_table().items():
+        for url in e.extensions:
+            if url in project:
+                ok = project[url] in code
+            elif url.startswith(C.XV):
+                ok = f'C.XV + "{url[len(C.XV):]}"' in code
+            else:
+                ok = f'"{url}"' in code
+            if not ok:
+                missing.append(f"{rtype}: {url}")
     assert missing == []
 
 

@@ -41,6 +41,7 @@ class Elements(NamedTuple):
     read: frozenset[str]        # elements some rule reads (choice elements expanded)
     privacy: dict[str, str]     # element -> why the privacy rule drops it
     narrative: bool             # ``text`` reported as narrative (not as an ordinary unread element)
+    extensions: frozenset[str]  # top-level extension URLs some rule reads
 
 
 def expand(names: Iterable[str]) -> frozenset[str]:
@@ -59,11 +60,21 @@ def element_table() -> dict[str, Elements]:
     """resource type -> :class:`Elements`, from the declared table."""
     spec = load_spec(SPEC)
     common = list(spec.get("common") or {})
+    common_ext = list(spec.get("common_extensions") or {})
     out: dict[str, Elements] = {}
     for rtype, entry in (spec.get("types") or {}).items():
         privacy = dict(entry.get("privacy") or {})
-        out[rtype] = Elements(expand([*common, *(entry.get("read") or {})]), privacy, "text" not in privacy)
+        urls = frozenset(_url(u) for u in [*common_ext, *(entry.get("extensions") or {})])
+        out[rtype] = Elements(expand([*common, *(entry.get("read") or {})]), privacy, "text" not in privacy, urls)
     return out
+
+
+def _url(name: str) -> str:
+    """An extension URL of the table: ``project:<name>`` is the project's StructureDefinition."""
+    if name.startswith("project:"):
+        from ..fhir.subject_terms import SD
+        return f"{SD}/{name.split(':', 1)[1]}"
+    return name
 
 
 @cache
@@ -92,6 +103,11 @@ def note_resource(res: dict[str, Any], ctx: Ctx, *, also_unread: Iterable[str] =
         else:
             continue
         counts[key] = counts.get(key, 0) + 1
+    exts = res.get("extension")
+    if "extension" in table.read and isinstance(exts, list):
+        for url in {str(e.get("url")) for e in exts if isinstance(e, dict)} - table.extensions:
+            key = (rtype, f"extension('{url}')", "unread")
+            counts[key] = counts.get(key, 0) + 1
     for k in also_unread:
         if k in res and k in table.read and k not in table.privacy:   # (else counted above)
             key = (rtype, k, "unread")

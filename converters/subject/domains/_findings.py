@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from functools import cache
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -437,6 +437,45 @@ def ct_term(codelist: str) -> Callable[[Any], str | None]:
         term = cl.by_code(c) if isinstance(c, str) else None
         return term.value if term is not None else None
     return one
+
+
+class ResolvedTests(NamedTuple):
+    """The rows of a findings chunk that have a test code, and that code (see :func:`resolve_test_codes`)."""
+
+    cols: pd.DataFrame
+    codes: Distinct           # the LOINC column, factorised (table lookups once per code)
+    ncits: Distinct           # the NCIt column, factorised
+    testcd: pd.Series         # --TESTCD
+    test: pd.Series           # --TEST
+
+
+def resolve_test_codes(cols: pd.DataFrame, ctx: Ctx, domain: str, table: dict[str, dict[str, str]],
+               table_name: str) -> ResolvedTests | None:
+    """--TESTCD/--TEST of each row: an NCIt coding of a --TESTCD term is the CDISC value itself and wins
+    over the LOINC row of ``table`` (and converts rows whose test has no LOINC); a row with neither is
+    reported (unmapped-code, per resource) and not converted. None when no row is left."""
+    loinc = cols["_loinc"].astype("object")
+    codes = Distinct(loinc)
+    ncits = Distinct(cols["_ncit"].astype("object"))
+    hit = codes.map(lambda c: table.get(c) if isinstance(c, str) else None)
+    testcd_term, test_term = ct_term(f"{domain}TESTCD"), ct_term(f"{domain}TEST")
+    by_ncit = ncits.map(testcd_term)
+    bad = hit.isna() & by_ncit.isna()
+    if bad.any():
+        ctx.row_issues(domain, "testcd", Kind.UNMAPPED_CODE, f"Observation.code has neither a LOINC in "
+                       f"{table_name} nor an NCIt coding of a term of codelist {domain}TESTCD: row not converted", cols, bad,
+                       rule=f"{domain.lower()}.{domain}TESTCD", source="Observation.code", target=f"{domain}TESTCD",
+                       value_col="_loinc")
+        cols, by_ncit = cols.loc[~bad], by_ncit.loc[~bad]
+        codes, ncits = codes.subset(~bad), ncits.subset(~bad)
+    if not len(cols):
+        return None
+    testcd = codes.map(lambda c: table[c]["target_code"] if c in table else None)
+    testcd = by_ncit.where(by_ncit.notna(), testcd)
+    by_table = codes.map(lambda c: table[c][f"{domain}TEST"] if c in table else None)
+    # --TEST of the NCIt coding where that coding gave --TESTCD
+    test_ncit = ncits.map(lambda c: test_term(c) if testcd_term(c) is not None else None)
+    return ResolvedTests(cols, codes, ncits, testcd, test_ncit.where(test_ncit.notna(), by_table))
 
 
 def ct_values(ccodes: pd.Series, codelist: str) -> pd.Series:

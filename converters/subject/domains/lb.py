@@ -14,8 +14,8 @@ import pandas as pd
 
 from ...report import Kind
 from ...specs import load_table
-from ..base import Ctx, Distinct, DomainPlugin, register_domain
-from ._findings import accept_lb, ct_term, extract_observation, extract_observation_columns, map_distinct, map_findings
+from ..base import Ctx, DomainPlugin, register_domain
+from ._findings import accept_lb, extract_observation, extract_observation_columns, map_distinct, map_findings, resolve_test_codes
 from .dm import code_table
 
 
@@ -26,35 +26,16 @@ def loinc_lb() -> dict[str, dict[str, str]]:
 
 def map_lb(cols: pd.DataFrame, ctx: Ctx) -> pd.DataFrame:
     table = loinc_lb()
-    loinc = cols["_loinc"].astype("object")
     # every lookup below is once per distinct code (the table row is the same for all its rows),
     # each code column factorised once
-    codes = Distinct(loinc)
-    ncits = Distinct(cols["_ncit"].astype("object"))
-    hit = codes.map(lambda c: table.get(c) if isinstance(c, str) else None)
-    # an NCIt coding of an LBTESTCD term is the CDISC value itself (rule lb.LBTESTCD): it wins over
-    # the LOINC table, and converts rows whose test has no LOINC
-    testcd_term, test_term = ct_term("LBTESTCD"), ct_term("LBTEST")
-    by_ncit = ncits.map(testcd_term)
-    bad = hit.isna() & by_ncit.isna()
-    if bad.any():
-        ctx.row_issues("LB", "testcd", Kind.UNMAPPED_CODE, "Observation.code has neither a LOINC in the "
-                       "CDISC LOINC-to-LB table nor an NCIt coding of an LBTESTCD term: row not converted",
-                       cols, bad, rule="lb.LBTESTCD", source="Observation.code", target="LBTESTCD",
-                       value_col="_loinc")
-        cols, loinc, by_ncit = cols.loc[~bad], loinc.loc[~bad], by_ncit.loc[~bad]
-        codes, ncits = codes.subset(~bad), ncits.subset(~bad)
-    if not len(cols):
+    tc = resolve_test_codes(cols, ctx, "LB", table, "the CDISC LOINC-to-LB table")
+    if tc is None:
         return pd.DataFrame()
-    testcd = codes.map(lambda c: table[c]["target_code"] if c in table else None)
-    testcd = by_ncit.where(by_ncit.notna(), testcd)
-    out = map_findings(cols, ctx, "LB", testcd, "UNIT")
-    out["LBTESTCD"] = testcd
-    lbtest = codes.map(lambda c: table[c]["LBTEST"] if c in table else None)
-    # LBTEST of the NCIt coding where that coding gave LBTESTCD
-    test_ncit = ncits.map(lambda c: test_term(c) if testcd_term(c) is not None else None)
-    out["LBTEST"] = test_ncit.where(test_ncit.notna(), lbtest)
-    out["LBLOINC"] = loinc
+    cols, codes = tc.cols, tc.codes
+    out = map_findings(cols, ctx, "LB", tc.testcd, "UNIT")
+    out["LBTESTCD"] = tc.testcd
+    out["LBTEST"] = tc.test
+    out["LBLOINC"] = cols["_loinc"].astype("object")
     out["LBSPEC"] = codes.map(lambda c: (table[c]["LBSPEC"] or None) if c in table else None)
     out["LBMETHOD"] = codes.map(lambda c: (table[c]["LBMETHOD"] or None) if c in table else None)
     lbcat = code_table("lbcat")

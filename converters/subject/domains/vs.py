@@ -13,8 +13,8 @@ import pandas as pd
 
 from ...report import Kind
 from ...specs import load_table
-from ..base import Ctx, Distinct, DomainPlugin, register_domain
-from ._findings import accept_vs, ct_term, ct_values, extract_observation, extract_observation_columns, map_findings
+from ..base import Ctx, DomainPlugin, register_domain
+from ._findings import accept_vs, ct_values, extract_observation, extract_observation_columns, map_findings, resolve_test_codes
 
 
 @cache
@@ -29,37 +29,20 @@ def vs_unit_override() -> dict[tuple[str, str], str]:
 
 def map_vs(cols: pd.DataFrame, ctx: Ctx) -> pd.DataFrame:
     table = loinc_vs()
-    loinc = cols["_loinc"].astype("object")
-    # lookups once per distinct code, each code column factorised once
-    codes = Distinct(loinc)
-    ncits = Distinct(cols["_ncit"].astype("object"))
-    hit = codes.map(lambda c: table.get(c) if isinstance(c, str) else None)
-    # an NCIt coding of a VSTESTCD term is the CDISC value itself (rule vs.VSTESTCD): it wins over
-    # the LOINC table; so do NCIt codings of POSITION / LOC terms over the LOINC's pre-coordination
-    testcd_term, test_term = ct_term("VSTESTCD"), ct_term("VSTEST")
-    by_ncit = ncits.map(testcd_term)
-    bad = hit.isna() & by_ncit.isna()
-    if bad.any():
-        ctx.row_issues("VS", "testcd", Kind.UNMAPPED_CODE, "Observation.code has neither a LOINC in table "
-                       "loinc_to_vs nor an NCIt coding of a VSTESTCD term: row not converted", cols, bad,
-                       rule="vs.VSTESTCD", source="Observation.code", target="VSTESTCD", value_col="_loinc")
-        cols, loinc, by_ncit = cols.loc[~bad], loinc.loc[~bad], by_ncit.loc[~bad]
-        codes, ncits = codes.subset(~bad), ncits.subset(~bad)
-    if not len(cols):
+    # lookups once per distinct code, each code column factorised once; NCIt codings of POSITION /
+    # LOC terms win over the LOINC's pre-coordination (rule vs.VSTESTCD)
+    tc = resolve_test_codes(cols, ctx, "VS", table, "table loinc_to_vs")
+    if tc is None:
         return pd.DataFrame()
+    cols, codes, testcd = tc.cols, tc.codes, tc.testcd
     # the unit override once per (VSTESTCD, unit) it lists
-    testcd = codes.map(lambda c: table[c]["target_code"] if c in table else None)
-    testcd = by_ncit.where(by_ncit.notna(), testcd)
     vu = cols["_vu"].astype("object")
     override = pd.Series(None, index=cols.index, dtype="object")
     for (t, u), term in vs_unit_override().items():
         override[((testcd == t) & (vu == u)).to_numpy()] = term
     out = map_findings(cols, ctx, "VS", testcd, "VSRESU", override)
     out["VSTESTCD"] = testcd
-    vstest = codes.map(lambda c: table[c]["VSTEST"] if c in table else None)
-    # VSTEST of the NCIt coding where that coding gave VSTESTCD
-    test_ncit = ncits.map(lambda c: test_term(c) if testcd_term(c) is not None else None)
-    out["VSTEST"] = test_ncit.where(test_ncit.notna(), vstest)
+    out["VSTEST"] = tc.test
     for var, src, codelist in (("VSPOS", "_pos", "POSITION"), ("VSLOC", "_loc", "LOC")):
         def pre_coordinated(c: object, var: str = var) -> str | None:
             return (table[c][var] or None) if isinstance(c, str) and c in table else None

@@ -944,19 +944,11 @@ def _quantity(values: list[Any], units: list[Any], ctx: Ctx, domain: str, var: s
         if v is None and u is None:
             out.append(None)
             continue
-        q: dict[str, Any] = {}
-        if v is not None:
-            q["value"] = v
-        if u is not None:
-            q["unit"] = u
-            code = T.ucum_for(u)
-            if code:
-                q["system"] = T.UCUM
-                q["code"] = code
-            else:
-                ctx.tally(Kind.UNMAPPED_CODE, domain, var, "unit not in the CDISC Unit-UCUM table "
-                          "(codes/ucum_cdisc_units.csv): Quantity.unit only, no UCUM code", target="Quantity.code",
-                          value=u)
+        q = _ucum_quantity(v, u)
+        if u is not None and "code" not in q:
+            ctx.tally(Kind.UNMAPPED_CODE, domain, var, "unit not in the CDISC Unit-UCUM table "
+                      "(codes/ucum_cdisc_units.csv): Quantity.unit only, no UCUM code", target="Quantity.code",
+                      value=u)
         out.append(q)
     return out
 
@@ -1506,9 +1498,9 @@ def build_findings(df: pd.DataFrame, domain: str, ctx: Ctx, path: Path | str,
         rr: dict[str, Any] = {}
         lv, hv = lo.distinct[lc][0], hi.distinct[hc][0]
         if lv is not None:
-            rr["low"] = _range_q(lv, unit)
+            rr["low"] = _ucum_quantity(lv, unit)
         if hv is not None:
-            rr["high"] = _range_q(hv, unit)
+            rr["high"] = _ucum_quantity(hv, unit)
         if text:
             rr["text"] = text
         return ',"referenceRange":' + _js([rr]) if rr else ""
@@ -1519,8 +1511,12 @@ def build_findings(df: pd.DataFrame, domain: str, ctx: Ctx, path: Path | str,
                     subject, encounter, effective, value_col, dar_col, interp, body, meth, rrange, "}\n"], keep)
 
 
-def _range_q(value: Any, unit: Any) -> dict[str, Any]:
-    q: dict[str, Any] = {"value": value}
+def _ucum_quantity(value: Any, unit: Any) -> dict[str, Any]:
+    """A Quantity: the value, the CDISC unit as ``unit`` and its UCUM code when the CDISC Unit-UCUM
+    table gives one (:func:`T.ucum_for`); the caller reports a unit without a code."""
+    q: dict[str, Any] = {}
+    if value is not None:
+        q["value"] = value
     if unit is not None:
         q["unit"] = unit
         code = T.ucum_for(unit)

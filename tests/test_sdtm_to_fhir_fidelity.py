@@ -244,3 +244,11 @@ def test_seriousness_rows_map_back_through_the_fhir_to_sdtm_table() -> None:
             assert table[r["target_code"]] == r["target_display"], r
         seen += 1
     assert seen == 10
+
+
+def test_ucum_for_a_unit_term_respelled_since_the_cdisc_ucum_table() -> None:
+    """C67412 is mL/min/1.73m2 in the CDISC Unit-UCUM table (2022) and mL/min/1.73 m2 in CT 2025-03-28:
+    found by its C-code, as FHIR -> SDTM finds it (it used to get no UCUM code at all)."""
+    from trialbridge.fhir.subject_terms import ucum_for
+    assert ucum_for("mL/min/1.73 m2") == ucum_for("mL/min/1.73m2") == "mL/min/(173/100).m2"
+    assert ucum_for("10^9/L") == "10^9/L" and ucum_for("not a unit") is None

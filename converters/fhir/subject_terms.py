@@ -302,10 +302,14 @@ def _unit_ucum() -> dict[str, list[str]]:
     read backwards; the first codelist that has the term gives its list."""
     ranked: dict[str, list[tuple[int, str]]] = {}
     first: dict[str, str] = {}
+    # a term respelled since the table was published is found under its current submission value too
+    # (by its C-code in the pinned CT, as FHIR -> SDTM resolves it: C67412 mL/min/1.73m2 -> mL/min/1.73 m2)
+    current = {t.code: t.value for t in pinned_ct().codelist("UNIT").terms.values()}
     for r in load_table("codes/ucum_cdisc_units.csv"):
-        term, codelist = r["target_code"], r["codelist"]
-        if first.setdefault(term, codelist) == codelist:
-            ranked.setdefault(term, []).append((int(r["rank"]), r["source_code"]))
+        codelist = r["codelist"]
+        for term in dict.fromkeys((r["target_code"], current.get(r.get("target_ccode") or "", r["target_code"]))):
+            if first.setdefault(term, codelist) == codelist:
+                ranked.setdefault(term, []).append((int(r["rank"]), r["source_code"]))
     return {t: [u for _, u in sorted(v)] for t, v in ranked.items()}
 
 

@@ -138,16 +138,20 @@ def cli() -> None:
               help="Environment variable holding the salt for keyed-hash subject ids.")
 @click.option("--expose-mrn", is_flag=True,
               help="Allow a medical record number to become USUBJID (off by default).")
+@click.option("--test-codes", type=click.Path(path_type=Path), default=None,
+              help="FHIR -> SDTM: your LOINC -> LBTESTCD/VSTESTCD decisions (CSV: domain,loinc,testcd"
+                   "[,spec,method,category,reason]) for LOINCs the CDISC table does not map; each testcd must "
+                   "be a CDISC CT term. Every use is reported.")
 def convert(inputs: tuple[Path, ...], to: str, outdir: Path, source: str | None, fhir_version: str,
             sdtm_formats: str, study: Path | None, studyid: str | None, ct_file: Path | None,
             ndjson: bool, default_tz: str | None, strict: bool, report_values: bool, salt_env: str,
-            expose_mrn: bool) -> None:
+            expose_mrn: bool, test_codes: Path | None) -> None:
     """Convert INPUTS (files or folders) to another format."""
     code, _ = run_convert(inputs, to, outdir, source=source, fhir_version=fhir_version,
                           sdtm_formats=sdtm_formats, study=study, studyid=studyid, strict=strict,
                           report_values=report_values, ct_file=ct_file,
                           extra={"salt_env": salt_env, "expose_mrn": expose_mrn, "ndjson": ndjson,
-                                 "default_tz": default_tz})
+                                 "default_tz": default_tz, "test_codes": test_codes})
     sys.exit(code)
 
 
@@ -182,8 +186,11 @@ def demo(outdir: Path) -> None:
         steps.append(("SDTM trial design -> CT.gov", [base / "sdtm"], "ctgov", base / "ctgov-from-sdtm", {}))
         subjects = folder / "subjects.bundle.json"
         if subjects.exists():
+            # the sponsor's LOINC -> LBTESTCD decisions for this study, when the sample has them
+            codes = folder / "test_codes.csv"
             steps.append(("FHIR subjects -> SDTM", [subjects], "sdtm", base / "sdtm-subjects",
-                          {"study": record, "sdtm_formats": "json,csv,xpt"}))
+                          {"study": record, "sdtm_formats": "json,csv,xpt",
+                           "extra": {"test_codes": codes} if codes.exists() else {}}))
             steps.append(("SDTM subjects -> FHIR R5", [base / "sdtm-subjects"], "fhir",
                           base / "fhir-from-sdtm", {}))
         for title, ins, to, out, kw in steps:

@@ -85,6 +85,8 @@ class VariableFidelity:
     changed: int = 0
     lost: int = 0
     unexplained: int = 0
+    #: of ``equal``: values written differently that denote the same thing (UCUM spellings of one unit)
+    equivalent: int = 0
     mapped: bool = True                     # False: declared lossy / excluded, not held to the bar
     recomputed: bool = False                # a derived study day: not carried, recomputed by FHIR -> SDTM
     examples: list[tuple[Any, Any]] = field(default_factory=list)
@@ -118,8 +120,13 @@ class FidelityTable:
     def lines(self) -> list[str]:
         out = [f"{'domain':6} {'variable':9} {'values':>7} {'equal':>7} {'changed':>7} {'lost':>6} "
                f"{'equal%':>7} {'unexpl':>6}  explained by"]
+        if any(r.equivalent for r in self.rows):
+            out.insert(0, "(equal includes values written differently with the same meaning: "
+                          "'N same unit' = UCUM spellings of one CDISC unit)")
         for r in self.rows:
             note = "; ".join(r.explained_by) if r.explained_by else ""
+            if r.equivalent:
+                note = f"{r.equivalent} same unit, other UCUM spelling" + ("; " + note if note else "")
             tag = ("" if r.mapped else "  [declared lossy: not held to the bar]") + \
                 ("  [recomputed from RFSTDTC]" if r.recomputed else "")
             out.append(f"{r.domain:6} {r.variable:9} {r.values:7d} {r.equal:7d} {r.changed:7d} {r.lost:6d} "
@@ -489,9 +496,11 @@ def run_roundtrip(input: Path, workdir: Path, *, fhir_version: str = "R5", defau
                    "default = the single UTC offset FHIR -> SDTM dropped.")
 @click.option("--study", type=click.Path(exists=True, path_type=Path), default=None,
               help="FHIR input: the study definition (as for convert --to sdtm).")
+@click.option("--test-codes", type=click.Path(exists=True, path_type=Path), default=None,
+              help="FHIR input: your LOINC -> --TESTCD decisions (as for convert --to sdtm).")
 @click.option("--report-values", is_flag=True, help="Show example values (may contain subject data).")
 def roundtrip_command(input: Path, workdir: Path, fhir_version: str | None, default_tz: str | None,
-                      study: Path | None, report_values: bool) -> None:
+                      study: Path | None, test_codes: Path | None, report_values: bool) -> None:
     """INPUT -> other format -> INPUT; print the fidelity table per domain/resource and variable/element.
 
     INPUT: a folder of SDTM datasets (SDTM -> FHIR -> SDTM), or FHIR files / a folder of them
@@ -502,7 +511,7 @@ def roundtrip_command(input: Path, workdir: Path, fhir_version: str | None, defa
         table, fwd, back = run_roundtrip(input, workdir, fhir_version=(fhir_version or "R5").upper(),
                                          default_tz=default_tz, include_values=report_values)
     else:
-        table, fwd, back = run_fhir_roundtrip([input], workdir, study=study,
+        table, fwd, back = run_fhir_roundtrip([input], workdir, study=study, test_codes=test_codes,
                                               fhir_version=(fhir_version or "R4").upper(), default_tz=default_tz)
     for line in table.lines():
         click.echo(line)
@@ -547,6 +556,22 @@ _FRACTION = re.compile(r"(?<=T\d{2}:\d{2}:\d{2})\.\d+")
 #: SDTM -> FHIR writer writes back (R4 spellings first, R5 second; a MedicationAdministration that is
 #: not study drug becomes CM and comes back as a MedicationStatement, hence its dosage paths), each
 #: with its normaliser
+def same_unit(a: Any, b: Any) -> bool:
+    """Two UCUM codes of one unit: both stand for the same CDISC UNIT (or VSRESU) term in the CDISC
+    Unit-UCUM table and the project's supplement (``10*3/uL`` and ``10*9/L`` are CDISC 10^9/L;
+    ``mL/min/{1.73_m2}`` and ``mL/min/(173/100).m2`` are mL/min/1.73 m2), or UCUM arithmetic proves them
+    identical (factor 1). A Quantity's unit is a concept, not a spelling: FHIR compares quantities in
+    canonical UCUM units (FHIR R5 search, Quantity parameters). Counted as equal and shown apart."""
+    from .subject.units import cdisc_unit
+    if not isinstance(a, str) or not isinstance(b, str):
+        return False
+    for codelist in ("UNIT", "VSRESU"):
+        ta, tb = cdisc_unit(a, codelist), cdisc_unit(b, codelist)
+        if ta is not None and ta == tb:
+            return True
+    return False
+
+
 FHIR_ELEMENTS: dict[str, list[tuple[str, Any]]] = {
     "Patient": [("gender", None), ("birthDate", None)],
     "Encounter": [("status", None), ("period.start|actualPeriod.start", _dt), ("period.end|actualPeriod.end", _dt)],
@@ -566,6 +591,14 @@ FHIR_ELEMENTS: dict[str, list[tuple[str, Any]]] = {
                                  ("effectivePeriod.end|occurencePeriod.end", _dt),
                                  ("dosage.dose.value|dosage.doseAndRate.doseQuantity.value", None),
                                  ("dosage.dose.code|dosage.doseAndRate.doseQuantity.code", None)],
+}
+
+
+#: element paths whose values compare by meaning as well as by text (see :func:`same_unit`)
+EQUIVALENT_WHEN: dict[str, Any] = {
+    "valueQuantity.code": same_unit,
+    "dosage.doseAndRate.doseQuantity.code": same_unit,
+    "dosage.dose.code|dosage.doseAndRate.doseQuantity.code": same_unit,
 }
 
 
@@ -599,11 +632,16 @@ def zone_for_reverse(back: ConversionReport, default_tz: str | None) -> str | No
     return tz
 
 
-def _tally(fid: VariableFidelity, va: Any, vb: Any) -> bool:
-    """Count one compared value as equal, lost (nothing came back) or changed; True when equal."""
+def _tally(fid: VariableFidelity, va: Any, vb: Any, same: Any = None) -> bool:
+    """Count one compared value as equal, lost (nothing came back) or changed; True when equal.
+    ``same(va, vb)``: an element-specific equivalence (counted in ``equal`` and in ``equivalent``)."""
     fid.values += 1
     if vb is not None and (_norm(va) == _norm(vb) or str(va) == str(vb)):
         fid.equal += 1
+        return True
+    if vb is not None and same is not None and same(va, vb):
+        fid.equal += 1
+        fid.equivalent += 1
         return True
     if vb is None:
         fid.lost += 1
@@ -614,6 +652,7 @@ def _tally(fid: VariableFidelity, va: Any, vb: Any) -> bool:
 
 def run_fhir_roundtrip(inputs: list[Path], workdir: Path, *, study: Path | None = None,
                        fhir_version: str = "R4", default_tz: str | None = None,
+                       test_codes: Path | None = None,
                        ) -> tuple[FidelityTable, ConversionReport, ConversionReport]:
     """FHIR -> SDTM (engine) -> FHIR (writer); the elements of :data:`FHIR_ELEMENTS` compared per
     resource, aligned through ``<dom>.provenance.csv`` (source resource) and :func:`writer_id`
@@ -635,7 +674,9 @@ def run_fhir_roundtrip(inputs: list[Path], workdir: Path, *, study: Path | None 
     to_sdtm = ConversionReport()
     sdtm_dir = workdir / "sdtm"
     st = load_study(study, to_sdtm) if study else None
-    convert_subjects(inputs, sdtm_dir, options=Options(fhir_version=fhir_version, study=st), report=to_sdtm)
+    convert_subjects(inputs, sdtm_dir, options=Options(fhir_version=fhir_version, study=st,
+                                                       extra={"test_codes": test_codes} if test_codes else {}),
+                     report=to_sdtm)
     tz = zone_for_reverse(to_sdtm, default_tz)
     to_fhir = ConversionReport()
     extra: dict[str, Any] = {"ndjson": True}
@@ -688,7 +729,7 @@ def run_fhir_roundtrip(inputs: list[Path], workdir: Path, *, study: Path | None 
                 vb = _get(b, path) if b is not None else None
                 if norm:
                     va, vb = norm(va), norm(vb)
-                if _tally(fid, va, vb):
+                if _tally(fid, va, vb, EQUIVALENT_WHEN.get(path)):
                     continue
                 if k not in came_back:        # the record did not come back: the entry dropping it
                     why = explain.records.get(f"{rtype}/{k[1]}") or summary.get(rtype)

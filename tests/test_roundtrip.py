@@ -42,20 +42,12 @@ BELOW_BAR: dict[tuple[str, str], str] = {}
 
 # (dataset, DOM.VAR) with differences no report entry explains yet: silent losses to fix
 UNEXPLAINED: set[tuple[str, str]] = set()
-_UNMAPPED_LB = ("144 Observations whose LOINC (5130-0 anti-dsDNA, 62238-1 CKD-EPI eGFR) has no row in the CDISC "
-                "LOINC-to-LB table and no NCIt coding: no LBTESTCD, not converted (unmapped-code per record); "
-                "counted as lost")
+# Below the bar on the sample: single records where FHIR holds two values and SDTM has one variable (each
+# reported lossy by the rule that chooses). Every Observation converts (eGFR 62238-1 via the project's supplement
+# row, anti-dsDNA 5130-0 via the sample's sponsor table test_codes.csv); UCUM spellings of one unit count as equal.
 FHIR_BELOW_BAR = {
-    "Observation.status": _UNMAPPED_LB + "; and 1 'final' result with dataAbsentReason 'error' (SDTM keeps "
-                          "NOT DONE + reason text; reported lossy, lb.STAT)",
     "Observation.dataAbsentReason.coding.code": "the dataAbsentReason code is not kept in SDTM (reason text in "
                                                 "LBREASND; reported lossy, lb.REASND): 1 of 2",
-    "Observation.valueQuantity.value": _UNMAPPED_LB,
-    "Observation.effectiveDateTime": _UNMAPPED_LB,
-    "Observation.referenceRange.low.value": _UNMAPPED_LB,
-    "Observation.referenceRange.high.value": _UNMAPPED_LB,
-    "Observation.valueQuantity.code": _UNMAPPED_LB + "; and UCUM spellings SDTM cannot keep (10*3/uL -> CDISC "
-                                      "10^9/L -> 10^9/L, mg/mg -> g/g -> g/g), reported lossy by lb.ORRESU",
     "AdverseEvent.event.text": "the AE's resultingCondition supplies AETERM (Joint IG); its different event text "
                                "is not kept (reported lossy, ae.AETERM); 1 of 5",
     "Condition.code.text": "that Condition becomes the AE's AETERM, not an MH record (reported lossy, mh.select)",
@@ -91,7 +83,7 @@ def fhir_rt(tmp_path_factory: pytest.TempPathFactory) -> Any:
     from trialbridge.roundtrip import run_fhir_roundtrip
     sample = SAMPLES / "NCT04835883"
     table, to_sdtm, to_fhir = run_fhir_roundtrip([sample / "subjects.bundle.json"], tmp_path_factory.mktemp("rt-fhir"),
-                                                   study=sample / "ctgov.json")
+                                                   study=sample / "ctgov.json", test_codes=sample / "test_codes.csv")
     print("\n== FHIR -> SDTM -> FHIR: NCT04835883 subjects.bundle.json")
     print("\n".join(table.lines()))
     return table, to_sdtm, to_fhir
@@ -179,3 +171,24 @@ def test_roundtrip_fhir_synthea_every_difference_explained(tmp_path: Path, monke
     assert {r.domain for r in table.rows} >= {"Patient", "Encounter", "Observation"}
     assert [f"{r.domain}.{r.variable}" for r in table.rows if r.unexplained] == []
     assert any(i.source == "Observation.category" for i in to_sdtm.issues)
+
+
+def test_same_unit_is_one_cdisc_unit_not_any_spelling() -> None:
+    from trialbridge.roundtrip import same_unit
+    assert same_unit("10*3/uL", "10^9/L") and same_unit("10*9/L", "10^9/L")
+    assert same_unit("mL/min/{1.73_m2}", "mL/min/(173/100).m2")
+    assert same_unit("mg/mg", "g/g")
+    assert not same_unit("mg/dL", "g/dL")             # same dimension, factor 100
+    assert not same_unit("mL/min", "mL/min/(173/100).m2")
+    assert not same_unit("[IU]/mL", "U/mL")           # arbitrary units are never proved equal
+    assert not same_unit(None, "g/L") and not same_unit("g/L", 5)
+
+
+def test_fhir_roundtrip_counts_unit_spellings_apart(fhir_rt: Any) -> None:
+    """The UCUM spellings SDTM cannot keep are equal values shown apart ('same unit'), each reported
+    lossy by lb.ORRESU in the forward leg; every other code came back as written."""
+    table, to_sdtm, _ = fhir_rt
+    row = next(r for r in table.rows if (r.domain, r.variable) == ("Observation", "valueQuantity.code"))
+    assert row.equal == row.values and 0 < row.equivalent < row.values
+    assert any(i.rule == "lb.ORRESU" and i.kind.value == "lossy" and "10*3/uL" in i.message for i in to_sdtm.issues)
+    assert "same unit, other UCUM spelling" in "\n".join(table.lines())

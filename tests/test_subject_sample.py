@@ -106,8 +106,9 @@ def test_golden_sdtm(path: Path, tmp_path: Path) -> None:
     from trialbridge.cli import main
 
     out = tmp_path / "sdtm"
+    codes = path.parent / "test_codes.csv"      # the sponsor's LOINC -> LBTESTCD decisions, if any
     rc = main(["convert", str(path), "--to", "sdtm", "--study", str(path.parent / "ctgov.json"),
-               "-o", str(out), "--sdtm-format", "csv"])
+               "-o", str(out), "--sdtm-format", "csv"] + (["--test-codes", str(codes)] if codes.exists() else []))
     assert rc in (0, 1)
     golden = path.parent / "sdtm-subjects"
     produced = sorted(p.name for p in out.glob("*.csv"))

@@ -235,6 +235,9 @@ class Ctx:
     unread: dict[tuple[str, str, str], int] = field(default_factory=dict)
     #: resource type -> {modifierExtension url: occurrences} (rule subject.modifier)
     modifiers: dict[str, dict[str, int]] = field(default_factory=dict)
+    #: the user's LOINC -> --TESTCD decisions (--test-codes; :mod:`.test_codes`): domain -> LOINC -> row
+    test_codes: dict[str, dict[str, dict[str, str]]] = field(default_factory=dict)
+    test_tables: dict[str, dict[str, dict[str, str]]] = field(default_factory=dict)
     _once: set[str] = field(default_factory=set)
 
     def dropped_zone(self, target: str) -> dict[str, int]:

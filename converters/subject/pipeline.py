@@ -41,6 +41,7 @@ from ..specs import transform
 from . import base, sdtm_ext, unread
 from .base import SRC_COLUMNS, Ctx, DomainPlugin
 from .reader import iter_chunks, iter_resources
+from .test_codes import load_test_codes
 
 #: resource types the engine itself keeps from pass 1 (indexes, identity, visits, reference dates)
 CHUNK_ROWS = 50_000   # resources per streamed chunk (memory bound: one chunk of plain rows)
@@ -68,6 +69,8 @@ def convert_subjects(inputs: list[Path], outdir: Path, *, options: Any,
               fhir_version=getattr(options, "fhir_version", None) if extra.get("force_version") else None,
               expose_mrn=bool(extra.get("expose_mrn")),
               salt_env=extra.get("salt_env") or base.DEFAULT_SALT_ENV)
+    if extra.get("test_codes"):
+        ctx.test_codes = load_test_codes(Path(extra["test_codes"]))
     run = _Run(ctx, plugins, tuple(getattr(options, "sdtm_formats", ("json",))), outdir)
     # parsed FHIR JSON holds no reference cycles: the cyclic GC would only re-walk every live chunk
     # object again and again (it made orjson parsing ~10x slower here), so it is paused for the run

@@ -15,23 +15,32 @@ import pandas as pd
 from ...report import Kind
 from ...specs import load_table
 from ..base import Ctx, DomainPlugin, register_domain
+from ..test_codes import note_used, test_table
 from ._findings import accept_lb, extract_observation, extract_observation_columns, map_distinct, map_findings, resolve_test_codes
 from .dm import code_table
 
 
 @cache
 def loinc_lb() -> dict[str, dict[str, str]]:
-    return {r["source_code"]: r for r in load_table("codes/loinc_to_lb.csv") if r["preferred"] == "Y"}
+    """The CDISC table's preferred row per LOINC, then the project's supplement (LOINCs the CDISC
+    document does not list; a supplement row never replaces a CDISC row)."""
+    rows = {r["source_code"]: r for r in load_table("codes/loinc_to_lb.csv") if r["preferred"] == "Y"}
+    for r in load_table("codes/loinc_to_lb_extra.csv"):
+        if r["source_code"] in rows:
+            raise ValueError(f"loinc_to_lb_extra.csv: LOINC {r['source_code']} is in the CDISC table")
+        rows[r["source_code"]] = r
+    return rows
 
 
 def map_lb(cols: pd.DataFrame, ctx: Ctx) -> pd.DataFrame:
-    table = loinc_lb()
+    table = test_table(ctx, "LB", loinc_lb())
     # every lookup below is once per distinct code (the table row is the same for all its rows),
     # each code column factorised once
     tc = resolve_test_codes(cols, ctx, "LB", table, "the CDISC LOINC-to-LB table")
     if tc is None:
         return pd.DataFrame()
     cols, codes = tc.cols, tc.codes
+    note_used(ctx, "LB", codes.values, table)
     out = map_findings(cols, ctx, "LB", tc.testcd, "UNIT")
     out["LBTESTCD"] = tc.testcd
     out["LBTEST"] = tc.test
@@ -40,7 +49,8 @@ def map_lb(cols: pd.DataFrame, ctx: Ctx) -> pd.DataFrame:
     out["LBMETHOD"] = codes.map(lambda c: (table[c]["LBMETHOD"] or None) if c in table else None)
     lbcat = code_table("lbcat")
     # the sponsor's category (a category given as text only) first, else from the LOINC class
-    by_class = codes.map(lambda c: lbcat.get(table[c]["loinc_class"]) if c in table else None)
+    by_class = codes.map(lambda c: (table[c].get("category") or lbcat.get(table[c]["loinc_class"]))
+                         if c in table else None)
     cat_text = cols["_cat_text"].astype("object")
     out["LBCAT"] = cat_text.where(cat_text.notna(), by_class)
     fast = cols["_fast"].astype("object")

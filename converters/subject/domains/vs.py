@@ -14,6 +14,7 @@ import pandas as pd
 from ...report import Kind
 from ...specs import load_table
 from ..base import Ctx, DomainPlugin, register_domain
+from ..test_codes import note_used, test_table
 from ._findings import accept_vs, ct_values, extract_observation, extract_observation_columns, map_findings, resolve_test_codes
 
 
@@ -28,13 +29,14 @@ def vs_unit_override() -> dict[tuple[str, str], str]:
 
 
 def map_vs(cols: pd.DataFrame, ctx: Ctx) -> pd.DataFrame:
-    table = loinc_vs()
+    table = test_table(ctx, "VS", loinc_vs())
     # lookups once per distinct code, each code column factorised once; NCIt codings of POSITION /
     # LOC terms win over the LOINC's pre-coordination (rule vs.VSTESTCD)
     tc = resolve_test_codes(cols, ctx, "VS", table, "table loinc_to_vs")
     if tc is None:
         return pd.DataFrame()
     cols, codes, testcd = tc.cols, tc.codes, tc.testcd
+    note_used(ctx, "VS", codes.values, table)
     # the unit override once per (VSTESTCD, unit) it lists
     vu = cols["_vu"].astype("object")
     override = pd.Series(None, index=cols.index, dtype="object")

@@ -1,0 +1,122 @@
+"""LOINC -> --TESTCD tables for LB and VS, per run: the CDISC table, the project's supplement, and the
+user's own decisions (``--test-codes FILE``).
+
+A LOINC the CDISC LOINC-to-LB table (or ``loinc_to_vs.csv``) does not list is reported and its
+Observation not converted: the converter never guesses a test code (rule lb.LBTESTCD). Two sources
+may fill that gap, each a *declared* decision, each reported once per LOINC it is used for:
+
+* ``mappings/codes/loinc_to_lb_extra.csv``: rows the project adds where the CDISC table is silent and
+  an exact CDISC term exists (each row says why); it never overrides a CDISC row.
+* the user's file (a data manager's sponsor decisions, e.g. "our anti-dsDNA assay is an IgG ELISA"):
+  CSV with the columns ``domain,loinc,testcd`` and optionally ``spec,method,category,reason``. Every
+  ``testcd`` must be a term of the CDISC codelist ``LBTESTCD``/``VSTESTCD`` of the CT in use (--TEST is
+  that term's test name), ``spec`` a term of SPECTYPE and ``method`` of METHOD; a bad row stops the run
+  (file, row and field named). A user row wins over the CDISC and project rows of the same LOINC.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from pathlib import Path
+from typing import Any
+
+from ..errors import UsageError
+from ..report import Kind
+from ..sdtm.ct import pinned_ct
+
+COLUMNS = ("domain", "loinc", "testcd", "spec", "method", "category", "reason")
+REQUIRED = ("domain", "loinc", "testcd")
+DOMAINS = ("LB", "VS")
+MAX_BYTES = 5_000_000
+
+
+def load_test_codes(path: Path) -> dict[str, dict[str, dict[str, str]]]:
+    """The user's table: domain -> LOINC -> a row shaped like the CDISC table's rows
+    (``target_code``, ``LBTEST``/``VSTEST``, ``LBSPEC``, ``LBMETHOD``, ``category``, ``origin``)."""
+    name = path.name
+    try:
+        if path.stat().st_size > MAX_BYTES:
+            raise UsageError(f"test-code table larger than {MAX_BYTES // 1_000_000} MB", file=name)
+        text = path.read_text(encoding="utf-8-sig")
+    except OSError as exc:
+        raise UsageError(f"cannot read the test-code table ({exc.strerror})", file=name) from None
+    except UnicodeDecodeError:
+        raise UsageError("the test-code table is not UTF-8 text", file=name) from None
+    lines = [ln for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
+    reader = csv.DictReader(io.StringIO("\n".join(lines)))
+    header = [h.strip() for h in reader.fieldnames or ()]
+    missing = [c for c in REQUIRED if c not in header]
+    if missing:
+        raise UsageError(f"the test-code table needs the columns {', '.join(REQUIRED)} "
+                         f"(missing: {', '.join(missing)})", file=name)
+    unknown = [c for c in header if c not in COLUMNS]
+    if unknown:
+        raise UsageError(f"unknown column(s) {', '.join(unknown)} (allowed: {', '.join(COLUMNS)})", file=name)
+    ct = pinned_ct()
+    out: dict[str, dict[str, dict[str, str]]] = {d: {} for d in DOMAINS}
+    for n, raw in enumerate(reader, start=1):
+        row = {k.strip(): (v or "").strip() for k, v in raw.items() if k is not None}
+        where = f"row {n}"
+        for col in REQUIRED:
+            if not row.get(col):
+                raise UsageError("empty value", file=name, record=where, field=col)
+        d = row["domain"].upper()
+        if d not in DOMAINS:
+            raise UsageError(f"domain {row['domain']!r} is not LB or VS", file=name, record=where, field="domain")
+        loinc = row["loinc"]
+        if loinc in out[d]:
+            raise UsageError(f"LOINC {loinc} is listed twice for {d}", file=name, record=where, field="loinc")
+        term = ct.term(f"{d}TESTCD", row["testcd"])
+        if term is None:
+            raise UsageError(f"{row['testcd']!r} is not a term of the CDISC codelist {d}TESTCD "
+                             f"({ct.source})", file=name, record=where, field="testcd")
+        test = ct.codelist(f"{d}TEST").by_code(term.code)
+        spec, method = row.get("spec", ""), row.get("method", "")
+        if spec and d == "LB" and not ct.is_valid("SPECTYPE", spec):
+            raise UsageError(f"{spec!r} is not a term of the CDISC codelist SPECTYPE", file=name,
+                             record=where, field="spec")
+        if spec and d == "VS":
+            raise UsageError("VS has no specimen (spec is for LB rows)", file=name, record=where, field="spec")
+        if method and not ct.is_valid("METHOD", method):
+            raise UsageError(f"{method!r} is not a term of the CDISC codelist METHOD", file=name,
+                             record=where, field="method")
+        out[d][loinc] = {"source_code": loinc, "target_code": term.value,
+                         f"{d}TEST": test.value if test is not None else term.preferred,
+                         "LBSPEC": spec, "LBMETHOD": method, "VSPOS": "", "VSLOC": "", "loinc_class": "",
+                         "category": row.get("category", ""), "origin": f"{name} {where}",
+                         "reason": row.get("reason", "")}
+    return out
+
+
+def test_table(ctx: Any, domain: str, base: dict[str, dict[str, str]]) -> dict[str, dict[str, str]]:
+    """``base`` (the CDISC table with the project supplement) with the user's rows for ``domain`` on
+    top; built once per run."""
+    user = (getattr(ctx, "test_codes", None) or {}).get(domain)
+    if not user:
+        return base
+    cache: dict[str, dict[str, dict[str, str]]] = ctx.test_tables
+    if domain not in cache:
+        merged = dict(base)
+        for loinc, row in user.items():
+            if loinc in base and base[loinc]["target_code"] != row["target_code"]:
+                ctx.once(f"test-codes-override:{domain}:{loinc}", Kind.INFERRED,
+                         f"LOINC {loinc}: {domain}TESTCD {row['target_code']} from {row['origin']} instead of "
+                         f"{base[loinc]['target_code']} of the CDISC table", rule=f"{domain.lower()}.{domain}TESTCD",
+                         source="Observation.code", target=f"{domain}TESTCD")
+            merged[loinc] = row
+        cache[domain] = merged
+    return cache[domain]
+
+
+def note_used(ctx: Any, domain: str, loincs: list[Any], table: dict[str, dict[str, str]]) -> None:
+    """Once per LOINC converted with a row that is not the CDISC table's: where the row came from."""
+    for c in loincs:
+        row = table.get(c) if isinstance(c, str) else None
+        if row is None or not row.get("origin"):
+            continue
+        origin = row["origin"]
+        why = f" ({row['reason']})" if row.get("reason") else ""
+        ctx.once(f"test-codes-used:{domain}:{c}", Kind.INFERRED,
+                 f"LOINC {c} -> {domain}TESTCD {row['target_code']}: from {origin}, not the CDISC LOINC table{why}",
+                 rule=f"{domain.lower()}.{domain}TESTCD", source="Observation.code", target=f"{domain}TESTCD")

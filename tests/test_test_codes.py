@@ -1,0 +1,132 @@
+"""LOINC -> --TESTCD beyond the CDISC table: the project's supplement (eGFR CKD-EPI) and the user's own
+decisions (--test-codes), each checked against CDISC CT, each use reported; a LOINC nobody maps stays
+unconverted and reported."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+from conftest import SAMPLES
+from trialbridge.cli import main
+from trialbridge.errors import UsageError
+from trialbridge.specs import load_table
+from trialbridge.subject.domains.lb import loinc_lb
+from trialbridge.subject.test_codes import load_test_codes
+
+SAMPLE = SAMPLES / "NCT04835883"
+HEADER = "domain,loinc,testcd,spec,method,category,reason\n"
+
+
+def _table(tmp_path: Path, body: str, header: str = HEADER) -> Path:
+    p = tmp_path / "codes.csv"
+    p.write_text(header + body, encoding="utf-8")
+    return p
+
+
+def _convert(tmp_path: Path, *extra: str) -> tuple[int, Path]:
+    out = tmp_path / "sdtm"
+    rc = main(["convert", str(SAMPLE / "subjects.bundle.json"), "--to", "sdtm", "--study",
+               str(SAMPLE / "ctgov.json"), "-o", str(out), "--sdtm-format", "csv", *extra])
+    return rc, out
+
+
+def _lb(out: Path) -> list[dict[str, str]]:
+    with open(out / "lb.csv", encoding="utf-8") as fh:
+        return list(csv.DictReader(fh))
+
+
+def test_supplement_rows_are_exact_ct_terms_and_never_override_cdisc() -> None:
+    from trialbridge.sdtm.ct import pinned_ct
+    ct = pinned_ct()
+    cdisc = {r["source_code"] for r in load_table("codes/loinc_to_lb.csv")}
+    extra = load_table("codes/loinc_to_lb_extra.csv")
+    assert extra, "supplement is empty"
+    for r in extra:
+        assert r["source_code"] not in cdisc
+        term = ct.term("LBTESTCD", r["target_code"])
+        assert term is not None, r
+        assert ct.codelist("LBTEST").by_code(term.code).value == r["LBTEST"]
+        assert ct.is_valid("SPECTYPE", r["LBSPEC"]) and ct.is_valid("METHOD", r["LBMETHOD"])
+        assert r["origin"] and r["reason"]
+    assert loinc_lb()["62238-1"]["target_code"] == "GFRBSCRT"
+
+
+def test_user_table_loads_and_takes_the_ct_test_name(tmp_path: Path) -> None:
+    got = load_test_codes(_table(tmp_path, "LB,5130-0,DDNAIGAB,SERUM,,SEROLOGY,IgG ELISA\nvs,8310-5,TEMP,,,,\n"))
+    row = got["LB"]["5130-0"]
+    assert (row["target_code"], row["LBTEST"], row["LBSPEC"], row["category"]) == (
+        "DDNAIGAB", "Anti-Double Stranded DNA IgG", "SERUM", "SEROLOGY")
+    assert row["origin"] == "codes.csv row 1"
+    assert got["VS"]["8310-5"]["VSTEST"] == "Temperature"
+
+
+@pytest.mark.parametrize(("body", "header", "where", "words"), [
+    ("LB,5130-0,DSDNA,SERUM,,,\n", HEADER, ("row 1", "testcd"), "not a term of the CDISC codelist LBTESTCD"),
+    ("LB,5130-0,DDNAIGAB,SERA,,,\n", HEADER, ("row 1", "spec"), "SPECTYPE"),
+    ("LB,5130-0,DDNAIGAB,,ELISAX,,\n", HEADER, ("row 1", "method"), "METHOD"),
+    ("XX,5130-0,DDNAIGAB,,,,\n", HEADER, ("row 1", "domain"), "not LB or VS"),
+    ("LB,5130-0,DDNAIGAB,,,,\nLB,5130-0,DDNAIGAB,,,,\n", HEADER, ("row 2", "loinc"), "twice"),
+    ("LB,,DDNAIGAB,,,,\n", HEADER, ("row 1", "loinc"), "empty value"),
+    ("VS,8310-5,TEMP,SERUM,,,\n", HEADER, ("row 1", "spec"), "VS has no specimen"),
+    ("LB,5130-0\n", "domain,loinc\n", (), "needs the columns"),
+    ("LB,5130-0,DDNAIGAB,x\n", "domain,loinc,testcd,colour\n", (), "unknown column"),
+])
+def test_bad_user_table_is_refused_naming_row_and_field(tmp_path: Path, body: str, header: str,
+                                                        where: tuple[str, ...], words: str) -> None:
+    with pytest.raises(UsageError) as exc:
+        load_test_codes(_table(tmp_path, body, header))
+    msg = exc.value.one_line()
+    assert msg.startswith("codes.csv"), msg
+    assert words in msg and all(w in msg for w in where), msg
+
+
+def test_without_a_decision_anti_dsdna_is_reported_not_guessed(tmp_path: Path) -> None:
+    rc, out = _convert(tmp_path)
+    assert rc in (0, 1)
+    rows = _lb(out)
+    assert not [r for r in rows if r["LBLOINC"] == "5130-0"]
+    issues = json.loads((out / "report.json").read_text())["issues"]
+    assert any(i["kind"] == "unmapped-code" and i["rule"] == "lb.LBTESTCD" and "Observation/" in (i.get("record") or "")
+               for i in issues)
+    # the supplement converts eGFR (CKD-EPI), and says so once
+    egfr = [r for r in rows if r["LBLOINC"] == "62238-1"]
+    assert len(egfr) == 72
+    assert {(r["LBTESTCD"], r["LBSPEC"], r["LBMETHOD"], r["LBCAT"], r["LBORRESU"]) for r in egfr} == {
+        ("GFRBSCRT", "SERUM OR PLASMA OR BLOOD", "CALCULATION", "CHEMISTRY", "mL/min/1.73 m2")}
+    used = [i for i in issues if i["rule"] == "lb.LBTESTCD" and i["kind"] == "inferred"]
+    assert [("62238-1" in i["message"], "loinc_to_lb_extra.csv" in i["message"]) for i in used] == [(True, True)]
+
+
+def test_the_sponsor_table_converts_anti_dsdna_and_is_reported(tmp_path: Path) -> None:
+    rc, out = _convert(tmp_path, "--test-codes", str(SAMPLE / "test_codes.csv"))
+    assert rc in (0, 1)
+    rows = [r for r in _lb(out) if r["LBLOINC"] == "5130-0"]
+    assert len(rows) == 72
+    assert {(r["LBTESTCD"], r["LBTEST"], r["LBSPEC"], r["LBCAT"]) for r in rows} == {
+        ("DDNAIGAB", "Anti-Double Stranded DNA IgG", "SERUM", "SEROLOGY")}
+    issues = json.loads((out / "report.json").read_text())["issues"]
+    assert not any(i["kind"] == "unmapped-code" and i["rule"] == "lb.LBTESTCD" for i in issues)
+    used = [i["message"] for i in issues if i["rule"] == "lb.LBTESTCD" and i["kind"] == "inferred"]
+    assert any("5130-0" in m and "test_codes.csv row 1" in m for m in used), used
+
+
+def test_a_user_row_over_a_cdisc_row_wins_and_is_reported(tmp_path: Path) -> None:
+    # 14682-9 (creatinine, umol/L) is CREAT in the CDISC table; a user decision replaces it, visibly
+    codes = _table(tmp_path, "LB,14682-9,CREATCLR,,,,deliberately different\n")
+    rc, out = _convert(tmp_path, "--test-codes", str(codes))
+    assert rc in (0, 1)
+    assert {r["LBTESTCD"] for r in _lb(out) if r["LBLOINC"] == "14682-9"} == {"CREATCLR"}
+    issues = json.loads((out / "report.json").read_text())["issues"]
+    assert any("14682-9" in i["message"] and "instead of CREAT" in i["message"] for i in issues)
+
+
+def test_cli_bad_table_exits_2_and_writes_nothing(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    codes = _table(tmp_path, "LB,5130-0,NOTATERM,,,,\n")
+    rc, out = _convert(tmp_path, "--test-codes", str(codes))
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert "codes.csv: record row 1: field testcd" in err
+    assert not (out / "lb.csv").exists()

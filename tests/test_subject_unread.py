@@ -306,3 +306,89 @@ def test_synthea_unread_elements(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     if issued:
         assert _count(got["Observation.issued"]) == issued
     assert any(k.startswith("Encounter.") for k in got)
+
+
+# ------------------------------------------------------------------------- nested (subject.unread-nested)
+def _lab(i: int, **extra: Any) -> dict[str, Any]:
+    rng = {"low": {"value": 12, "unit": "g/dL", "system": UCUM, "code": "g/dL"},
+           "high": {"value": 16, "unit": "g/dL", "system": UCUM, "code": "g/dL"}}
+    base = _obs(i, cat="laboratory", loinc="718-7",
+                valueQuantity={"value": 13.1, "unit": "g/dL", "system": UCUM, "code": "g/dL"},
+                referenceRange=[rng],
+                interpretation=[{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ObservationInterpretation",
+                                             "code": "N"}]}])
+    base.update(extra)
+    return base
+
+
+NESTED_CASES = [
+    _lab(1),                                                                   # the usual shape: nothing
+    _lab(2, referenceRange=[_lab(0)["referenceRange"][0], {"text": "age 65+: 11-15", "appliesTo": [{"text": "65+"}]}]),
+    _lab(3, referenceRange=[{**_lab(0)["referenceRange"][0], "type": {"text": "normal"}}]),
+    _lab(4, valueQuantity={"value": 13.1, "unit": "g/dL", "system": UCUM, "code": "g/dL",
+                           "extension": [{"url": "urn:x", "valueString": "y"}]}),
+    _lab(5, interpretation=[{"coding": [{"system": "urn:v3", "code": "N"}], "text": "normal"}]),
+    _lab(6, interpretation=[{"coding": [{"system": "urn:v3", "code": "N"}]}, {"coding": [{"code": "POS"}]}]),
+    _lab(7, code={"coding": [{"system": "http://loinc.org", "code": "718-7"},
+                             {"system": "http://hospital.example/lab", "code": "HGB"}]}),
+    _lab(8, referenceRange=[{"low": {"value": 12, "unit": "g/dL", "id": "lo"}, "high": {"value": 16}}]),
+    _lab(9, code={"coding": [{"system": "http://loinc.org", "code": "718-7"},
+                             {"system": "http://hospital.example/lab", "code": "HGB"}]}),
+]
+
+
+def test_nested_parts_items_and_codings_reported(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Below a partly-read element: a second reference range (age-specific ranges are real data), a part no
+    rule reads (type, an extension on the quantity, a text-only interpretation), a local lab code beside
+    the LOINC: each reported once per path with its count; nothing for the usual shape."""
+    report = _run(tmp_path, [PATIENT, *NESTED_CASES], monkeypatch)
+    got = {k: _count(v) for k, v in _entries(report, "subject.unread-nested").items()}
+    assert got == {"Observation.referenceRange[2+]": 1, "Observation.referenceRange.type": 1,
+                   "Observation.valueQuantity.extension": 1, "Observation.interpretation.text": 1,
+                   "Observation.interpretation[2+]": 1, "Observation.referenceRange.low.id": 1,
+                   "Observation.code.coding(http://hospital.example/lab)": 2}
+    sev = {i.source: i.severity for i in report.issues if i.rule == "subject.unread-nested"}
+    # the concept is kept by the LOINC; a value is not
+    assert sev["Observation.code.coding(http://hospital.example/lab)"] is Severity.INFO
+    assert sev["Observation.referenceRange[2+]"] is Severity.WARNING
+    assert len((tmp_path / "out" / "lb.csv").read_text().splitlines()) == 1 + len(NESTED_CASES)
+
+
+def test_nested_fast_path_and_row_path_report_the_same(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    fast = _entries(_run(tmp_path / "a", [PATIENT, *NESTED_CASES], monkeypatch), "subject.unread-nested")
+    monkeypatch.setattr(P, "_columnar_route", lambda routes: None)
+    rows = _entries(_run(tmp_path / "b", [PATIENT, *NESTED_CASES], monkeypatch), "subject.unread-nested")
+    assert fast == rows and fast
+
+
+def test_nested_medication_and_procedure_parts(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    med = {"resourceType": "MedicationRequest", "id": "m1", "status": "active", "intent": "order",
+           "subject": {"reference": "Patient/p1"},
+           "medicationCodeableConcept": {"coding": [{"system": "http://www.nlm.nih.gov/research/umls/rxnorm",
+                                                     "code": "197361"}], "text": "amlodipine 5 MG"},
+           "dosageInstruction": [{"text": "5 mg daily", "asNeededBoolean": True, "site": {"text": "oral"},
+                                  "doseAndRate": [{"doseQuantity": {"value": 5, "unit": "mg"}},
+                                                  {"doseQuantity": {"value": 10, "unit": "mg"}}]}],
+           "reasonReference": [{"reference": "Condition/c1"}, {"reference": "Condition/c2"}]}
+    proc = {"resourceType": "Procedure", "id": "pr1", "status": "completed", "subject": {"reference": "Patient/p1"},
+            "code": {"coding": [{"system": "http://snomed.info/sct", "code": "80146002"}], "text": "Appendectomy"},
+            "bodySite": [{"text": "appendix"}, {"text": "abdomen"}], "performedDateTime": "2020-01-01"}
+    report = _run(tmp_path, [PATIENT, med, proc], monkeypatch)
+    got = {k: _count(v) for k, v in _entries(report, "subject.unread-nested").items()}
+    assert got == {"MedicationRequest.dosageInstruction.asNeededBoolean": 1,
+                   "MedicationRequest.dosageInstruction.site": 1,
+                   "MedicationRequest.dosageInstruction.doseAndRate[2+]": 1,
+                   "MedicationRequest.reasonReference[2+]": 1,
+                   "MedicationRequest.medicationCodeableConcept.coding(http://www.nlm.nih.gov/research/umls/rxnorm)": 1,
+                   "Procedure.bodySite[2+]": 1}
+
+
+def test_nested_table_names_parts_of_read_elements_only() -> None:
+    """Every nested path starts at an element the type reads, and each dotted step below a declared one."""
+    for rtype, e in U.element_table().items():
+        for path in e.nested:
+            top = path.split(".")[0]
+            assert top in e.read, (rtype, path)
+            parent = path.rsplit(".", 1)[0]
+            if "." in path and parent in e.nested and e.nested[parent].parts is not None:
+                assert path.rsplit(".", 1)[1] in e.nested[parent].parts, (rtype, path)

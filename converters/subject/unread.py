@@ -35,6 +35,15 @@ MODIFIER = "modifierExtension"
 SELF_NOTED = frozenset({"Observation"})
 
 
+class Nested(NamedTuple):
+    """How a rule reads one (possibly nested) element: ``first`` = only its first item; ``parts`` = the
+    keys read in it (None = all); ``codings`` = the coding systems read (None = all)."""
+
+    first: bool
+    parts: frozenset[str] | None
+    codings: frozenset[str] | None
+
+
 class Elements(NamedTuple):
     """What the converter does with the top-level elements of one resource type."""
 
@@ -42,6 +51,7 @@ class Elements(NamedTuple):
     privacy: dict[str, str]     # element -> why the privacy rule drops it
     narrative: bool             # ``text`` reported as narrative (not as an ordinary unread element)
     extensions: frozenset[str]  # top-level extension URLs some rule reads
+    nested: dict[str, Nested] = {}   # dotted path -> how it is read (elements read only in part)
 
 
 def expand(names: Iterable[str]) -> frozenset[str]:
@@ -65,7 +75,12 @@ def element_table() -> dict[str, Elements]:
     for rtype, entry in (spec.get("types") or {}).items():
         privacy = dict(entry.get("privacy") or {})
         urls = frozenset(_url(u) for u in [*common_ext, *(entry.get("extensions") or {})])
-        out[rtype] = Elements(expand([*common, *(entry.get("read") or {})]), privacy, "text" not in privacy, urls)
+        nested = {path: Nested(n.get("items") == "first",
+                               frozenset(n["parts"]) if "parts" in n else None,
+                               frozenset(n["codings"]) if "codings" in n else None)
+                  for path, n in (entry.get("nested") or {}).items()}
+        out[rtype] = Elements(expand([*common, *(entry.get("read") or {})]), privacy, "text" not in privacy, urls,
+                              nested)
     return out
 
 
@@ -112,11 +127,64 @@ def note_resource(res: dict[str, Any], ctx: Ctx, *, also_unread: Iterable[str] =
         if k in res and k in table.read and k not in table.privacy:   # (else counted above)
             key = (rtype, k, "unread")
             counts[key] = counts.get(key, 0) + 1
+    if table.nested:
+        note_nested(res, rtype, table.nested, counts)
     urls = nested_modifiers(res)
     if urls:
         seen = ctx.modifiers.setdefault(rtype, {})
         for u in urls:
             seen[u] = seen.get(u, 0) + 1
+
+
+def note_nested(res: dict[str, Any], rtype: str, nested: dict[str, Nested],
+                counts: dict[tuple[str, str, str], int]) -> None:
+    """Rule subject.unread-nested for one resource: parts of partly-read elements no rule reads, items
+    after the first of first-only elements, codings of systems no rule reads. One count per resource
+    and path (a path seen twice in one resource counts once)."""
+    seen: set[tuple[str, str]] = set()
+    for path, how in nested.items():
+        nodes = _values(res, path, nested)
+        if how.first:
+            whole = _values(res, path, nested, last_whole=True)
+            if any(isinstance(v, list) and len(v) > 1 for v in whole):
+                seen.add((f"{path}[2+]", "nested"))
+        for node in nodes:
+            if not isinstance(node, dict):
+                continue
+            if how.parts is not None:
+                for k in node:
+                    if k not in how.parts and k != MODIFIER:
+                        seen.add((f"{path}.{k}", "nested"))
+            if how.codings is not None:
+                for c in node.get("coding") or ():
+                    if isinstance(c, dict) and c.get("system") not in how.codings:
+                        seen.add((f"{path}.coding({c.get('system') or 'no system'})", "coding"))
+    for elem, kind in seen:
+        key = (rtype, elem, kind)
+        counts[key] = counts.get(key, 0) + 1
+
+
+def _values(res: dict[str, Any], path: str, nested: dict[str, Nested], *, last_whole: bool = False) -> list[Any]:
+    """The values at a dotted ``path`` (lists of items flattened, first-only prefixes cut to their
+    first item; with ``last_whole`` the last step's value is returned as it stands)."""
+    cur: list[Any] = [res]
+    parts = path.split(".")
+    for i, key in enumerate(parts):
+        prefix = ".".join(parts[:i + 1])
+        how = nested.get(prefix)
+        nxt: list[Any] = []
+        for node in cur:
+            v = node.get(key) if isinstance(node, dict) else None
+            if v is None:
+                continue
+            if i == len(parts) - 1 and last_whole:
+                nxt.append(v)
+            elif isinstance(v, list):
+                nxt.extend(v[:1] if how is not None and how.first else v)
+            else:
+                nxt.append(v)
+        cur = nxt
+    return cur
 
 
 def note_keys(rtype: str, keys: Iterable[str], ctx: Ctx) -> None:
@@ -168,6 +236,15 @@ def report_unread(ctx: Ctx) -> None:
         if how == "privacy":
             ctx.report.add(Kind.LOSSY, f"{src} in {n} resource(s): {table[rtype].privacy[elem]} (privacy rule, "
                            "pipeline.PATIENT_KEEP)", rule="subject.privacy", source=src)
+        elif how == "coding":
+            ctx.report.add(Kind.UNMAPPED_SOURCE, f"{src} in {n} resource(s): a coding of a system no rule reads "
+                           "(the concept is carried by another coding or the text; this code is not)",
+                           rule="subject.unread-nested", source=src, severity=Severity.INFO)
+        elif how == "nested":
+            what = ("items after the first: only the first is read" if elem.endswith("[2+]")
+                    else "no SDTM variable reads it")
+            ctx.report.add(Kind.UNMAPPED_SOURCE, f"{src} in {n} resource(s): {what}", rule="subject.unread-nested",
+                           source=src)
         elif how == "narrative":
             ctx.report.add(Kind.UNMAPPED_SOURCE, f"{src} (narrative) in {n} resource(s): a human-readable "
                            "rendering of the structured elements, not converted", rule="subject.narrative",

@@ -297,25 +297,45 @@ def extract_observation_columns(items: Iterable[Any], ctx: Ctx, on_error: Callab
             if cat is None or status == "entered-in-error":
                 _extract_row(item, ctx, add, sparse, by_cat, order)
                 continue
-            if not all_read(res):
-                _note_unread_fast(res, read_all, ctx)
-            # the usual shape: what extract_observation reads, without the branches that cannot apply
-            meta = get("meta")
-            subj = get("subject")
-            enc = get("encounter")
+            # the usual shape: what extract_observation reads, without the branches that cannot apply;
+            # anything rule subject.unread-nested would report (a coding of another system, a second
+            # reference range or interpretation, a part no rule reads) takes the row extractor
             code = get("code")
             loinc = ncit = None
+            usual = True
             if isinstance(code, dict):
                 for c in code.get("coding") or ():
                     system = c.get("system")
                     if system == LOINC:
                         if loinc is None:
                             loinc = c.get("code")
-                    elif system in NCIT_SYSTEMS and ncit is None:
-                        ncit = c.get("code")
+                    elif system in NCIT_SYSTEMS:
+                        if ncit is None:
+                            ncit = c.get("code")
+                    else:
+                        usual = False
             interp = get("interpretation")
-            rlo = rhi = ru = rtext = None
             rr = get("referenceRange")
+            vq = get("valueQuantity")
+            if interp and (len(interp) > 1 or not interp[0].keys() <= INTERP_PARTS
+                           or len(interp[0].get("coding") or ()) > 1
+                           or not (interp[0].get("coding") or ({},))[0].keys() <= CODING_PARTS):
+                usual = False
+            if rr and (len(rr) > 1 or not rr[0].keys() <= RANGE_PARTS
+                       or not (rr[0].get("low") or {}).keys() <= LIMIT_PARTS
+                       or not (rr[0].get("high") or {}).keys() <= LIMIT_PARTS):
+                usual = False
+            if vq is not None and not vq.keys() <= QUANTITY_PARTS:
+                usual = False
+            if not usual:
+                _extract_row(item, ctx, add, sparse, by_cat, order)
+                continue
+            if not all_read(res):
+                _note_unread_fast(res, read_all, ctx)
+            meta = get("meta")
+            subj = get("subject")
+            enc = get("encounter")
+            rlo = rhi = ru = rtext = None
             if rr:
                 r0 = rr[0]
                 lo = r0.get("low")
@@ -331,7 +351,6 @@ def extract_observation_columns(items: Iterable[Any], ctx: Ctx, on_error: Callab
                 ru = lu or hu
                 rtext = r0.get("text")
             v = vu = vcmp = None
-            vq = get("valueQuantity")
             if vq is not None:
                 vget = vq.get
                 v = vget("value")
@@ -375,6 +394,21 @@ def extract_observation_columns(items: Iterable[Any], ctx: Ctx, on_error: Callab
             cols[name] = pd.Series(col, dtype="object")
         out[cat] = {name: cols[name] for name in COLUMNS}
     return out, n
+
+
+def _nested_parts(path: str) -> frozenset[str]:
+    how = unread.element_table()["Observation"].nested[path]
+    assert how.parts is not None, path
+    return how.parts
+
+
+#: the parts the fast path may meet (mappings/subject/read_elements.yaml, Observation nested): any other
+#: part sends the Observation to the row extractor, where rule subject.unread-nested reports it
+QUANTITY_PARTS = _nested_parts("valueQuantity")
+RANGE_PARTS = _nested_parts("referenceRange")
+LIMIT_PARTS = _nested_parts("referenceRange.low") & _nested_parts("referenceRange.high")
+INTERP_PARTS = _nested_parts("interpretation")
+CODING_PARTS = _nested_parts("interpretation.coding")
 
 
 def _note_unread_fast(res: dict[str, Any], read_all: frozenset[str], ctx: Ctx) -> None:

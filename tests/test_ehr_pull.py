@@ -418,3 +418,8 @@ def test_pull_to_sdtm_converts_the_folder(ehr: EhrServer, tmp_path: Path,
     assert report["inputs"] == [str(out)]
     assert (out / "sdtm" / "dm.json").exists()
     assert f"converting {out} to SDTM in {out / 'sdtm'}" in capsys.readouterr().out
+    # the conversion options reach the converter: a test-code table with a non-CT term stops it (exit 2)
+    bad = tmp_path / "codes.csv"
+    bad.write_text("domain,loinc,testcd\nLB,5130-0,NOTATERM\n", encoding="utf-8")
+    assert pull(ehr, *args, "--sdtm-output", str(tmp_path / "sdtm2"), "--test-codes", str(bad)) == 2
+    assert "codes.csv: record row 1: field testcd" in capsys.readouterr().err

@@ -82,6 +82,8 @@ def _types(values: tuple[str, ...]) -> list[str]:
 @click.option("--study", type=click.Path(path_type=Path), default=None,
               help="Study definition for the conversion (as in `convert --study`).")
 @click.option("--studyid", default=None, help="STUDYID for the conversion.")
+@click.option("--test-codes", type=click.Path(path_type=Path), default=None,
+              help="Your LOINC -> LBTESTCD/VSTESTCD decisions for the conversion (as for convert).")
 @click.option("--strict", is_flag=True, help="Warnings fail the run.")
 @click.option("--report-values", is_flag=True,
               help="Keep server diagnostics and source values in the reports (may hold PHI).")
@@ -90,7 +92,7 @@ def pull(server: str, outdir: Path, group: str | None, all_patients: bool, types
          auth_config: Path | None, timeout: float, retries: int, backoff: float, max_wait: float,
          poll_interval: float, max_poll_interval: float, max_pages: int, restart: bool,
          quiet: bool, to: str | None, sdtm_output: Path | None, study: Path | None,
-         studyid: str | None, strict: bool, report_values: bool) -> None:
+         studyid: str | None, test_codes: Path | None, strict: bool, report_values: bool) -> None:
     """Pull subject data from a FHIR server (Bulk Data $export or search) into OUTPUT."""
     parts = urlsplit(server)
     if parts.scheme not in ("http", "https") or not parts.hostname:
@@ -159,6 +161,7 @@ def pull(server: str, outdir: Path, group: str | None, all_patients: bool, types
         target = sdtm_output or outdir / "sdtm"
         click.echo(f"converting {outdir} to SDTM in {target}")
         convert_code, _ = run_convert([outdir], "sdtm", target, study=study, studyid=studyid,
-                                      strict=strict, report_values=report_values)
+                                      strict=strict, report_values=report_values,
+                                      extra={"test_codes": test_codes} if test_codes else None)
         code = max(code, convert_code)
     sys.exit(code)

@@ -264,3 +264,264 @@ def test_id_log_finds_exactly_the_first_repeat_as_a_set_of_ids_would() -> None:
     ids = [f"lb-STUDY-SUBJECT-{i % 1000:04d}-{i}" for i in range(200_000)]
     assert log.first_repeat([i.rsplit("-", 1)[0] + "-" for i in ids], [i.rsplit("-", 1)[1] for i in ids], ids) is None
     assert sum(r.nbytes for r in log.runs) == 8 * 200_000 and not log.texts
+
+
+# ----------------------------------------------------------------------------- FHIR -> SDTM: typed NDJSON
+_UCUM, _LOINC = "http://unitsofmeasure.org", "http://loinc.org"
+_NCIT = "http://ncicb.nci.nih.gov/xml/owl/EVS/Thesaurus.owl"
+
+
+def _obs_line(i: int, **kw: object) -> bytes:
+    """A benchmark-like Observation line; ``kw`` replaces (None: removes) top-level elements."""
+    base: dict[str, object] = {
+        "resourceType": "Observation", "id": f"o{i}", "meta": {"versionId": "1"}, "status": "final",
+        "category": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/observation-category",
+                                  "code": "laboratory" if i % 3 else "vital-signs"}]}],
+        "code": {"coding": [{"system": _LOINC, "code": "2345-7" if i % 3 else "8867-4"}], "text": "x"},
+        "subject": {"reference": f"Patient/p{i % 4}"}, "effectiveDateTime": "2024-02-10T08:36:00+01:00",
+        "valueQuantity": {"value": 105.94 if i % 2 else 118, "unit": "mg/dL", "system": _UCUM, "code": "mg/dL"},
+        "referenceRange": [{"low": {"value": 50, "unit": "mg/dL", "system": _UCUM, "code": "mg/dL"},
+                            "high": {"value": 300.0, "unit": "mg/dL", "system": _UCUM, "code": "mg/dL"}}],
+        "interpretation": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ObservationInterpretation",
+                                        "code": "N"}]}]}
+    base.update(kw)
+    return orjson.dumps({k: v for k, v in base.items() if v is not None})
+
+
+def _awkward_lines() -> list[bytes]:
+    q = {"value": 1, "system": _UCUM, "code": "mg/dL"}
+    lines = [_obs_line(i) for i in range(6)] + [
+        _obs_line(10, encounter={"reference": "Encounter/e1", "display": "visit"}),
+        # numbers: int/float kept apart, exponents, -0.0; integers beyond 64 bits (orjson: float)
+        *[_obs_line(20).replace(b'"value":118', b'"value":' + t) for t in (
+            b"118.0", b"1e2", b"1E5", b"-0.0", b"-0", b"2.2250738585072011e-308", b"9223372036854775807",
+            b"9223372036854775808", b"-9223372036854775809", b"123456789012345678901234567890",
+            b"1.00000000000000011102230246251565404236316680908203125", b"1e400", b"NaN", b"Infinity",
+            b'"NaN"', b'"118"', b"true", b"null")],
+        # unknown keys, at the top and nested; extensions and modifier extensions at any level
+        _obs_line(30, foo=1), _obs_line(31, valueQuantity={**q, "foo": 1}),
+        _obs_line(32, code={"coding": [{"system": _LOINC, "code": "2345-7", "extension": [{"url": "u"}]}]}),
+        _obs_line(33, referenceRange=[{"low": q, "modifierExtension": [{"url": "m"}]}]),
+        _obs_line(34, modifierExtension=[{"url": "http://example.org/m"}]),
+        _obs_line(35, extension=[{"url": "http://example.org/e", "valueString": "x"}]),
+        _obs_line(36, _effectiveDateTime={"extension": [{"url": "http://example.org/e"}]}),
+        _obs_line(37, _status={"id": "s"}), _obs_line(38, meta={"versionId": "2", "extension": []}),
+        # unread elements (counted by subject.unread), narrative, R5 elements
+        _obs_line(40, issued="2024-01-01T00:00:00Z", note=[{"text": "n"}], performer=[{"reference": "P/1"}]),
+        _obs_line(41, text={"status": "generated", "div": "<div xmlns=\"http://www.w3.org/1999/xhtml\">é</div>"}),
+        _obs_line(42, triggeredBy=[{"type": "reflex"}], valueRange={"low": q}, bodyStructure={"reference": "B/1"}),
+        _obs_line(43, issued="x", _issued={"extension": []}),
+        # shapes for the row extractor: components, panels, other value[x], data absent, specimen, body site
+        _obs_line(50, valueQuantity=None, component=[{"code": {"coding": [{"system": _LOINC, "code": "8480-6"}]},
+                                                      "valueQuantity": {"value": 120, "code": "mm[Hg]", "system": _UCUM}}]),
+        _obs_line(51, valueQuantity=None, hasMember=[{"reference": "Observation/o1"}]),
+        _obs_line(52, valueQuantity=None, valueString="positive"), _obs_line(53, valueQuantity=None, valueInteger=3),
+        _obs_line(54, valueQuantity=None, dataAbsentReason={"text": "not asked"}, status="cancelled"),
+        _obs_line(55, specimen={"reference": "Specimen/s1"}), _obs_line(56, bodySite={"text": "arm"}),
+        _obs_line(57, effectiveDateTime=None, effectivePeriod={"start": "2024-02"}),
+        _obs_line(58, effectiveDateTime=None, effectiveInstant="2024-02-01T00:00:00Z"),
+        # categories: none, several, text only, out of scope; entered-in-error
+        _obs_line(60, category=None), _obs_line(61, category=[]),
+        _obs_line(62, category=[{"text": "panel"}, {"coding": [{"code": "laboratory"}]}]),
+        _obs_line(63, category=[{"coding": [{"code": "survey"}]}]), _obs_line(64, category=[{"text": "t"}]),
+        _obs_line(65, category=[{"coding": []}]), _obs_line(66, status="entered-in-error"),
+        _obs_line(67, category=[{"coding": [{"code": "laboratory"}, {"code": "vital-signs"}]}]),
+        # missing and empty elements
+        _obs_line(70, subject=None, meta=None, id=None), _obs_line(71, code=None, status=None),
+        _obs_line(72, valueQuantity=None), _obs_line(73, referenceRange=[]), _obs_line(74, referenceRange=[{}]),
+        _obs_line(75, referenceRange=[{"text": "1-9"}]),
+        _obs_line(76, referenceRange=[{"text": ""}]), _obs_line(86, interpretation=[]),
+        _obs_line(77, interpretation=[{"text": "n"}]), _obs_line(78, interpretation=[{"coding": []}]),
+        _obs_line(79, effectiveDateTime=""), _obs_line(80, valueQuantity={}), _obs_line(81, code={}),
+        _obs_line(82, subject={}), _obs_line(83, meta={}),
+        _obs_line(84, referenceRange=[{"low": {"value": 1, "unit": "mg/dL"}, "high": {"code": "", "unit": "u"}}]),
+        # units: other system, no system, comparator, empty code
+        _obs_line(90, valueQuantity={"value": 7, "unit": "mmol/L", "system": "http://example.org/u", "code": "X"}),
+        _obs_line(91, valueQuantity={"value": 3, "comparator": "<", "unit": "U/L"}),
+        _obs_line(92, valueQuantity={"value": 3, "code": "", "unit": "U/L", "system": _UCUM}),
+        # codes: NCIt beside LOINC, a LOINC coding without code before one with, a coding as text
+        _obs_line(93, code={"coding": [{"system": _LOINC}, {"system": _NCIT, "code": "C49677"},
+                                       {"system": _LOINC, "code": "8867-4", "display": "HR", "userSelected": True}]}),
+        _obs_line(94, code={"coding": ["2345-7"]}),
+        # wrong JSON types where a dict path reads them
+        _obs_line(100, subject="Patient/p1"), _obs_line(101, status=5), _obs_line(102, meta=["1"]),
+        _obs_line(103, category={"coding": [{"code": "laboratory"}]}), _obs_line(104, interpretation=["N"]),
+        _obs_line(105, valueQuantity="5 mg"), _obs_line(106, meta={"versionId": 3}), _obs_line(107, id=17),
+        _obs_line(108, referenceRange=[{"low": 5}]), _obs_line(109, effectiveDateTime=20240101),
+        # nulls (FHIR JSON has none: the dict path reads them as given)
+        _obs_line(110, encounter=None).replace(b'"subject"', b'"encounter":null,"subject"'),
+        _obs_line(111).replace(b'"system":"http://unitsofmeasure.org","code":"mg/dL"}', b'"system":null,"code":"mg/dL"}', 1),
+        _obs_line(112).replace(b'"valueQuantity"', b'"note":null,"valueQuantity"'),
+        # duplicate keys: the last wins (a second resourceType too)
+        _obs_line(120).replace(b'"status":"final"', b'"status":"final","status":"cancelled"'),
+        _obs_line(121).replace(b'"id":"o121"', b'"id":"o121","resourceType":"Patient"'),
+        _obs_line(122).replace(b'"id":"o122"', b'"id":"o122","resourceType":"Observation"'),
+        # non-ASCII, escapes, invalid UTF-8 / lone surrogates / out-of-range numbers in read and unread elements
+        _obs_line(130, valueQuantity={"value": 5, "unit": "µmol/L", "code": "umol/L", "system": _UCUM}),
+        _obs_line(131).replace(b'"code":"mg/dL"}', b'"code":"\\u00b5g/dL"}', 1),
+        _obs_line(132, issued="x").replace(b'"issued":"x"', b'"issued":"\xff"'),
+        _obs_line(133).replace(b'"Patient/p1"', b'"Patient/\xc3\x28"'),
+        _obs_line(134, issued="x").replace(b'"issued":"x"', b'"issued":"\\ud800"'),
+        _obs_line(135, note="x").replace(b'"note":"x"', b'"note":[1e999]'),
+        _obs_line(136, note="x").replace(b'"note":"x"', b'"note":' + b"[" * 1100 + b"]" * 1100),
+        _obs_line(137).replace(b'"o137"', b'"o\\u0000\\"137"'),
+        # not JSON, blank, other spellings of the type, trailing spaces and CRLF
+        b'{"resourceType":"Observation","id":"bad",', b"", b"   ", b"[1, 2]",
+        b'{ "resourceType" : "Observation", "id": "spaced", "status": "final"}',
+        _obs_line(140) + b"  \r", b'{"resourceType":"Patient","id":"p1"}', b'{"id":"no-type"}',
+    ]
+    return lines
+
+
+def _extract_ndjson(path: Path, typed: bool, chunk: int) -> tuple[object, ...]:
+    """Reader + columnar extractor over one NDJSON file, with or without the typed decoder."""
+    from itertools import islice
+
+    from trialbridge.subject.base import Ctx
+    from trialbridge.subject.domains import _findings as F
+    from trialbridge.subject.domains import _obs_json as J
+    from trialbridge.subject.reader import iter_resources
+
+    ctx = Ctx(studyid="S", report=ConversionReport())
+    errors: list[tuple[str, int | None, str]] = []
+    failed: list[tuple[object, ...]] = []
+    decode = J.line_decoder() if typed else None
+    items = iter_resources([path], types={"Observation"}, errors=errors,
+                           decode_as=("Observation", decode) if decode is not None else None)
+    got: dict[str, list[list[tuple[object, type]]]] = {"LB": [], "VS": []}
+    while True:
+        cols, n = F.extract_observation_columns(islice(items, chunk), ctx, lambda item, exc: failed.append(
+            (item.resource.get("id"), item.line, type(item.resource).__name__, type(exc).__name__)))
+        for dom, c in cols.items():
+            assert list(c) == list(F.COLUMNS)
+            got[dom] += [[(v, type(v)) for v in row] for row in zip(*[list(c[k]) for k in F.COLUMNS], strict=True)]
+        if n < chunk:
+            break
+    issues = [(i.kind, i.rule, i.message, i.record, i.source) for i in ctx.report.issues]
+    # counts (the report sorts them; the dict path counts a set difference, in no set order)
+    return got, errors, failed, issues, sorted(ctx.unread.items()), sorted((k, sorted(v.items()))
+                                                                            for k, v in ctx.modifiers.items())
+
+
+def _same(a: object, b: object) -> bool:
+    """Equal, NaN equal to NaN and -0.0 apart from 0.0 (repr compares both)."""
+    return repr(a) == repr(b)
+
+
+@pytest.mark.parametrize("chunk", [7, 100_000])
+def test_typed_ndjson_path_gives_the_plain_paths_rows(tmp_path: Path, chunk: int) -> None:
+    """Bulk NDJSON Observations decoded by the typed decoder (msgspec) give exactly what orjson + the dict
+    path give: rows (values and Python types, order, provenance line numbers), reader errors, issues,
+    unread counts and modifier extensions, on awkward lines."""
+    from trialbridge.subject.domains import _obs_json as J
+    lines = _awkward_lines()
+    path = tmp_path / "Observation.ndjson"
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    plain, typed = _extract_ndjson(path, False, chunk), _extract_ndjson(path, True, chunk)
+    assert _same(typed, plain)
+    rows, errors, failed, issues, unread_counts, modifiers = plain
+    assert len(rows["LB"]) > 40 and len(rows["VS"]) > 5 and errors and failed and issues
+    assert {("Observation", "text", "narrative"), ("Observation", "issued", "unread")} <= dict(unread_counts).keys()
+    assert modifiers
+    # the typed decoder took the usual lines and refused the others (else the test proves nothing)
+    decode = J.line_decoder()
+    assert decode is not None
+
+    def took(line: bytes) -> bool:
+        try:
+            decode(line)
+        except Exception:  # noqa: BLE001
+            return False
+        return True
+    verdicts = [took(x) for x in lines]
+    assert sum(verdicts) > 50 and verdicts.count(False) > 40
+    for i, v in ((30, False), (31, False), (32, False), (33, False), (34, False), (36, False), (40, True),
+                 (41, True), (50, False), (60, True), (100, False), (111, False), (121, False), (132, False),
+                 (134, False), (135, False), (136, False)):
+        assert took(next(x for x in lines if f'"o{i}"'.encode() in x or f'"id":"o{i}"'.encode() in x)) is v, i
+
+
+def test_typed_ndjson_path_on_mutated_observations(tmp_path: Path) -> None:
+    """Random mutations of the usual line (elements dropped, retyped, nulled, nested extras, unread
+    elements added): typed and plain paths agree, and both paths are exercised."""
+    rng = random.Random(17)
+    values: list[object] = [None, "", "x", 0, 1, 1.5, -0.0, True, [], {}, [{}], {"x": 1}, [1], "laboratory",
+                            {"coding": [{"code": "laboratory"}]}, {"reference": "Patient/p9"}, 2**63]
+    lines = []
+    for i in range(1500):
+        res = orjson.loads(_obs_line(i))
+        for _ in range(rng.randint(0, 3)):
+            k = rng.choice(sorted(set(res) - {"resourceType"}))   # (a non-text type is the reader's concern)
+            what = rng.random()
+            if what < 0.25:
+                res.pop(k)
+            elif what < 0.5:
+                res[k] = rng.choice(values)
+            elif what < 0.7 and isinstance(res[k], dict):
+                res[k][rng.choice(["value", "code", "system", "unit", "reference", "coding", "extra", "id"])] = \
+                    rng.choice(values)
+            elif what < 0.85 and isinstance(res[k], list) and res[k] and isinstance(res[k][0], dict):
+                res[k][0][rng.choice(["coding", "low", "high", "text", "extension", "x"])] = rng.choice(values)
+            else:
+                res[rng.choice(["issued", "note", "text", "focus", "modifierExtension", "valueString"])] = \
+                    rng.choice(values)
+        lines.append(orjson.dumps(res))
+    path = tmp_path / "Observation.ndjson"
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    plain, typed = _extract_ndjson(path, False, 500), _extract_ndjson(path, True, 500)
+    assert _same(typed, plain)
+    rows, _, failed, _, unread_counts, _ = plain
+    assert len(rows["LB"]) + len(rows["VS"]) > 700 and failed and unread_counts
+    from trialbridge.subject.domains import _obs_json as J
+    kinds = []
+    for line in lines:
+        decode = J.line_decoder()    # a fresh one: it tries first the form the previous line needed
+        assert decode is not None
+        try:
+            kinds.append(type(decode(line)).__name__)
+        except Exception:  # noqa: BLE001
+            kinds.append("refused")
+    assert min(kinds.count(k) for k in ("Observation", "ObservationWide", "refused")) > 100
+
+
+def test_typed_observation_declares_every_element_once() -> None:
+    """The typed Observation reads only elements read_elements.yaml lists as read; its wide form adds
+    exactly the other R4/R5 Observation elements, except those that take the row extractor and
+    modifierExtension (a line with one of those is refused by the decoder)."""
+    from fhir.resources.observation import Observation as R5
+    from fhir.resources.R4B.observation import Observation as R4
+    from trialbridge.subject import unread
+    from trialbridge.subject.domains import _findings as F
+    from trialbridge.subject.domains import _obs_json as J
+    read = unread.read_elements("Observation")
+    assert set(J.READ) <= read | {"resourceType"}
+    assert not set(J.UNREAD_ELEMENTS) & read
+    assert not set(J.READ) & F.RARE_ELEMENTS
+    every = set(R5.elements_sequence()) | set(R4.elements_sequence())
+    assert every - {"modifierExtension"} - F.RARE_ELEMENTS == (set(J.READ) | set(J.UNREAD_ELEMENTS)) - {"resourceType"}
+    assert J.ObservationWide.__struct_fields__ == J.READ + J.UNREAD_ELEMENTS
+    assert J.ObservationWide.__struct_config__.forbid_unknown_fields
+
+
+def test_typed_decoder_stands_aside_under_a_raised_recursion_limit(monkeypatch: pytest.MonkeyPatch) -> None:
+    """msgspec nests as deep as the recursion limit allows, orjson 1024 levels: above that limit every
+    line takes the orjson path."""
+    import sys
+
+    from trialbridge.subject.domains import _obs_json as J
+    monkeypatch.setattr(sys, "getrecursionlimit", lambda: 5000)
+    assert J.line_decoder() is None
+
+
+def test_typed_decoder_tries_first_the_form_the_last_line_needed() -> None:
+    from trialbridge.subject.domains import _obs_json as J
+    decode = J.line_decoder()
+    assert decode is not None
+    usual, wide = _obs_line(1), _obs_line(2, issued="2024-01-01T00:00:00Z")
+    assert type(decode(usual)) is J.Observation
+    assert type(decode(wide)) is J.ObservationWide
+    kinds = [type(decode(usual)) for _ in range(J.RETRY_NARROW)]
+    assert kinds == [J.ObservationWide] * (J.RETRY_NARROW - 1) + [J.Observation]
+    assert type(decode(usual)) is J.Observation
+    with pytest.raises(Exception):   # noqa: B017 (whatever msgspec raises: the reader falls back)
+        decode(_obs_line(3, component=[]))

@@ -113,6 +113,10 @@ class DomainPlugin:
     #: ``(items, ctx, on_error) -> ({domain: {column: values}}, items consumed)``; it must give the
     #: same rows (provenance ``_src_*`` columns included) and issues as ``extract`` + ``accept``
     extract_columns: Callable[..., tuple[dict[str, dict[str, list[Any]]], int]] | None = None
+    #: optional typed NDJSON decoding for ``extract_columns``: a factory (called once per run) of a
+    #: decoder of one line of the streamed type that raises on any line it cannot represent exactly
+    #: (reader ``decode_as``; ``domains/_obs_json.py``); None = every line parsed with orjson
+    line_decoder: Callable[[], Callable[[bytes], Any] | None] | None = None
 
 
 _REGISTRY: dict[str, DomainPlugin] = {}

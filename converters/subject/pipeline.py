@@ -456,7 +456,12 @@ class _Run:
                            record=f"{res.get('resourceType')}/{res.get('id')}", file=item.file,
                            rule=f"{first.lower()}.extract")
 
-        items = iter_resources(inputs, types=set(routes), errors=errors)
+        # a typed decoder of the streamed type's NDJSON lines when its plugins share one
+        factories = {p.line_decoder for p in group}
+        factory = factories.pop() if len(factories) == 1 else None
+        decode = factory() if factory is not None else None
+        items = iter_resources(inputs, types=set(routes), errors=errors,
+                               decode_as=(next(iter(routes)), decode) if decode is not None else None)
         while True:
             cols, n = fn(islice(items, CHUNK_ROWS), self.ctx, on_error)
             self._flush({d: c for d, c in cols.items() if d in streamed}, streamed)

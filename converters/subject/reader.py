@@ -13,14 +13,19 @@ key is ``"resourceType": "X"`` is skipped without parsing when X is not wanted.
 
 ``skipped`` (a dict, optional) counts what the filter left out, by resource type (for a file skipped by
 its name: its non-blank lines), so the caller can report every resource it did not convert.
+
+``decode_as`` (optional, :func:`iter_resources`): (resource type, decoder) — NDJSON lines of that type
+are first offered to the decoder (a typed msgspec decoder, ``domains/_obs_json.py``); a line it accepts
+is yielded as a :class:`TypedItem` (the decoded object and the line's bytes), a line it refuses (it
+raises) is parsed with orjson as any other, so errors and filtering stay what they are.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 import orjson
 
@@ -39,6 +44,17 @@ class Item(NamedTuple):
     file: str                 # input file name (no folders: paths may carry PHI-like names)
     full_url: str | None      # Bundle.entry.fullUrl (urn:uuid:... or absolute URL), else None
     line: int | None = None   # 1-based NDJSON line, or Bundle entry index
+
+
+class TypedItem(NamedTuple):
+    """One NDJSON line decoded by a typed decoder (``decode_as``); ``raw`` is the line itself, so the
+    consumer can parse it as a dict when the decoded shape is not one it takes."""
+
+    resource: Any
+    file: str
+    full_url: None
+    line: int
+    raw: bytes
 
 
 def list_input_files(paths: Iterable[Path]) -> list[Path]:
@@ -73,7 +89,8 @@ def iter_chunks(paths: Iterable[Path], *, types: frozenset[str] | set[str] | Non
     """
     buf: list[Item] = []
     for path in list_input_files(paths):
-        for item in _iter_file(path, types, skip_types, errors, skipped):
+        # (no decode_as: plain items)
+        for item in cast(Iterator[Item], _iter_file(path, types, skip_types, errors, skipped)):
             buf.append(item)
             if len(buf) >= chunk_size:
                 yield buf
@@ -83,11 +100,13 @@ def iter_chunks(paths: Iterable[Path], *, types: frozenset[str] | set[str] | Non
 
 
 def iter_resources(paths: Iterable[Path], *, types: Any = None, skip_types: Any = None,
-                   errors: list[tuple[str, int | None, str]] | None = None) -> Iterator[Item]:
+                   errors: list[tuple[str, int | None, str]] | None = None,
+                   decode_as: tuple[str, Callable[[bytes], Any]] | None = None) -> Iterator[Item | TypedItem]:
     """One item at a time (the caller extracts and drops each parsed resource at once: holding
-    thousands of parsed dicts costs more in allocation than the parsing itself)."""
+    thousands of parsed dicts costs more in allocation than the parsing itself). ``decode_as``: see
+    the module docstring (NDJSON only; the type must be wanted)."""
     for path in list_input_files(paths):
-        yield from _iter_file(path, types, skip_types, errors)
+        yield from _iter_file(path, types, skip_types, errors, None, decode_as)
 
 
 def _wanted(rtype: Any, types: Any, skip: Any) -> bool:
@@ -97,7 +116,8 @@ def _wanted(rtype: Any, types: Any, skip: Any) -> bool:
 
 
 def _iter_file(path: Path, types: Any, skip: Any, errors: list | None,
-               skipped: dict[str, int] | None = None) -> Iterator[Item]:
+               skipped: dict[str, int] | None = None,
+               decode_as: tuple[str, Callable[[bytes], Any]] | None = None) -> Iterator[Item | TypedItem]:
     name = path.name
     if path.suffix.lower() in NDJSON_SUFFIXES:
         declared = file_resource_type(path)
@@ -105,7 +125,7 @@ def _iter_file(path: Path, types: Any, skip: Any, errors: list | None,
             if skipped is not None:
                 skipped[declared] = skipped.get(declared, 0) + _count_lines(path, name)
             return
-        yield from _iter_ndjson(path, name, types, skip, errors, skipped)
+        yield from _iter_ndjson(path, name, types, skip, errors, skipped, decode_as)
         return
     try:
         raw = path.read_bytes()
@@ -159,7 +179,8 @@ def iter_bundle(obj: Any, name: str, types: Any = None, skip: Any = None,
 
 
 def _iter_ndjson(path: Path, name: str, types: Any, skip: Any, errors: list | None,
-                 skipped: dict[str, int] | None = None) -> Iterator[Item]:
+                 skipped: dict[str, int] | None = None,
+                 decode_as: tuple[str, Callable[[bytes], Any]] | None = None) -> Iterator[Item | TypedItem]:
     loads = orjson.loads
     lead = _LEAD_TYPE.match
     filtering = types is not None or bool(skip)
@@ -168,6 +189,12 @@ def _iter_ndjson(path: Path, name: str, types: Any, skip: Any, errors: list | No
     fast_types = frozenset(t for t in types if isinstance(t, str) and _wanted(t, types, skip)
                            ) if types is not None else frozenset()
     fast = tuple(b'{"resourceType":"' + t.encode() + b'"' for t in sorted(fast_types))
+    # the typed decoder's lines: the same exact prefix (its decoder checks the type itself)
+    typed = b""
+    decode: Callable[[bytes], Any] = loads
+    if decode_as is not None and decode_as[0] in fast_types:
+        typed = b'{"resourceType":"' + decode_as[0].encode() + b'"'
+        decode = decode_as[1]
     new = tuple.__new__
     try:
         fh = open(path, "rb", buffering=1 << 20)  # noqa: SIM115 (with-block below)
@@ -175,6 +202,14 @@ def _iter_ndjson(path: Path, name: str, types: Any, skip: Any, errors: list | No
         raise InputError(f"cannot read file ({exc.strerror})", file=name) from None
     with fh:
         for n, line in enumerate(fh, start=1):
+            if typed and line.startswith(typed):
+                try:
+                    obj = decode(line)
+                except Exception:  # noqa: BLE001 (any refusal: the line is parsed as any other below)
+                    pass
+                else:
+                    yield new(TypedItem, (obj, name, None, n, line))
+                    continue
             if fast and line.startswith(fast):
                 try:
                     res = loads(line)

@@ -13,8 +13,11 @@ from collections.abc import Callable, Iterable
 from functools import cache
 from typing import Any, NamedTuple
 
+import msgspec
 import numpy as np
+import orjson
 import pandas as pd
+from msgspec import UNSET
 
 from ...fhir.subject_terms import EXT_DTC
 from ...report import Kind
@@ -22,6 +25,8 @@ from ...sdtm.ct import pinned_ct
 from ...specs import load_table
 from .. import units, unread
 from ..base import SRC_COLUMNS, Ctx, Distinct, derive_dtc
+from ..reader import Item
+from . import _obs_json
 from ._codes import NCIT_SYSTEMS
 from .dm import NO_VALUE, code_table
 
@@ -280,10 +285,94 @@ def extract_observation_columns(items: Iterable[Any], ctx: Ctx, on_error: Callab
     read_all = unread.read_elements("Observation")
     all_read = read_all.issuperset
     ucum = units.UCUM_SYSTEM
+    new_item = tuple.__new__
     n = 0
+    narrow, wide = _obs_json.Observation, _obs_json.ObservationWide
+    unread_at = len(_obs_json.READ)
+    unread_names = _obs_json.UNREAD_ELEMENTS
+    astuple = msgspec.structs.astuple
+    loads = orjson.loads
     for item in items:
         n += 1
         res = item[0]
+        typ = type(res)
+        if typ is narrow or typ is wide:
+            # a line the typed decoder took (reader.TypedItem): the same reading as the dict path
+            # below, on attributes (absent = None: the decoder admits no null)
+            cats = res.category
+            cat = None
+            if cats is not None and len(cats) == 1:
+                cs = cats[0].coding
+                if cs:
+                    cat = cat_of(cs[0].code)
+            status = res.status
+            if cat is not None and status != "entered-in-error":
+                if typ is wide:
+                    present = [k for k, v in zip(unread_names, astuple(res)[unread_at:], strict=True)
+                               if v is not UNSET]
+                    if present:
+                        unread.note_keys("Observation", present, ctx)
+                code = res.code
+                loinc = ncit = None
+                if code is not None:
+                    for c in code.coding or ():
+                        system = c.system
+                        if system == LOINC:
+                            if loinc is None:
+                                loinc = c.code
+                        elif system in NCIT_SYSTEMS and ncit is None:
+                            ncit = c.code
+                rlo = rhi = ru = rtext = None
+                rr = res.referenceRange
+                if rr:
+                    r0 = rr[0]
+                    lo = r0.low
+                    if lo is not None:
+                        rlo, lu = lo.value, lo.code or lo.unit
+                    else:
+                        lu = None
+                    hi = r0.high
+                    if hi is not None:
+                        rhi, hu = hi.value, hi.code or hi.unit
+                    else:
+                        hu = None
+                    ru = lu or hu
+                    rtext = r0.text
+                v = vu = vcmp = None
+                vq = res.valueQuantity
+                if vq is not None:
+                    v = vq.value
+                    system = vq.system
+                    vu = vq.code if system is None or system == ucum else None
+                    if vu is None and vq.unit:
+                        vu = vq.unit
+                    vcmp = vq.comparator
+                interp = res.interpretation
+                if interp:
+                    ic = interp[0].coding
+                    icode = ic[0].code if ic else None
+                else:
+                    icode = None
+                rows = by_cat[cat]
+                if ncit is not None or rtext is not None:
+                    at = len(rows)
+                    sp = sparse[cat]
+                    if ncit is not None:
+                        sp.setdefault("_ncit", {})[at] = ncit
+                    if rtext is not None:
+                        sp.setdefault("_rtext", {})[at] = rtext
+                if cat not in order:
+                    order[cat] = None
+                subj, enc, meta = res.subject, res.encounter, res.meta
+                rows.append((subj.reference if subj is not None else None,
+                             enc.reference if enc is not None else None,
+                             loinc, status, res.effectiveDateTime or None, v, vu, vcmp, icode, rlo, rhi, ru,
+                             "Observation", res.id, meta.versionId if meta is not None else None,
+                             item[1], item[3]))
+                continue
+            # a shape the inline path does not take: the row extractor, on the line parsed as a dict
+            item = new_item(Item, (loads(item[4]), item[1], item[2], item[3]))
+            res = item[0]
         try:
             get = res.get
             cats = get("category")

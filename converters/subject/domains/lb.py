@@ -16,6 +16,7 @@ from ...report import Kind
 from ...specs import load_table
 from ..base import Ctx, DomainPlugin, register_domain
 from ..test_codes import note_used, test_table
+from . import _obs_json
 from ._findings import accept_lb, extract_observation, extract_observation_columns, map_distinct, map_findings, resolve_test_codes
 from .dm import code_table
 
@@ -65,5 +66,6 @@ def map_lb(cols: pd.DataFrame, ctx: Ctx) -> pd.DataFrame:
 
 register_domain(DomainPlugin("LB", resource_types=("Observation",), extract=extract_observation,
                              extract_columns=extract_observation_columns,
+                             line_decoder=_obs_json.line_decoder,
                              accept=accept_lb, map=map_lb, streamed=True,
                              dtc="LBDTC"))

@@ -15,6 +15,7 @@ from ...report import Kind
 from ...specs import load_table
 from ..base import Ctx, DomainPlugin, register_domain
 from ..test_codes import note_used, test_table
+from . import _obs_json
 from ._findings import accept_vs, ct_values, extract_observation, extract_observation_columns, map_findings, resolve_test_codes
 
 
@@ -60,5 +61,6 @@ def map_vs(cols: pd.DataFrame, ctx: Ctx) -> pd.DataFrame:
 
 register_domain(DomainPlugin("VS", resource_types=("Observation",), extract=extract_observation,
                              extract_columns=extract_observation_columns,
+                             line_decoder=_obs_json.line_decoder,
                              accept=accept_vs, map=map_vs, streamed=True,
                              dtc="VSDTC"))

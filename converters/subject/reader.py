@@ -118,15 +118,21 @@ def _wanted(rtype: Any, types: Any, skip: Any) -> bool:
 def _iter_file(path: Path, types: Any, skip: Any, errors: list | None,
                skipped: dict[str, int] | None = None,
                decode_as: tuple[str, Callable[[bytes], Any]] | None = None) -> Iterator[Item | TypedItem]:
+    """The items of one file (not a generator itself: an NDJSON file's items come straight from
+    :func:`_iter_ndjson`, one generator level less per line)."""
     name = path.name
     if path.suffix.lower() in NDJSON_SUFFIXES:
         declared = file_resource_type(path)
         if declared is not None and not _wanted(declared, types, skip):
             if skipped is not None:
                 skipped[declared] = skipped.get(declared, 0) + _count_lines(path, name)
-            return
-        yield from _iter_ndjson(path, name, types, skip, errors, skipped, decode_as)
-        return
+            return iter(())
+        return _iter_ndjson(path, name, types, skip, errors, skipped, decode_as)
+    return _iter_document(path, name, types, skip, errors, skipped)
+
+
+def _iter_document(path: Path, name: str, types: Any, skip: Any, errors: list | None,
+                   skipped: dict[str, int] | None) -> Iterator[Item]:
     try:
         raw = path.read_bytes()
     except OSError as exc:

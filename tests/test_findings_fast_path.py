@@ -335,6 +335,21 @@ def _awkward_lines() -> list[bytes]:
         _obs_line(79, effectiveDateTime=""), _obs_line(80, valueQuantity={}), _obs_line(81, code={}),
         _obs_line(82, subject={}), _obs_line(83, meta={}),
         _obs_line(84, referenceRange=[{"low": {"value": 1, "unit": "mg/dL"}, "high": {"code": "", "unit": "u"}}]),
+        # nested parts (rule subject.unread-nested): a part no rule reads, items after the first, codings of
+        # systems no rule reads
+        _obs_line(140, valueQuantity={**q, "id": "v"}), _obs_line(141, referenceRange=[{"low": {**q, "comparator": "<"}}]),
+        _obs_line(142, referenceRange=[{"low": q, "type": {"text": "normal"}}]),
+        _obs_line(143, referenceRange=[{"low": q}, {"high": q}]), _obs_line(144, interpretation=[{"text": "N"}]),
+        _obs_line(145, interpretation=[{"coding": [{"code": "N"}, {"code": "H"}]}]),
+        _obs_line(146, interpretation=[{"coding": [{"code": "N"}]}, {"coding": [{"code": "H"}]}]),
+        _obs_line(147, interpretation=[{"coding": [{"code": "N", "version": "1"}]}]),
+        _obs_line(148, interpretation=[{"coding": [{"code": "N", "display": "Normal", "system": 5}]}]),
+        _obs_line(149, code={"coding": [{"system": _LOINC, "code": "2345-7"}, {"system": "http://snomed.info/sct",
+                                                                             "code": "1"}]}),
+        _obs_line(150, code={"coding": [{"code": "2345-7"}]}),
+        _obs_line(151, code={"coding": [{"system": _LOINC, "code": "2345-7", "display": "Glucose", "version": "2.7"}],
+                             "text": "Glucose"}),
+        _obs_line(152, category=[{"coding": [{"system": "x", "code": "laboratory", "display": "Lab"}], "text": "Lab"}]),
         # units: other system, no system, comparator, empty code
         _obs_line(90, valueQuantity={"value": 7, "unit": "mmol/L", "system": "http://example.org/u", "code": "X"}),
         _obs_line(91, valueQuantity={"value": 3, "comparator": "<", "unit": "U/L"}),
@@ -368,7 +383,7 @@ def _awkward_lines() -> list[bytes]:
         # not JSON, blank, other spellings of the type, trailing spaces and CRLF
         b'{"resourceType":"Observation","id":"bad",', b"", b"   ", b"[1, 2]",
         b'{ "resourceType" : "Observation", "id": "spaced", "status": "final"}',
-        _obs_line(140) + b"  \r", b'{"resourceType":"Patient","id":"p1"}', b'{"id":"no-type"}',
+        _obs_line(160) + b"  \r", b'{"resourceType":"Patient","id":"p1"}', b'{"id":"no-type"}',
     ]
     return lines
 
@@ -437,7 +452,8 @@ def test_typed_ndjson_path_gives_the_plain_paths_rows(tmp_path: Path, chunk: int
     assert sum(verdicts) > 50 and verdicts.count(False) > 40
     for i, v in ((30, False), (31, False), (32, False), (33, False), (34, False), (36, False), (40, True),
                  (41, True), (50, False), (60, True), (100, False), (111, False), (121, False), (132, False),
-                 (134, False), (135, False), (136, False)):
+                 (134, False), (135, False), (136, False), (140, False), (141, False), (142, False),
+                 (143, True), (144, False), (145, True), (147, False), (148, True), (149, True), (151, True)):
         assert took(next(x for x in lines if f'"o{i}"'.encode() in x or f'"id":"o{i}"'.encode() in x)) is v, i
 
 
@@ -500,6 +516,12 @@ def test_typed_observation_declares_every_element_once() -> None:
     every = set(R5.elements_sequence()) | set(R4.elements_sequence())
     assert every - {"modifierExtension"} - F.RARE_ELEMENTS == (set(J.READ) | set(J.UNREAD_ELEMENTS)) - {"resourceType"}
     assert J.ObservationWide.__struct_fields__ == J.READ + J.UNREAD_ELEMENTS
+    # nested: exactly the parts rule subject.unread-nested lists as read
+    assert set(J.Quantity.__struct_fields__) == F.QUANTITY_PARTS
+    assert set(J.Limit.__struct_fields__) == F.LIMIT_PARTS
+    assert set(J.ReferenceRange.__struct_fields__) == F.RANGE_PARTS
+    assert set(J.Interpretation.__struct_fields__) == F.INTERP_PARTS
+    assert set(J.InterpretationCoding.__struct_fields__) == F.CODING_PARTS
     assert J.ObservationWide.__struct_config__.forbid_unknown_fields
 
 

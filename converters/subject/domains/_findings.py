@@ -307,69 +307,78 @@ def extract_observation_columns(items: Iterable[Any], ctx: Ctx, on_error: Callab
                     cat = cat_of(cs[0].code)
             status = res.status
             if cat is not None and status != "entered-in-error":
-                if typ is wide:
-                    present = [k for k, v in zip(unread_names, astuple(res)[unread_at:], strict=True)
-                               if v is not UNSET]
-                    if present:
-                        unread.note_keys("Observation", present, ctx)
                 code = res.code
                 loinc = ncit = None
+                usual = True
                 if code is not None:
                     for c in code.coding or ():
                         system = c.system
                         if system == LOINC:
                             if loinc is None:
                                 loinc = c.code
-                        elif system in NCIT_SYSTEMS and ncit is None:
-                            ncit = c.code
-                rlo = rhi = ru = rtext = None
-                rr = res.referenceRange
-                if rr:
-                    r0 = rr[0]
-                    lo = r0.low
-                    if lo is not None:
-                        rlo, lu = lo.value, lo.code or lo.unit
-                    else:
-                        lu = None
-                    hi = r0.high
-                    if hi is not None:
-                        rhi, hu = hi.value, hi.code or hi.unit
-                    else:
-                        hu = None
-                    ru = lu or hu
-                    rtext = r0.text
-                v = vu = vcmp = None
-                vq = res.valueQuantity
-                if vq is not None:
-                    v = vq.value
-                    system = vq.system
-                    vu = vq.code if system is None or system == ucum else None
-                    if vu is None and vq.unit:
-                        vu = vq.unit
-                    vcmp = vq.comparator
+                        elif system in NCIT_SYSTEMS:
+                            if ncit is None:
+                                ncit = c.code
+                        else:
+                            usual = False
+                # (the Structs admit only the nested parts rule subject.unread-nested lists as read;
+                # several reference ranges, interpretations or interpretation codings: the row path)
                 interp = res.interpretation
-                if interp:
-                    ic = interp[0].coding
-                    icode = ic[0].code if ic else None
-                else:
-                    icode = None
-                rows = by_cat[cat]
-                if ncit is not None or rtext is not None:
-                    at = len(rows)
-                    sp = sparse[cat]
-                    if ncit is not None:
-                        sp.setdefault("_ncit", {})[at] = ncit
-                    if rtext is not None:
-                        sp.setdefault("_rtext", {})[at] = rtext
-                if cat not in order:
-                    order[cat] = None
-                subj, enc, meta = res.subject, res.encounter, res.meta
-                rows.append((subj.reference if subj is not None else None,
-                             enc.reference if enc is not None else None,
-                             loinc, status, res.effectiveDateTime or None, v, vu, vcmp, icode, rlo, rhi, ru,
-                             "Observation", res.id, meta.versionId if meta is not None else None,
-                             item[1], item[3]))
-                continue
+                rr = res.referenceRange
+                if interp and (len(interp) > 1 or len(interp[0].coding or ()) > 1):
+                    usual = False
+                if usual and not (rr and len(rr) > 1):
+                    if typ is wide:
+                        present = [k for k, v in zip(unread_names, astuple(res)[unread_at:], strict=True)
+                                   if v is not UNSET]
+                        if present:
+                            unread.note_keys("Observation", present, ctx)
+                    rlo = rhi = ru = rtext = None
+                    if rr:
+                        r0 = rr[0]
+                        lo = r0.low
+                        if lo is not None:
+                            rlo, lu = lo.value, lo.code or lo.unit
+                        else:
+                            lu = None
+                        hi = r0.high
+                        if hi is not None:
+                            rhi, hu = hi.value, hi.code or hi.unit
+                        else:
+                            hu = None
+                        ru = lu or hu
+                        rtext = r0.text
+                    v = vu = vcmp = None
+                    vq = res.valueQuantity
+                    if vq is not None:
+                        v = vq.value
+                        system = vq.system
+                        vu = vq.code if system is None or system == ucum else None
+                        if vu is None and vq.unit:
+                            vu = vq.unit
+                        vcmp = vq.comparator
+                    if interp:
+                        ic = interp[0].coding
+                        icode = ic[0].code if ic else None
+                    else:
+                        icode = None
+                    rows = by_cat[cat]
+                    if ncit is not None or rtext is not None:
+                        at = len(rows)
+                        sp = sparse[cat]
+                        if ncit is not None:
+                            sp.setdefault("_ncit", {})[at] = ncit
+                        if rtext is not None:
+                            sp.setdefault("_rtext", {})[at] = rtext
+                    if cat not in order:
+                        order[cat] = None
+                    subj, enc, meta = res.subject, res.encounter, res.meta
+                    rows.append((subj.reference if subj is not None else None,
+                                 enc.reference if enc is not None else None,
+                                 loinc, status, res.effectiveDateTime or None, v, vu, vcmp, icode, rlo, rhi, ru,
+                                 "Observation", res.id, meta.versionId if meta is not None else None,
+                                 item[1], item[3]))
+                    continue
             # a shape the inline path does not take: the row extractor, on the line parsed as a dict
             item = new_item(Item, (loads(item[4]), item[1], item[2], item[3]))
             res = item[0]

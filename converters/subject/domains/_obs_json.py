@@ -78,23 +78,44 @@ class Reference(_S):
 
 
 class Quantity(_S):
+    """valueQuantity: exactly the parts rule subject.unread-nested lists as read (read_elements.yaml
+    ``nested``; any other part, ``id`` included, is reported by the row path: the decode fails)."""
+
     value: Int64 | float = ABSENT
     comparator: str = ABSENT
     unit: str = ABSENT
     system: str = ABSENT
     code: str = ABSENT
-    id: Any = UNSET
+
+
+class Limit(_S):
+    """referenceRange.low/high (nested parts read: value, unit, system, code)."""
+
+    value: Int64 | float = ABSENT
+    unit: str = ABSENT
+    system: str = ABSENT
+    code: str = ABSENT
 
 
 class ReferenceRange(_S):
-    low: Quantity = ABSENT
-    high: Quantity = ABSENT
-    normalValue: Any = UNSET        # R5
-    type: Any = UNSET
-    appliesTo: Any = UNSET
-    age: Any = UNSET
+    """referenceRange items (nested parts read: low, high, text; only the first item is read: the
+    extractor sends an Observation with several to the row path)."""
+
+    low: Limit = ABSENT
+    high: Limit = ABSENT
     text: str = ABSENT
-    id: Any = UNSET
+
+
+class InterpretationCoding(_S):
+    system: Any = UNSET
+    code: str = ABSENT
+    display: Any = UNSET
+
+
+class Interpretation(_S):
+    """interpretation items (nested: only the first item and its first coding are read)."""
+
+    coding: list[InterpretationCoding] = ABSENT
 
 
 class ResourceMeta(_S):
@@ -120,7 +141,7 @@ class Observation(_S):
     encounter: Reference = ABSENT
     effectiveDateTime: str = ABSENT
     valueQuantity: Quantity = ABSENT
-    interpretation: list[CodeableConcept] = ABSENT
+    interpretation: list[Interpretation] = ABSENT
     referenceRange: list[ReferenceRange] = ABSENT
 
 

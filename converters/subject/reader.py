@@ -1,4 +1,5 @@
-"""Stream FHIR resources (plain dicts, parsed with orjson) from subject-data inputs.
+"""Stream FHIR resources (plain dicts, parsed with orjson; optionally typed structs, see ``decode_as``)
+from subject-data inputs.
 
 Inputs: a Bundle file (collection, transaction, batch, searchset, document: each ``entry.resource``),
 a single resource JSON file, a ``.ndjson`` file, or a folder of Bulk Data NDJSON files (one or several

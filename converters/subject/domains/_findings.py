@@ -1,8 +1,10 @@
 """Shared Observation extraction and vectorised findings mapping for VS and LB.
 
-One extractor reads an Observation into plain columns in one pass (plain dict access, no models);
-blood pressure given as one Observation with components becomes one row per component (VSGRPID =
-the Observation id), as two Observations it is two rows. The map steps (``map_findings``) do code
+One extractor reads an Observation into plain columns in one pass (plain dict access, no models; on
+the Bulk NDJSON fast path, the usual Observation line arrives decoded by a typed msgspec decoder into
+plain structs, ``_obs_json.py``, and is read from their attributes the same way); blood pressure
+given as one Observation with components becomes one row per component (VSGRPID = the Observation
+id), as two Observations it is two rows. The map steps (``map_findings``) do code
 maps, unit mapping/conversion, reference ranges, interpretation and status with pandas.
 Rules: ``mappings/subject/vs.yaml`` and ``lb.yaml``.
 """
@@ -273,8 +275,10 @@ def extract_observation_columns(items: Iterable[Any], ctx: Ctx, on_error: Callab
     row, transposed into per-domain columns ({"LB": {column: values}, "VS": ...}, columns
     :data:`COLUMNS`). The usual Observation (one category coding, a LOINC code, valueQuantity, a
     reference range, an interpretation) is read inline; any other shape takes the row extractor
-    (same values, same issues). Same rows in the same order as the row extractor. Returns (columns
-    by domain, items consumed)."""
+    (same values, same issues). Same rows in the same order as the row extractor. Items are reader
+    items (a dict) or typed items (``reader.TypedItem``: a line the ``_obs_json`` decoder took, read
+    the same way from attributes; a shape the inline path does not take is parsed again with orjson
+    and goes the dict path). Returns (columns by domain, items consumed)."""
     by_cat: dict[str, list[tuple[Any, ...]]] = {"LB": [], "VS": []}
     add = {k: v.append for k, v in by_cat.items()}
     sparse: dict[str, dict[str, dict[int, Any]]] = {"LB": {}, "VS": {}}

@@ -17,6 +17,11 @@ path as before (same rows, same report entries), so nothing is lost silently:
   (``_findings.RARE_ELEMENTS``: components, extensions, specimen, other value[x]/effective[x] forms, ...),
   ``modifierExtension``, primitive extensions (``_effectiveDateTime``), a nested ``extension`` or
   ``modifierExtension`` and any key FHIR does not define are not declared: such a line fails to decode.
+* Below the top level, valueQuantity, referenceRange (and its low/high) and interpretation (and its
+  coding) declare exactly the parts rule ``subject.unread-nested`` lists as read
+  (``read_elements.yaml`` ``nested``): a line with any other part there fails to decode, and the
+  extractor sends codings of other systems in ``code`` and several ranges, interpretations or
+  interpretation codings to the row path, which reports them (as the dict fast path does).
 * Read elements are typed strictly: strings ``str``, numbers ``int`` (64-bit, as orjson gives them;
   larger integers orjson turns into floats) or ``float``, no ``null`` (FHIR JSON has none). A value of
   another JSON type fails the decode.
@@ -26,10 +31,14 @@ path as before (same rows, same report entries), so nothing is lost silently:
 * Any decode failure (``msgspec.DecodeError``/``ValidationError``, ``UnicodeDecodeError``,
   ``RecursionError``) makes the reader parse that line with orjson, which reports what it reports today
   (line number, file). A decoded Observation of a shape the inline path does not take (no or several
-  categories, not VS/LB, entered-in-error) is parsed again with orjson and goes the row extractor.
+  categories, not VS/LB, entered-in-error, the nested cases above) is parsed again with orjson and
+  goes the dict path (then the row extractor).
+* A recursion limit above orjson's nesting limit (1024) would let msgspec accept deeper JSON than
+  orjson: then no typed decoder is used at all.
 
-Bundles (one JSON document) keep the dict path. ``tests/test_findings_fast_path.py`` proves the typed
-path equal to the plain path on awkward lines.
+Bundles (one JSON document) and pass 1 keep the dict path. ``tests/test_findings_fast_path.py``
+proves the typed path equal to the plain path (rows with their Python types, order, line numbers,
+reader errors, report issues, unread counts) on awkward and randomly mutated lines.
 """
 
 from __future__ import annotations

@@ -547,3 +547,28 @@ def test_typed_decoder_tries_first_the_form_the_last_line_needed() -> None:
     assert type(decode(usual)) is J.Observation
     with pytest.raises(Exception):   # noqa: B017 (whatever msgspec raises: the reader falls back)
         decode(_obs_line(3, component=[]))
+
+
+def test_typed_ndjson_path_on_real_observations(tmp_path: Path) -> None:
+    """Synthea's Bulk NDJSON Observations and the official R4/R5 example Observations as NDJSON lines:
+    typed and plain paths agree (most Synthea lines are decoded typed, with unread elements)."""
+    from trialbridge.subject.domains import _obs_json as J
+    lines = shared_path("fhir", "synthea_ndjson_1_patient_ktmtwm", "Observation.ndjson").read_bytes().splitlines()
+    for release in ("hl7.fhir.r4.examples-4.0.1", "hl7.fhir.r5.examples-5.0.0"):
+        for f in sorted(shared_path("fhir", release).glob("Observation-*.json")):
+            lines.append(orjson.dumps(orjson.loads(f.read_bytes())))
+    path = tmp_path / "Observation.ndjson"
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    plain, typed = _extract_ndjson(path, False, 50), _extract_ndjson(path, True, 50)
+    assert _same(typed, plain)
+    rows = plain[0]
+    assert len(rows["LB"]) > 30 and len(rows["VS"]) > 100
+    decode = J.line_decoder()
+    assert decode is not None
+    kinds = []
+    for line in lines:
+        try:
+            kinds.append(type(decode(line)))
+        except Exception:  # noqa: BLE001
+            kinds.append(None)
+    assert kinds.count(J.ObservationWide) > 100 and kinds.count(None) > 20

@@ -66,6 +66,29 @@ def test_reader_bundle_ndjson_folder(tmp_path: Path) -> None:
     assert items[0].full_url == "urn:uuid:1" and errors
 
 
+@pytest.mark.parametrize("rtype", [{"a": 1}, ["Observation"], 7, None, True])
+def test_reader_refuses_a_resource_type_that_is_no_string(tmp_path: Path, rtype: object) -> None:
+    """Hostile input: a resourceType of another JSON type is an error naming file and line (it used to
+    crash the type filter: 'unhashable type'), in NDJSON (typed and dict paths), Bundles and single files."""
+    bad = orjson.dumps({"resourceType": rtype, "id": "x"})
+    nd = tmp_path / "Observation.ndjson"
+    nd.write_bytes(b'{"resourceType":"Observation","resourceType":' + orjson.dumps(rtype) + b',"id":"d"}\n'
+                   + bad + b"\n" + b'{"resourceType":"Observation","id":"o"}\n')
+    for types in ({"Observation"}, None):
+        errors: list = []
+        got = [i.resource["id"] for i in iter_resources([nd], types=types, errors=errors)]
+        assert got == ["o"], (types, got)
+        assert [e[1] for e in errors] == [1, 2] and all("resourceType" in e[2] for e in errors)
+    single = tmp_path / "one.json"
+    single.write_bytes(bad)
+    bundle = tmp_path / "b.json"
+    bundle.write_bytes(orjson.dumps({"resourceType": "Bundle", "type": "collection", "entry": [
+        {"resource": {"resourceType": rtype}}, {"resource": {"resourceType": "Patient", "id": "1"}}]}))
+    errors = []
+    got = [i.resource.get("id") for i in iter_resources([single, bundle], types={"Patient"}, errors=errors)]
+    assert got == ["1"] and [(e[0], e[1]) for e in errors] == [("one.json", None), ("b.json", 1)]
+
+
 def test_resources_no_domain_reads_are_reported(tmp_path: Path,
                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     """Nothing dropped silently: a resource type no domain reads is reported once, with its count, whether

@@ -165,6 +165,9 @@ def iter_bundle(obj: Any, name: str, types: Any = None, skip: Any = None,
     if not isinstance(obj, dict) or "resourceType" not in obj:
         _fail(errors, name, None, "not a FHIR resource (no resourceType)")
         return
+    if not isinstance(obj["resourceType"], str):
+        _fail(errors, name, None, "not a FHIR resource (resourceType is not a string)")
+        return
     if obj["resourceType"] != "Bundle":
         if _wanted(obj["resourceType"], types, skip):
             yield Item(obj, name, None, None)
@@ -177,6 +180,9 @@ def iter_bundle(obj: Any, name: str, types: Any = None, skip: Any = None,
             _fail(errors, name, i, "Bundle entry without a resource")
             continue
         rtype = res.get("resourceType")
+        if not isinstance(rtype, str):
+            _fail(errors, name, i, "Bundle entry resource without a resourceType string")
+            continue
         if rtype == "Bundle":      # nested bundle (e.g. a searchset of documents)
             yield from iter_bundle(res, name, types, skip, errors, skipped)
         elif _wanted(rtype, types, skip):
@@ -224,7 +230,7 @@ def _iter_ndjson(path: Path, name: str, types: Any, skip: Any, errors: list | No
                     _fail(errors, name, n, f"line is not valid JSON ({exc.msg})")
                     continue
                 # a later duplicate "resourceType" key wins in orjson: checked like any other line
-                if type(res) is dict and res.get("resourceType") in fast_types:
+                if type(res) is dict and type(rt := res.get("resourceType")) is str and rt in fast_types:
                     yield new(Item, (res, name, None, n))
                     continue
             elif filtering:
@@ -241,6 +247,9 @@ def _iter_ndjson(path: Path, name: str, types: Any, skip: Any, errors: list | No
                 continue
             if not isinstance(res, dict) or "resourceType" not in res:
                 _fail(errors, name, n, "line is not a FHIR resource (no resourceType)")
+                continue
+            if not isinstance(res["resourceType"], str):
+                _fail(errors, name, n, "line is not a FHIR resource (resourceType is not a string)")
                 continue
             if filtering and not _wanted(res["resourceType"], types, skip):
                 _skip(skipped, res["resourceType"])

@@ -12,9 +12,11 @@ chunks at close (an external merge sort: one block per run in memory, see :class
 from __future__ import annotations
 
 import contextlib
+import csv
 import importlib
 import io
-from collections.abc import Callable, Iterator
+import operator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import IO, Any, NamedTuple
 
@@ -168,66 +170,83 @@ class ChunkedDomainWriter:
         def text_codes(i: int) -> tuple[np.ndarray, list[str]]:
             if i not in texts:
                 # one factorisation gives the distinct values (lengths), the missing ones (-> "")
-                # and rows that share one str object per value (the serialiser reads fewer objects)
                 codes, uniq = pd.factorize(df[self.names[i]].to_numpy(dtype=object))
                 texts[i] = (codes, [u if isinstance(u, str) else str(u) for u in uniq.tolist()])
             return texts[i]
 
+        numbers: dict[int, tuple[list[Any], bool]] = {}
+
+        def numeric_values(i: int) -> tuple[list[Any], bool]:
+            if i not in numbers:
+                numbers[i] = _numeric_values(df[self.names[i]], self.integer[i])
+            return numbers[i]
+
         ids = []
         for v, i in zip(self.vocab, self.key_cols, strict=True):
             if self.names[i] not in df:
-                ids.append(v.ids_of([None] * n))
+                ids.append(np.full(n, v.missing_id(), dtype=np.int64))
             elif self.numeric[i]:
-                ids.append(v.ids_of(_numeric_values(df[self.names[i]], self.integer[i])[0]))
+                vals, filled = numeric_values(i)
+                ids.append(v.ids_of(vals) if filled else np.full(n, v.missing_id(), dtype=np.int64))
             else:
                 ids.append(v.ids_of_distinct(*text_codes(i)))
         keys = _composite([v.ranks()[x] for v, x in zip(self.vocab, ids, strict=True)],
                           [len(v.values) for v in self.vocab], n)
         order = np.argsort(keys, kind="stable")
-        # 2. every column in key order (values made in that order: the serialiser reads them in turn)
+        # 2. every column in arrival order (the order the values lie in memory: the serialiser reads
+        # them in turn); the serialised rows are put in key order
         cols: list[list[Any] | None] = []
         for i, name in enumerate(self.names):
             if name not in df:
                 cols.append(None)
                 continue
             if self.numeric[i]:
-                vals, filled = _numeric_values(df[name].take(order), self.integer[i])
+                vals, filled = numeric_values(i)
                 if filled:
                     self.present[i] = True
                 cols.append(vals)
                 continue
-            codes, strs = text_codes(i)
-            longest = _longest_utf8(strs)
+            plain = None if i in texts else _text_values(df[name])
+            if plain is not None:
+                vals, longest = plain
+            else:   # a key, or values that are not all text: through the distinct values
+                codes, strs = text_codes(i)
+                longest = _longest_utf8(strs)
+                if longest:
+                    table = np.empty(len(strs) + 1, dtype=object)
+                    table[:-1] = strs
+                    table[-1] = ""
+                    vals = table[codes].tolist()
             if not longest:   # nothing but missing or "": written as "" where selected
                 cols.append(None)
                 continue
             self.present[i] = True
             self.lengths[i] = max(self.lengths[i], longest)
-            table = np.empty(len(strs) + 1, dtype=object)
-            table[:-1] = strs
-            table[-1] = ""
-            cols.append(table[codes[order]].tolist())
+            cols.append(vals)
         sel = tuple(self._selected())
         picked = [cols[i] if cols[i] is not None else ([None] * n if self.numeric[i] else [""] * n)
                   for i in sel]
         rows = list(zip(*picked, strict=True))
         # every row of the chunk in one orjson call; a row is the text between "[" and "]": the rows
         # are split at "],[", which only a Char value holding "]" could also contain (checked: the
-        # split must give one piece per row, else the rows are serialised one by one)
-        inner = orjson.dumps(rows)[2:-2]
-        pieces = inner.split(b"],[")
-        split = len(pieces) == n
-        if not split:
-            pieces = [orjson.dumps(r)[1:-1] for r in rows]
-            inner = b"],[".join(pieces)
+        # split must give one piece per row, else the rows are serialised one by one), and put in
+        # key order
+        pieces = _split_rows(orjson.dumps(rows), n)
+        split = pieces is not None
+        if pieces is None:
+            pieces = [orjson.dumps(r)[1:-1] for r in _in_order(rows, order)]
+        else:
+            pieces = _in_order(pieces, order)
+        inner = b"],[".join(pieces)
+        lens = np.fromiter(map(len, pieces), dtype=np.int64, count=n)
         meta = np.empty((n, len(ids) + 2), dtype=np.int64)
         for j, x in enumerate(ids):
             meta[:, j] = x[order]
-        meta[:, len(ids)] = np.fromiter(map(len, pieces), dtype=np.int64, count=n)
+        meta[:, len(ids)] = lens
         meta[:, len(ids) + 1] = 0
         comp_offset = self.companion_spooled
         if companion is not None:
-            meta[:, len(ids) + 1] = self._spool_companion(companion.iloc[order], n)
+            meta[:, len(ids) + 1] = self._spool_companion(companion, order, n)
         self.spool.write(inner)
         mbytes = meta.tobytes()
         self.meta_spool.write(mbytes)
@@ -236,24 +255,31 @@ class ChunkedDomainWriter:
         self.meta_spooled += len(mbytes)
         self.records += n
 
-    def _spool_companion(self, frame: pd.DataFrame, n: int) -> np.ndarray:
-        """Spool the companion lines of a sorted chunk; returns the byte length of each line."""
+    def _spool_companion(self, frame: pd.DataFrame, order: np.ndarray, n: int) -> np.ndarray:
+        """Spool the companion lines of a chunk in key order; returns the byte length of each line."""
         assert self.companion_spool is not None
+        fast = _csv_lines(frame, order)
+        if fast is not None:
+            self.companion_header, data, lens = fast
+            self.companion_spool.write(data)
+            self.companion_spool.write(b"\n")
+            self.companion_spooled += len(data) + 1
+            return lens
         buf = io.StringIO()
-        self.companion_csv(frame, buf, True)
+        self.companion_csv(frame.iloc[order], buf, True)
         head, _, lines = buf.getvalue().partition("\n")
         if lines.count("\n") != n:
             raise ValueError(f"{self.domain.domain}: companion values must not hold line breaks")
         self.companion_header = head.encode("utf-8") + b"\n"
-        data = lines.encode("utf-8")
-        self.companion_spool.write(data)
-        self.companion_spooled += len(data)
-        return np.fromiter(map(len, data[:-1].split(b"\n")), dtype=np.int64, count=n) + 1
+        encoded = lines.encode("utf-8")
+        self.companion_spool.write(encoded)
+        self.companion_spooled += len(encoded)
+        return np.fromiter(map(len, encoded[:-1].split(b"\n")), dtype=np.int64, count=n) + 1
 
     def _selected(self) -> list[int]:
         return [i for i in range(len(self.names)) if self.always[i] or self.present[i]]
 
-    def _merged(self) -> Iterator[tuple[list[bytes], list[bytes] | None, np.ndarray]]:
+    def _merged(self) -> Iterator[tuple[Sequence[bytes], Sequence[bytes] | None, np.ndarray]]:
         """The rows in key order, block by block: (row texts without the brackets, companion lines
         without their line break, run of each row). See the class docstring."""
         runs = self.runs
@@ -311,26 +337,35 @@ class ChunkedDomainWriter:
                     key_parts.append(st.keys[:t])
                     run_ids.append(np.full(t, j, dtype=np.int64))
                     st.drop(t)
+                if len(key_parts) == 1:
+                    yield parts, (comp if comp_fh is not None else None), run_ids[0]
+                    continue
                 order = np.argsort(np.concatenate(key_parts), kind="stable")
-                lines = np.array(parts, dtype=object)[order].tolist() if len(key_parts) > 1 else parts
-                comp_out = ((np.array(comp, dtype=object)[order].tolist() if len(key_parts) > 1 else comp)
-                            if comp_fh is not None else None)
-                yield lines, comp_out, np.concatenate(run_ids)[order]
+                yield (_in_order(parts, order), _in_order(comp, order) if comp_fh is not None else None,
+                       np.concatenate(run_ids)[order])
 
-    def _row_texts(self, sel: list[int], lines: list[bytes], run_ids: np.ndarray) -> list[bytes]:
+    def _row_texts(self, sel: list[int], lines: Sequence[bytes], run_ids: np.ndarray) -> Sequence[bytes]:
         """Row texts in the final column selection (rows of runs spooled with fewer columns are
-        re-serialised)."""
+        re-serialised, those of one run together: one parse, one serialisation)."""
         want = tuple(sel)
         stale = [j for j, r in enumerate(self.runs) if r.sel != want]
         if not stale:
             return lines
         out = list(lines)
-        for k in np.flatnonzero(np.isin(run_ids, stale)).tolist():
-            row = orjson.loads(b"[" + lines[k] + b"]")
-            out[k] = orjson.dumps(self._reselect([row], self.runs[int(run_ids[k])].sel, sel)[0])[1:-1]
+        for j in stale:
+            at = np.flatnonzero(run_ids == j).tolist()
+            if not at:
+                continue
+            rows = self._reselect(orjson.loads(b"[[" + b"],[".join([lines[k] for k in at]) + b"]]"),
+                                  self.runs[j].sel, sel)
+            pieces = orjson.dumps(rows)[2:-2].split(b"],[")
+            if len(pieces) != len(rows):   # a Char value holds "],["
+                pieces = [orjson.dumps(r)[1:-1] for r in rows]
+            for k, piece in zip(at, pieces, strict=True):
+                out[k] = piece
         return out
 
-    def _reselect(self, rows: list[list[Any]], chunk_sel: tuple[int, ...], sel: list[int]) -> list[list[Any]]:
+    def _reselect(self, rows: Sequence[Sequence[Any]], chunk_sel: tuple[int, ...], sel: list[int]) -> list[list[Any]]:
         pos = {c: j for j, c in enumerate(chunk_sel)}
         # a column the chunk did not carry had no value in it (else it would have been selected)
         picks = [(pos[i], None) if i in pos else (-1, None if self.numeric[i] else "") for i in sel]
@@ -366,16 +401,20 @@ class ChunkedDomainWriter:
                 csv_writer = None
                 csv_text = io.StringIO()
                 if "csv" in files:
-                    import csv
                     csv_writer = csv.writer(csv_text, lineterminator="\n")
                     csv_writer.writerow([self.names[i] for i in sel])
                 first = True
                 for lines, comp, run_ids in self._merged():
                     texts = self._row_texts(sel, lines, run_ids)
+                    # written piece by piece: no copy of the block's text beside the joined one
                     if "json" in files:
-                        files["json"].write((b"\n[" if first else b",\n[") + b"],\n[".join(texts) + b"]")
+                        files["json"].write(b"\n[" if first else b",\n[")
+                        files["json"].write(b"],\n[".join(texts))
+                        files["json"].write(b"]")
                     if "ndjson" in files:
-                        files["ndjson"].write(b"[" + b"]\n[".join(texts) + b"]\n")
+                        files["ndjson"].write(b"[")
+                        files["ndjson"].write(b"]\n[".join(texts))
+                        files["ndjson"].write(b"]\n")
                     if csv_writer is not None or "xpt" in self.formats:
                         rows = orjson.loads(b"[[" + b"],[".join(texts) + b"]]")
                         if csv_writer is not None:
@@ -386,7 +425,8 @@ class ChunkedDomainWriter:
                         if "xpt" in self.formats:
                             xpt_rows += rows
                     if comp_fh is not None and comp is not None:
-                        comp_fh.write(b"\n".join(comp) + b"\n")
+                        comp_fh.write(b"\n".join(comp))
+                        comp_fh.write(b"\n")
                     first = False
                 if "json" in files:
                     files["json"].write(b"]}\n")
@@ -494,6 +534,10 @@ class _KeyVocab:
             self._ranks = None
         return got
 
+    def missing_id(self) -> int:
+        """The id of a missing value (numbers: None; text: "")."""
+        return self._id(None if self.numeric else "")
+
     def ids_of(self, values: list[Any]) -> np.ndarray:
         codes, uniq = pd.factorize(np.asarray(values, dtype=object))   # missing -> -1
         table = np.empty(len(uniq) + 1, dtype=np.int64)
@@ -540,10 +584,102 @@ def _composite(ranks: list[np.ndarray], sizes: list[int], n: int) -> np.ndarray:
 
 def _longest_utf8(values: Any) -> int:
     """The longest ``str(value)`` in UTF-8 bytes (ASCII text: its length, counted in C)."""
-    if len(values) and all(type(v) is str for v in values):
+    if len(values) and set(map(type, values)) == {str}:
         if "".join(values).isascii():
             return max(map(len, values))
     return max((len(str(u).encode("utf-8")) for u in values), default=0)
+
+
+def _text_values(s: pd.Series) -> tuple[list[str], int] | None:
+    """A Char column whose values are all text or missing, value by value (missing -> ""), and its
+    longest value in UTF-8 bytes (0: nothing but missing or ""); None for any other column (then
+    the caller goes through its distinct values). The values are read as few times as can be (one
+    join checks that they are all text and gives the ASCII test, one pass the longest): in a large
+    chunk most of them are not in the CPU caches."""
+    arr = s.to_numpy(dtype=object)
+    vals = arr.tolist()
+    try:
+        joined = "".join(vals)
+    except TypeError:   # not all str: missing values, or values of other types
+        missing = pd.isna(arr)
+        if missing.all():
+            return [], 0
+        if not missing.any():
+            return None
+        arr = arr.copy()
+        arr[missing] = ""
+        vals = arr.tolist()
+        try:
+            joined = "".join(vals)
+        except TypeError:
+            return None
+    if joined.isascii():
+        return vals, max(map(len, vals))
+    return vals, max(len(v.encode("utf-8")) for v in set(vals))
+
+
+def _in_order(rows: list[Any], order: np.ndarray) -> Any:
+    """``rows`` (a list) in the order ``order`` gives, as a sequence (one C call)."""
+    if len(rows) < 2:
+        return rows
+    return operator.itemgetter(*order.tolist())(rows)
+
+
+def _split_rows(text: bytes, n: int) -> list[bytes] | None:
+    """The texts of the ``n`` rows of ``text`` (``orjson.dumps`` of a list of rows of scalars:
+    ``[[row],[row]]``) without their brackets; None when a Char value holds "],[" (the split does
+    not give ``n`` rows)."""
+    pieces = text.split(b"],[")
+    if len(pieces) != n:
+        return None
+    pieces[0] = pieces[0][2:]
+    pieces[-1] = pieces[-1][:-2]
+    return pieces
+
+
+def _csv_lines(frame: pd.DataFrame, order: np.ndarray) -> tuple[bytes, bytes, np.ndarray] | None:
+    """``frame.iloc[order].to_csv(index=False, lineterminator="\\n")`` in UTF-8 as (header line, the
+    data lines without the last line break, byte length of each data line with its line break),
+    for a frame of integer and text columns (missing text -> "") none of whose values needs
+    quoting; None for any other frame (written the general way).
+
+    The rows go through one ``orjson.dumps``: with no backslash in its output, no value held a
+    quote, a backslash or a control character (orjson escapes exactly those); with exactly the
+    commas that separate the values and the rows, no value held a comma. Such values need no
+    quoting, so each line is the row text without its brackets and quotes."""
+    n, k = frame.shape
+    if n == 0 or k < 2:
+        return None
+    cols: list[list[Any]] = []
+    for name in frame.columns:
+        s = frame[name]
+        dtype = s.dtype
+        if dtype.kind in "iu" and not isinstance(dtype, pd.api.extensions.ExtensionDtype):
+            cols.append(s.to_numpy().tolist())   # orjson writes an int as str() does
+            continue
+        if dtype.kind != "O":
+            return None
+        arr = s.to_numpy(dtype=object)
+        if pd.api.types.infer_dtype(arr, skipna=False) != "string":
+            missing = pd.isna(arr)
+            if not missing.any():
+                return None
+            arr = arr.copy()
+            arr[missing] = ""
+            if pd.api.types.infer_dtype(arr, skipna=False) != "string":
+                return None
+        cols.append(arr.tolist())
+    text = orjson.dumps(list(zip(*cols, strict=True)))
+    if b"\\" in text or text.count(b",") != n * k - 1:
+        return None
+    lines = _split_rows(text.translate(None, b'"'), n)
+    assert lines is not None   # no value holds a comma
+    lines = _in_order(lines, order)
+    lens = np.fromiter(map(len, lines), dtype=np.int64, count=n) + 1
+    body = b"\n".join(lines)
+    head = io.StringIO()
+    csv.writer(head, lineterminator="\n").writerow(list(frame.columns))
+    return head.getvalue().encode("utf-8"), body, lens
 
 
 def _numeric_values(s: pd.Series, integer: bool) -> tuple[list[Any], bool]:

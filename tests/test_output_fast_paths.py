@@ -1,0 +1,148 @@
+"""The streamed SDTM writer's fast paths (text columns checked in C, rows split at "],[", the
+companion CSV built from one orjson call) write exactly what the plain paths write: byte for byte,
+on awkward inputs, in every output form."""
+
+from __future__ import annotations
+
+import random
+import re
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from trialbridge.sdtm import output
+from trialbridge.sdtm.output import ChunkedDomainWriter, key_order
+
+FORMATS = ("json", "ndjson", "csv", "xpt")
+CREATED = re.compile(rb'"datasetJSONCreationDateTime"\s*:\s*"[^"]*"')
+
+
+def _plain(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every fast path off: text through the factorisation, rows serialised one by one, the
+    companion through ``DataFrame.to_csv``."""
+    monkeypatch.setattr(output, "_text_values", lambda s: None)
+    monkeypatch.setattr(output, "_split_rows", lambda text, n: None)
+    monkeypatch.setattr(output, "_csv_lines", lambda frame, order: None)
+
+
+def _write(folder: Path, chunks: list[tuple[pd.DataFrame, pd.DataFrame]], formats=FORMATS) -> dict[str, bytes]:
+    folder.mkdir()
+    w = ChunkedDomainWriter("LB", folder, formats, study_oid="S", companion=folder / "lb.provenance.csv")
+    for frame, comp in chunks:
+        w.write(frame, companion=comp)
+    w.close()
+    assert not list(folder.glob(".*"))
+    return {p.name: CREATED.sub(b"", p.read_bytes()) for p in sorted(folder.iterdir())}
+
+
+def _same(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, chunks, formats=FORMATS) -> dict[str, bytes]:
+    fast = _write(tmp_path / "fast", chunks, formats)
+    with monkeypatch.context() as m:
+        _plain(m)
+        plain = _write(tmp_path / "plain", chunks, formats)
+    assert fast.keys() == plain.keys()
+    for name in fast:
+        assert fast[name] == plain[name], name
+    return fast
+
+
+def _awkward_chunks(seed: int, nchunks: int) -> list[tuple[pd.DataFrame, pd.DataFrame]]:
+    rnd = random.Random(seed)
+    texts = ["1", "12.5", "a],[b", "x]", "[y", "é", "Ω mg/dL", "", None, float("nan"), pd.NA, 'say "hi"',
+             "back\\slash", "tab\there", "a,b", "日本"]
+    chunks = []
+    seq = 0
+    for c in range(nchunks):
+        n = rnd.randint(1, 40)
+        rows = []
+        for _ in range(n):
+            seq += 1
+            rows.append({
+                "STUDYID": "S", "DOMAIN": "LB",
+                "USUBJID": rnd.choice(["S-1", "S-2", "S-10", "S-é", None]),
+                "LBSEQ": seq,
+                "LBTESTCD": rnd.choice(["ALT", "AST", "GLUC"]),
+                "LBTEST": rnd.choice(["Alanine", "Aspartate", "Glucose"]),
+                # plain ASCII in most chunks, awkward text in some
+                "LBORRES": rnd.choice(texts) if c % 3 == 1 else str(rnd.randint(1, 99)),
+                "LBORRESU": rnd.choice(["mg/dL", None]) if c % 2 else "mg/dL",
+                "LBSTRESN": rnd.choice([1.0, 2.5, float("nan"), 3]),
+                "VISITNUM": rnd.choice([1.0, 2, None]),
+                # a Perm column empty in the first chunks, filled late
+                "LBMETHOD": rnd.choice(["AUTOMATED", None]) if c >= nchunks - 2 else None,
+                # mixed types in a Char column (goes through the distinct values)
+                "LBSTRESC": rnd.choice(["1", 2, 3.5, None]) if c == 2 else rnd.choice(["1", "2"]),
+            })
+        frame = pd.DataFrame(rows)
+        if c % 4 == 0:
+            frame["LBORRESU"] = frame["LBORRESU"].astype("str")   # pandas text dtype, NaN for missing
+        if c == 0:
+            frame = frame.drop(columns=["LBMETHOD"])
+        comp = pd.DataFrame({"USUBJID": frame["USUBJID"], "SEQ": frame["LBSEQ"], "src_type": "Observation",
+                             "src_id": [f"o{s}" for s in frame["LBSEQ"]], "src_file": "Observation.ndjson",
+                             "src_line": frame["LBSEQ"] + 1})
+        if c == 3:   # values the CSV must quote
+            comp["src_id"] = [rnd.choice(["a,b", 'q"q', "plain", "é"]) for _ in range(n)]
+        if c == 5:   # a float column: left to pandas
+            comp["src_line"] = comp["src_line"].astype(float)
+        chunks.append((frame, comp))
+    return chunks
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_fast_paths_write_what_the_plain_paths_write(tmp_path, monkeypatch, seed):
+    monkeypatch.setattr(ChunkedDomainWriter, "MERGE_ROWS", 16)
+    monkeypatch.setattr(ChunkedDomainWriter, "MERGE_BLOCK_MIN", 1)
+    chunks = _awkward_chunks(seed, 9)
+    got = _same(tmp_path, monkeypatch, chunks)
+    # and what sorting the whole domain in memory gives, provenance row for row (each row as pandas
+    # writes its chunk)
+    whole = pd.concat([f for f, _ in chunks], ignore_index=True)
+    lines = [line for _, c in chunks for line in c.to_csv(index=False, lineterminator="\n").splitlines()[1:]]
+    header = chunks[0][1].to_csv(index=False, lineterminator="\n").splitlines()[0]
+    want = "\n".join([header] + [lines[k] for k in key_order(whole, "LB")]) + "\n"
+    assert got["lb.provenance.csv"] == want.encode("utf-8")
+
+
+def test_fast_paths_on_many_runs_and_one_row_chunks(tmp_path, monkeypatch):
+    monkeypatch.setattr(ChunkedDomainWriter, "MERGE_ROWS", 5)
+    monkeypatch.setattr(ChunkedDomainWriter, "MERGE_BLOCK_MIN", 1)
+    chunks = _awkward_chunks(7, 40)
+    chunks += [(f.iloc[[0]], c.iloc[[0]]) for f, c in chunks[:5]]
+    _same(tmp_path, monkeypatch, chunks, ("json", "ndjson"))
+
+
+def test_empty_chunks_and_all_missing_columns(tmp_path, monkeypatch):
+    frame = pd.DataFrame({"STUDYID": "S", "DOMAIN": "LB", "USUBJID": ["S-2", "S-1"], "LBSEQ": [1, 2],
+                          "LBTESTCD": ["ALT", "ALT"], "LBORRES": [None, np.nan],
+                          "LBSTRESN": [np.nan, np.nan], "LBMETHOD": pd.Series([None, None], dtype="str")})
+    comp = pd.DataFrame({"USUBJID": frame["USUBJID"], "SEQ": [None, None], "src_id": ["a", "b"]})
+    chunks = [(frame.iloc[:0], comp.iloc[:0]), (frame, comp), (frame.iloc[:0], comp.iloc[:0])]
+    got = _same(tmp_path, monkeypatch, chunks)
+    assert b'"LBMETHOD"' not in got["lb.json"]   # a Perm column with no value is not written
+    assert got["lb.provenance.csv"] == b"USUBJID,SEQ,src_id\nS-1,,b\nS-2,,a\n"
+
+
+def test_csv_lines_equal_pandas_or_decline():
+    """The companion fast path equals ``to_csv`` where it answers, and declines what needs quoting."""
+    order = np.array([2, 0, 1])
+    frame = pd.DataFrame({"A": ["x", None, "é"], "B": [3, -1, 10**12], "C": pd.Series(["p", "q", None], dtype="str")})
+    header, body, lens = output._csv_lines(frame, order)
+    want = frame.iloc[order].to_csv(index=False, lineterminator="\n").encode("utf-8")
+    assert header + body + b"\n" == want
+    assert lens.tolist() == [len(line) + 1 for line in body.split(b"\n")]
+    for bad in (["a,b", "c", "d"], ['a"', "c", "d"], ["a\nb", "c", "d"], ["a\\b", "c", "d"], [1.5, "c", "d"],
+                [True, False, True]):
+        assert output._csv_lines(frame.assign(A=bad), order) is None, bad
+    assert output._csv_lines(frame.assign(B=[1.0, 2.0, 3.0]), order) is None
+    assert output._csv_lines(frame[["A"]], order) is None   # one column: an empty value is quoted
+
+
+def test_text_values_equal_the_distinct_value_path():
+    s = pd.Series(["b", None, "é", "a],[b", np.nan, ""], dtype=object)
+    vals, longest = output._text_values(s)
+    assert vals == ["b", "", "é", "a],[b", "", ""] and longest == 5
+    assert output._text_values(pd.Series([None, np.nan], dtype=object)) == ([], 0)
+    assert output._text_values(pd.Series(["1", 2], dtype=object)) is None
+    assert output._text_values(pd.Series(["Ω", "ab"], dtype="str")) == (["Ω", "ab"], 2)

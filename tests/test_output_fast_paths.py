@@ -15,7 +15,7 @@ from trialbridge.sdtm import output
 from trialbridge.sdtm.output import ChunkedDomainWriter, key_order
 
 FORMATS = ("json", "ndjson", "csv", "xpt")
-CREATED = re.compile(rb'"datasetJSONCreationDateTime"\s*:\s*"[^"]*"')
+CREATED = re.compile(rb'"datasetJSONCreationDateTime"\s*:\s*"[^"]*"|\d\d[A-Z]{3}\d\d:\d\d:\d\d:\d\d')
 
 
 def _plain(monkeypatch: pytest.MonkeyPatch) -> None:

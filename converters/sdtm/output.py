@@ -597,6 +597,9 @@ def _text_values(s: pd.Series) -> tuple[list[str], int] | None:
     join checks that they are all text and gives the ASCII test, one pass the longest): in a large
     chunk most of them are not in the CPU caches."""
     arr = s.to_numpy(dtype=object)
+    one = _constant(arr)
+    if one is not None:
+        return [one] * len(arr), len(one.encode("utf-8"))
     vals = arr.tolist()
     try:
         joined = "".join(vals)
@@ -616,6 +619,23 @@ def _text_values(s: pd.Series) -> tuple[list[str], int] | None:
     if joined.isascii():
         return vals, max(map(len, vals))
     return vals, max(len(v.encode("utf-8")) for v in set(vals))
+
+
+def _constant(arr: np.ndarray) -> str | None:
+    """The str every value of ``arr`` equals, if there is one: such a column (STUDYID, DOMAIN, a
+    resource type) is then written from one object, not from one object per row read in turn.
+    A few values are looked at first, so that another column costs next to nothing."""
+    first = arr[0] if len(arr) else None
+    if type(first) is not str:
+        return None
+    for v in arr[np.linspace(0, len(arr) - 1, num=min(len(arr), 8)).astype(np.int64)].tolist():
+        if type(v) is not str or v != first:
+            return None
+    try:
+        same = bool((arr == first).all())
+    except (TypeError, ValueError):   # a value that has no truth value when compared (pd.NA)
+        return None
+    return first if same else None
 
 
 def _in_order(rows: list[Any], order: np.ndarray) -> Any:
@@ -660,6 +680,10 @@ def _csv_lines(frame: pd.DataFrame, order: np.ndarray) -> tuple[bytes, bytes, np
         if dtype.kind != "O":
             return None
         arr = s.to_numpy(dtype=object)
+        one = _constant(arr)
+        if one is not None:
+            cols.append([one] * n)
+            continue
         if pd.api.types.infer_dtype(arr, skipna=False) != "string":
             missing = pd.isna(arr)
             if not missing.any():

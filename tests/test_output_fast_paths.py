@@ -146,3 +146,10 @@ def test_text_values_equal_the_distinct_value_path():
     assert output._text_values(pd.Series([None, np.nan], dtype=object)) == ([], 0)
     assert output._text_values(pd.Series(["1", 2], dtype=object)) is None
     assert output._text_values(pd.Series(["Ω", "ab"], dtype="str")) == (["Ω", "ab"], 2)
+
+
+def test_longest_text_without_the_pandas_helper(monkeypatch):
+    s = pd.Series(["abc", None, "a", "abcdef", ""], dtype=object)
+    fast = output._text_values(s)
+    monkeypatch.setattr(output, "_max_len_string_array", None)
+    assert output._text_values(s) == fast == (["abc", "", "a", "abcdef", ""], 6)

@@ -32,6 +32,11 @@ from .datasetjson import DATASET_JSON_VERSION, NUMERIC_TYPES, creation_datetime,
 
 SDTM_FORMATS = ("json", "ndjson", "csv", "xpt")
 
+try:   # pandas' C helper for the longest str of an object array (private API: fall back when absent)
+    from pandas._libs.writers import max_len_string_array as _max_len_string_array
+except ImportError:  # pragma: no cover
+    _max_len_string_array = None
+
 
 def sort_by_keys(df: pd.DataFrame, domain: str) -> pd.DataFrame:
     """``df`` in the order of the domain's key variables (those it has); stable. Same order as
@@ -617,8 +622,16 @@ def _text_values(s: pd.Series) -> tuple[list[str], int] | None:
         except TypeError:
             return None
     if joined.isascii():
-        return vals, max(map(len, vals))
+        return vals, _longest_str(arr, vals)
     return vals, max(len(v.encode("utf-8")) for v in set(vals))
+
+
+def _longest_str(arr: np.ndarray, vals: list[str]) -> int:
+    """The length of the longest str of ``arr`` (``vals`` is ``arr.tolist()``): counted in C by
+    pandas' own helper (the one ``DataFrame.to_stata`` uses), else value by value."""
+    if _max_len_string_array is None:
+        return max(map(len, vals))
+    return int(_max_len_string_array(arr if arr.flags.writeable else arr.copy()))
 
 
 def _constant(arr: np.ndarray) -> str | None:

@@ -153,3 +153,11 @@ def test_longest_text_without_the_pandas_helper(monkeypatch):
     fast = output._text_values(s)
     monkeypatch.setattr(output, "_max_len_string_array", None)
     assert output._text_values(s) == fast == (["abc", "", "a", "abcdef", ""], 6)
+
+
+@pytest.mark.parametrize("high", [3, 2**16 - 1, 2**16, 2**40])
+def test_stable_order_equals_numpy_stable_argsort(high):
+    keys = np.random.default_rng(5).integers(0, high, size=5000, dtype=np.int64)
+    assert (output._stable_order(keys) == np.argsort(keys, kind="stable")).all()
+    big = np.array([2**70, 1, 2**70, 0], dtype=object)   # past int64: exact Python integers
+    assert output._stable_order(big).tolist() == [3, 1, 0, 2]

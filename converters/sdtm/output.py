@@ -197,7 +197,7 @@ class ChunkedDomainWriter:
                 ids.append(v.ids_of_distinct(*text_codes(i)))
         keys = _composite([v.ranks()[x] for v, x in zip(self.vocab, ids, strict=True)],
                           [len(v.values) for v in self.vocab], n)
-        order = np.argsort(keys, kind="stable")
+        order = _stable_order(keys)
         # 2. every column in arrival order (the order the values lie in memory: the serialiser reads
         # them in turn); the serialised rows are put in key order
         cols: list[list[Any] | None] = []
@@ -345,7 +345,7 @@ class ChunkedDomainWriter:
                 if len(key_parts) == 1:
                     yield parts, (comp if comp_fh is not None else None), run_ids[0]
                     continue
-                order = np.argsort(np.concatenate(key_parts), kind="stable")
+                order = _stable_order(np.concatenate(key_parts))
                 yield (_in_order(parts, order), _in_order(comp, order) if comp_fh is not None else None,
                        np.concatenate(run_ids)[order])
 
@@ -585,6 +585,14 @@ def _composite(ranks: list[np.ndarray], sizes: list[int], n: int) -> np.ndarray:
     for r, s in zip(ranks, sizes, strict=True):
         out = out * max(s, 1) + (r.astype(object) if exact else r)
     return out
+
+
+def _stable_order(keys: np.ndarray) -> np.ndarray:
+    """``np.argsort(keys, kind="stable")``; keys that fit in 16 bits are sorted as such (numpy sorts
+    those by radix, in linear time: the same order)."""
+    if keys.dtype != object and len(keys) and keys.min() >= 0 and keys.max() < 2**16:
+        keys = keys.astype(np.uint16)
+    return np.argsort(keys, kind="stable")
 
 
 def _longest_utf8(values: Any) -> int:

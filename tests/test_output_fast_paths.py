@@ -161,3 +161,13 @@ def test_stable_order_equals_numpy_stable_argsort(high):
     assert (output._stable_order(keys) == np.argsort(keys, kind="stable")).all()
     big = np.array([2**70, 1, 2**70, 0], dtype=object)   # past int64: exact Python integers
     assert output._stable_order(big).tolist() == [3, 1, 0, 2]
+
+
+@pytest.mark.parametrize("count", [0, 1, 3, 4, 5, 9])
+def test_write_joined_equals_one_join(count):
+    import io
+
+    pieces = [f"r{k}".encode() for k in range(count)]
+    fh = io.BytesIO()
+    output._write_joined(fh, b"],\n[", pieces, step=2 if count != 9 else 3)
+    assert fh.getvalue() == b"],\n[".join(pieces)

@@ -411,14 +411,14 @@ class ChunkedDomainWriter:
                 first = True
                 for lines, comp, run_ids in self._merged():
                     texts = self._row_texts(sel, lines, run_ids)
-                    # written piece by piece: no copy of the block's text beside the joined one
+                    # written a few thousand rows at a time: no copy of the whole block's text
                     if "json" in files:
                         files["json"].write(b"\n[" if first else b",\n[")
-                        files["json"].write(b"],\n[".join(texts))
+                        _write_joined(files["json"], b"],\n[", texts)
                         files["json"].write(b"]")
                     if "ndjson" in files:
                         files["ndjson"].write(b"[")
-                        files["ndjson"].write(b"]\n[".join(texts))
+                        _write_joined(files["ndjson"], b"]\n[", texts)
                         files["ndjson"].write(b"]\n")
                     if csv_writer is not None or "xpt" in self.formats:
                         rows = orjson.loads(b"[[" + b"],[".join(texts) + b"]]")
@@ -430,7 +430,7 @@ class ChunkedDomainWriter:
                         if "xpt" in self.formats:
                             xpt_rows += rows
                     if comp_fh is not None and comp is not None:
-                        comp_fh.write(b"\n".join(comp))
+                        _write_joined(comp_fh, b"\n", comp)
                         comp_fh.write(b"\n")
                     first = False
                 if "json" in files:
@@ -585,6 +585,14 @@ def _composite(ranks: list[np.ndarray], sizes: list[int], n: int) -> np.ndarray:
     for r, s in zip(ranks, sizes, strict=True):
         out = out * max(s, 1) + (r.astype(object) if exact else r)
     return out
+
+
+def _write_joined(fh: IO[bytes], sep: bytes, pieces: Sequence[bytes], step: int = 4096) -> None:
+    """``fh.write(sep.join(pieces))``, ``step`` pieces at a time (a small buffer, used again)."""
+    for q in range(0, len(pieces), step):
+        if q:
+            fh.write(sep)
+        fh.write(sep.join(pieces[q:q + step]))
 
 
 def _stable_order(keys: np.ndarray) -> np.ndarray:

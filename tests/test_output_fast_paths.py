@@ -22,7 +22,7 @@ def _plain(monkeypatch: pytest.MonkeyPatch) -> None:
     """Every fast path off: text through the factorisation, rows serialised one by one, the
     companion through ``DataFrame.to_csv``."""
     monkeypatch.setattr(output, "_text_values", lambda s: None)
-    monkeypatch.setattr(output, "_split_rows", lambda text, n: None)
+    monkeypatch.setattr(output, "_dumped_rows", lambda cols, n: None)
     monkeypatch.setattr(output, "_csv_lines", lambda frame, order: None)
 
 
@@ -90,8 +90,9 @@ def _awkward_chunks(seed: int, nchunks: int) -> list[tuple[pd.DataFrame, pd.Data
     return chunks
 
 
-@pytest.mark.parametrize("seed", [1, 2, 3])
-def test_fast_paths_write_what_the_plain_paths_write(tmp_path, monkeypatch, seed):
+@pytest.mark.parametrize(("seed", "step"), [(1, 4096), (2, 4096), (3, 4096), (1, 3), (2, 1)])
+def test_fast_paths_write_what_the_plain_paths_write(tmp_path, monkeypatch, seed, step):
+    monkeypatch.setattr(output, "ROWS_PER_CALL", step)   # rows serialised and written a few at a time
     monkeypatch.setattr(ChunkedDomainWriter, "MERGE_ROWS", 16)
     monkeypatch.setattr(ChunkedDomainWriter, "MERGE_BLOCK_MIN", 1)
     chunks = _awkward_chunks(seed, 9)
@@ -124,14 +125,17 @@ def test_empty_chunks_and_all_missing_columns(tmp_path, monkeypatch):
     assert got["lb.provenance.csv"] == b"USUBJID,SEQ,src_id\nS-1,,b\nS-2,,a\n"
 
 
-def test_csv_lines_equal_pandas_or_decline():
-    """The companion fast path equals ``to_csv`` where it answers, and declines what needs quoting."""
+@pytest.mark.parametrize("step", [4096, 2])
+def test_csv_lines_equal_pandas_or_decline(monkeypatch, step):
+    """The companion fast path equals ``to_csv`` where it answers, and declines what needs quoting
+    (in any of its blocks of rows)."""
+    monkeypatch.setattr(output, "ROWS_PER_CALL", step)
     order = np.array([2, 0, 1])
     frame = pd.DataFrame({"A": ["x", None, "é"], "B": [3, -1, 10**12], "C": pd.Series(["p", "q", None], dtype="str")})
-    header, body, lens = output._csv_lines(frame, order)
+    header, lines, lens = output._csv_lines(frame, order)
     want = frame.iloc[order].to_csv(index=False, lineterminator="\n").encode("utf-8")
-    assert header + body + b"\n" == want
-    assert lens.tolist() == [len(line) + 1 for line in body.split(b"\n")]
+    assert header + b"\n".join(lines) + b"\n" == want
+    assert lens.tolist() == [len(line) + 1 for line in lines]
     for bad in (["a,b", "c", "d"], ['a"', "c", "d"], ["a\nb", "c", "d"], ["a\\b", "c", "d"], [1.5, "c", "d"],
                 [True, False, True]):
         assert output._csv_lines(frame.assign(A=bad), order) is None, bad
@@ -164,10 +168,11 @@ def test_stable_order_equals_numpy_stable_argsort(high):
 
 
 @pytest.mark.parametrize("count", [0, 1, 3, 4, 5, 9])
-def test_write_joined_equals_one_join(count):
+def test_write_joined_equals_one_join(monkeypatch, count):
     import io
 
     pieces = [f"r{k}".encode() for k in range(count)]
     fh = io.BytesIO()
-    output._write_joined(fh, b"],\n[", pieces, step=2 if count != 9 else 3)
+    monkeypatch.setattr(output, "ROWS_PER_CALL", 2 if count != 9 else 3)
+    output._write_joined(fh, b"],\n[", pieces)
     assert fh.getvalue() == b"],\n[".join(pieces)

@@ -31,6 +31,9 @@ from ..safeio import atomic_path
 from .datasetjson import DATASET_JSON_VERSION, NUMERIC_TYPES, creation_datetime, write_csv, write_dataset_json
 
 SDTM_FORMATS = ("json", "ndjson", "csv", "xpt")
+#: rows per orjson call and per write in the streamed writer (buffers of a few hundred kB, used again
+#: from one call to the next, instead of one buffer of a whole chunk)
+ROWS_PER_CALL = 4096
 
 try:   # pandas' C helper for the longest str of an object array (private API: fall back when absent)
     from pandas._libs.writers import max_len_string_array as _max_len_string_array
@@ -231,18 +234,16 @@ class ChunkedDomainWriter:
         sel = tuple(self._selected())
         picked = [cols[i] if cols[i] is not None else ([None] * n if self.numeric[i] else [""] * n)
                   for i in sel]
-        rows = list(zip(*picked, strict=True))
-        # every row of the chunk in one orjson call; a row is the text between "[" and "]": the rows
-        # are split at "],[", which only a Char value holding "]" could also contain (checked: the
-        # split must give one piece per row, else the rows are serialised one by one), and put in
-        # key order
-        pieces = _split_rows(orjson.dumps(rows), n)
+        # the rows a few thousand at a time in one orjson call; a row is the text between "[" and
+        # "]": the rows are split at "],[", which only a Char value holding "]" could also contain
+        # (checked: the split must give one piece per row, else the rows are serialised one by
+        # one), and put in key order
+        pieces = _dumped_rows(picked, n)
         split = pieces is not None
         if pieces is None:
-            pieces = [orjson.dumps(r)[1:-1] for r in _in_order(rows, order)]
+            pieces = [orjson.dumps(r)[1:-1] for r in _in_order(list(zip(*picked, strict=True)), order)]
         else:
             pieces = _in_order(pieces, order)
-        inner = b"],[".join(pieces)
         lens = np.fromiter(map(len, pieces), dtype=np.int64, count=n)
         meta = np.empty((n, len(ids) + 2), dtype=np.int64)
         for j, x in enumerate(ids):
@@ -252,11 +253,11 @@ class ChunkedDomainWriter:
         comp_offset = self.companion_spooled
         if companion is not None:
             meta[:, len(ids) + 1] = self._spool_companion(companion, order, n)
-        self.spool.write(inner)
+        _write_joined(self.spool, b"],[", pieces)
         mbytes = meta.tobytes()
         self.meta_spool.write(mbytes)
         self.runs.append(_Run(self.spooled, self.meta_spooled, comp_offset, n, sel, split))
-        self.spooled += len(inner)
+        self.spooled += int(lens.sum()) + 3 * (n - 1)
         self.meta_spooled += len(mbytes)
         self.records += n
 
@@ -265,10 +266,10 @@ class ChunkedDomainWriter:
         assert self.companion_spool is not None
         fast = _csv_lines(frame, order)
         if fast is not None:
-            self.companion_header, data, lens = fast
-            self.companion_spool.write(data)
+            self.companion_header, lines, lens = fast
+            _write_joined(self.companion_spool, b"\n", lines)
             self.companion_spool.write(b"\n")
-            self.companion_spooled += len(data) + 1
+            self.companion_spooled += int(lens.sum())
             return lens
         buf = io.StringIO()
         self.companion_csv(frame.iloc[order], buf, True)
@@ -587,8 +588,9 @@ def _composite(ranks: list[np.ndarray], sizes: list[int], n: int) -> np.ndarray:
     return out
 
 
-def _write_joined(fh: IO[bytes], sep: bytes, pieces: Sequence[bytes], step: int = 4096) -> None:
-    """``fh.write(sep.join(pieces))``, ``step`` pieces at a time (a small buffer, used again)."""
+def _write_joined(fh: IO[bytes], sep: bytes, pieces: Sequence[bytes]) -> None:
+    """``fh.write(sep.join(pieces))``, :data:`ROWS_PER_CALL` pieces at a time."""
+    step = ROWS_PER_CALL
     for q in range(0, len(pieces), step):
         if q:
             fh.write(sep)
@@ -674,6 +676,19 @@ def _in_order(rows: list[Any], order: np.ndarray) -> Any:
     return operator.itemgetter(*order.tolist())(rows)
 
 
+def _dumped_rows(cols: list[list[Any]], n: int) -> list[bytes] | None:
+    """The texts of the rows made of ``cols`` (``n`` values each) without their brackets, from one
+    ``orjson.dumps`` per :data:`ROWS_PER_CALL` rows; None when a value holds "],["."""
+    step = ROWS_PER_CALL
+    pieces: list[bytes] = []
+    for q in range(0, n, step):
+        part = _split_rows(orjson.dumps(list(zip(*[c[q:q + step] for c in cols], strict=True))), min(step, n - q))
+        if part is None:
+            return None
+        pieces += part
+    return pieces
+
+
 def _split_rows(text: bytes, n: int) -> list[bytes] | None:
     """The texts of the ``n`` rows of ``text`` (``orjson.dumps`` of a list of rows of scalars:
     ``[[row],[row]]``) without their brackets; None when a Char value holds "],[" (the split does
@@ -686,16 +701,16 @@ def _split_rows(text: bytes, n: int) -> list[bytes] | None:
     return pieces
 
 
-def _csv_lines(frame: pd.DataFrame, order: np.ndarray) -> tuple[bytes, bytes, np.ndarray] | None:
+def _csv_lines(frame: pd.DataFrame, order: np.ndarray) -> tuple[bytes, Sequence[bytes], np.ndarray] | None:
     """``frame.iloc[order].to_csv(index=False, lineterminator="\\n")`` in UTF-8 as (header line, the
-    data lines without the last line break, byte length of each data line with its line break),
+    data lines without their line break, byte length of each data line with its line break),
     for a frame of integer and text columns (missing text -> "") none of whose values needs
     quoting; None for any other frame (written the general way).
 
-    The rows go through one ``orjson.dumps``: with no backslash in its output, no value held a
-    quote, a backslash or a control character (orjson escapes exactly those); with exactly the
-    commas that separate the values and the rows, no value held a comma. Such values need no
-    quoting, so each line is the row text without its brackets and quotes."""
+    The rows go through ``orjson.dumps`` (a few thousand at a time): with no backslash in its
+    output, no value held a quote, a backslash or a control character (orjson escapes exactly
+    those); with exactly the commas that separate the values and the rows, no value held a comma.
+    Such values need no quoting, so each line is the row text without its brackets and quotes."""
     n, k = frame.shape
     if n == 0 or k < 2:
         return None
@@ -722,17 +737,21 @@ def _csv_lines(frame: pd.DataFrame, order: np.ndarray) -> tuple[bytes, bytes, np
             if pd.api.types.infer_dtype(arr, skipna=False) != "string":
                 return None
         cols.append(arr.tolist())
-    text = orjson.dumps(list(zip(*cols, strict=True)))
-    if b"\\" in text or text.count(b",") != n * k - 1:
-        return None
-    lines = _split_rows(text.translate(None, b'"'), n)
-    assert lines is not None   # no value holds a comma
+    lines: list[bytes] = []
+    step = ROWS_PER_CALL
+    for q in range(0, n, step):
+        m = min(step, n - q)
+        text = orjson.dumps(list(zip(*[c[q:q + step] for c in cols], strict=True)))
+        if b"\\" in text or text.count(b",") != m * k - 1:
+            return None
+        part = _split_rows(text.translate(None, b'"'), m)
+        assert part is not None   # no value holds a comma
+        lines += part
     lines = _in_order(lines, order)
     lens = np.fromiter(map(len, lines), dtype=np.int64, count=n) + 1
-    body = b"\n".join(lines)
     head = io.StringIO()
     csv.writer(head, lineterminator="\n").writerow(list(frame.columns))
-    return head.getvalue().encode("utf-8"), body, lens
+    return head.getvalue().encode("utf-8"), lines, lens
 
 
 def _numeric_values(s: pd.Series, integer: bool) -> tuple[list[Any], bool]:

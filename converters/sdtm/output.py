@@ -103,7 +103,8 @@ class ChunkedDomainWriter:
     """Write one domain from a stream of DataFrame chunks with memory bounded by one chunk.
 
     Each chunk is serialised once, column by column (vectorised value conversion, then one
-    ``orjson.dumps`` of all the chunk's rows), into a spool file beside the target, while the row
+    ``orjson.dumps`` per :data:`ROWS_PER_CALL` rows, in arrival order: the order the values lie in
+    memory), its row texts put in key order and spooled to a file beside the target, while the row
     count, the byte length of every Char column and which Perm columns carry a value are tracked. A
     chunk is spooled with the columns selected *so far* (Req/Exp always, Perm once any chunk had a
     value); at :meth:`close` the rows of (early) chunks that lack a Perm column first filled later are
@@ -118,6 +119,11 @@ class ChunkedDomainWriter:
     the next rows' ids of every run, takes every row up to the smallest last key of the runs that have
     more, orders those with one stable numpy sort (ties keep arrival order: run, then position) and
     replays their raw bytes. Memory: the vocabularies plus one block per run, not the domain.
+
+    Speed: the fast paths (text columns checked by one join, columns of one value written from one
+    object, the companion CSV from orjson's output when no value needs quoting) write exactly what
+    the general paths write (tests/test_output_fast_paths.py); buffers stay small (a few thousand
+    rows) so that they are used again rather than freshly allocated for every chunk.
     """
 
     #: rows held per run while merging (split over the runs: memory is about this many rows)
@@ -129,7 +135,9 @@ class ChunkedDomainWriter:
                  companion_csv: Callable[[pd.DataFrame, IO[str], bool], None] | None = None) -> None:
         """``companion``: a CSV written at close from the frames given to :meth:`write` as
         ``companion=`` (one row per domain row, e.g. provenance), in the same (key) order as the
-        domain; ``companion_csv(frame, fh, header)`` writes a frame (default ``DataFrame.to_csv``)."""
+        domain, as ``DataFrame.to_csv(index=False, lineterminator="\\n")`` writes it: frames of integer
+        and text columns needing no quoting directly, any other frame by ``companion_csv(frame, fh,
+        header)`` (default ``DataFrame.to_csv``; a replacement must write what it writes)."""
         from .metadata import load_domain
         bad = [f for f in formats if f not in SDTM_FORMATS]
         if bad:
@@ -232,8 +240,8 @@ class ChunkedDomainWriter:
             self.lengths[i] = max(self.lengths[i], longest)
             cols.append(vals)
         sel = tuple(self._selected())
-        picked = [cols[i] if cols[i] is not None else ([None] * n if self.numeric[i] else [""] * n)
-                  for i in sel]
+        picked: list[list[Any]] = [
+            cols[i] or ([None] * n if self.numeric[i] else [""] * n) for i in sel]
         # the rows a few thousand at a time in one orjson call; a row is the text between "[" and
         # "]": the rows are split at "],[", which only a Char value holding "]" could also contain
         # (checked: the split must give one piece per row, else the rows are serialised one by
@@ -266,8 +274,8 @@ class ChunkedDomainWriter:
         assert self.companion_spool is not None
         fast = _csv_lines(frame, order)
         if fast is not None:
-            self.companion_header, lines, lens = fast
-            _write_joined(self.companion_spool, b"\n", lines)
+            self.companion_header, fast_lines, lens = fast
+            _write_joined(self.companion_spool, b"\n", fast_lines)
             self.companion_spool.write(b"\n")
             self.companion_spooled += int(lens.sum())
             return lens

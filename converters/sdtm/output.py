@@ -250,9 +250,10 @@ class ChunkedDomainWriter:
         split = pieces is not None
         if pieces is None:
             pieces = [orjson.dumps(r)[1:-1] for r in _in_order(list(zip(*picked, strict=True)), order)]
-        else:
+            lens = np.fromiter(map(len, pieces), dtype=np.int64, count=n)
+        else:   # lengths read in the order the texts were made (and lie in memory), then ordered
+            lens = np.fromiter(map(len, pieces), dtype=np.int64, count=n)[order]
             pieces = _in_order(pieces, order)
-        lens = np.fromiter(map(len, pieces), dtype=np.int64, count=n)
         meta = np.empty((n, len(ids) + 2), dtype=np.int64)
         for j, x in enumerate(ids):
             meta[:, j] = x[order]
@@ -755,8 +756,8 @@ def _csv_lines(frame: pd.DataFrame, order: np.ndarray) -> tuple[bytes, Sequence[
         part = _split_rows(text.translate(None, b'"'), m)
         assert part is not None   # no value holds a comma
         lines += part
+    lens = np.fromiter(map(len, lines), dtype=np.int64, count=n)[order] + 1
     lines = _in_order(lines, order)
-    lens = np.fromiter(map(len, lines), dtype=np.int64, count=n) + 1
     head = io.StringIO()
     csv.writer(head, lineterminator="\n").writerow(list(frame.columns))
     return head.getvalue().encode("utf-8"), lines, lens

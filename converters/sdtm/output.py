@@ -710,6 +710,28 @@ def _split_rows(text: bytes, n: int) -> list[bytes] | None:
     return pieces
 
 
+def _csv_text(arr: np.ndarray) -> list[str] | None:
+    """The values of a text column of a CSV (missing -> ""), None when one is not text."""
+    one = _constant(arr)
+    if one is not None:
+        return [one] * len(arr)
+    vals = arr.tolist()
+    try:
+        "".join(vals)
+    except TypeError:   # not all str: missing values, or values of other types
+        missing = pd.isna(arr)
+        if not missing.any():
+            return None
+        arr = arr.copy()
+        arr[missing] = ""
+        vals = arr.tolist()
+        try:
+            "".join(vals)
+        except TypeError:
+            return None
+    return vals
+
+
 def _csv_lines(frame: pd.DataFrame, order: np.ndarray) -> tuple[bytes, Sequence[bytes], np.ndarray] | None:
     """``frame.iloc[order].to_csv(index=False, lineterminator="\\n")`` in UTF-8 as (header line, the
     data lines without their line break, byte length of each data line with its line break),
@@ -723,34 +745,31 @@ def _csv_lines(frame: pd.DataFrame, order: np.ndarray) -> tuple[bytes, Sequence[
     n, k = frame.shape
     if n == 0 or k < 2:
         return None
-    cols: list[list[Any]] = []
+    cols: list[list[Any] | np.ndarray] = []   # ints as values; text as an object array
     for name in frame.columns:
         s = frame[name]
         dtype = s.dtype
         if dtype.kind in "iu" and not isinstance(dtype, pd.api.extensions.ExtensionDtype):
             cols.append(s.to_numpy().tolist())   # orjson writes an int as str() does
-            continue
-        if dtype.kind != "O":
+        elif dtype.kind == "O":
+            cols.append(s.to_numpy(dtype=object))
+        else:
             return None
-        arr = s.to_numpy(dtype=object)
-        one = _constant(arr)
-        if one is not None:
-            cols.append([one] * n)
-            continue
-        if pd.api.types.infer_dtype(arr, skipna=False) != "string":
-            missing = pd.isna(arr)
-            if not missing.any():
-                return None
-            arr = arr.copy()
-            arr[missing] = ""
-            if pd.api.types.infer_dtype(arr, skipna=False) != "string":
-                return None
-        cols.append(arr.tolist())
+    # block by block: a block's values are checked and serialised while they are in the CPU caches
     lines: list[bytes] = []
     step = ROWS_PER_CALL
     for q in range(0, n, step):
         m = min(step, n - q)
-        text = orjson.dumps(list(zip(*[c[q:q + step] for c in cols], strict=True)))
+        block: list[list[Any]] = []
+        for c in cols:
+            if isinstance(c, list):
+                block.append(c[q:q + step])
+                continue
+            vals = _csv_text(c[q:q + step])
+            if vals is None:
+                return None
+            block.append(vals)
+        text = orjson.dumps(list(zip(*block, strict=True)))
         if b"\\" in text or text.count(b",") != m * k - 1:
             return None
         part = _split_rows(text.translate(None, b'"'), m)

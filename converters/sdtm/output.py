@@ -769,7 +769,10 @@ def _csv_lines(frame: pd.DataFrame, order: np.ndarray) -> tuple[bytes, Sequence[
             if vals is None:
                 return None
             block.append(vals)
-        text = orjson.dumps(list(zip(*block, strict=True)))
+        try:
+            text = orjson.dumps(list(zip(*block, strict=True)))
+        except orjson.JSONEncodeError:   # text that is not UTF-8 (a lone surrogate): the general way
+            return None
         if b"\\" in text or text.count(b",") != m * k - 1:
             return None
         part = _split_rows(text.translate(None, b'"'), m)

@@ -140,7 +140,7 @@ def test_csv_lines_equal_pandas_or_decline(monkeypatch, step):
                 [True, False, True]):
         assert output._csv_lines(frame.assign(A=bad), order) is None, bad
     assert output._csv_lines(frame.assign(B=[1.0, 2.0, 3.0]), order) is None
-    assert output._csv_lines(frame.assign(A=["\udcff", "c", "d"]), order) is None   # not UTF-8
+    assert output._csv_lines(frame.assign(A=pd.Series(["\udcff", "c", "d"], dtype=object)), order) is None   # not UTF-8
     assert output._csv_lines(frame[["A"]], order) is None   # one column: an empty value is quoted
 
 

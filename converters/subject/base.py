@@ -117,6 +117,11 @@ class DomainPlugin:
     #: decoder of one line of the streamed type that raises on any line it cannot represent exactly
     #: (reader ``decode_as``; ``domains/_obs_json.py``); None = every line parsed with orjson
     line_decoder: Callable[[], Callable[[bytes], Any] | None] | None = None
+    #: optional columnar form of ``map`` (the fast path of pass 2, used for chunks ``extract_columns``
+    #: gave): ``(columns, ctx) -> frame`` with ``columns`` the chunk as numpy arrays (object dtype but
+    #: for the numeric engine columns VISITNUM, _src_line), holding what ``map`` would see; it must
+    #: give the same frame (columns, dtypes, values) and issues as ``map``
+    map_columns: Callable[[dict[str, Any], Ctx], pd.DataFrame] | None = None
 
 
 _REGISTRY: dict[str, DomainPlugin] = {}
@@ -298,7 +303,13 @@ class Ctx:
     def usubjid_series(self, subject_refs: pd.Series) -> pd.Series:
         """USUBJID per row (object dtype, missing = None): one alias lookup per distinct reference,
         then the normalised form for references that are not aliases as written."""
-        codes, uniq = pd.factorize(subject_refs.to_numpy(dtype=object))
+        codes, table = self.usubjid_table(subject_refs.to_numpy(dtype=object))
+        return pd.Series(table[codes], index=subject_refs.index, dtype="object")
+
+    def usubjid_table(self, subject_refs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`usubjid_series` as (codes of the distinct references, USUBJID per code, None last
+        for code -1): callers that need more per subject look it up per code, not per row."""
+        codes, uniq = pd.factorize(subject_refs)
         alias = self.subject_alias
         table = np.empty(len(uniq) + 1, dtype=object)
         for j, r in enumerate(uniq.tolist()):
@@ -307,10 +318,17 @@ class Ctx:
                 hit = alias.get(normalise_ref(r) or "")
             table[j] = hit
         table[-1] = None
-        return pd.Series(table[codes], index=subject_refs.index, dtype="object")
+        return codes, table
 
 
 # ------------------------------------------------------------------------------------- derivations
+def full_object(n: int, value: Any) -> np.ndarray:
+    """``np.full(n, value, dtype=object)`` without numpy's per-element cast (ten times faster)."""
+    out = np.empty(n, dtype=object)
+    out.fill(value)
+    return out
+
+
 class Distinct:
     """A column factorised once: lookups once per distinct value (``fn(None)`` for missing values),
     gathered back to the rows as object Series. Several lookups on one column share the
@@ -342,13 +360,79 @@ _DTC_OK = re.compile(r"^\d{4}(-\d{2}(-\d{2}(T\d{2}:\d{2}(:\d{2}(\.\d+)?)?(Z|[+-]
 def _distinct(values: pd.Series) -> tuple[np.ndarray, np.ndarray]:
     """(codes, distinct values); missing values get code -1. Strings are factorised; anything else
     (where 1 == 1.0 == True would merge) is kept value by value."""
-    arr = values.to_numpy(dtype=object)
+    return _distinct_array(values.to_numpy(dtype=object))
+
+
+def _distinct_array(arr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`_distinct` of an object array."""
     if pd.api.types.infer_dtype(arr, skipna=True) in ("string", "empty"):
         return pd.factorize(arr)
     miss = pd.isna(arr)
     codes = np.arange(len(arr))
     codes[miss] = -1
     return codes, arr
+
+
+#: the usual FHIR dateTime shapes, by length: template (d = an ASCII digit, s = + or -) and where
+#: --DTC ends (the rest is the UTC offset); any other length or character takes the regular expression
+_DTC_SHAPES = {4: ("dddd", 4), 7: ("dddd-dd", 7), 10: ("dddd-dd-dd", 10), 16: ("dddd-dd-ddTdd:dd", 16),
+               17: ("dddd-dd-ddTdd:ddZ", 16), 22: ("dddd-dd-ddTdd:ddsdd:dd", 16),
+               19: ("dddd-dd-ddTdd:dd:dd", 19), 20: ("dddd-dd-ddTdd:dd:ddZ", 19),
+               25: ("dddd-dd-ddTdd:dd:ddsdd:dd", 19)}
+
+
+def _dtc_of_texts(texts: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
+    """Per text: the --DTC (None when invalid) and an invalid flag; then the positions of the valid
+    texts that had an offset or fraction cut off, and what was cut. The usual shapes are checked
+    character by character in numpy (one pass per length); the others with :data:`_DTC_OK` one by
+    one: the same answers."""
+    k = len(texts)
+    dtc = np.full(k, None, dtype=object)
+    bad = np.zeros(k, dtype=bool)
+    cut_at: list[np.ndarray] = []
+    cuts: list[str] = []
+    lens = np.fromiter(map(len, texts), dtype=np.int64, count=k)
+    slow = np.ones(k, dtype=bool)
+    for length, (shape, end) in _DTC_SHAPES.items():
+        idx = np.flatnonzero(lens == length)
+        if not len(idx):
+            continue
+        arr = np.array([texts[i] for i in idx.tolist()], dtype=f"<U{length}")
+        mat = arr.view(np.uint32).reshape(len(idx), length)
+        ok = np.ones(len(idx), dtype=bool)
+        for pos, ch in enumerate(shape):
+            col = mat[:, pos]
+            if ch == "d":
+                ok &= (col >= 48) & (col <= 57)
+            elif ch == "s":
+                ok &= (col == 43) | (col == 45)
+            else:
+                ok &= col == ord(ch)
+        if not ok.any():
+            continue
+        good = idx[ok]
+        slow[good] = False
+        if end < length:
+            dtc[good] = arr[ok].astype(f"<U{end}").tolist()
+            cut_at.append(good)
+            cuts += np.ascontiguousarray(mat[ok][:, end:]).view(f"<U{length - end}").ravel().tolist()
+        else:
+            dtc[good] = arr[ok].tolist()
+    ok_match = _DTC_OK.match
+    rest: list[int] = []
+    for i in np.flatnonzero(slow).tolist():
+        txt = texts[i]
+        if ok_match(txt) is None:
+            bad[i] = True
+            continue
+        # a valid value: hh:mm ends at 16, hh:mm:ss at 19; anything after is fraction and/or offset
+        end = 19 if len(txt) > 16 and txt[16] == ":" else min(len(txt), 16)
+        dtc[i] = txt[:end]
+        if len(txt) > end:
+            rest.append(i)
+            cuts.append(txt[end:])
+    cut_at.append(np.array(rest, dtype=np.int64))
+    return dtc, bad, np.concatenate(cut_at), cuts
 
 
 def derive_dtc(values: pd.Series, dropped: dict[str, int] | None = None) -> tuple[pd.Series, pd.Series]:
@@ -359,37 +443,31 @@ def derive_dtc(values: pd.Series, dropped: dict[str, int] | None = None) -> tupl
     ``fraction`` for fractional seconds, so the caller can report them (:meth:`Ctx.dropped_zone`).
     Returns (dtc, invalid_mask): values that are not FHIR dates become missing and are flagged.
     Each distinct value is checked once; the results are gathered back to the rows."""
-    codes, uniq = _distinct(values)
-    ok_match = _DTC_OK.match
-    dtc: list[Any] = []
-    bad: list[bool] = []
-    # what was cut per distinct value ('.250Z', '+09:00'), weighted by its rows; only when asked
-    freq = np.bincount(codes[codes >= 0], minlength=len(uniq)).tolist() if dropped is not None else None
-    cuts: dict[str, int] = {}
-    for j, u in enumerate(uniq):
-        txt = str(u)
-        if ok_match(txt) is None:
-            dtc.append(None)
-            bad.append(True)
-            continue
-        # a valid value: hh:mm ends at 16, hh:mm:ss at 19; anything after is fraction and/or offset
-        end = 19 if len(txt) > 16 and txt[16] == ":" else min(len(txt), 16)
-        dtc.append(txt[:end])
-        bad.append(False)
-        if freq is not None and len(txt) > end:
-            cut = txt[end:]
-            cuts[cut] = cuts.get(cut, 0) + freq[j]
-    dtc.append(None)       # code -1: missing stays missing, and is not invalid
-    bad.append(False)
-    if dropped is not None:
-        for cut, n in cuts.items():
+    dtc, bad = derive_dtc_array(values.to_numpy(dtype=object), dropped)
+    return pd.Series(dtc, index=values.index, dtype="object"), pd.Series(bad, index=values.index)
+
+
+def derive_dtc_array(arr: np.ndarray, dropped: dict[str, int] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`derive_dtc` of an object array: (dtc object array, invalid bool array)."""
+    codes, uniq = _distinct_array(arr)
+    texts = [u if type(u) is str else str(u) for u in (uniq.tolist() if isinstance(uniq, np.ndarray) else uniq)]
+    dtc, bad, cut_at, cuts = _dtc_of_texts(texts)
+    if dropped is not None and cuts:
+        # what was cut ('.250Z', '+09:00'), counted over the rows of each distinct value
+        freq = np.bincount(codes[codes >= 0], minlength=len(texts))
+        cut_codes, cut_texts = pd.factorize(np.array(cuts, dtype=object))
+        per_cut = np.bincount(cut_codes, weights=freq[cut_at], minlength=len(cut_texts))
+        for cut, n in zip(cut_texts.tolist(), per_cut.astype(np.int64).tolist(), strict=True):
             zone = cut.lstrip(".0123456789")
             if n and zone:
                 dropped[zone] = dropped.get(zone, 0) + n
             if n and cut.startswith("."):
                 dropped["fraction"] = dropped.get("fraction", 0) + n
-    out = pd.Series(np.array(dtc, dtype=object)[codes], index=values.index, dtype="object")
-    return out, pd.Series(np.array(bad, dtype=bool)[codes], index=values.index)
+    table = np.empty(len(dtc) + 1, dtype=object)
+    table[:-1] = dtc
+    table[-1] = None       # code -1: missing stays missing, and is not invalid
+    bad_table = np.append(bad, False)
+    return table[codes], bad_table[codes]
 
 
 def _date_part(dtc: pd.Series) -> pd.Series:

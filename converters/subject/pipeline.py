@@ -257,6 +257,8 @@ class _Run:
                 last[u] = d
 
     def _map(self, p: DomainPlugin, rows: list[dict[str, Any]] | dict[str, list[Any]]) -> pd.DataFrame:
+        if isinstance(rows, dict) and p.map_columns is not None:
+            return self._map_columns(p, rows)
         if isinstance(rows, dict):
             cols = pd.DataFrame(rows) if rows else pd.DataFrame()
         else:
@@ -289,6 +291,75 @@ class _Run:
             cols["VISITNUM"] = encs.map(lambda r: v[0] if (v := visit_of(r)) is not None else None).astype("float64")
             cols["VISIT"] = encs.map(lambda r: v[1] if (v := visit_of(r)) is not None else None)
         return p.map(cols, self.ctx)
+
+    def _map_columns(self, p: DomainPlugin, rows: dict[str, Any]) -> pd.DataFrame:
+        """:meth:`_map` of a chunk given as columns to a plugin with a columnar map (``map_columns``):
+        the same subject, reference-date and visit columns, kept as numpy arrays (no frame is built
+        until the domain's own)."""
+        cols = {name: _column_array(v) for name, v in rows.items()}
+        n = len(next(iter(cols.values()))) if cols else 0
+        if not n:
+            return pd.DataFrame()
+        got = self._attach_subject_columns(p, cols, n)
+        if got is None:
+            return pd.DataFrame()
+        cols = got
+        if "VISITNUM" in load_domain(p.domain).spec_names and "_encounter" in cols:
+            vm, alias = self.ctx.visit_map, self.ctx.refs.alias
+            codes, uniq = pd.factorize(cols["_encounter"])
+            nums = np.full(len(uniq) + 1, np.nan)
+            names = np.full(len(uniq) + 1, None, dtype=object)
+            for j, ref in enumerate(uniq.tolist()):
+                # the alias as written, else its normalised form, then the visit index (as _map)
+                key = alias.get(ref)
+                if key is None:
+                    key = alias.get(base.normalise_ref(ref) or "")
+                v = vm.get(key) if key is not None else None
+                if v is not None:
+                    nums[j], names[j] = v[0], v[1]
+            cols["VISITNUM"] = nums[codes]
+            cols["VISIT"] = names[codes]
+        assert p.map_columns is not None
+        return p.map_columns(cols, self.ctx)
+
+    def _attach_subject_columns(self, p: DomainPlugin, cols: dict[str, np.ndarray],
+                                n: int) -> dict[str, np.ndarray] | None:
+        """:meth:`_attach_subjects` on numpy columns: USUBJID and the reference dates looked up once
+        per distinct subject reference; rows whose subject does not resolve reported and dropped.
+        None when no row is left."""
+        ctx = self.ctx
+        subj = cols["_subject"] if "_subject" in cols else np.full(n, None, dtype=object)
+        codes, table = ctx.usubjid_table(subj)
+        known = ~pd.isna(table)
+        keep = known[codes]
+        if not keep.all():
+            for i in np.flatnonzero(~keep).tolist():
+                ref = subj[i]
+                has_ref = ref is not None and ref == ref
+                msg = ("subject reference does not resolve to a Patient in the input" if has_ref
+                       else "resource names no subject")
+                self.row_issue(p.domain, "subject", Kind.ERROR, msg,
+                               record=f"{cols['_src_type'][i]}/{cols['_src_id'][i]}",
+                               file=cols["_src_file"][i], rule="subject.resolve",
+                               source="subject", target="USUBJID")
+            if not keep.any():
+                return None
+            cols = {name: v[keep] for name, v in cols.items()}
+            codes = codes[keep]
+            n = len(codes)
+        cols["USUBJID"] = table[codes]
+        cols["STUDYID"] = base.full_object(n, ctx.studyid)
+        subjects = ctx.subjects
+        for name in ("RFSTDTC", "RFENDTC", "RFICDTC"):
+            ref_dates = np.full(len(table), None, dtype=object)
+            if len(subjects) and name in subjects:
+                first: dict[Any, Any] = {}
+                for u, d in zip(subjects["USUBJID"].tolist(), subjects[name].tolist(), strict=True):
+                    first.setdefault(u, d)   # the first row of a subject, as _attach_subjects
+                ref_dates[:] = [first.get(u) if u is not None else None for u in table.tolist()]
+                ref_dates[pd.isna(ref_dates)] = None   # missing as None, once per subject
+            cols[f"_{name.lower()}"] = ref_dates[codes]
+        return cols
 
     def _attach_subjects(self, p: DomainPlugin, cols: pd.DataFrame) -> pd.DataFrame:
         ctx = self.ctx
@@ -548,6 +619,14 @@ def _relrec_rows(domain: str, df: pd.DataFrame, seq: str, studyid: str) -> pd.Da
             for u, q, links in zip(df["USUBJID"], df[seq], df["_relrec"], strict=True)
             for link in links or ()]
     return pd.DataFrame(rows, columns=["STUDYID", "RDOMAIN", "USUBJID", "IDVAR", "IDVARVAL", "RELTYPE", "RELID"])
+
+
+def _column_array(values: Any) -> np.ndarray:
+    """One extracted column as a numpy array: object Series as they are, lists as pandas infers
+    them in a frame (line numbers -> int64)."""
+    if isinstance(values, pd.Series) and values.dtype == object:
+        return values.to_numpy()
+    return pd.Series(values).to_numpy() if isinstance(values, list) else np.asarray(values)
 
 
 def _columnar_route(routes: dict[str, list[tuple[Any, list[DomainPlugin]]]]) -> list[DomainPlugin] | None:

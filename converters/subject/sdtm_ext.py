@@ -90,7 +90,14 @@ def attach(plugins: dict[str, DomainPlugin], inputs: list[Path], ctx: Ctx) -> di
         def mapped(cols: pd.DataFrame, c: Ctx, p: DomainPlugin = p, supp: dict[str, Any] = supp) -> pd.DataFrame:
             return fill(p.domain, p.map(cols, c), c, sources, supp)
 
-        out[dom] = replace(p, map=mapped, supp=supp)
+        def mapped_columns(cols: dict[str, Any], c: Ctx, p: DomainPlugin = p,
+                           supp: dict[str, Any] = supp) -> pd.DataFrame:
+            assert p.map_columns is not None
+            return fill(p.domain, p.map_columns(cols, c), c, sources, supp)
+
+        # the columnar map (fast path) is followed by the same fill
+        out[dom] = replace(p, map=mapped, map_columns=mapped_columns if p.map_columns is not None else None,
+                           supp=supp)
     return out
 
 

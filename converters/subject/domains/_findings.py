@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from functools import cache
+from itertools import repeat
 from typing import Any, NamedTuple
 
 import msgspec
@@ -26,7 +27,7 @@ from ...report import Kind
 from ...sdtm.ct import pinned_ct
 from ...specs import load_table
 from .. import units, unread
-from ..base import SRC_COLUMNS, Ctx, Distinct, derive_dtc
+from ..base import SRC_COLUMNS, Ctx, Distinct, derive_dtc, derive_dtc_array, full_object
 from ..reader import Item
 from . import _obs_json
 from ._codes import NCIT_SYSTEMS
@@ -619,47 +620,119 @@ def ct_values(ccodes: pd.Series, codelist: str) -> pd.Series:
     return map_distinct(ccodes.astype("object"), ct_term(codelist))
 
 
-#: inferred types whose values factorise without merging different texts: one Python type (1, 1.0
-#: and True hash alike, so do 0.0 and -0.0: a float column holding a zero goes value by value)
-_ONE_TYPE = ("string", "integer", "floating")
-
-
 def _text(x: pd.Series) -> pd.Series:
     """``x.where(x.isna(), x.astype(str))`` in object dtype (``str()`` of each present value; missing
-    values kept as they are), without a str-dtype intermediate; ``str()`` once per distinct value
-    where the values are of one type."""
-    arr = x.to_numpy(dtype=object)
+    values kept as they are), without a str-dtype intermediate (see :func:`text_values`)."""
+    return pd.Series(text_values(x.to_numpy(dtype=object)), index=x.index, dtype="object")
+
+
+def text_values(arr: np.ndarray) -> np.ndarray:
+    """``str()`` of each present value of an object array (missing values kept as they are), once per
+    distinct value: strings and integers factorised as they are; floats by their bits (0.0 and -0.0
+    stay apart; the JSON gives Python floats, whose ``str`` is fixed by the value); integers and
+    floats mixed (1 and 1.0 hash alike) each on their own; anything else value by value."""
+    return _texts_and_numbers(arr, numbers=False).texts
+
+
+class _Numbers(NamedTuple):
+    texts: np.ndarray                   # text_values
+    floats: np.ndarray | None           # pd.to_numeric(errors="coerce") as float64 (when asked)
+    present: np.ndarray                 # notna
+    reprs: tuple[np.ndarray, list[str]] | None   # the float texts made: (distinct bits, str)
+
+
+def _texts_and_numbers(arr: np.ndarray, numbers: bool = True) -> _Numbers:
+    """:func:`text_values` and, when ``numbers``, the values as float64; for a column of JSON
+    numbers the floats come from the same pass."""
     out = arr.copy()
-    if pd.api.types.infer_dtype(arr, skipna=True) in _ONE_TYPE:
-        codes, uniq = pd.factorize(arr)
-        distinct = uniq.tolist()
-        if 0.0 not in distinct:
-            table = np.empty(len(distinct), dtype=object)
-            table[:] = [str(v) for v in distinct]
-            ok = codes >= 0
-            out[ok] = table[codes[ok]]
-            return pd.Series(out, index=x.index, dtype="object")
+    kind = pd.api.types.infer_dtype(arr, skipna=True)
+    if kind == "empty":
+        return _Numbers(out, np.full(len(arr), np.nan) if numbers else None, np.zeros(len(arr), dtype=bool), None)
     ok = ~pd.isna(arr)
-    out[ok] = [str(v) for v in arr[ok]]
-    return pd.Series(out, index=x.index, dtype="object")
+    nums: np.ndarray | None = None
+    reprs = None
+    if kind == "string":
+        _str_distinct(arr, ok, out)
+    elif kind in ("integer", "floating", "mixed-integer-float"):
+        try:
+            vals = arr[ok].astype(np.float64)
+        except (OverflowError, TypeError, ValueError):   # an integer beyond the float range
+            vals = None
+        if vals is not None and numbers:
+            nums = np.full(len(arr), np.nan)
+            nums[ok] = vals
+        if kind == "integer":
+            _str_distinct(arr, ok, out)
+        elif kind == "floating" and vals is not None:
+            reprs = _str_floats(vals, ok, out)
+        else:
+            isf = np.fromiter(map(isinstance, arr.tolist(), repeat(float)), dtype=bool, count=len(arr))
+            reprs = _str_floats(arr[ok & isf].astype(np.float64), ok & isf, out)
+            _str_distinct(arr, ok & ~isf, out)
+    else:
+        out[ok] = [str(v) for v in arr[ok]]
+    if numbers and nums is None:
+        nums = _floats(arr)
+    return _Numbers(out, nums, ok, reprs)
+
+
+def _str_distinct(arr: np.ndarray, sel: np.ndarray, out: np.ndarray) -> None:
+    """out[sel] = str() of arr[sel], once per distinct value (values that hash alike are alike)."""
+    if not sel.any():
+        return
+    codes, uniq = pd.factorize(arr[sel])
+    table = np.empty(len(uniq), dtype=object)
+    table[:] = [str(v) for v in uniq.tolist()]
+    out[sel] = table[codes]
+
+
+def _str_floats(vals: np.ndarray, sel: np.ndarray, out: np.ndarray) -> tuple[np.ndarray, list[str]] | None:
+    """out[sel] = str() of the floats ``vals`` (the values at ``sel``), once per distinct bit pattern;
+    returns (distinct bits, their str)."""
+    if not len(vals):
+        return None
+    codes, uniq = pd.factorize(vals.view(np.int64))
+    strs = [str(v) for v in uniq.view(np.float64).tolist()]
+    table = np.empty(len(uniq), dtype=object)
+    table[:] = strs
+    out[sel] = table[codes]
+    return uniq, strs
 
 
 def _fmt(x: pd.Series) -> pd.Series:
-    """Numbers -> SDTM character results: up to 10 significant digits, no float noise. Formatted
-    once per distinct value (value by value when a zero is present: 0.0 and -0.0 hash alike)."""
-    arr = x.to_numpy(dtype="float64", na_value=np.nan)
+    """Numbers -> SDTM character results: up to 10 significant digits, no float noise (see
+    :func:`fmt_values`)."""
+    return pd.Series(fmt_values(x.to_numpy(dtype="float64", na_value=np.nan)), index=x.index)
+
+
+def _g10(v: float, r: str | None) -> str:
+    """``f"{v:.10g}"``, from ``r = repr(v)`` when that is short: a repr of at most 11 characters and
+    no exponent has at most 10 significant digits and an exponent in [-4, 10), where ``.10g`` writes
+    the same digits, fixed-point, without a trailing ".0" (the shortest repr is within half an ulp of
+    the value, far inside the rounding to 10 digits)."""
+    if r is not None and len(r) <= 11 and "e" not in r:
+        return r[:-2] if r.endswith(".0") else r
+    return f"{v:.10g}"
+
+
+def fmt_values(arr: np.ndarray, reprs: tuple[np.ndarray, list[str]] | None = None) -> np.ndarray:
+    """Float array -> ``f"{v:.10g}"`` texts (None where NaN), once per distinct bit pattern (0.0 and
+    -0.0 stay apart: "0" and "-0"). ``reprs``: (distinct bits, their ``str``) already made for these
+    values (a result in its own standard unit is the value itself): read instead of formatting."""
     out = np.full(len(arr), None, dtype=object)
     ok = ~np.isnan(arr)
     if ok.any():
-        codes, uniq = pd.factorize(arr[ok])
-        distinct = uniq.tolist()
-        if 0.0 in distinct:
-            out[ok] = [f"{v:.10g}" for v in arr[ok].tolist()]
+        codes, uniq = pd.factorize(np.ascontiguousarray(arr[ok]).view(np.int64))
+        vals = uniq.view(np.float64).tolist()
+        table = np.empty(len(uniq), dtype=object)
+        if reprs is not None:
+            at = pd.Index(reprs[0]).get_indexer(uniq).tolist()
+            known = reprs[1]
+            table[:] = [_g10(v, known[i] if i >= 0 else None) for v, i in zip(vals, at, strict=True)]
         else:
-            table = np.empty(len(distinct), dtype=object)
-            table[:] = [f"{v:.10g}" for v in distinct]
-            out[ok] = table[codes]
-    return pd.Series(out, index=x.index)
+            table[:] = [f"{v:.10g}" for v in vals]
+        out[ok] = table[codes]
+    return out
 
 
 def map_findings(cols: pd.DataFrame, ctx: Ctx, d: str, testcd: pd.Series, unit_codelist: str,
@@ -776,4 +849,358 @@ def map_findings(cols: pd.DataFrame, ctx: Ctx, d: str, testcd: pd.Series, unit_c
         if c in cols:
             out[c] = cols[c]
     out[f"{d}GRPID"] = cols["_grp"]
+    return out
+
+
+# ------------------------------------------------------------------------ columnar map (fast path)
+# The same mapping as resolve_test_codes/map_findings (the plain path, on a frame), on the columns of
+# a chunk as numpy arrays: every column factorised once and every lookup, text, unit and date made
+# once per distinct value (or distinct pair), gathered back with numpy; rare inputs (comparators,
+# coded/text results, carried SDTM dates, specimen times) take the plain pandas steps on those
+# columns. tests/test_findings_map_fast.py checks that both paths give the same frames and issues.
+
+def _missing(arr: np.ndarray) -> np.ndarray:
+    return np.asarray(pd.isna(arr), dtype=bool)
+
+
+def _obj(arr: np.ndarray) -> pd.Series:
+    """An object column of the output frame (no dtype inference, as the plain path's Series)."""
+    return pd.Series(arr, dtype="object", copy=False)
+
+
+def _where(cond: np.ndarray, arr: np.ndarray) -> np.ndarray:
+    """``Series.where(cond)`` of an object column: NaN where ``cond`` is false."""
+    out = np.full(len(arr), np.nan, dtype=object)
+    out[cond] = arr[cond]
+    return out
+
+
+class _Factor:
+    """A column factorised once (missing -> code -1): per-distinct lookups gathered to the rows."""
+
+    def __init__(self, arr: np.ndarray) -> None:
+        self.codes, uniq = pd.factorize(arr)
+        self.values: list[Any] = uniq.tolist()
+
+    def table(self, fn: Callable[[Any], Any]) -> np.ndarray:
+        """fn of each distinct value, then fn(None) for missing (index -1)."""
+        table = np.empty(len(self.values) + 1, dtype=object)
+        for j, u in enumerate(self.values):
+            table[j] = fn(u)
+        table[-1] = fn(None)
+        return table
+
+    def map(self, fn: Callable[[Any], Any]) -> np.ndarray:
+        return self.table(fn)[self.codes]
+
+    @staticmethod
+    def gathered(codes: np.ndarray, table: np.ndarray) -> _Factor:
+        """The factor of ``table[codes]`` (a value per distinct key; ``codes`` >= 0), without
+        factorising the rows: the table is factorised instead."""
+        tcodes, uniq = pd.factorize(table)
+        out = _Factor.__new__(_Factor)
+        out.codes, out.values = tcodes[codes], uniq.tolist()
+        return out
+
+    def subset(self, keep: np.ndarray) -> _Factor:
+        out = _Factor.__new__(_Factor)
+        out.codes, out.values = self.codes[keep], self.values
+        return out
+
+
+def row_issues_columns(ctx: Ctx, domain: str, reason: str, kind: Kind, message: str, cols: dict[str, Any],
+                       mask: np.ndarray, **kw: Any) -> None:
+    """:meth:`Ctx.row_issues` for a chunk given as numpy columns."""
+    rows = np.flatnonzero(mask)
+    names = ["_src_type", "_src_id", "_src_file"] + ([kw["value_col"]] if kw.get("value_col") else [])
+    frame = pd.DataFrame({c: pd.Series(cols[c][rows], dtype="object") for c in dict.fromkeys(names)})
+    ctx.row_issues(domain, reason, kind, message, frame, np.ones(len(rows), dtype=bool), **kw)
+
+
+class ResolvedColumns(NamedTuple):
+    """:class:`ResolvedTests` of the columnar path."""
+
+    cols: dict[str, Any]
+    codes: _Factor            # the LOINC column, factorised
+    testcd: np.ndarray
+    test: np.ndarray
+    tests: _Factor            # --TESTCD, factorised
+
+
+def resolve_test_codes_columns(cols: dict[str, Any], ctx: Ctx, domain: str, table: dict[str, dict[str, str]],
+                               table_name: str) -> ResolvedColumns | None:
+    """:func:`resolve_test_codes` on numpy columns."""
+    codes, ncits = _Factor(cols["_loinc"]), _Factor(cols["_ncit"])
+    testcd_term, test_term = ct_term(f"{domain}TESTCD"), ct_term(f"{domain}TEST")
+    hit = codes.table(lambda c: c if isinstance(c, str) and c in table else None)
+    by_ncit = ncits.table(testcd_term)
+    bad = _missing(hit)[codes.codes] & _missing(by_ncit)[ncits.codes]
+    if bad.any():
+        row_issues_columns(ctx, domain, "testcd", Kind.UNMAPPED_CODE, f"Observation.code has neither a LOINC in "
+                           f"{table_name} nor an NCIt coding of a term of codelist {domain}TESTCD: row not converted",
+                           cols, bad, rule=f"{domain.lower()}.{domain}TESTCD", source="Observation.code",
+                           target=f"{domain}TESTCD", value_col="_loinc")
+        keep = ~bad
+        if not keep.any():
+            return None
+        cols = {name: v[keep] for name, v in cols.items()}
+        codes, ncits = codes.subset(keep), ncits.subset(keep)
+    # --TESTCD/--TEST per distinct (LOINC, NCIt) pair: the NCIt coding's term wins
+    tc_table = codes.table(lambda c: table[c]["target_code"] if c in table else None)
+    test_table = codes.table(lambda c: table[c][f"{domain}TEST"] if c in table else None)
+    test_ncit = ncits.table(lambda c: test_term(c) if testcd_term(c) is not None else None)
+    pair_codes, pairs = pd.factorize((codes.codes.astype(np.int64) + 1) * (len(ncits.values) + 1) + ncits.codes + 1)
+    li = pairs // (len(ncits.values) + 1) - 1
+    ni = pairs % (len(ncits.values) + 1) - 1
+    by_n, t_n = by_ncit[ni], test_ncit[ni]
+    testcd_p = np.where(_missing(by_n), tc_table[li], by_n)
+    test_p = np.where(_missing(t_n), test_table[li], t_n)
+    testcd, test = testcd_p[pair_codes], test_p[pair_codes]
+    return ResolvedColumns(cols, codes, testcd, test, _Factor.gathered(pair_codes, testcd_p))
+
+
+def _report_ucum_spelling_columns(d: str, key: np.ndarray, both: np.ndarray, vu: np.ndarray, orresu: np.ndarray,
+                                  testcd: np.ndarray, ctx: Ctx) -> None:
+    """:func:`_report_ucum_spelling` with the rows keyed by a code that fixes (unit, term[, VSTESTCD]);
+    ``both``: the rows with a unit and a term."""
+    from ...fhir.subject_terms import ucum_for, vs_ucum
+    rows = np.flatnonzero(both)
+    if not len(rows):
+        return
+    first = rows[np.sort(np.unique(key[rows], return_index=True)[1])]
+    for r in first.tolist():
+        u, c = vu[r], orresu[r]
+        t = testcd[r] if d == "VS" and not pd.isna(testcd[r]) else None
+        back = vs_ucum(t, c) if d == "VS" else ucum_for(c)
+        if back != u:
+            ctx.once(f"ucum-spelling:{d}:{u}:{c}", Kind.LOSSY, f"UCUM unit {u} recorded as the CDISC term {c} "
+                     "(the same unit; SDTM keeps no UCUM spelling): SDTM -> FHIR writes it as "
+                     f"{back or 'unit text only'}", rule=f"{d.lower()}.ORRESU",
+                     source="Observation.valueQuantity.code", target=f"{d}ORRESU")
+
+
+def _linear_of_pairs(pairs: np.ndarray, sel: np.ndarray, unit_of: Callable[[int], tuple[Any, Any]]
+                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per row (a, b, ok) of :func:`units.linear` for the unit pair its key in ``pairs`` names
+    (``unit_of(key) -> (from, to)``), for the rows in ``sel``: one lookup per distinct pair."""
+    n = len(pairs)
+    a_rows, b_rows, ok = np.full(n, np.nan), np.full(n, np.nan), np.zeros(n, dtype=bool)
+    rows = np.flatnonzero(sel)
+    if not len(rows):
+        return a_rows, b_rows, ok
+    codes, keys = pd.factorize(pairs[rows])
+    a, b, good = np.full(len(keys), np.nan), np.full(len(keys), np.nan), np.zeros(len(keys), dtype=bool)
+    for j, k in enumerate(keys.tolist()):
+        f, t = unit_of(k)
+        if f is None or t is None:
+            continue
+        lin = units.linear(f, t)
+        if lin is not None:
+            a[j], b[j], good[j] = lin[0], lin[1], True
+    conv = good[codes]
+    rows, codes = rows[conv], codes[conv]
+    a_rows[rows], b_rows[rows], ok[rows] = a[codes], b[codes], True
+    return a_rows, b_rows, ok
+
+
+def _floats(arr: np.ndarray) -> np.ndarray:
+    """``pd.to_numeric(x, errors="coerce")`` as float64 (NaN for missing and non-numbers)."""
+    if not len(arr) or _all_missing(arr):
+        return np.full(len(arr), np.nan)
+    return pd.Series(pd.to_numeric(arr, errors="coerce")).to_numpy(dtype="float64", na_value=np.nan)
+
+
+def _all_missing(arr: np.ndarray) -> bool:
+    """No value in the column (the usual state of the rare columns: a None count decides it)."""
+    if not len(arr):
+        return True
+    if arr[0] is None and arr.tolist().count(None) == len(arr):
+        return True
+    return bool(_missing(arr).all())
+
+
+def _present(arr: np.ndarray) -> np.ndarray:
+    """``notna`` of a column, cheap when it is all None."""
+    return np.zeros(len(arr), dtype=bool) if _all_missing(arr) else ~_missing(arr)
+
+
+def map_findings_columns(cols: dict[str, Any], ctx: Ctx, d: str, testcd: np.ndarray, tests: _Factor,
+                         unit_codelist: str, unit_override: dict[tuple[str, str], str] | None = None
+                         ) -> dict[str, Any]:
+    """:func:`map_findings` on numpy columns; returns the output columns in order (object columns as
+    object Series, the others as arrays, as the plain path's frame holds them). ``unit_override``:
+    (--TESTCD, UCUM unit) -> --ORRESU term, applied before the codelist lookup. Missing values are
+    known from the factorisations and per-distinct tables (no per-row ``isna`` of text columns)."""
+    n = len(testcd)
+    out: dict[str, Any] = {}
+    out["STUDYID"] = full_object(n, ctx.studyid)
+    out["DOMAIN"] = full_object(n, d)
+    out["USUBJID"] = _obj(cols["USUBJID"])
+    # --ORRES: numeric as given (comparator kept in front), else coded/text value
+    v = cols["_v"]
+    orres, numf, v_present, reprs = _texts_and_numbers(v)
+    assert numf is not None
+    cmp_ = cols["_vcmp"]
+    has_cmp = _present(cmp_)
+    if has_cmp.any():
+        rows = np.flatnonzero(has_cmp)
+        orres[rows] = [c + ("" if pd.isna(s) else s) for c, s in zip(cmp_[rows].tolist(), orres[rows].tolist(),
+                                                                      strict=True)]
+    orres_missing = ~v_present & ~has_cmp
+    vtext = cols["_vtext"]
+    if not _all_missing(vtext):
+        texts = pd.Series(vtext, dtype="object").map(lambda t: None if t is None or t != t else str(t))
+        orres = pd.Series(orres, dtype="object").fillna(texts).to_numpy()
+        orres_missing = _missing(orres)
+    out[f"{d}ORRES"] = _obj(orres)
+    # --ORRESU: UCUM -> CDISC term valid in the codelist (test-specific override first)
+    vu = cols["_vu"]
+    units_ = _Factor(vu)
+    width = len(units_.values) + 1
+    # (--TESTCD, unit) pairs: the override, the standard unit and the conversion depend on both
+    pair = (tests.codes.astype(np.int64) + 1) * width + (units_.codes + 1)
+    if unit_override is not None:
+        def override_of(k: int) -> Any:
+            t = tests.values[k // width - 1] if k // width else None
+            u = units_.values[k % width - 1] if k % width else None
+            return unit_override.get((t, u)) if t is not None and u is not None else None
+        pcodes, pkeys = pd.factorize(pair)
+        ov = np.empty(len(pkeys), dtype=object)
+        ov[:] = [override_of(k) for k in pkeys.tolist()]
+        orresu = ov[pcodes]
+        need = _missing(ov)[pcodes]
+    else:
+        orresu = np.full(n, None, dtype=object)
+        need = np.ones(n, dtype=bool)
+    used = np.unique(units_.codes[need])
+    terms = np.full(width, None, dtype=object)
+    for j in used[used >= 0].tolist():
+        terms[j] = units.cdisc_unit(units_.values[j], unit_codelist)
+    orresu[need] = terms[units_.codes[need]]
+    orresu_missing = np.where(need, _missing(terms)[units_.codes], False)
+    has_vu = units_.codes >= 0
+    bad_u = has_vu & orresu_missing
+    if bad_u.any():
+        row_issues_columns(ctx, d, "unit", Kind.UNMAPPED_CODE, f"unit not in the CDISC {unit_codelist} "
+                           "codelist (UCUM table)", cols, bad_u, rule=f"{d.lower()}.ORRESU",
+                           source="valueQuantity.code", target=f"{d}ORRESU", value_col="_vu")
+    out[f"{d}ORRESU"] = _obj(orresu)
+    _report_ucum_spelling_columns(d, pair if unit_override is not None else units_.codes,
+                                  has_vu & ~orresu_missing, vu, orresu, testcd, ctx)
+    # --STRESN/--STRESC/--STRESU: convert to the test's standard unit where one is set
+    std = standard_units(d)
+    std_ucum_t = tests.table(lambda t: std[t][0] if t in std else None)
+    std_cdisc_t = tests.table(lambda t: std[t][1] if t in std else None)
+    has_std = ~_missing(std_ucum_t)[tests.codes]
+    numeric = ~np.isnan(numf) & ~has_cmp
+
+    def result_units(k: int) -> tuple[Any, Any]:
+        u = units_.values[k % width - 1] if k % width else None
+        t = k // width - 1
+        to = std_ucum_t[t] if t >= 0 and std_ucum_t[t] is not None else u
+        return u, to
+    a, b, ok = _linear_of_pairs(pair, numeric, result_units)
+    conv = np.full(n, np.nan)
+    conv[ok] = numf[ok] * a[ok] + b[ok]
+    failed = numeric & has_vu & ~ok
+    if failed.any():
+        row_issues_columns(ctx, d, "convert", Kind.UNMAPPED_CODE, "result unit cannot be converted to the "
+                           "standard unit (UCUM)", cols, failed, rule=f"{d.lower()}.STRESN",
+                           target=f"{d}STRESN", value_col="_vu")
+    unitless = numeric & ~has_vu
+    conv[unitless] = numf[unitless]
+    stresu = np.where(has_std, std_cdisc_t[tests.codes], orresu)
+    stresu_missing = np.where(has_std, _missing(std_cdisc_t)[tests.codes], orresu_missing)
+    keep = (ok & ~stresu_missing) | unitless
+    stresn = np.where(keep, conv, np.nan)
+    out[f"{d}STRESN"] = stresn
+    stresc = pd.Series(fmt_values(stresn, reprs))
+    if not keep.all():
+        stresc = stresc.where(stresc.notna(), _obj(_where(~numeric | has_cmp, orres)))
+    out[f"{d}STRESC"] = stresc
+    out[f"{d}STRESU"] = _obj(_where(keep & ~unitless, stresu))
+    # reference ranges (LB): original as given, standard converted like the result
+    if d == "LB":
+        rlo, rhi = cols["_rlo"], cols["_rhi"]
+        lo_text, lo_num, lo_present, _ = _texts_and_numbers(rlo)
+        hi_text, hi_num, hi_present, _ = _texts_and_numbers(rhi)
+        out["LBORNRLO"] = _obj(lo_text)
+        out["LBORNRHI"] = _obj(hi_text)
+        ru = cols["_ru"]
+        # the range unit is the result's unit in the usual Observation: its factorisation serves
+        if bool(np.asarray(ru == vu, dtype=bool).all()):
+            ranges = units_
+        else:
+            ru_missing = _missing(ru)
+            filled = np.where(ru_missing, vu, ru) if ru_missing.any() else ru
+            ranges = units_ if bool(np.asarray(filled == vu, dtype=bool).all()) else _Factor(filled)
+        rwidth = len(ranges.values) + 1
+        # the range unit and the result's (test, unit) pair fix the standard unit of the limits
+        rpair = pair * rwidth + (ranges.codes + 1)
+
+        def range_units(k: int) -> tuple[Any, Any]:
+            r = ranges.values[k % rwidth - 1] if k % rwidth else None
+            return r, result_units(k // rwidth)[1]
+        ra, rb, rok = _linear_of_pairs(rpair, np.ones(n, dtype=bool), range_units)
+        for name, vals in (("LBSTNRLO", lo_num), ("LBSTNRHI", hi_num)):
+            assert vals is not None
+            conv_lim = np.full(n, np.nan)
+            conv_lim[rok] = vals[rok] * ra[rok] + rb[rok]
+            out[name] = np.where(rok & keep, conv_lim, np.nan)
+        out["LBSTNRC"] = _obj(_where(~lo_present & ~hi_present, cols["_rtext"]))
+        interp = _Factor(cols["_interp"])
+        nrind = code_table("nrind")
+        nr_t = interp.table(lambda c: None if c is None else nrind.get(c))
+        bad_i = (interp.codes >= 0) & _missing(nr_t)[interp.codes]
+        if bad_i.any():
+            row_issues_columns(ctx, d, "nrind", Kind.UNMAPPED_CODE, "interpretation code not in table nrind",
+                               cols, bad_i, rule="lb.NRIND", target="LBNRIND", value_col="_interp")
+        if pd.Series(interp.values, dtype="object").isin(["HH", "LL", "AA"]).any():
+            ctx.once("nrind-crit", Kind.LOSSY, "critical interpretations (HH/LL/AA) become HIGH/LOW/"
+                     "ABNORMAL: NRIND has no critical terms", rule="lb.NRIND", target="LBNRIND")
+        out["LBNRIND"] = _obj(nr_t[interp.codes])
+    elif not _all_missing(cols["_interp"]):
+        ctx.once("vs-interp", Kind.LOSSY, "Observation.interpretation on vital signs is not carried "
+                 "(VSCLSIG needs an investigator's judgement, Joint IG)", rule="vs.interpretation")
+    # --STAT / --REASND: cancelled or data absent -> NOT DONE
+    status, dar = cols["_status"], cols["_dar"]
+    has_dar = _present(dar)
+    cancelled = np.asarray(status == "cancelled", dtype=bool) if len(status) else np.zeros(0, dtype=bool)
+    nd = (cancelled | has_dar) & orres_missing
+    out[f"{d}STAT"] = np.where(nd, "NOT DONE", NO_VALUE)
+    out[f"{d}REASND"] = _obj(_where(nd, dar))
+    if nd.any():
+        row_issues_columns(ctx, d, "dar", Kind.LOSSY, f"data-absent result: {d}STAT NOT DONE and {d}REASND = the "
+                           "reason text; the dataAbsentReason code is not kept", cols, nd & has_dar,
+                           rule=f"{d.lower()}.REASND", source="Observation.dataAbsentReason", target=f"{d}REASND")
+        row_issues_columns(ctx, d, "nd-status", Kind.LOSSY, f"Observation.status other than cancelled with no "
+                           f"result: {d}STAT NOT DONE; the status is not kept (SDTM -> FHIR writes cancelled)",
+                           cols, nd & ~cancelled, rule=f"{d.lower()}.STAT", source="Observation.status",
+                           target=f"{d}STAT")
+    # --DTC (LB: specimen collection first, per the Joint IG); the SDTM text kept in the project's
+    # sdtm-dtc extension is the --DTC itself (LB: when no specimen collection time says otherwise)
+    dropped = ctx.dropped_zone(f"{d}DTC")
+    spec_dtc = cols["_spec_dtc"] if d == "LB" else None
+    if (spec_dtc is None or _all_missing(spec_dtc)) and _all_missing(cols["_dtc_sdtm"]):
+        dtc, bad = derive_dtc_array(cols["_eff"], dropped)
+        kept_dtc = dtc
+    else:   # the plain path's steps
+        eff_s = pd.Series(cols["_eff"], dtype="object")
+        kept = pd.Series(cols["_dtc_sdtm"], dtype="object")
+        if spec_dtc is not None:
+            spec = pd.Series(spec_dtc, dtype="object")
+            eff_s = spec.fillna(eff_s)
+            kept = kept.where(spec.isna())
+        dtc_s, bad_s = derive_dtc(eff_s.where(kept.isna()), dropped)
+        bad = bad_s.to_numpy(dtype=bool)
+        kept_dtc = kept.where(kept.notna(), dtc_s).to_numpy()
+    if bad.any():
+        row_issues_columns(ctx, d, "dtc", Kind.INVALID_VALUE, "effective[x] is not a FHIR dateTime", cols, bad,
+                           rule=f"{d.lower()}.DTC", target=f"{d}DTC")
+    out[f"{d}DTC"] = _obj(kept_dtc)
+    for c in ("VISITNUM", "VISIT", "_rfstdtc", "_rfendtc", "_rficdtc", "_src_type", "_src_id", "_src_ver",
+              "_src_file", "_src_line"):
+        if c in cols:
+            out[c] = _obj(cols[c]) if cols[c].dtype == object else cols[c]
+    out[f"{d}GRPID"] = _obj(cols["_grp"])
     return out

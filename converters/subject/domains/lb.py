@@ -9,7 +9,9 @@ when the Observation names its Specimen.
 from __future__ import annotations
 
 from functools import cache
+from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from ...report import Kind
@@ -17,7 +19,21 @@ from ...specs import load_table
 from ..base import Ctx, DomainPlugin, register_domain
 from ..test_codes import note_used, test_table
 from . import _obs_json
-from ._findings import accept_lb, extract_observation, extract_observation_columns, map_distinct, map_findings, resolve_test_codes
+from ._findings import (
+    _all_missing,
+    _Factor,
+    _missing,
+    _obj,
+    accept_lb,
+    extract_observation,
+    extract_observation_columns,
+    map_distinct,
+    map_findings,
+    map_findings_columns,
+    resolve_test_codes,
+    resolve_test_codes_columns,
+    row_issues_columns,
+)
 from .dm import code_table
 
 
@@ -64,8 +80,38 @@ def map_lb(cols: pd.DataFrame, ctx: Ctx) -> pd.DataFrame:
     return out.reset_index(drop=True)
 
 
+def map_lb_columns(cols: dict[str, Any], ctx: Ctx) -> pd.DataFrame:
+    """:func:`map_lb` on the numpy columns of a chunk (the fast path; same frame, same issues)."""
+    table = test_table(ctx, "LB", loinc_lb())
+    tc = resolve_test_codes_columns(cols, ctx, "LB", table, "the CDISC LOINC-to-LB table")
+    if tc is None:
+        return pd.DataFrame()
+    cols, codes = tc.cols, tc.codes
+    note_used(ctx, "LB", codes.values, table)
+    out = map_findings_columns(cols, ctx, "LB", tc.testcd, tc.tests, "UNIT")
+    out["LBTESTCD"] = _obj(tc.testcd)
+    out["LBTEST"] = _obj(tc.test)
+    out["LBLOINC"] = _obj(cols["_loinc"])
+    out["LBSPEC"] = _obj(codes.map(lambda c: (table[c]["LBSPEC"] or None) if c in table else None))
+    out["LBMETHOD"] = _obj(codes.map(lambda c: (table[c]["LBMETHOD"] or None) if c in table else None))
+    lbcat = code_table("lbcat")
+    by_class = codes.map(lambda c: (table[c].get("category") or lbcat.get(table[c]["loinc_class"]))
+                         if c in table else None)
+    cat_text = cols["_cat_text"]
+    out["LBCAT"] = _obj(by_class if _all_missing(cat_text) else np.where(_missing(cat_text), by_class, cat_text))
+    fast = _Factor(cols["_fast"])
+    fast_codes = code_table("fast")
+    lbfast = fast.table(lambda c: None if c is None else fast_codes.get(c))
+    out["LBFAST"] = _obj(lbfast[fast.codes])
+    badf = (fast.codes >= 0) & _missing(lbfast)[fast.codes]
+    if badf.any():
+        row_issues_columns(ctx, "LB", "fast", Kind.UNMAPPED_CODE, "fasting status code not in table fast", cols,
+                           badf, rule="lb.LBFAST", target="LBFAST", value_col="_fast")
+    return pd.DataFrame(out, copy=False)
+
+
 register_domain(DomainPlugin("LB", resource_types=("Observation",), extract=extract_observation,
                              extract_columns=extract_observation_columns,
                              line_decoder=_obs_json.line_decoder,
-                             accept=accept_lb, map=map_lb, streamed=True,
+                             accept=accept_lb, map=map_lb, map_columns=map_lb_columns, streamed=True,
                              dtc="LBDTC"))

@@ -8,7 +8,9 @@ Rules: ``mappings/subject/vs.yaml``. VSTESTCD/VSTEST and pre-coordinated VSPOS/V
 from __future__ import annotations
 
 from functools import cache
+from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from ...report import Kind
@@ -16,7 +18,21 @@ from ...specs import load_table
 from ..base import Ctx, DomainPlugin, register_domain
 from ..test_codes import note_used, test_table
 from . import _obs_json
-from ._findings import accept_vs, ct_values, extract_observation, extract_observation_columns, map_findings, resolve_test_codes
+from ._findings import (
+    _Factor,
+    _missing,
+    _obj,
+    accept_vs,
+    ct_term,
+    ct_values,
+    extract_observation,
+    extract_observation_columns,
+    map_findings,
+    map_findings_columns,
+    resolve_test_codes,
+    resolve_test_codes_columns,
+    row_issues_columns,
+)
 
 
 @cache
@@ -59,8 +75,34 @@ def map_vs(cols: pd.DataFrame, ctx: Ctx) -> pd.DataFrame:
     return out.reset_index(drop=True)
 
 
+def map_vs_columns(cols: dict[str, Any], ctx: Ctx) -> pd.DataFrame:
+    """:func:`map_vs` on the numpy columns of a chunk (the fast path; same frame, same issues)."""
+    table = test_table(ctx, "VS", loinc_vs())
+    tc = resolve_test_codes_columns(cols, ctx, "VS", table, "table loinc_to_vs")
+    if tc is None:
+        return pd.DataFrame()
+    cols, codes, testcd = tc.cols, tc.codes, tc.testcd
+    note_used(ctx, "VS", codes.values, table)
+    out = map_findings_columns(cols, ctx, "VS", testcd, tc.tests, "VSRESU", vs_unit_override())
+    out["VSTESTCD"] = _obj(testcd)
+    out["VSTEST"] = _obj(tc.test)
+    for var, src, codelist in (("VSPOS", "_pos", "POSITION"), ("VSLOC", "_loc", "LOC")):
+        def pre_coordinated(c: object, var: str = var) -> str | None:
+            return (table[c][var] or None) if isinstance(c, str) and c in table else None
+        pre = codes.map(pre_coordinated)
+        given = _Factor(cols[src])
+        coded_t = given.table(ct_term(codelist))
+        coded, coded_missing = coded_t[given.codes], _missing(coded_t)[given.codes]
+        bad_c = (given.codes >= 0) & coded_missing
+        if bad_c.any():
+            row_issues_columns(ctx, "VS", var.lower(), Kind.UNMAPPED_CODE, f"NCIt code is not a term of the CDISC "
+                               f"CT codelist {codelist}", cols, bad_c, rule="vs.VSTESTCD", target=var, value_col=src)
+        out[var] = _obj(np.where(coded_missing, pre, coded))
+    return pd.DataFrame(out, copy=False)
+
+
 register_domain(DomainPlugin("VS", resource_types=("Observation",), extract=extract_observation,
                              extract_columns=extract_observation_columns,
                              line_decoder=_obs_json.line_decoder,
-                             accept=accept_vs, map=map_vs, streamed=True,
+                             accept=accept_vs, map=map_vs, map_columns=map_vs_columns, streamed=True,
                              dtc="VSDTC"))

@@ -658,7 +658,8 @@ def _texts_and_numbers(arr: np.ndarray, numbers: bool = True) -> _Numbers:
             vals = arr[ok].astype(np.float64)
         except (OverflowError, TypeError, ValueError):   # an integer beyond the float range
             vals = None
-        if vals is not None and numbers:
+        if vals is not None and numbers and kind != "mixed-integer-float":
+            # (mixed: pd.to_numeric may make int64 of integral floats, -0.0 -> 0: left to it)
             nums = np.full(len(arr), np.nan)
             nums[ok] = vals
         if kind == "integer":

@@ -260,6 +260,39 @@ def test_text_values_are_the_per_value_texts(values: list[Any]) -> None:
     assert present.tolist() == (~pd.isna(arr)).tolist()
 
 
+def test_numbers_of_mixed_columns_are_pd_to_numeric() -> None:
+    """The floats of a column of integers and floats are what pd.to_numeric gives (which makes int64
+    of an int-first column of integral values: -0.0 becomes 0), bit for bit."""
+    rnd = random.Random(5)
+    pool = [0, 1, -1, 50, 300, 2**53 + 1, 2**62, -(2**63), 2**63 - 1, 2**64 + 5, 0.0, -0.0, 1.0, 50.0, 3.5, -2.25,
+            1e300, float("inf"), float("-inf"), 2.0**62, 2.0**63, 1e18, 0.1 + 0.2, None, 123456789012345678]
+    seen = 0
+    for _ in range(5000):
+        vals = [rnd.choice(pool) for _ in range(rnd.randint(1, 6))]
+        arr = np.empty(len(vals), dtype=object)
+        arr[:] = vals
+        if pd.api.types.infer_dtype(arr, skipna=True) != "mixed-integer-float":
+            continue
+        seen += 1
+        nums = F._texts_and_numbers(arr).floats
+        assert nums is not None
+        ref = pd.Series(pd.to_numeric(arr, errors="coerce")).to_numpy(dtype="float64", na_value=np.nan)
+        assert [struct.pack("<d", a) for a in nums.tolist()] == [struct.pack("<d", b) for b in ref.tolist()], vals
+    assert seen > 1000
+
+
+def test_seq_sorted_by_16_bit_codes_or_wider() -> None:
+    """--SEQ per subject in row order, with few subjects (16-bit codes) and with many."""
+    rnd = random.Random(2)
+    for subjects in (3, 40_000):
+        usubjid = pd.Series([f"S{rnd.randrange(subjects)}" for _ in range(60_000)], dtype=object)
+        start = {"S1": 5}
+        got = base.derive_seq(usubjid, start)
+        want = usubjid.groupby(usubjid, sort=False).cumcount() + 1 + usubjid.map({"S1": 5}).fillna(0).astype("int64")
+        assert got.tolist() == want.tolist()
+        assert start["S1"] == 5 + int((usubjid == "S1").sum())
+
+
 def test_standard_texts_read_from_reprs_are_the_10g_texts() -> None:
     """STRESC from the result's repr (:func:`_g10`) equals ``f"{v:.10g}"``: random doubles of every
     magnitude, short decimals, integers, the fixed/exponent borders and both zeros."""

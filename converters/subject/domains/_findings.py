@@ -887,9 +887,14 @@ def _where(cond: np.ndarray, arr: np.ndarray) -> np.ndarray:
 class _Factor:
     """A column factorised once (missing -> code -1): per-distinct lookups gathered to the rows."""
 
+    values: list[Any]
+
     def __init__(self, arr: np.ndarray) -> None:
+        if len(arr) and arr[0] is None and arr.tolist().count(None) == len(arr):   # (the rare columns)
+            self.codes, self.values = np.full(len(arr), -1, dtype=np.intp), []
+            return
         self.codes, uniq = pd.factorize(arr)
-        self.values: list[Any] = uniq.tolist()
+        self.values = uniq.tolist()
 
     def table(self, fn: Callable[[Any], Any]) -> np.ndarray:
         """fn of each distinct value, then fn(None) for missing (index -1)."""

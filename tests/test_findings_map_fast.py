@@ -294,7 +294,7 @@ def test_seq_sorted_by_16_bit_codes_or_wider() -> None:
 
 
 def test_standard_texts_read_from_reprs_are_the_10g_texts() -> None:
-    """STRESC from the result's repr (:func:`_g10`) equals ``f"{v:.10g}"``: random doubles of every
+    """STRESC read from the result's repr (:func:`fmt_values` with ``reprs``) equals ``f"{v:.10g}"``: random doubles of every
     magnitude, short decimals, integers, the fixed/exponent borders and both zeros."""
     rnd = random.Random(11)
     vals = [struct.unpack("<d", rnd.getrandbits(64).to_bytes(8, "little"))[0] for _ in range(3000)]

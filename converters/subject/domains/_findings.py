@@ -709,16 +709,6 @@ def _fmt(x: pd.Series) -> pd.Series:
     return pd.Series(fmt_values(x.to_numpy(dtype="float64", na_value=np.nan)), index=x.index)
 
 
-def _g10(v: float, r: str | None) -> str:
-    """``f"{v:.10g}"``, from ``r = repr(v)`` when that is short: a repr of at most 11 characters and
-    no exponent has at most 10 significant digits and an exponent in [-4, 10), where ``.10g`` writes
-    the same digits, fixed-point, without a trailing ".0" (the shortest repr is within half an ulp of
-    the value, far inside the rounding to 10 digits)."""
-    if r is not None and len(r) <= 11 and "e" not in r:
-        return r[:-2] if r.endswith(".0") else r
-    return f"{v:.10g}"
-
-
 def fmt_values(arr: np.ndarray, reprs: tuple[np.ndarray, list[str]] | None = None) -> np.ndarray:
     """Float array -> ``f"{v:.10g}"`` texts (None where NaN), once per distinct bit pattern (0.0 and
     -0.0 stay apart: "0" and "-0"). ``reprs``: (distinct bits, their ``str``) already made for these
@@ -730,7 +720,11 @@ def fmt_values(arr: np.ndarray, reprs: tuple[np.ndarray, list[str]] | None = Non
         vals = uniq.view(np.float64).tolist()
         table = np.empty(len(uniq), dtype=object)
         if reprs is not None:
-            # _g10 inlined (a call per value costs more than the rule); "e" stands for "no repr made"
+            # f"{v:.10g}" from r = repr(v) when that is short: a repr of at most 11 characters and no
+            # exponent has at most 10 significant digits and an exponent in [-4, 10), where .10g
+            # writes the same digits, fixed-point, without a trailing ".0" (the shortest repr is
+            # within half an ulp of the value, far inside the rounding to 10 digits). Inline: a
+            # call per value costs more than the rule. "e" stands for "no repr made": formatted.
             known = reprs[1] + ["e"]
             at = pd.Index(reprs[0]).get_indexer(uniq).tolist()   # -1 -> "e"
             texts = [(r[:-2] if r[-2:] == ".0" else r) if len(r) <= 11 and "e" not in r else None

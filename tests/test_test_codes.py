@@ -130,3 +130,27 @@ def test_cli_bad_table_exits_2_and_writes_nothing(tmp_path: Path, capsys: pytest
     err = capsys.readouterr().err
     assert "codes.csv: record row 1: field testcd" in err
     assert not (out / "lb.csv").exists()
+
+
+def test_bulk_ndjson_path_gives_the_bundle_path_result_with_test_codes(tmp_path: Path) -> None:
+    """The sample as a Bulk Data folder (NDJSON: the typed decoder and the columnar map) converts to the
+    same LB and VS as the Bundle, the sponsor's test codes included (each path reads the per-run table)."""
+    bundle = json.loads((SAMPLE / "subjects.bundle.json").read_text(encoding="utf-8"))
+    bulk = tmp_path / "bulk"
+    bulk.mkdir()
+    by_type: dict[str, list[bytes]] = {}
+    for e in bundle["entry"]:
+        r = e["resource"]
+        by_type.setdefault(r["resourceType"], []).append(json.dumps(r, separators=(",", ":")).encode())
+    for t, lines in by_type.items():
+        (bulk / f"{t}.ndjson").write_bytes(b"\n".join(lines) + b"\n")
+    outs = []
+    for name, src in (("a", SAMPLE / "subjects.bundle.json"), ("b", bulk)):
+        out = tmp_path / name
+        rc = main(["convert", str(src), "--to", "sdtm", "--study", str(SAMPLE / "ctgov.json"), "-o", str(out),
+                   "--sdtm-format", "csv", "--test-codes", str(SAMPLE / "test_codes.csv")])
+        assert rc in (0, 1)
+        outs.append(out)
+    for dom in ("lb.csv", "vs.csv", "dm.csv"):
+        assert (outs[0] / dom).read_text() == (outs[1] / dom).read_text(), dom
+    assert "DDNAIGAB" in (outs[1] / "lb.csv").read_text()

@@ -141,6 +141,11 @@ class FidelityTable:
                        f"{pct:6.2f}%  {d['minVar']} {100 * d['min']:.2f}%")
         for dom in self.missing_domains:
             out.append(f"{dom:6} (domain not produced by FHIR -> SDTM)")
+        held = {k: v for k, v in self.excluded.items() if k not in NOT_COMPARED and not k.endswith("SEQ")}
+        if held:
+            out.append("")
+            out.append("not held to the bar (declared; each reported by the rule named):")
+            out += [f"  {k}: {v}" for k, v in held.items()]
         return out
 
     def to_json(self) -> dict[str, Any]:
@@ -579,7 +584,7 @@ FHIR_ELEMENTS: dict[str, list[tuple[str, Any]]] = {
                     ("valueQuantity.code", None), ("effectiveDateTime", _dt),
                     ("referenceRange.low.value", None), ("referenceRange.high.value", None),
                     ("dataAbsentReason.coding.code", None)],
-    "AdverseEvent": [("event.text|code.text", None), ("date|occurrenceDateTime|occurrencePeriod.start", _dt),
+    "AdverseEvent": [("term", None), ("date|occurrenceDateTime|occurrencePeriod.start", _dt),
                      ("recordedDate", _dt), ("severity.coding.code", None), ("outcome.coding.code", None),
                      ("seriousness.coding.code", None)],
     "Condition": [("code.text", None), ("onsetDateTime", _dt), ("abatementDateTime", _dt), ("recordedDate", _dt)],
@@ -599,6 +604,33 @@ EQUIVALENT_WHEN: dict[str, Any] = {
     "valueQuantity.code": same_unit,
     "dosage.doseAndRate.doseQuantity.code": same_unit,
     "dosage.dose.code|dosage.doseAndRate.doseQuantity.code": same_unit,
+}
+
+
+def _ae_effect_refs(res: dict[str, Any]) -> list[str]:
+    """References of an AdverseEvent's resultingCondition (R4) / resultingEffect (R5)."""
+    return [str(r["reference"]) for r in (res.get("resultingCondition") or res.get("resultingEffect") or ())
+            if isinstance(r, dict) and isinstance(r.get("reference"), str)]
+
+
+def _ae_term(res: dict[str, Any], resources: dict[tuple[Any, Any], dict[str, Any]]) -> Any:
+    """The value rule ae.AETERM maps (Joint IG AETERM row): the text (or first display) of the
+    resultingCondition/resultingEffect Condition, else of the event (R4) / code (R5)."""
+    from .fhir.concepts import concept_text
+    for ref in _ae_effect_refs(res):
+        cond = resources.get(("Condition", ref.rsplit("/", 1)[-1]))
+        if cond is not None:
+            return concept_text(cond.get("code"))
+    return concept_text(res.get("event") or res.get("code"))
+
+
+#: elements compared through what the rule maps rather than one path: (type, name) -> getter(res, resources)
+GETTERS: dict[tuple[str, str], Any] = {("AdverseEvent", "term"): _ae_term}
+#: elements no rule carries into SDTM, compared and shown but not held to the bar (declared lossy, each
+#: with the rule whose report entry says so), like RELREC's dataset-level rows in the SDTM direction
+DECLARED_LOSSY: dict[tuple[str, str], str] = {
+    ("Observation", "dataAbsentReason.coding.code"): "lb.REASND: SDTM keeps --STAT NOT DONE and the reason "
+                                                     "text in --REASND, not the code",
 }
 
 
@@ -713,20 +745,33 @@ def run_fhir_roundtrip(inputs: list[Path], workdir: Path, *, study: Path | None 
     summary = {_RTYPE[d]: lbl for d, lbl in explain.summaries.items() if d in _RTYPE}
     rows: list[VariableFidelity] = []
     records: dict[str, tuple[int, int, int]] = {}
+    excluded: dict[str, str] = {}
+    # a Condition an AdverseEvent names as its result is that AE's term (rule ae.AETERM, Joint IG), not an
+    # MH record (rule mh.select, reported per record): compared as the AdverseEvent's term, not here
+    ae_conditions = {("Condition", ref.rsplit("/", 1)[-1]) for k, r in original.items() if k[0] == "AdverseEvent"
+                     for ref in _ae_effect_refs(r)} & set(original)
+    if ae_conditions:
+        excluded[f"Condition ({len(ae_conditions)} record(s))"] = (
+            "the resultingCondition/resultingEffect of an AdverseEvent: its text is the AE's AETERM (compared as "
+            "AdverseEvent term), not an MH record (mh.select, reported per record)")
     for rtype, elements in FHIR_ELEMENTS.items():
-        keys = [k for k in original if k[0] == rtype]
+        keys = [k for k in original if k[0] == rtype and k not in ae_conditions]
         aligned = [k for k in keys if k in came_back]
         records[rtype] = (len(keys), len(aligned), 0)
         for path, norm in elements:
             fid = VariableFidelity(rtype, path.split("|")[0])
+            getter = GETTERS.get((rtype, path))
+            if (rtype, path) in DECLARED_LOSSY:
+                fid.mapped = False
+                excluded[f"{rtype}.{path}"] = DECLARED_LOSSY[(rtype, path)]
             gone_expl: set[str] = set()
             zone_only = other = 0
             for k in keys:
                 a, b = original[k], came_back.get(k)
-                va = _get(a, path)
+                va = getter(a, original) if getter else _get(a, path)
                 if va is None:
                     continue
-                vb = _get(b, path) if b is not None else None
+                vb = (getter(b, original) if getter else _get(b, path)) if b is not None else None
                 if norm:
                     va, vb = norm(va), norm(vb)
                 if _tally(fid, va, vb, EQUIVALENT_WHEN.get(path)):
@@ -747,11 +792,37 @@ def run_fhir_roundtrip(inputs: list[Path], workdir: Path, *, study: Path | None 
             fid.explained_by = here + ([explain.zone] if zone_only and explain.zone else []) + sorted(gone_expl)[:1]
             if fid.values:
                 rows.append(fid)
+        if rtype == "AdverseEvent":
+            fid = _ae_own_text(keys, original, came_back, explain)
+            if fid.values:
+                rows.append(fid)
+                excluded["AdverseEvent.event.text"] = ("an AE's own event text beside its resultingCondition: "
+                                                       "AETERM is the Condition's (ae.AETERM, reported lossy)")
         if rtype == "Observation":
             fid = _component_fidelity(keys, original, every, explain, summary)
             if fid.values:
                 rows.append(fid)
-    return FidelityTable(rows, [], records, {}), to_sdtm, to_fhir
+    return FidelityTable(rows, [], records, excluded), to_sdtm, to_fhir
+
+
+def _ae_own_text(keys: list[tuple[Any, Any]], original: dict[tuple[Any, Any], dict[str, Any]],
+                 came_back: dict[tuple[Any, Any], dict[str, Any] | None], explain: _Explainer) -> VariableFidelity:
+    """The event (R4) / code (R5) text of an AdverseEvent that also names a resultingCondition: no rule
+    maps it (AETERM is the Condition's text), so it is shown, not held to the bar (declared lossy)."""
+    from .fhir.concepts import concept_text
+    fid = VariableFidelity("AdverseEvent", "event.text", mapped=False)
+    for k in keys:
+        a, b = original[k], came_back.get(k)
+        if not _ae_effect_refs(a):
+            continue
+        va = concept_text(a.get("event") or a.get("code"))
+        if va is None:
+            continue
+        _tally(fid, va, concept_text((b or {}).get("event") or (b or {}).get("code")) if b is not None else None)
+    if fid.values > fid.equal:
+        fid.explained_by = explain.element("AdverseEvent", "event.text|code.text")
+        fid.unexplained = 0 if fid.explained_by else fid.values - fid.equal
+    return fid
 
 
 def _loinc_of(res: dict[str, Any]) -> str | None:

@@ -87,6 +87,9 @@ class VariableFidelity:
     unexplained: int = 0
     #: of ``equal``: values written differently that denote the same thing (UCUM spellings of one unit)
     equivalent: int = 0
+    #: of ``lost``: values of source records the forward leg did not convert at all (a code with no
+    #: CDISC term, a record no domain selects), each record named by its own report entry
+    unconverted: int = 0
     mapped: bool = True                     # False: declared lossy / excluded, not held to the bar
     recomputed: bool = False                # a derived study day: not carried, recomputed by FHIR -> SDTM
     examples: list[tuple[Any, Any]] = field(default_factory=list)
@@ -95,6 +98,12 @@ class VariableFidelity:
     @property
     def ratio(self) -> float:
         return self.equal / self.values if self.values else 1.0
+
+    @property
+    def ratio_converted(self) -> float:
+        """``ratio`` over the values of the records the forward leg converted."""
+        n = self.values - self.unconverted
+        return self.equal / n if n else 1.0
 
 
 @dataclass
@@ -120,6 +129,9 @@ class FidelityTable:
     def lines(self) -> list[str]:
         out = [f"{'domain':6} {'variable':9} {'values':>7} {'equal':>7} {'changed':>7} {'lost':>6} "
                f"{'equal%':>7} {'unexpl':>6}  explained by"]
+        if any(r.unconverted for r in self.rows):
+            out.insert(0, "(conv% = equal% over the records the forward leg converted; each record it did not "
+                          "convert is named by its own report entry)")
         if any(r.equivalent for r in self.rows):
             out.insert(0, "(equal includes values written differently with the same meaning: "
                           "'N same unit' = UCUM spellings of one CDISC unit)")
@@ -127,6 +139,9 @@ class FidelityTable:
             note = "; ".join(r.explained_by) if r.explained_by else ""
             if r.equivalent:
                 note = f"{r.equivalent} same unit, other UCUM spelling" + ("; " + note if note else "")
+            if r.unconverted:
+                note = (f"conv% {100 * r.ratio_converted:.2f} ({r.unconverted} from records not converted)"
+                        + ("; " + note if note else ""))
             tag = ("" if r.mapped else "  [declared lossy: not held to the bar]") + \
                 ("  [recomputed from RFSTDTC]" if r.recomputed else "")
             out.append(f"{r.domain:6} {r.variable:9} {r.values:7d} {r.equal:7d} {r.changed:7d} {r.lost:6d} "
@@ -150,7 +165,8 @@ class FidelityTable:
 
     def to_json(self) -> dict[str, Any]:
         return {"variables": [{k: v for k, v in r.__dict__.items() if k != "examples" or v}
-                              | {"ratio": round(r.ratio, 6)} for r in self.rows],
+                              | {"ratio": round(r.ratio, 6), "ratioConverted": round(r.ratio_converted, 6)}
+                              for r in self.rows],
                 "domains": self.domain_summary(),
                 "records": {d: {"source": s, "aligned": a, "extra": e} for d, (s, a, e) in self.records.items()},
                 "excluded": self.excluded,
@@ -780,6 +796,7 @@ def run_fhir_roundtrip(inputs: list[Path], workdir: Path, *, study: Path | None 
                     why = explain.records.get(f"{rtype}/{k[1]}") or summary.get(rtype)
                     if why:
                         gone_expl.add(why)
+                        fid.unconverted += 1
                     else:
                         fid.unexplained += 1
                 elif norm is _dt and isinstance(va, str) and isinstance(vb, str) and len(va) > 19 \

@@ -369,12 +369,7 @@ def extract_observation_columns(items: Iterable[Any], ctx: Ctx, on_error: Callab
                         icode = None
                     rows = by_cat[cat]
                     if ncit is not None or rtext is not None:
-                        at = len(rows)
-                        sp = sparse[cat]
-                        if ncit is not None:
-                            sp.setdefault("_ncit", {})[at] = ncit
-                        if rtext is not None:
-                            sp.setdefault("_rtext", {})[at] = rtext
+                        _put_sparse(sparse[cat], len(rows), ncit, rtext)
                     if cat not in order:
                         order[cat] = None
                     subj, enc, meta = res.subject, res.encounter, res.meta
@@ -463,12 +458,7 @@ def extract_observation_columns(items: Iterable[Any], ctx: Ctx, on_error: Callab
                 vcmp = vget("comparator")
             rows = by_cat[cat]
             if ncit is not None or rtext is not None:
-                at = len(rows)
-                sp = sparse[cat]
-                if ncit is not None:
-                    sp.setdefault("_ncit", {})[at] = ncit
-                if rtext is not None:
-                    sp.setdefault("_rtext", {})[at] = rtext
+                _put_sparse(sparse[cat], len(rows), ncit, rtext)
             if cat not in order:
                 order[cat] = None
             rows.append((subj.get("reference") if isinstance(subj, dict) else None,
@@ -497,6 +487,14 @@ def extract_observation_columns(items: Iterable[Any], ctx: Ctx, on_error: Callab
             cols[name] = pd.Series(col, dtype="object")
         out[cat] = {name: cols[name] for name in COLUMNS}
     return out, n
+
+
+def _put_sparse(sp: dict[str, dict[int, Any]], at: int, ncit: Any, rtext: Any) -> None:
+    """The rarely filled columns of row ``at`` (an NCIt test coding, a reference range text)."""
+    if ncit is not None:
+        sp.setdefault("_ncit", {})[at] = ncit
+    if rtext is not None:
+        sp.setdefault("_rtext", {})[at] = rtext
 
 
 def _nested_parts(path: str) -> frozenset[str]:

@@ -632,22 +632,13 @@ def _text_values(s: pd.Series) -> tuple[list[str], int] | None:
     one = _constant(arr)
     if one is not None:
         return [one] * len(arr), len(one.encode("utf-8"))
-    vals = arr.tolist()
-    try:
-        joined = "".join(vals)
-    except TypeError:   # not all str: missing values, or values of other types
-        missing = pd.isna(arr)
-        if missing.all():
-            return [], 0
-        if not missing.any():
-            return None
-        arr = arr.copy()
-        arr[missing] = ""
-        vals = arr.tolist()
-        try:
-            joined = "".join(vals)
-        except TypeError:
-            return None
+    got = _blank_missing(arr)
+    if got is None:
+        return None
+    blanked, vals, joined = got
+    if blanked is not arr and not joined and pd.isna(arr).all():
+        return [], 0
+    arr = blanked
     if joined.isascii():
         return vals, _longest_str(arr, vals)
     return vals, max(len(v.encode("utf-8")) for v in set(vals))
@@ -715,9 +706,16 @@ def _csv_text(arr: np.ndarray) -> list[str] | None:
     one = _constant(arr)
     if one is not None:
         return [one] * len(arr)
+    got = _blank_missing(arr)
+    return got[1] if got is not None else None
+
+
+def _blank_missing(arr: np.ndarray) -> tuple[np.ndarray, list[str], str] | None:
+    """(the values with missing ones as "", as an array and a list, and their join) when every value
+    is text or missing; None otherwise. One join checks the types (and gives the ASCII test)."""
     vals = arr.tolist()
     try:
-        "".join(vals)
+        return arr, vals, "".join(vals)
     except TypeError:   # not all str: missing values, or values of other types
         missing = pd.isna(arr)
         if not missing.any():
@@ -726,10 +724,9 @@ def _csv_text(arr: np.ndarray) -> list[str] | None:
         arr[missing] = ""
         vals = arr.tolist()
         try:
-            "".join(vals)
+            return arr, vals, "".join(vals)
         except TypeError:
             return None
-    return vals
 
 
 def _csv_lines(frame: pd.DataFrame, order: np.ndarray) -> tuple[bytes, Sequence[bytes], np.ndarray] | None:

@@ -101,7 +101,6 @@ def _report_ucum_spelling(d: str, vu: pd.Series, orresu: pd.Series, testcd: pd.S
     """Once per UCUM code that SDTM cannot give back as written: the CDISC term stands for several UCUM
     spellings of the same unit (``10*3/uL``, ``10^9/L`` -> 10^9/L; ``mg/mg`` -> g/g) and SDTM has no
     variable for the spelling, so SDTM -> FHIR writes the term's own UCUM expression (lossy)."""
-    from ...fhir.subject_terms import ucum_for, vs_ucum
     # the distinct (unit, term[, VSTESTCD]) of the rows with both, in order of first occurrence
     cu, units_ = pd.factorize(vu.to_numpy(dtype=object))
     cc, terms = pd.factorize(orresu.to_numpy(dtype=object))
@@ -112,7 +111,15 @@ def _report_ucum_spelling(d: str, vu: pd.Series, orresu: pd.Series, testcd: pd.S
     rows = np.flatnonzero((cu >= 0) & (cc >= 0))
     key = (cu[rows].astype(np.int64) * len(terms) + cc[rows]) * (len(tests) + 1) + (ct[rows] + 1)
     first = rows[np.sort(np.unique(key, return_index=True)[1])]
-    for u, c, t in ((units_[cu[r]], terms[cc[r]], tests[ct[r]] if ct[r] >= 0 else None) for r in first.tolist()):
+    _note_ucum_spellings(d, ((units_[cu[r]], terms[cc[r]], tests[ct[r]] if ct[r] >= 0 else None)
+                             for r in first.tolist()), ctx)
+
+
+def _note_ucum_spellings(d: str, seen: Iterable[tuple[Any, Any, Any]], ctx: Ctx) -> None:
+    """One lossy entry per (UCUM unit, CDISC term[, VSTESTCD]) whose term SDTM -> FHIR writes back in
+    another UCUM spelling."""
+    from ...fhir.subject_terms import ucum_for, vs_ucum
+    for u, c, t in seen:
         back = vs_ucum(t, c) if d == "VS" else ucum_for(c)
         if back != u:
             ctx.once(f"ucum-spelling:{d}:{u}:{c}", Kind.LOSSY, f"UCUM unit {u} recorded as the CDISC term {c} "
@@ -969,20 +976,12 @@ def _report_ucum_spelling_columns(d: str, key: np.ndarray, both: np.ndarray, vu:
                                   testcd: np.ndarray, ctx: Ctx) -> None:
     """:func:`_report_ucum_spelling` with the rows keyed by a code that fixes (unit, term[, VSTESTCD]);
     ``both``: the rows with a unit and a term."""
-    from ...fhir.subject_terms import ucum_for, vs_ucum
     rows = np.flatnonzero(both)
     if not len(rows):
         return
     first = rows[np.sort(np.unique(key[rows], return_index=True)[1])]
-    for r in first.tolist():
-        u, c = vu[r], orresu[r]
-        t = testcd[r] if d == "VS" and not pd.isna(testcd[r]) else None
-        back = vs_ucum(t, c) if d == "VS" else ucum_for(c)
-        if back != u:
-            ctx.once(f"ucum-spelling:{d}:{u}:{c}", Kind.LOSSY, f"UCUM unit {u} recorded as the CDISC term {c} "
-                     "(the same unit; SDTM keeps no UCUM spelling): SDTM -> FHIR writes it as "
-                     f"{back or 'unit text only'}", rule=f"{d.lower()}.ORRESU",
-                     source="Observation.valueQuantity.code", target=f"{d}ORRESU")
+    _note_ucum_spellings(d, ((vu[r], orresu[r], testcd[r] if d == "VS" and not pd.isna(testcd[r]) else None)
+                             for r in first.tolist()), ctx)
 
 
 def _linear_of_pairs(pairs: np.ndarray, sel: np.ndarray, unit_of: Callable[[int], tuple[Any, Any]]

@@ -177,3 +177,37 @@ def test_write_joined_equals_one_join(monkeypatch, count):
     monkeypatch.setattr(output, "ROWS_PER_CALL", 2 if count != 9 else 3)
     output._write_joined(fh, b"],\n[", pieces)
     assert fh.getvalue() == b"],\n[".join(pieces)
+
+
+def test_companion_values_with_line_breaks_are_quoted_as_pandas_writes_them(tmp_path, monkeypatch):
+    """A companion value holding a line break (an id read from the input, e.g. ``a"b\\nc``) is
+    written as ``DataFrame.to_csv`` quotes it, in key order, as the whole-domain writer does: not a
+    crash of the run."""
+    monkeypatch.setattr(ChunkedDomainWriter, "MERGE_ROWS", 2)
+    monkeypatch.setattr(ChunkedDomainWriter, "MERGE_BLOCK_MIN", 1)
+    ids = ["x\ny", 'q"\r\nr', "plain", "é\n", "last"]
+    chunks = []
+    for k in range(3):
+        subj = [f"S-{(7 * j + k) % 5}" for j in range(len(ids))]
+        frame = pd.DataFrame({"STUDYID": "S", "DOMAIN": "LB", "USUBJID": subj, "LBSEQ": range(len(ids)),
+                              "LBTESTCD": "ALT", "LBORRES": ["1"] * len(ids)})
+        comp = pd.DataFrame({"USUBJID": subj, "src_id": [f"{i}{k}" for i in ids], "line": range(len(ids))})
+        chunks.append((frame, comp))
+    got = _same(tmp_path, monkeypatch, chunks, ("json",))
+    whole = pd.concat([c for _, c in chunks], ignore_index=True)
+    frames = pd.concat([f for f, _ in chunks], ignore_index=True)
+    expected = whole.iloc[key_order(frames, "LB")].to_csv(index=False, lineterminator="\n").encode()
+    assert got["lb.provenance.csv"] == expected
+    assert pd.read_csv(tmp_path / "fast" / "lb.provenance.csv", keep_default_na=False)["src_id"].tolist() == \
+        whole.iloc[key_order(frames, "LB")]["src_id"].tolist()
+
+
+def test_a_failed_run_leaves_no_spool_files(tmp_path):
+    """The writer's spools are removed when the run fails before or during close (:meth:`abort`)."""
+    frame = pd.DataFrame({"STUDYID": "S", "DOMAIN": "LB", "USUBJID": ["S-1"], "LBSEQ": [1], "LBTESTCD": ["ALT"]})
+    w = ChunkedDomainWriter("LB", tmp_path, ("json",), study_oid="S", companion=tmp_path / "lb.provenance.csv")
+    w.write(frame, companion=frame[["USUBJID"]])
+    assert list(tmp_path.glob(".*.spool"))
+    w.abort()
+    w.abort()   # (idempotent: also after close)
+    assert list(tmp_path.iterdir()) == []

@@ -281,15 +281,26 @@ class ChunkedDomainWriter:
             self.companion_spooled += int(lens.sum())
             return lens
         buf = io.StringIO()
-        self.companion_csv(frame.iloc[order], buf, True)
+        ordered = frame.iloc[order]
+        self.companion_csv(ordered, buf, True)
         head, _, lines = buf.getvalue().partition("\n")
-        if lines.count("\n") != n:
-            raise ValueError(f"{self.domain.domain}: companion values must not hold line breaks")
         self.companion_header = head.encode("utf-8") + b"\n"
-        encoded = lines.encode("utf-8")
+        if lines.count("\n") == n:
+            encoded = lines.encode("utf-8")
+            lens = np.fromiter(map(len, encoded[:-1].split(b"\n")), dtype=np.int64, count=n) + 1
+        else:
+            # a value holds a line break (written quoted, as to_csv quotes it): the records are
+            # serialised one by one to know where each ends (rare; read back by length)
+            records = []
+            for i in range(n):
+                one = io.StringIO()
+                self.companion_csv(ordered.iloc[i:i + 1], one, False)
+                records.append(one.getvalue().encode("utf-8"))
+            encoded = b"".join(records)
+            lens = np.fromiter(map(len, records), dtype=np.int64, count=n)
         self.companion_spool.write(encoded)
         self.companion_spooled += len(encoded)
-        return np.fromiter(map(len, encoded[:-1].split(b"\n")), dtype=np.int64, count=n) + 1
+        return lens
 
     def _selected(self) -> list[int]:
         return [i for i in range(len(self.names)) if self.always[i] or self.present[i]]
@@ -385,6 +396,14 @@ class ChunkedDomainWriter:
         # a column the chunk did not carry had no value in it (else it would have been selected)
         picks = [(pos[i], None) if i in pos else (-1, None if self.numeric[i] else "") for i in sel]
         return [[r[j] if j >= 0 else empty for j, empty in picks] for r in rows]
+
+    def abort(self) -> None:
+        """The run failed: the spools are closed and removed, no dataset is written (idempotent)."""
+        for fh in (self.spool, self.meta_spool, self.companion_spool):
+            if fh is not None:
+                fh.close()
+        for p in (self.spool_path, self.meta_spool_path, self.companion_spool_path):
+            p.unlink(missing_ok=True)
 
     def close(self) -> list[Path]:
         self.spool.close()
@@ -524,7 +543,12 @@ class _RunState:
         fh.seek(self.next_comp)
         data = fh.read(size)
         self.next_comp += size
-        return data[:-1].split(b"\n")
+        lines = data[:-1].split(b"\n")
+        if len(lines) == t:
+            return lines
+        # a record holding a (quoted) line break: cut by the record lengths
+        ends = np.cumsum(self.comp_lens[:t]).tolist()
+        return [data[a:b - 1] for a, b in zip([0, *ends[:-1]], ends, strict=True)]
 
     def drop(self, t: int) -> None:
         self.keys, self.lens, self.comp_lens = self.keys[t:], self.lens[t:], self.comp_lens[t:]

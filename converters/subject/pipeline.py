@@ -85,6 +85,9 @@ def convert_subjects(inputs: list[Path], outdir: Path, *, options: Any,
         run.map_collected()
         run.pass2(inputs)
         return run.finish()
+    except BaseException:
+        run.abort()   # no spool file left behind; each dataset file is written whole or not at all
+        raise
     finally:
         if gc_was_enabled:
             gc.enable()
@@ -579,6 +582,11 @@ class _Run:
             self._note_dates(dom, frame)
             if len(supp):
                 self.supp_frames[dom].append(supp)
+
+    def abort(self) -> None:
+        """The run failed: every streamed writer's spools removed (datasets not yet closed are not written)."""
+        for w in self.writers.values():
+            w.abort()
 
     def finish(self) -> list[Path]:
         if self.dm is not None:

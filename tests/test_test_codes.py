@@ -73,6 +73,10 @@ def test_user_table_loads_and_takes_the_ct_test_name(tmp_path: Path) -> None:
     ("VS,8310-5,TEMP,SERUM,,,\n", HEADER, ("row 1", "spec"), "VS has no specimen"),
     ("LB,5130-0\n", "domain,loinc\n", (), "needs the columns"),
     ("LB,5130-0,DDNAIGAB,x\n", "domain,loinc,testcd,colour\n", (), "unknown column"),
+    # a column named twice: csv.DictReader would keep the last one silently
+    ("LB,5130-0,DDNAIGAB,GLUC\n", "domain,loinc,testcd,testcd\n", (), "column(s) named twice: testcd"),
+    # more values than columns: csv.DictReader would put them under no name (dropped silently)
+    ("LB,5130-0,DDNAIGAB,,,,why,extra\n", HEADER, ("row 1",), "8 values for 7 columns"),
 ])
 def test_bad_user_table_is_refused_naming_row_and_field(tmp_path: Path, body: str, header: str,
                                                         where: tuple[str, ...], words: str) -> None:
@@ -81,6 +85,17 @@ def test_bad_user_table_is_refused_naming_row_and_field(tmp_path: Path, body: st
     msg = exc.value.one_line()
     assert msg.startswith("codes.csv"), msg
     assert words in msg and all(w in msg for w in where), msg
+
+
+def test_comment_and_blank_lines_but_not_inside_a_quoted_value(tmp_path: Path) -> None:
+    """Comment (#) and blank lines are skipped between rows only: a quoted value that runs over
+    several lines keeps its lines, and the row after it is read (not swallowed into the value)."""
+    body = ('# sponsor decisions\n\nLB,5130-0,DDNAIGAB,,,,"IgG ELISA\n# kit lot 7\n\nsee protocol"\n'
+            "# next\nLB,2345-7,GLUC,,,,\n")
+    got = load_test_codes(_table(tmp_path, body, "\ufeff# table\n" + HEADER))
+    assert got["LB"]["5130-0"]["reason"] == "IgG ELISA\n# kit lot 7\n\nsee protocol"
+    assert got["LB"]["2345-7"]["target_code"] == "GLUC"
+    assert (got["LB"]["5130-0"]["origin"], got["LB"]["2345-7"]["origin"]) == ("codes.csv row 1", "codes.csv row 2")
 
 
 def test_without_a_decision_anti_dsdna_is_reported_not_guessed(tmp_path: Path) -> None:
@@ -154,3 +169,49 @@ def test_bulk_ndjson_path_gives_the_bundle_path_result_with_test_codes(tmp_path:
     for dom in ("lb.csv", "vs.csv", "dm.csv"):
         assert (outs[0] / dom).read_text() == (outs[1] / dom).read_text(), dom
     assert "DDNAIGAB" in (outs[1] / "lb.csv").read_text()
+
+
+def _ncit_run(tmp_path: Path, name: str, obs: list[dict], plain: bool, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    import dataclasses
+
+    from trialbridge.pipeline import Options
+    from trialbridge.report import ConversionReport
+    from trialbridge.subject import base
+    from trialbridge.subject import pipeline as P
+    monkeypatch.setenv("TRIALBRIDGE_SALT", "s")
+    src = tmp_path / name / "in"
+    src.mkdir(parents=True)
+    patient = {"resourceType": "Patient", "id": "p1", "gender": "female", "birthDate": "1970-01-01"}
+    (src / "Patient.ndjson").write_text(json.dumps(patient) + "\n")
+    (src / "Observation.ndjson").write_text("".join(json.dumps(o) + "\n" for o in obs))
+    codes = _table(tmp_path, "LB,5130-0,DDNAIGAB,SERUM,,SEROLOGY,IgG ELISA\n")
+    with monkeypatch.context() as m:
+        if plain:   # the plain paths: dict reader, row extractor, DataFrame map
+            m.setattr(base, "_REGISTRY", {k: dataclasses.replace(p, map_columns=None, line_decoder=None)
+                                          for k, p in base.registered_domains().items()})
+            m.setattr(P, "_columnar_route", lambda routes: None)
+        report = ConversionReport()
+        P.convert_subjects([src], tmp_path / name / "out", options=Options(studyid="ST", extra={"test_codes": codes}),
+                           report=report)
+    return [i.message for i in report.issues if i.rule == "lb.LBTESTCD"]
+
+
+@pytest.mark.parametrize("plain", [False, True])
+def test_a_loinc_whose_testcd_came_from_the_ncit_coding_is_not_reported_as_mapped_by_the_table(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, plain: bool) -> None:
+    """An NCIt coding of a --TESTCD term decides --TESTCD over the LOINC row (rule lb.LBTESTCD): the report
+    must not say the user's table mapped that LOINC to its --TESTCD; it says what the row did give."""
+    def obs(i: int, ncit: bool) -> dict:
+        coding = [{"system": "http://loinc.org", "code": "5130-0"}]
+        if ncit:
+            coding.append({"system": "http://ncicb.nci.nih.gov/xml/owl/EVS/Thesaurus.owl", "code": "C105585"})
+        return {"resourceType": "Observation", "id": f"o{i}", "status": "final",
+                "category": [{"coding": [{"code": "laboratory"}]}], "code": {"coding": coding},
+                "subject": {"reference": "Patient/p1"}, "effectiveDateTime": "2024-01-02",
+                "valueQuantity": {"value": 3, "unit": "IU/mL"}}
+    only_ncit = _ncit_run(tmp_path, "a", [obs(1, True), obs(2, True)], plain, monkeypatch)
+    assert not any("-> LBTESTCD DDNAIGAB" in m for m in only_ncit), only_ncit
+    assert only_ncit == ["LOINC 5130-0: LBTESTCD from the NCIt coding; LBSPEC, LBCAT from codes.csv row 1, not the "
+                         "CDISC LOINC table (IgG ELISA)"]
+    both = _ncit_run(tmp_path, "b", [obs(1, True), obs(2, False)], plain, monkeypatch)
+    assert both == ["LOINC 5130-0 -> LBTESTCD DDNAIGAB: from codes.csv row 1, not the CDISC LOINC table (IgG ELISA)"]

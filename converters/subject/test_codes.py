@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import csv
 import io
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -43,9 +44,8 @@ def load_test_codes(path: Path) -> dict[str, dict[str, dict[str, str]]]:
         raise UsageError(f"cannot read the test-code table ({exc.strerror})", file=name) from None
     except UnicodeDecodeError:
         raise UsageError("the test-code table is not UTF-8 text", file=name) from None
-    lines = [ln for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
-    reader = csv.DictReader(io.StringIO("\n".join(lines)))
-    header = [h.strip() for h in reader.fieldnames or ()]
+    records = _records(text)
+    header = [h.strip() for h in next(records, [])]
     missing = [c for c in REQUIRED if c not in header]
     if missing:
         raise UsageError(f"the test-code table needs the columns {', '.join(REQUIRED)} "
@@ -53,11 +53,16 @@ def load_test_codes(path: Path) -> dict[str, dict[str, dict[str, str]]]:
     unknown = [c for c in header if c not in COLUMNS]
     if unknown:
         raise UsageError(f"unknown column(s) {', '.join(unknown)} (allowed: {', '.join(COLUMNS)})", file=name)
+    twice = sorted({c for c in header if header.count(c) > 1})
+    if twice:
+        raise UsageError(f"column(s) named twice: {', '.join(twice)}", file=name)
     ct = pinned_ct()
     out: dict[str, dict[str, dict[str, str]]] = {d: {} for d in DOMAINS}
-    for n, raw in enumerate(reader, start=1):
-        row = {k.strip(): (v or "").strip() for k, v in raw.items() if k is not None}
+    for n, values in enumerate(records, start=1):
         where = f"row {n}"
+        if len(values) > len(header):
+            raise UsageError(f"{len(values)} values for {len(header)} columns", file=name, record=where)
+        row = {k: v.strip() for k, v in zip(header, values, strict=False)}
         for col in REQUIRED:
             if not row.get(col):
                 raise UsageError("empty value", file=name, record=where, field=col)
@@ -89,6 +94,23 @@ def load_test_codes(path: Path) -> dict[str, dict[str, dict[str, str]]]:
     return out
 
 
+def _records(text: str) -> Iterator[list[str]]:
+    """The CSV records of ``text``; blank lines and comment lines (``#`` first) between records are
+    skipped, lines inside a quoted value are not (the csv reader pulls one line at a time, so a line
+    asked for after a record was given starts the next record)."""
+    start = [True]
+
+    def lines() -> Iterator[str]:
+        for line in io.StringIO(text, newline=""):   # (as the csv module reads a file: \n, \r\n, \r)
+            if start[0] and (not line.strip() or line.lstrip().startswith("#")):
+                continue
+            start[0] = False
+            yield line
+    for rec in csv.reader(lines()):
+        start[0] = True
+        yield rec
+
+
 def test_table(ctx: Any, domain: str, base: dict[str, dict[str, str]]) -> dict[str, dict[str, str]]:
     """``base`` (the CDISC table with the project supplement) with the user's rows for ``domain`` on
     top; built once per run."""
@@ -109,8 +131,16 @@ def test_table(ctx: Any, domain: str, base: dict[str, dict[str, str]]) -> dict[s
     return cache[domain]
 
 
-def note_used(ctx: Any, domain: str, loincs: list[Any], table: dict[str, dict[str, str]]) -> None:
-    """Once per LOINC converted with a row that is not the CDISC table's: where the row came from."""
+#: per domain, what a table row gives besides --TESTCD/--TEST: (row key, variable)
+SUPPLIED = {"LB": (("LBSPEC", "LBSPEC"), ("LBMETHOD", "LBMETHOD"), ("category", "LBCAT"), ("loinc_class", "LBCAT")),
+            "VS": (("VSPOS", "VSPOS"), ("VSLOC", "VSLOC"))}
+
+
+def note_used(ctx: Any, domain: str, loincs: list[Any], ncit_only: list[Any], table: dict[str, dict[str, str]]) -> None:
+    """Once per LOINC converted with a row that is not the CDISC table's: where the row came from.
+    ``loincs``: LOINCs of which some row took --TESTCD from the table; ``ncit_only``: LOINCs whose rows
+    all took --TESTCD from an NCIt coding (rule --.TESTCD): reported only for what the row still gave
+    them (specimen, method, category; VS position, location), and never as the --TESTCD's source."""
     for c in loincs:
         row = table.get(c) if isinstance(c, str) else None
         if row is None or not row.get("origin"):
@@ -120,3 +150,15 @@ def note_used(ctx: Any, domain: str, loincs: list[Any], table: dict[str, dict[st
         ctx.once(f"test-codes-used:{domain}:{c}", Kind.INFERRED,
                  f"LOINC {c} -> {domain}TESTCD {row['target_code']}: from {origin}, not the CDISC LOINC table{why}",
                  rule=f"{domain.lower()}.{domain}TESTCD", source="Observation.code", target=f"{domain}TESTCD")
+    for c in ncit_only:
+        row = table.get(c) if isinstance(c, str) else None
+        if row is None or not row.get("origin"):
+            continue
+        gave = list(dict.fromkeys(var for key, var in SUPPLIED[domain] if row.get(key)))
+        if not gave:
+            continue
+        why = f" ({row['reason']})" if row.get("reason") else ""
+        ctx.once(f"test-codes-used-ncit:{domain}:{c}", Kind.INFERRED,
+                 f"LOINC {c}: {domain}TESTCD from the NCIt coding; {', '.join(gave)} from {row['origin']}, not the "
+                 f"CDISC LOINC table{why}", rule=f"{domain.lower()}.{domain}TESTCD", source="Observation.code",
+                 target=", ".join(gave))

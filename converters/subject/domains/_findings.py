@@ -589,6 +589,7 @@ class ResolvedTests(NamedTuple):
     ncits: Distinct           # the NCIt column, factorised
     testcd: pd.Series         # --TESTCD
     test: pd.Series           # --TEST
+    by_table: np.ndarray      # per row: --TESTCD from the LOINC row of the table (not an NCIt coding)
 
 
 def resolve_test_codes(cols: pd.DataFrame, ctx: Ctx, domain: str, table: dict[str, dict[str, str]],
@@ -617,7 +618,17 @@ def resolve_test_codes(cols: pd.DataFrame, ctx: Ctx, domain: str, table: dict[st
     by_table = codes.map(lambda c: table[c][f"{domain}TEST"] if c in table else None)
     # --TEST of the NCIt coding where that coding gave --TESTCD
     test_ncit = ncits.map(lambda c: test_term(c) if testcd_term(c) is not None else None)
-    return ResolvedTests(cols, codes, ncits, testcd, test_ncit.where(test_ncit.notna(), by_table))
+    return ResolvedTests(cols, codes, ncits, testcd, test_ncit.where(test_ncit.notna(), by_table),
+                         by_ncit.isna().to_numpy(dtype=bool))
+
+
+def loincs_used(codes: np.ndarray, values: list[Any], by_table: np.ndarray) -> tuple[list[Any], list[Any]]:
+    """The distinct LOINCs of a chunk's converted rows (``codes`` into ``values``, -1 = none), in order
+    of first occurrence: (those of which some row took --TESTCD from the table's LOINC row, those
+    whose rows all took it from an NCIt coding) -- for :func:`test_codes.note_used`."""
+    table_rows = set(np.unique(codes[by_table]).tolist())
+    ncit_rows = set(np.unique(codes[~by_table]).tolist()) - table_rows
+    return ([values[j] for j in sorted(table_rows) if j >= 0], [values[j] for j in sorted(ncit_rows) if j >= 0])
 
 
 def ct_values(ccodes: pd.Series, codelist: str) -> pd.Series:
@@ -938,6 +949,7 @@ class ResolvedColumns(NamedTuple):
     testcd: np.ndarray
     test: np.ndarray
     tests: _Factor            # --TESTCD, factorised
+    by_table: np.ndarray      # per row: --TESTCD from the LOINC row of the table (not an NCIt coding)
 
 
 def resolve_test_codes_columns(cols: dict[str, Any], ctx: Ctx, domain: str, table: dict[str, dict[str, str]],
@@ -969,7 +981,8 @@ def resolve_test_codes_columns(cols: dict[str, Any], ctx: Ctx, domain: str, tabl
     testcd_p = np.where(_missing(by_n), tc_table[li], by_n)
     test_p = np.where(_missing(t_n), test_table[li], t_n)
     testcd, test = testcd_p[pair_codes], test_p[pair_codes]
-    return ResolvedColumns(cols, codes, testcd, test, _Factor.gathered(pair_codes, testcd_p))
+    return ResolvedColumns(cols, codes, testcd, test, _Factor.gathered(pair_codes, testcd_p),
+                           _missing(by_n)[pair_codes])
 
 
 def _report_ucum_spelling_columns(d: str, key: np.ndarray, both: np.ndarray, vu: np.ndarray, orresu: np.ndarray,

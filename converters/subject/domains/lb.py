@@ -27,6 +27,7 @@ from ._findings import (
     accept_lb,
     extract_observation,
     extract_observation_columns,
+    loincs_used,
     map_distinct,
     map_findings,
     map_findings_columns,
@@ -57,7 +58,7 @@ def map_lb(cols: pd.DataFrame, ctx: Ctx) -> pd.DataFrame:
     if tc is None:
         return pd.DataFrame()
     cols, codes = tc.cols, tc.codes
-    note_used(ctx, "LB", codes.values, table)
+    note_used(ctx, "LB", *loincs_used(codes.codes, codes.values, tc.by_table), table)
     out = map_findings(cols, ctx, "LB", tc.testcd, "UNIT")
     out["LBTESTCD"] = tc.testcd
     out["LBTEST"] = tc.test
@@ -87,7 +88,7 @@ def map_lb_columns(cols: dict[str, Any], ctx: Ctx) -> pd.DataFrame:
     if tc is None:
         return pd.DataFrame()
     cols, codes = tc.cols, tc.codes
-    note_used(ctx, "LB", codes.values, table)
+    note_used(ctx, "LB", *loincs_used(codes.codes, codes.values, tc.by_table), table)
     out = map_findings_columns(cols, ctx, "LB", tc.testcd, tc.tests, "UNIT")
     out["LBTESTCD"] = _obj(tc.testcd)
     out["LBTEST"] = _obj(tc.test)

@@ -27,6 +27,7 @@ from ._findings import (
     ct_values,
     extract_observation,
     extract_observation_columns,
+    loincs_used,
     map_findings,
     map_findings_columns,
     resolve_test_codes,
@@ -53,7 +54,7 @@ def map_vs(cols: pd.DataFrame, ctx: Ctx) -> pd.DataFrame:
     if tc is None:
         return pd.DataFrame()
     cols, codes, testcd = tc.cols, tc.codes, tc.testcd
-    note_used(ctx, "VS", codes.values, table)
+    note_used(ctx, "VS", *loincs_used(codes.codes, codes.values, tc.by_table), table)
     # the unit override once per (VSTESTCD, unit) it lists
     vu = cols["_vu"].astype("object")
     override = pd.Series(None, index=cols.index, dtype="object")
@@ -82,7 +83,7 @@ def map_vs_columns(cols: dict[str, Any], ctx: Ctx) -> pd.DataFrame:
     if tc is None:
         return pd.DataFrame()
     cols, codes, testcd = tc.cols, tc.codes, tc.testcd
-    note_used(ctx, "VS", codes.values, table)
+    note_used(ctx, "VS", *loincs_used(codes.codes, codes.values, tc.by_table), table)
     out = map_findings_columns(cols, ctx, "VS", testcd, tc.tests, "VSRESU", vs_unit_override())
     out["VSTESTCD"] = _obj(testcd)
     out["VSTEST"] = _obj(tc.test)

@@ -174,12 +174,20 @@ def test_encounter_unread_and_narrative(tmp_path: Path, monkeypatch: pytest.Monk
     assert next(i for i in report.issues if i.rule == "subject.narrative").severity is Severity.INFO
 
 
-def test_modifier_extensions_are_warnings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("path", ["fast", "row", "component"])
+def test_modifier_extensions_are_warnings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, path: str) -> None:
     mod = [{"url": "http://example.org/not-given", "valueBoolean": True}]
     enc = {"resourceType": "Encounter", "id": "e1", "status": "finished", "subject": {"reference": "Patient/p1"},
-           "period": {"start": "2024-01-01"}, "location": [{"modifierExtension": mod, "location": {"display": "R"}}]}
-    report = _run(tmp_path, [PATIENT, enc, _obs(1, modifierExtension=mod), _obs(2, modifierExtension=mod)],
-                  monkeypatch)
+           "period": {"start": "2024-01-01"}, "location": [{"modifierExtension": mod, "location": {"display": "R"}}],
+           **({"modifierExtension": mod} if path == "row" else {})}
+    extra: dict[str, Any] = {"modifierExtension": mod}
+    if path == "component":   # a shape only the row extractor takes
+        extra["component"] = [{"code": {"coding": [{"system": "http://loinc.org", "code": "8480-6"}]},
+                               "valueQuantity": {"value": 120, "unit": "mmHg", "system": UCUM, "code": "mm[Hg]"}}]
+    if path == "row":   # the row extractor for every resource
+        monkeypatch.setattr(P, "_columnar_route", lambda routes: None)
+    report = _run(tmp_path, [PATIENT, enc, _obs(1, **extra), _obs(2, **extra)], monkeypatch)
+    assert "Encounter.modifierExtension" not in _entries(report)   # top level or nested: a modifier, not twice
     mods = [i for i in report.issues if i.rule == "subject.modifier"]
     assert [(i.source, i.severity) for i in mods] == [("Encounter.modifierExtension", Severity.WARNING),
                                                       ("Observation.modifierExtension", Severity.WARNING)]

@@ -111,6 +111,8 @@ def note_resource(res: dict[str, Any], ctx: Ctx, *, also_unread: Iterable[str] =
         return
     counts = ctx.unread
     for k in res:
+        if k == MODIFIER:
+            continue   # reported with its URLs as a modifier (rule subject.modifier), as note_keys does
         if k in table.privacy:
             key = (rtype, k, "privacy")
         elif k not in table.read:

@@ -42,7 +42,9 @@ FIELDS = ("_subject", "_encounter", "_cat", "_loinc", "_status", "_eff", "_v", "
 
 
 def _q(d: Any) -> tuple[Any, Any]:
-    if isinstance(d, dict):
+    """(value, unit) of a reference range limit; a limit of another JSON type than an object is a
+    shape error (as on the fast paths), not a silently absent limit."""
+    if d:   # (not an object: AttributeError, the shape error of the fast paths' d.keys())
         return d.get("value"), d.get("code") or d.get("unit")
     return None, None
 

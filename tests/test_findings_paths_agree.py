@@ -1,0 +1,78 @@
+"""Observations of odd shapes give the same SDTM rows and report on every path: Bulk NDJSON with the
+typed decoder, the dict fast path, the plain DataFrame map and the row extractor."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from trialbridge.pipeline import Options
+from trialbridge.report import ConversionReport
+from trialbridge.subject import base
+from trialbridge.subject import pipeline as P
+
+UCUM = "http://unitsofmeasure.org"
+PATIENT = {"resourceType": "Patient", "id": "p1", "gender": "female", "birthDate": "1970-01-01"}
+MASK = re.compile(rb'"datasetJSONCreationDateTime"\s*:\s*"[^"]*"')
+MODES = ("typed", "dict", "plain-map", "row-extractor")
+
+
+def _lab(i: int, **extra: Any) -> dict[str, Any]:
+    return {"resourceType": "Observation", "id": f"o{i}", "status": "final",
+            "category": [{"coding": [{"code": "laboratory"}]}],
+            "code": {"coding": [{"system": "http://loinc.org", "code": "2345-7"}]},
+            "subject": {"reference": "Patient/p1"}, "effectiveDateTime": "2024-01-02",
+            "valueQuantity": {"value": 5.5, "unit": "mg/dL", "system": UCUM, "code": "mg/dL"}, **extra}
+
+
+def _convert(tmp_path: Path, mode: str, obs: list[dict[str, Any]], monkeypatch: pytest.MonkeyPatch
+             ) -> tuple[dict[str, bytes], list[Any]]:
+    monkeypatch.setenv("TRIALBRIDGE_SALT", "s")
+    src = tmp_path / mode / "in"
+    src.mkdir(parents=True)
+    (src / "Patient.ndjson").write_bytes(orjson.dumps(PATIENT) + b"\n")
+    (src / "Observation.ndjson").write_bytes(b"".join(orjson.dumps(o) + b"\n" for o in obs))
+    out = tmp_path / mode / "out"
+    with monkeypatch.context() as m:
+        reg = base.registered_domains()
+        if mode != "typed":
+            m.setattr(base, "_REGISTRY", {k: dataclasses.replace(p, line_decoder=None, **(
+                {"map_columns": None} if mode == "plain-map" else {})) for k, p in reg.items()})
+        if mode == "row-extractor":
+            m.setattr(P, "_columnar_route", lambda routes: None)
+        report = ConversionReport()
+        P.convert_subjects([src], out, options=Options(studyid="ST"), report=report)
+    files = {p.name: MASK.sub(b"", p.read_bytes()) for p in sorted(out.iterdir())}
+    issues = sorted(json.dumps(i, sort_keys=True) for i in report.to_json()["issues"])
+    return files, issues
+
+
+def _all_paths_agree(tmp_path: Path, obs: list[dict[str, Any]], monkeypatch: pytest.MonkeyPatch
+                     ) -> tuple[dict[str, bytes], list[Any]]:
+    got = {mode: _convert(tmp_path, mode, obs, monkeypatch) for mode in MODES}
+    for mode in MODES[1:]:
+        assert got[mode][0] == got["typed"][0], mode
+        assert got[mode][1] == got["typed"][1], mode
+    return got["typed"]
+
+
+def test_a_reference_range_limit_that_is_not_a_quantity_is_a_shape_error_on_every_path(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """referenceRange.low/high of another JSON type than an object: the Observation is reported (file,
+    record) and not converted on every path -- the row extractor used to convert it without the limit,
+    silently, while the fast paths refused it."""
+    obs = [_lab(1, referenceRange=[{"low": "3 mg/dL", "high": {"value": 7, "code": "mg/dL"}}]),
+           _lab(2, referenceRange=[{"low": {"value": 3, "code": "mg/dL"}, "high": [7]}]),
+           _lab(3, referenceRange=[{"low": {"value": 3, "code": "mg/dL"}, "high": {"value": 7, "code": "mg/dL"}}]),
+           _lab(4, referenceRange=[{"low": 0, "text": "up to 7"}])]
+    files, issues = _all_paths_agree(tmp_path, obs, monkeypatch)
+    rows = json.loads(files["lb.json"].replace(b"{,", b"{", 1))["rows"]
+    assert len(rows) == 2
+    shape = [json.loads(i) for i in issues if '"lb.extract"' in i]
+    assert sorted(i["record"] for i in shape) == ["Observation/o1", "Observation/o2"]
+    assert all(i["file"] == "Observation.ndjson" for i in shape)

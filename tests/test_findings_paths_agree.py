@@ -76,3 +76,27 @@ def test_a_reference_range_limit_that_is_not_a_quantity_is_a_shape_error_on_ever
     shape = [json.loads(i) for i in issues if '"lb.extract"' in i]
     assert sorted(i["record"] for i in shape) == ["Observation/o1", "Observation/o2"]
     assert all(i["file"] == "Observation.ndjson" for i in shape)
+
+
+def test_a_vital_sign_reference_range_is_reported_not_dropped_silently(tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """VS has no reference range variables (SDTMIG 3.4 VS; schemas/sdtm/vs.csv): a vital-sign
+    Observation's referenceRange (top level or in a component) is reported by rule subject.unread,
+    once per resource, on every path (LB reads it: LBORNRLO/HI)."""
+    vital = {"coding": [{"code": "vital-signs"}]}
+    hr = {**_lab(1), "category": [vital], "code": {"coding": [{"system": "http://loinc.org", "code": "8867-4"}]},
+          "valueQuantity": {"value": 61, "unit": "/min", "system": UCUM, "code": "/min"},
+          "referenceRange": [{"low": {"value": 60, "code": "/min"}, "high": {"value": 100, "code": "/min"}}]}
+    rng = [{"low": {"value": 90, "code": "mm[Hg]"}}]
+    comp = [{"code": {"coding": [{"system": "http://loinc.org", "code": c}]}, "referenceRange": rng,
+             "valueQuantity": {"value": v, "unit": "mmHg", "system": UCUM, "code": "mm[Hg]"}}
+            for c, v in (("8480-6", 120), ("8462-4", 80))]
+    bp = {**_lab(2), "category": [vital], "code": {"coding": [{"system": "http://loinc.org", "code": "85354-9"}]},
+          "component": comp}
+    del bp["valueQuantity"]
+    _, issues = _all_paths_agree(tmp_path, [hr, {**hr, "id": "o3"}, bp, _lab(4, referenceRange=rng)], monkeypatch)
+    unread = {i["source"]: i["message"] for i in map(json.loads, issues) if i["rule"] == "subject.unread"}
+    assert unread == {"Observation.referenceRange": "Observation.referenceRange in 2 resource(s): no SDTM variable "
+                                                    "reads it",
+                      "Observation.component.referenceRange": "Observation.component.referenceRange in 1 "
+                                                              "resource(s): no SDTM variable reads it"}

@@ -222,6 +222,10 @@ def extract_observation(res: dict[str, Any], ctx: Ctx) -> dict[str, Any] | list[
             out.append(row)
         # top-level value[x] beside components: only these three are read (the others are reported)
         _note_unread(res, cat, ctx, tuple(k for k in res if k.startswith("value") and k not in TOP_WITH_COMPONENTS))
+        if cat == "VS" and any(isinstance(c, dict) and c.get("referenceRange") for c in comps):
+            # VS has no reference range variables: a component's range is read by no rule (once per resource)
+            key = ("Observation", "component.referenceRange", "unread")
+            ctx.unread[key] = ctx.unread.get(key, 0) + 1
         for comp in comps:
             r = dict(row)
             r["_loinc"] = _loinc(comp.get("code"))
@@ -255,8 +259,10 @@ def extract_observation(res: dict[str, Any], ctx: Ctx) -> dict[str, Any] | list[
 
 #: the top-level value[x] an Observation with components converts (besides its component rows)
 TOP_WITH_COMPONENTS = ("valueQuantity", "valueCodeableConcept", "valueString")
-#: elements the table lists as read for Observation that one category does not read
-NOT_READ_BY = {"VS": ("specimen",), "LB": ("bodySite",)}
+#: elements the table lists as read for Observation that one category does not read (VS has no
+#: reference range variables, SDTMIG 3.4 VS: a vital sign's referenceRange takes the row extractor,
+#: which reports it)
+NOT_READ_BY = {"VS": ("specimen", "referenceRange"), "LB": ("bodySite",)}
 
 
 def _note_unread(res: dict[str, Any], cat: str, ctx: Ctx, also: tuple[str, ...]) -> None:
@@ -339,7 +345,7 @@ def extract_observation_columns(items: Iterable[Any], ctx: Ctx, on_error: Callab
                 # several reference ranges, interpretations or interpretation codings: the row path)
                 interp = res.interpretation
                 rr = res.referenceRange
-                if interp and (len(interp) > 1 or len(interp[0].coding or ()) > 1):
+                if interp and (len(interp) > 1 or len(interp[0].coding or ()) > 1) or (rr and cat == "VS"):
                     usual = False
                 if usual and not (rr and len(rr) > 1):
                     if typ is wide:
@@ -428,7 +434,7 @@ def extract_observation_columns(items: Iterable[Any], ctx: Ctx, on_error: Callab
                            or len(interp[0].get("coding") or ()) > 1
                            or not (interp[0].get("coding") or ({},))[0].keys() <= CODING_PARTS):
                 usual = False
-            if rr and (len(rr) > 1 or not rr[0].keys() <= RANGE_PARTS
+            if rr and (len(rr) > 1 or cat == "VS" or not rr[0].keys() <= RANGE_PARTS
                        or not (rr[0].get("low") or {}).keys() <= LIMIT_PARTS
                        or not (rr[0].get("high") or {}).keys() <= LIMIT_PARTS):
                 usual = False

@@ -100,3 +100,20 @@ def test_a_vital_sign_reference_range_is_reported_not_dropped_silently(tmp_path:
                                                     "reads it",
                       "Observation.component.referenceRange": "Observation.component.referenceRange in 1 "
                                                               "resource(s): no SDTM variable reads it"}
+
+
+def test_a_result_unit_coded_in_another_system_than_ucum_is_reported(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """valueQuantity.code of a system other than UCUM is not read (the unit maps need UCUM): the result
+    is converted from its value and unit text, and the code is reported per resource (unmapped-code),
+    not lost silently -- without unit text the number would otherwise pass as a unitless result."""
+    other = "http://example.org/units"
+    obs = [_lab(1, valueQuantity={"value": 5, "system": other, "code": "MGDL"}),
+           _lab(2, valueQuantity={"value": 6, "unit": "mg/dL", "system": other, "code": "MGDL"}),
+           _lab(3), _lab(4, valueQuantity={"value": 7, "system": other})]
+    files, issues = _all_paths_agree(tmp_path, obs, monkeypatch)
+    got = [json.loads(i) for i in issues if '"lb.ORRESU"' in i and other in i]
+    assert sorted(i["record"] for i in got) == ["Observation/o1", "Observation/o2"]
+    assert all(i["kind"] == "unmapped-code" and i["source"] == "Observation.valueQuantity.code" for i in got)
+    rows = json.loads(files["lb.json"].replace(b"{,", b"{", 1))["rows"]
+    assert len(rows) == 4

@@ -73,6 +73,20 @@ def _value(src: dict[str, Any], row: dict[str, Any]) -> None:
         row["_dar"] = dar.get("text") or c.get("display") or c.get("code")
 
 
+def _foreign_unit(res: dict[str, Any], cat: str, ctx: Ctx) -> None:
+    """Once per Observation whose valueQuantity (top level or in a component) has a ``code`` of a
+    system other than UCUM: that code is not read (the unit maps need UCUM; rule --.ORRESU) and is
+    reported, so that a result without unit text is not taken for a unitless one silently."""
+    for src in (res, *(c for c in res.get("component") or () if isinstance(c, dict))):
+        vq = src.get("valueQuantity")
+        if isinstance(vq, dict) and vq.get("code") is not None and vq.get("system", units.UCUM_SYSTEM) != units.UCUM_SYSTEM:
+            ctx.row_issue(cat, "unit-system", Kind.UNMAPPED_CODE, f"valueQuantity.code of the unit system "
+                          f"{vq.get('system')} (not UCUM) is not read: {cat}ORRESU from valueQuantity.unit "
+                          "where given, else the result has no unit", record=f"Observation/{res.get('id')}",
+                          rule=f"{cat.lower()}.ORRESU", source="Observation.valueQuantity.code", target=f"{cat}ORRESU")
+            return
+
+
 def _loinc(code: Any) -> str | None:
     if isinstance(code, dict):
         for c in code.get("coding") or ():
@@ -213,6 +227,7 @@ def extract_observation(res: dict[str, Any], ctx: Ctx) -> dict[str, Any] | list[
             fs = col.get("fastingStatusCodeableConcept")
             row["_fast"] = (fs.get("coding") or [{}])[0].get("code") if isinstance(fs, dict) else None
             row["_spec_dtc"] = col.get("collectedDateTime") or (col.get("collectedPeriod") or {}).get("start")
+    _foreign_unit(res, cat, ctx)
     comps = res.get("component")
     if comps:
         out = []
@@ -347,6 +362,9 @@ def extract_observation_columns(items: Iterable[Any], ctx: Ctx, on_error: Callab
                 rr = res.referenceRange
                 if interp and (len(interp) > 1 or len(interp[0].coding or ()) > 1) or (rr and cat == "VS"):
                     usual = False
+                vq = res.valueQuantity
+                if vq is not None and vq.code is not None and vq.system is not None and vq.system != ucum:
+                    usual = False   # a unit code of another system: the row extractor reports it
                 if usual and not (rr and len(rr) > 1):
                     if typ is wide:
                         present = [k for k, v in zip(unread_names, astuple(res)[unread_at:], strict=True)
@@ -369,7 +387,6 @@ def extract_observation_columns(items: Iterable[Any], ctx: Ctx, on_error: Callab
                         ru = lu or hu
                         rtext = r0.text
                     v = vu = vcmp = None
-                    vq = res.valueQuantity
                     if vq is not None:
                         v = vq.value
                         system = vq.system
@@ -438,7 +455,8 @@ def extract_observation_columns(items: Iterable[Any], ctx: Ctx, on_error: Callab
                        or not (rr[0].get("low") or {}).keys() <= LIMIT_PARTS
                        or not (rr[0].get("high") or {}).keys() <= LIMIT_PARTS):
                 usual = False
-            if vq is not None and not vq.keys() <= QUANTITY_PARTS:
+            if vq is not None and (not vq.keys() <= QUANTITY_PARTS
+                                   or vq.get("code") is not None and vq.get("system", ucum) != ucum):
                 usual = False
             if not usual:
                 _extract_row(item, ctx, add, sparse, by_cat, order)

@@ -117,3 +117,16 @@ def test_a_result_unit_coded_in_another_system_than_ucum_is_reported(tmp_path: P
     assert all(i["kind"] == "unmapped-code" and i["source"] == "Observation.valueQuantity.code" for i in got)
     rows = json.loads(files["lb.json"].replace(b"{,", b"{", 1))["rows"]
     assert len(rows) == 4
+
+
+def test_integer_results_and_numeric_version_ids_keep_their_json_type_on_the_row_path(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """valueInteger 3 is LBORRES "3" on every path: the row path built its chunk frame with pandas'
+    inference, which made a column of integers and missing values float64 ("3.0"), depending on
+    what else the chunk held; meta.versionId given as a JSON number likewise."""
+    vi = _lab(1, valueInteger=3, meta={"versionId": 7})
+    del vi["valueQuantity"]
+    files, _ = _all_paths_agree(tmp_path, [vi, _lab(2)], monkeypatch)
+    rows = json.loads(files["lb.json"].replace(b"{,", b"{", 1))["rows"]
+    assert sorted(r[7] for r in rows) == ["3", "5.5"]
+    assert b",7,Observation.ndjson" in files["lb.provenance.csv"]

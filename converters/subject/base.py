@@ -83,10 +83,11 @@ from ..report import ConversionReport, Kind
 
 ENGINE_PREFIX = "_"
 SRC_COLUMNS = ("_src_type", "_src_id", "_src_ver", "_src_file", "_src_line")
-#: Extracted columns holding numbers as the FHIR JSON gave them (results, reference-range limits):
-#: kept as Python int/float objects, never coerced to float64, so --ORRES/--ORNRLO/--ORNRHI read as
-#: collected (118 stays "118"; a decimal 118.0 keeps its stated precision).
-AS_GIVEN_COLUMNS = ("_v", "_rlo", "_rhi")
+#: Extracted columns holding numbers as the FHIR JSON gave them (results, valueInteger/valueBoolean
+#: results, reference-range limits, a version id given as a number): kept as Python objects, never
+#: coerced to float64, so --ORRES/--ORNRLO/--ORNRHI read as collected (118 stays "118"; a decimal
+#: 118.0 keeps its stated precision), as on the columnar path.
+AS_GIVEN_COLUMNS = ("_v", "_vtext", "_rlo", "_rhi", "_src_ver")
 DEFAULT_SALT_ENV = "TRIALBRIDGE_SALT"
 MAX_ROW_ISSUES = 200   # per (domain, reason); the rest are counted in one summary issue
 

@@ -274,7 +274,8 @@ class _Run:
         else:
             cols = pd.DataFrame.from_records(rows) if rows else pd.DataFrame()
             for c in base.AS_GIVEN_COLUMNS:
-                if c in cols:   # from_records made them float64: rebuild them as the JSON gave them
+                if c in cols and cols[c].dtype != object:
+                    # from_records made them float64 (int64, bool): rebuild them as the JSON gave them
                     cols[c] = pd.Series([r.get(c) for r in rows], dtype="object", index=cols.index)
         if not len(cols):
             return pd.DataFrame()

@@ -130,3 +130,24 @@ def test_integer_results_and_numeric_version_ids_keep_their_json_type_on_the_row
     rows = json.loads(files["lb.json"].replace(b"{,", b"{", 1))["rows"]
     assert sorted(r[7] for r in rows) == ["3", "5.5"]
     assert b",7,Observation.ndjson" in files["lb.provenance.csv"]
+
+
+def test_a_range_limit_unit_coded_in_another_system_than_ucum_is_not_taken_for_ucum(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """referenceRange.low/high.code of a system other than UCUM is not read as a UCUM unit (as for
+    valueQuantity): the limit's unit text is used where given, and the code is reported per resource."""
+    other = "http://example.org/units"
+    obs = [_lab(1, referenceRange=[{"low": {"value": 3, "system": other, "code": "mg/dL"},
+                                    "high": {"value": 7, "unit": "mg/dL", "system": other, "code": "MGDL"}}]),
+           _lab(2, referenceRange=[{"low": {"value": 3, "system": UCUM, "code": "mg/dL"}}])]
+    files, issues = _all_paths_agree(tmp_path, obs, monkeypatch)
+    got = [json.loads(i) for i in issues if other in i]
+    assert [(i["record"], i["source"], i["kind"]) for i in got] == [
+        ("Observation/o1", "Observation.referenceRange.high.code", "unmapped-code"),
+        ("Observation/o1", "Observation.referenceRange.low.code", "unmapped-code")]
+    rows = json.loads(files["lb.json"].replace(b"{,", b"{", 1))["rows"]
+    head = json.loads(files["lb.json"].replace(b"{,", b"{", 1))["columns"]
+    col = {c["name"]: k for k, c in enumerate(head)}
+    # o1: the low limit has no unit it can be read in (the code is not UCUM), the high one its unit text
+    assert sorted((r[col["LBORNRLO"]], r[col["LBORNRHI"]], r[col["LBSTNRLO"]], r[col["LBSTNRHI"]]) for r in rows) == [
+        ("3", "", 3, None), ("3", "7", 3, 7)]

@@ -42,11 +42,18 @@ FIELDS = ("_subject", "_encounter", "_cat", "_loinc", "_status", "_eff", "_v", "
 
 
 def _q(d: Any) -> tuple[Any, Any]:
-    """(value, unit) of a reference range limit; a limit of another JSON type than an object is a
-    shape error (as on the fast paths), not a silently absent limit."""
+    """(value, unit) of a reference range limit: its UCUM code, else its unit text (a code of another
+    system is not taken for UCUM: :func:`_foreign_unit` reports it); a limit of another JSON type than
+    an object is a shape error (as on the fast paths), not a silently absent limit."""
     if d:   # (not an object: AttributeError, the shape error of the fast paths' d.keys())
-        return d.get("value"), d.get("code") or d.get("unit")
+        code = d.get("code") if d.get("system", units.UCUM_SYSTEM) == units.UCUM_SYSTEM else None
+        return d.get("value"), code or d.get("unit")
     return None, None
+
+
+def _foreign_code(q: Any) -> bool:
+    """A Quantity whose ``code`` is of a system other than UCUM (that code is not read)."""
+    return isinstance(q, dict) and q.get("code") is not None and q.get("system", units.UCUM_SYSTEM) != units.UCUM_SYSTEM
 
 
 def _value(src: dict[str, Any], row: dict[str, Any]) -> None:
@@ -74,17 +81,23 @@ def _value(src: dict[str, Any], row: dict[str, Any]) -> None:
 
 
 def _foreign_unit(res: dict[str, Any], cat: str, ctx: Ctx) -> None:
-    """Once per Observation whose valueQuantity (top level or in a component) has a ``code`` of a
-    system other than UCUM: that code is not read (the unit maps need UCUM; rule --.ORRESU) and is
-    reported, so that a result without unit text is not taken for a unitless one silently."""
+    """Once per Observation and element whose Quantity (valueQuantity, the first reference range's
+    low/high; top level or in a component) has a ``code`` of a system other than UCUM: that code is not
+    read (the unit maps need UCUM; rule --.ORRESU) and is reported, so that a value without unit text
+    is not taken for a unitless one silently."""
+    seen: dict[str, Any] = {}
     for src in (res, *(c for c in res.get("component") or () if isinstance(c, dict))):
-        vq = src.get("valueQuantity")
-        if isinstance(vq, dict) and vq.get("code") is not None and vq.get("system", units.UCUM_SYSTEM) != units.UCUM_SYSTEM:
-            ctx.row_issue(cat, "unit-system", Kind.UNMAPPED_CODE, f"valueQuantity.code of the unit system "
-                          f"{vq.get('system')} (not UCUM) is not read: {cat}ORRESU from valueQuantity.unit "
-                          "where given, else the result has no unit", record=f"Observation/{res.get('id')}",
-                          rule=f"{cat.lower()}.ORRESU", source="Observation.valueQuantity.code", target=f"{cat}ORRESU")
-            return
+        rr = src.get("referenceRange")
+        r0: dict[str, Any] = rr[0] if isinstance(rr, list) and rr and isinstance(rr[0], dict) else {}
+        for path, q in (("valueQuantity", src.get("valueQuantity")), ("referenceRange.low", r0.get("low")),
+                        ("referenceRange.high", r0.get("high"))):
+            if isinstance(q, dict) and _foreign_code(q) and path not in seen:
+                seen[path] = q.get("system")
+    for path, system in sorted(seen.items()):
+        ctx.row_issue(cat, "unit-system", Kind.UNMAPPED_CODE, f"{path}.code of the unit system {system} (not UCUM) "
+                      f"is not read: the unit text is used where given, else the value has no unit",
+                      record=f"Observation/{res.get('id')}", rule=f"{cat.lower()}.ORRESU",
+                      source=f"Observation.{path}.code", target=f"{cat}ORRESU")
 
 
 def _loinc(code: Any) -> str | None:
@@ -365,6 +378,9 @@ def extract_observation_columns(items: Iterable[Any], ctx: Ctx, on_error: Callab
                 vq = res.valueQuantity
                 if vq is not None and vq.code is not None and vq.system is not None and vq.system != ucum:
                     usual = False   # a unit code of another system: the row extractor reports it
+                if rr and any(q is not None and q.code is not None and q.system is not None and q.system != ucum
+                              for q in (rr[0].low, rr[0].high)):
+                    usual = False
                 if usual and not (rr and len(rr) > 1):
                     if typ is wide:
                         present = [k for k, v in zip(unread_names, astuple(res)[unread_at:], strict=True)
@@ -453,7 +469,8 @@ def extract_observation_columns(items: Iterable[Any], ctx: Ctx, on_error: Callab
                 usual = False
             if rr and (len(rr) > 1 or cat == "VS" or not rr[0].keys() <= RANGE_PARTS
                        or not (rr[0].get("low") or {}).keys() <= LIMIT_PARTS
-                       or not (rr[0].get("high") or {}).keys() <= LIMIT_PARTS):
+                       or not (rr[0].get("high") or {}).keys() <= LIMIT_PARTS
+                       or _foreign_code(rr[0].get("low")) or _foreign_code(rr[0].get("high"))):
                 usual = False
             if vq is not None and (not vq.keys() <= QUANTITY_PARTS
                                    or vq.get("code") is not None and vq.get("system", ucum) != ucum):

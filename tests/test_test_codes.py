@@ -215,3 +215,26 @@ def test_a_loinc_whose_testcd_came_from_the_ncit_coding_is_not_reported_as_mappe
                          "CDISC LOINC table (IgG ELISA)"]
     both = _ncit_run(tmp_path, "b", [obs(1, True), obs(2, False)], plain, monkeypatch)
     assert both == ["LOINC 5130-0 -> LBTESTCD DDNAIGAB: from codes.csv row 1, not the CDISC LOINC table (IgG ELISA)"]
+
+
+def test_a_user_row_over_a_cdisc_row_reports_every_variable_it_changes(tmp_path: Path) -> None:
+    """A user row replaces the whole CDISC row of its LOINC: besides --TESTCD, the position/location
+    pre-coordinated in a LOINC (VS) and the specimen/method/category (LB) it no longer gives are
+    reported, also when --TESTCD stays the same (else SUPINE of 8306-3 would vanish silently)."""
+    from trialbridge.report import ConversionReport
+    from trialbridge.subject.base import Ctx
+    from trialbridge.subject.domains.vs import loinc_vs
+    from trialbridge.subject.test_codes import test_table
+    ctx = Ctx(studyid="S", report=ConversionReport())
+    ctx.test_codes = load_test_codes(_table(tmp_path, "VS,8306-3,HEIGHT,,,,\nLB,14682-9,CREAT,,,,same test\n"
+                                                      "VS,8310-5,TEMP,,,,\n"))
+    test_table(ctx, "VS", loinc_vs())
+    test_table(ctx, "LB", loinc_lb())
+    got = sorted(i.message for i in ctx.report.issues)
+    cdisc = loinc_lb()["14682-9"]
+    assert cdisc["target_code"] == "CREAT" and cdisc["LBSPEC"]
+    assert len(got) == 2, got
+    assert got[0].startswith("LOINC 14682-9: ") and f"LBSPEC (none) instead of {cdisc['LBSPEC']}" in got[0]
+    assert "LBTESTCD" not in got[0] and "codes.csv row 2" in got[0]
+    assert got[1] == ("LOINC 8306-3: VSPOS (none) instead of SUPINE of the CDISC table, from codes.csv row 1 "
+                      "(the user's row replaces the CDISC row)")

@@ -121,11 +121,14 @@ def test_table(ctx: Any, domain: str, base: dict[str, dict[str, str]]) -> dict[s
     if domain not in cache:
         merged = dict(base)
         for loinc, row in user.items():
-            if loinc in base and base[loinc]["target_code"] != row["target_code"]:
+            changed = _changes(domain, base[loinc], row) if loinc in base else []
+            if changed:
+                what = ", ".join(f"{var} {new or '(none)'} instead of {old or '(none)'}" for var, new, old in changed)
                 ctx.once(f"test-codes-override:{domain}:{loinc}", Kind.INFERRED,
-                         f"LOINC {loinc}: {domain}TESTCD {row['target_code']} from {row['origin']} instead of "
-                         f"{base[loinc]['target_code']} of the CDISC table", rule=f"{domain.lower()}.{domain}TESTCD",
-                         source="Observation.code", target=f"{domain}TESTCD")
+                         f"LOINC {loinc}: {what} of the CDISC table, from {row['origin']} (the user's row replaces "
+                         "the CDISC row)",
+                         rule=f"{domain.lower()}.{domain}TESTCD", source="Observation.code",
+                         target=", ".join(var for var, _, _ in changed))
             merged[loinc] = row
         cache[domain] = merged
     return cache[domain]
@@ -134,6 +137,22 @@ def test_table(ctx: Any, domain: str, base: dict[str, dict[str, str]]) -> dict[s
 #: per domain, what a table row gives besides --TESTCD/--TEST: (row key, variable)
 SUPPLIED = {"LB": (("LBSPEC", "LBSPEC"), ("LBMETHOD", "LBMETHOD"), ("category", "LBCAT"), ("loinc_class", "LBCAT")),
             "VS": (("VSPOS", "VSPOS"), ("VSLOC", "VSLOC"))}
+
+
+def _changes(domain: str, cdisc: dict[str, str], user: dict[str, str]) -> list[tuple[str, str, str]]:
+    """(variable, user's value, CDISC row's value) for each variable the user's row gives otherwise
+    than the CDISC row it replaces: --TESTCD and what the map takes from the row (LBSPEC, LBMETHOD,
+    LBCAT as lb.map_lb derives it; VSPOS, VSLOC pre-coordinated in the LOINC)."""
+    from .domains.dm import code_table
+    lbcat = code_table("lbcat") if domain == "LB" else {}
+
+    def value(row: dict[str, str], key: str) -> str:
+        if key == "LBCAT":
+            return row.get("category") or lbcat.get(row.get("loinc_class") or "") or ""
+        return row.get(key) or ""
+    keys = ["target_code", *(("LBSPEC", "LBMETHOD", "LBCAT") if domain == "LB" else ("VSPOS", "VSLOC"))]
+    return [(f"{domain}TESTCD" if k == "target_code" else k, value(user, k), value(cdisc, k))
+            for k in keys if value(user, k) != value(cdisc, k)]
 
 
 def note_used(ctx: Any, domain: str, loincs: list[Any], ncit_only: list[Any], table: dict[str, dict[str, str]]) -> None:

@@ -400,3 +400,24 @@ def test_nested_table_names_parts_of_read_elements_only() -> None:
             parent = path.rsplit(".", 1)[0]
             if "." in path and parent in e.nested and e.nested[parent].parts is not None:
                 assert path.rsplit(".", 1)[1] in e.nested[parent].parts, (rtype, path)
+
+
+def test_a_second_coding_of_a_read_system_is_reported_on_every_path(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two LOINC codings in Observation.code: the first gives --TESTCD, the second is reported (not lost
+    silently), on the fast paths as on the row path; two MedDRA codings of a Condition likewise."""
+    obs = [_lab(1, code={"coding": [{"system": "http://loinc.org", "code": "718-7"},
+                                    {"system": "http://loinc.org", "code": "30313-1"}]}), _lab(2)]
+    cond = {"resourceType": "Condition", "id": "c1", "subject": {"reference": "Patient/p1"},
+            "category": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/condition-category",
+                                      "code": "problem-list-item"}]}],
+            "code": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/mdr", "code": "10019211"},
+                                {"system": "http://terminology.hl7.org/CodeSystem/mdr", "code": "10019233"}],
+                     "text": "Headache"}}
+    fast = _entries(_run(tmp_path / "a", [PATIENT, cond, *obs], monkeypatch), "subject.unread-nested")
+    monkeypatch.setattr(P, "_columnar_route", lambda routes: None)
+    rows = _entries(_run(tmp_path / "b", [PATIENT, cond, *obs], monkeypatch), "subject.unread-nested")
+    assert fast == rows
+    assert {k: _count(v) for k, v in fast.items()} == {
+        "Observation.code.coding(http://loinc.org)[2+]": 1,
+        "Condition.code.coding(http://terminology.hl7.org/CodeSystem/mdr)[2+]": 1}

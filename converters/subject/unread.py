@@ -158,9 +158,17 @@ def note_nested(res: dict[str, Any], rtype: str, nested: dict[str, Nested],
                     if k not in how.parts and k != MODIFIER:
                         seen.add((f"{path}.{k}", "nested"))
             if how.codings is not None:
+                read_systems: set[Any] = set()
                 for c in node.get("coding") or ():
-                    if isinstance(c, dict) and c.get("system") not in how.codings:
-                        seen.add((f"{path}.coding({c.get('system') or 'no system'})", "coding"))
+                    if not isinstance(c, dict):
+                        continue
+                    system = c.get("system")
+                    if system not in how.codings:
+                        seen.add((f"{path}.coding({system or 'no system'})", "coding"))
+                    elif system in read_systems:      # the rules read the first coding of a system
+                        seen.add((f"{path}.coding({system})[2+]", "nested"))
+                    else:
+                        read_systems.add(system)
     for elem, kind in seen:
         key = (rtype, elem, kind)
         counts[key] = counts.get(key, 0) + 1

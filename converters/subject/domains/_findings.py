@@ -364,9 +364,13 @@ def extract_observation_columns(items: Iterable[Any], ctx: Ctx, on_error: Callab
                         if system == LOINC:
                             if loinc is None:
                                 loinc = c.code
+                            else:
+                                usual = False   # a second LOINC coding: reported on the row path
                         elif system in NCIT_SYSTEMS:
                             if ncit is None:
                                 ncit = c.code
+                            else:
+                                usual = False
                         else:
                             usual = False
                 # (the Structs admit only the nested parts rule subject.unread-nested lists as read;
@@ -455,9 +459,13 @@ def extract_observation_columns(items: Iterable[Any], ctx: Ctx, on_error: Callab
                     if system == LOINC:
                         if loinc is None:
                             loinc = c.get("code")
+                        else:
+                            usual = False   # a second LOINC coding: reported on the row path
                     elif system in NCIT_SYSTEMS:
                         if ncit is None:
                             ncit = c.get("code")
+                        else:
+                            usual = False
                     else:
                         usual = False
             interp = get("interpretation")

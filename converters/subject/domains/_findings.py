@@ -382,9 +382,13 @@ def extract_observation_columns(items: Iterable[Any], ctx: Ctx, on_error: Callab
                 vq = res.valueQuantity
                 if vq is not None and vq.code is not None and vq.system is not None and vq.system != ucum:
                     usual = False   # a unit code of another system: the row extractor reports it
-                if rr and any(q is not None and q.code is not None and q.system is not None and q.system != ucum
-                              for q in (rr[0].low, rr[0].high)):
-                    usual = False
+                if rr:
+                    r0 = rr[0]
+                    lo, hi = r0.low, r0.high
+                    # a limit's unit code of another system: the row extractor reports it
+                    if (lo is not None and lo.code is not None and lo.system is not None and lo.system != ucum) \
+                            or (hi is not None and hi.code is not None and hi.system is not None and hi.system != ucum):
+                        usual = False
                 if usual and not (rr and len(rr) > 1):
                     if typ is wide:
                         present = [k for k, v in zip(unread_names, astuple(res)[unread_at:], strict=True)
@@ -393,13 +397,10 @@ def extract_observation_columns(items: Iterable[Any], ctx: Ctx, on_error: Callab
                             unread.note_keys("Observation", present, ctx)
                     rlo = rhi = ru = rtext = None
                     if rr:
-                        r0 = rr[0]
-                        lo = r0.low
                         if lo is not None:
                             rlo, lu = lo.value, lo.code or lo.unit
                         else:
                             lu = None
-                        hi = r0.high
                         if hi is not None:
                             rhi, hu = hi.value, hi.code or hi.unit
                         else:

@@ -50,6 +50,18 @@ def loinc_lb() -> dict[str, dict[str, str]]:
     return rows
 
 
+def row_lookups(table: dict[str, dict[str, str]]) -> dict[str, Any]:
+    """LOINC -> the value its table row gives, per variable (rules lb.LBTESTCD, lb.LBCAT), for both
+    maps: LBSPEC, LBMETHOD, and the category of the row (a user row's own, else from the LOINC class;
+    the caller puts a category given as text only first)."""
+    lbcat = code_table("lbcat")
+    return {
+        "LBSPEC": lambda c: (table[c]["LBSPEC"] or None) if c in table else None,
+        "LBMETHOD": lambda c: (table[c]["LBMETHOD"] or None) if c in table else None,
+        "LBCAT": lambda c: (table[c].get("category") or lbcat.get(table[c]["loinc_class"])) if c in table else None,
+    }
+
+
 def map_lb(cols: pd.DataFrame, ctx: Ctx) -> pd.DataFrame:
     table = test_table(ctx, "LB", loinc_lb())
     # every lookup below is once per distinct code (the table row is the same for all its rows),
@@ -63,12 +75,11 @@ def map_lb(cols: pd.DataFrame, ctx: Ctx) -> pd.DataFrame:
     out["LBTESTCD"] = tc.testcd
     out["LBTEST"] = tc.test
     out["LBLOINC"] = cols["_loinc"].astype("object")
-    out["LBSPEC"] = codes.map(lambda c: (table[c]["LBSPEC"] or None) if c in table else None)
-    out["LBMETHOD"] = codes.map(lambda c: (table[c]["LBMETHOD"] or None) if c in table else None)
-    lbcat = code_table("lbcat")
-    # the sponsor's category (a category given as text only) first, else from the LOINC class
-    by_class = codes.map(lambda c: (table[c].get("category") or lbcat.get(table[c]["loinc_class"]))
-                         if c in table else None)
+    by_row = row_lookups(table)
+    out["LBSPEC"] = codes.map(by_row["LBSPEC"])
+    out["LBMETHOD"] = codes.map(by_row["LBMETHOD"])
+    # the sponsor's category (a category given as text only) first, else the row's
+    by_class = codes.map(by_row["LBCAT"])
     cat_text = cols["_cat_text"].astype("object")
     out["LBCAT"] = cat_text.where(cat_text.notna(), by_class)
     fast = cols["_fast"].astype("object")
@@ -93,11 +104,10 @@ def map_lb_columns(cols: dict[str, Any], ctx: Ctx) -> pd.DataFrame:
     out["LBTESTCD"] = _obj(tc.testcd)
     out["LBTEST"] = _obj(tc.test)
     out["LBLOINC"] = _obj(cols["_loinc"])
-    out["LBSPEC"] = _obj(codes.map(lambda c: (table[c]["LBSPEC"] or None) if c in table else None))
-    out["LBMETHOD"] = _obj(codes.map(lambda c: (table[c]["LBMETHOD"] or None) if c in table else None))
-    lbcat = code_table("lbcat")
-    by_class = codes.map(lambda c: (table[c].get("category") or lbcat.get(table[c]["loinc_class"]))
-                         if c in table else None)
+    by_row = row_lookups(table)
+    out["LBSPEC"] = _obj(codes.map(by_row["LBSPEC"]))
+    out["LBMETHOD"] = _obj(codes.map(by_row["LBMETHOD"]))
+    by_class = codes.map(by_row["LBCAT"])
     cat_text = cols["_cat_text"]
     out["LBCAT"] = _obj(by_class if _all_missing(cat_text) else np.where(_missing(cat_text), by_class, cat_text))
     fast = _Factor(cols["_fast"])

@@ -46,6 +46,13 @@ def vs_unit_override() -> dict[tuple[str, str], str]:
     return {(r["VSTESTCD"], r["source_code"]): r["target_code"] for r in load_table("codes/vs_units.csv")}
 
 
+def pre_coordinated(table: dict[str, dict[str, str]], var: str) -> Any:
+    """LOINC -> the VSPOS/VSLOC its table row pre-coordinates (rule vs.VSTESTCD), for both maps."""
+    def one(c: object) -> str | None:
+        return (table[c][var] or None) if isinstance(c, str) and c in table else None
+    return one
+
+
 def map_vs(cols: pd.DataFrame, ctx: Ctx) -> pd.DataFrame:
     table = test_table(ctx, "VS", loinc_vs())
     # lookups once per distinct code, each code column factorised once; NCIt codings of POSITION /
@@ -64,9 +71,7 @@ def map_vs(cols: pd.DataFrame, ctx: Ctx) -> pd.DataFrame:
     out["VSTESTCD"] = testcd
     out["VSTEST"] = tc.test
     for var, src, codelist in (("VSPOS", "_pos", "POSITION"), ("VSLOC", "_loc", "LOC")):
-        def pre_coordinated(c: object, var: str = var) -> str | None:
-            return (table[c][var] or None) if isinstance(c, str) and c in table else None
-        pre = codes.map(pre_coordinated)
+        pre = codes.map(pre_coordinated(table, var))
         coded = ct_values(cols[src], codelist)
         bad_c = cols[src].notna() & coded.isna()
         if bad_c.any():
@@ -88,9 +93,7 @@ def map_vs_columns(cols: dict[str, Any], ctx: Ctx) -> pd.DataFrame:
     out["VSTESTCD"] = _obj(testcd)
     out["VSTEST"] = _obj(tc.test)
     for var, src, codelist in (("VSPOS", "_pos", "POSITION"), ("VSLOC", "_loc", "LOC")):
-        def pre_coordinated(c: object, var: str = var) -> str | None:
-            return (table[c][var] or None) if isinstance(c, str) and c in table else None
-        pre = codes.map(pre_coordinated)
+        pre = codes.map(pre_coordinated(table, var))
         given = _Factor(cols[src])
         coded_t = given.table(ct_term(codelist))
         coded, coded_missing = coded_t[given.codes], _missing(coded_t)[given.codes]

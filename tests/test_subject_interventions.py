@@ -107,3 +107,47 @@ def test_bad_medication_resources_are_reported(tmp_path: Path) -> None:
     assert rc == 1
     cm = read(tmp_path / "o", "CM")
     assert list(cm["CMROUTE"]) == [""] and list(cm["CMDOSU"]) == [""]
+
+
+def test_indication_from_the_first_reason_only(tmp_path: Path) -> None:
+    """--INDC reads the first reason item (read_elements.yaml nested: items first); a later item is
+    reported by subject.unread-nested, never read in the first's place; a first concept of codes only
+    is reported lossy; EX has no --INDC, so a study-drug administration's reason is reported lossy."""
+    if not (SAMPLE / "ctgov.json").exists():
+        pytest.skip("samples/NCT04835883/ctgov.json not present yet")
+    subj = {"reference": "Patient/p1"}
+    pat = {"resourceType": "Patient", "id": "p1"}
+    rs = {"resourceType": "ResearchSubject", "id": "rs1", "status": "on-study", "study": {"reference": "ResearchStudy/x"},
+          "individual": subj, "identifier": [{"value": "S1"}]}
+    cond = {"resourceType": "Condition", "id": "c1", "subject": subj, "code": {"text": "Lupus nephritis"},
+            "category": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/condition-category",
+                                      "code": "problem-list-item"}]}]}
+    code_only = {"coding": [{"system": "http://snomed.info/sct", "code": "25064002"}]}
+    ms1 = {"resourceType": "MedicationStatement", "id": "ms1", "status": "active", "subject": subj,
+           "medicationCodeableConcept": {"text": "Aspirin"}, "effectiveDateTime": "2020-01-01",
+           "reasonCode": [code_only, {"text": "Headache"}]}
+    ms2 = {"resourceType": "MedicationStatement", "id": "ms2", "status": "active", "subject": subj,
+           "medicationCodeableConcept": {"text": "Ibuprofen"}, "effectiveDateTime": "2020-01-02",
+           "reasonReference": [{"reference": "Condition/c1"}]}
+    pr1 = {"resourceType": "Procedure", "id": "pr1", "status": "completed", "subject": subj,
+           "code": {"text": "Kidney biopsy"}, "performedDateTime": "2020-01-03",
+           "reasonCode": [{"text": "Proteinuria"}, {"text": "Haematuria"}]}
+    ma = {"resourceType": "MedicationAdministration", "id": "ma1", "status": "completed", "subject": subj,
+          "medicationCodeableConcept": {"text": "CS20AT04"}, "effectiveDateTime": "2020-01-04",
+          "reasonCode": [code_only]}
+    src = tmp_path / "reasons.json"
+    src.write_text(json.dumps({"resourceType": "Bundle", "type": "collection",
+                               "entry": [{"resource": r} for r in (pat, rs, cond, ms1, ms2, pr1, ma)]}))
+    rc, report = convert([src], tmp_path / "o", "--study", str(SAMPLE / "ctgov.json"))
+    assert rc in (0, 1), report.get("counts")
+    cm = read(tmp_path / "o", "CM").set_index("CMTRT")
+    assert cm.loc["Aspirin", "CMINDC"] == ""            # not "Headache": the second item is not read
+    assert cm.loc["Ibuprofen", "CMINDC"] == "Lupus nephritis"
+    assert list(read(tmp_path / "o", "PR")["PRINDC"]) == ["Proteinuria"]
+    assert len(read(tmp_path / "o", "EX")) == 1
+    issues = report["issues"]
+    assert any(i.get("rule") == "cm.CMINDC" and i["kind"] == "lossy" for i in issues)
+    assert any(i.get("rule") == "ex.reason" and i["kind"] == "lossy" and i["message"].startswith("1 ")
+               for i in issues)
+    nested = " ".join(json.dumps(i) for i in issues if i.get("rule") == "subject.unread-nested")
+    assert "MedicationStatement.reasonCode[2+]" in nested and "Procedure.reasonCode[2+]" in nested

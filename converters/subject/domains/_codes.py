@@ -18,7 +18,7 @@ from ...fhir.concepts import concept_text
 from ...report import Kind
 from ...sdtm.ct import NCIT, pinned_ct
 from ...specs import load_table
-from ..base import SRC_COLUMNS, Ctx, derive_dtc
+from ..base import SRC_COLUMNS, Ctx, derive_dtc, ref_of
 
 NCIT_SYSTEMS = frozenset({NCIT, "http://ncithesaurus-stage.nci.nih.gov", "urn:oid:2.16.840.1.113883.3.26.1.1"})
 MEDDRA_SYSTEMS = frozenset({"http://terminology.hl7.org/CodeSystem/mdr", "http://meddra.org"})
@@ -60,6 +60,30 @@ def first(value: Any) -> Any:
     if isinstance(value, list):
         return value[0] if value else None
     return value
+
+
+def first_reason(res: dict[str, Any], ctx: Ctx, var: str | None) -> tuple[str | None, str | None]:
+    """The indication (``var``: CMINDC, EXINDC or PRINDC) of a resource: (text, Condition reference) from
+    the *first* item of R4 ``reasonCode`` and ``reasonReference`` or of R5 ``reason`` (CodeableReference:
+    concept or reference), as mappings/subject/read_elements.yaml ``nested`` declares them read (items:
+    first); later items are reported there (rule subject.unread-nested), never read in their place. The
+    text is the concept's text, else its first coding's display; a first concept of codes only (no text,
+    no display) gives no text: reported lossy once (its codes are not looked up in any terminology).
+    ``var`` None: the caller reports the whole reason as not carried (EX has no --INDC)."""
+    concept = first(res.get("reasonCode"))
+    ref = ref_of(first(res.get("reasonReference")))
+    r5 = first(res.get("reason"))
+    if isinstance(r5, dict):
+        if concept is None:
+            concept = r5.get("concept")
+        ref = ref or ref_of(r5.get("reference"))
+    text = text_of(concept) if isinstance(concept, dict) else None
+    if var is not None and text is None and codings(concept):
+        dom = var[:2].lower()
+        ctx.once(f"{dom}.indc-codes", Kind.LOSSY, f"an indication given as codes only (no text, no display): "
+                 f"{var} left empty (or taken from the referenced Condition), the codes are not carried",
+                 rule=f"{dom}.{var}", source="reasonCode/reason.concept coding", target=var)
+    return text, ref
 
 
 def ident_value(res: dict[str, Any]) -> str | None:

@@ -65,17 +65,12 @@ def extract_medication(res: dict[str, Any], ctx: Ctx) -> dict[str, Any] | None:
             bounds = rep.get("boundsPeriod") if isinstance(rep, dict) else None
             start, end = (bounds.get("start"), bounds.get("end")) if isinstance(bounds, dict) else (None, None)
         enc = ref_of(res.get("context") or res.get("encounter"))
-    reasons = [C.text_of(r) for r in res.get("reasonCode") or () if C.text_of(r)]
-    for r in res.get("reason") or ():          # R5 CodeableReference
-        if isinstance(r, dict) and C.text_of(r.get("concept")):
-            reasons.append(C.text_of(r.get("concept")))
-    reason_refs = [ref_of(r) for r in res.get("reasonReference") or () if ref_of(r)]
-    reason_refs += [ref_of(r.get("reference")) for r in res.get("reason") or ()
-                    if isinstance(r, dict) and ref_of(r.get("reference"))]
+    to_ex = bool(drug and rtype == "MedicationAdministration")
+    indc, indc_ref = C.first_reason(res, ctx, None if to_ex else "CMINDC")
     status = res.get("status")
     return {
         "_subject": ref_of(res.get("subject")), "_encounter": enc,
-        "_route_to": "EX" if (drug and rtype == "MedicationAdministration") else "CM",
+        "_route_to": "EX" if to_ex else "CM",
         "_drug": drug, "_status": status,
         "_do_not_perform": bool(res.get("doNotPerform")),
         "_trt": C.text_of(concept), "_spid": C.ident_value(res),
@@ -85,7 +80,8 @@ def extract_medication(res: dict[str, Any], ctx: Ctx) -> dict[str, Any] | None:
         "_lot": (((medres or {}).get("batch") or {}).get("lotNumber")
                  if isinstance((medres or {}).get("batch"), dict) else None),
         "_start": start, "_end": end,
-        "_indc": reasons[0] if reasons else None, "_indc_ref": reason_refs[0] if reason_refs else None,
+        "_indc": indc, "_indc_ref": indc_ref,
+        "_reason": bool(res.get("reasonCode") or res.get("reasonReference") or res.get("reason")),
     }
 
 
@@ -113,6 +109,12 @@ def map_ex(cols: pd.DataFrame, ctx: Ctx) -> pd.DataFrame:
     out["EXROUTE"] = C.map_codes(cols, "_route", ctx, table="fhir_route.csv", codelist="ROUTE",
                                  rule="ex.EXROUTE", target="EXROUTE")
     out["EXLOT"] = cols["_lot"]
+    has_reason = cols["_reason"].astype(bool)
+    if has_reason.any():
+        ctx.report.add(Kind.LOSSY, f"{int(has_reason.sum())} study-drug administrations give a reason "
+                       "(reasonCode/reasonReference, R5 reason): EX has no indication variable (SDTMIG 3.4 "
+                       "EX; --INDC is used in CM), not carried", rule="ex.reason",
+                       source="MedicationAdministration.reason", target="EX")
     out["EXSTDTC"] = C.dtc(cols, "_start", ctx, rule="ex.EXSTDTC", target="EXSTDTC")
     end = C.dtc(cols, "_end", ctx, rule="ex.EXENDTC", target="EXENDTC")
     out["EXENDTC"] = end.where(end.notna(), out["EXSTDTC"])

@@ -24,18 +24,13 @@ def extract_pr(res: dict[str, Any], ctx: Ctx) -> dict[str, Any] | None:
         ctx.once("pr.range", Kind.LOSSY, "performedRange/occurrenceRange is an age range, not a date: "
                  "PRSTDTC left empty", rule="pr.PRSTDTC", target="PRSTDTC")
     snomed = C.coding_in(res.get("code"), {C.SNOMED})
-    reasons = [C.text_of(r) for r in res.get("reasonCode") or () if C.text_of(r)]
-    reasons += [C.text_of(r.get("concept")) for r in res.get("reason") or ()
-                if isinstance(r, dict) and C.text_of(r.get("concept"))]
-    rrefs = [ref_of(r) for r in res.get("reasonReference") or () if ref_of(r)]
-    rrefs += [ref_of(r.get("reference")) for r in res.get("reason") or ()
-              if isinstance(r, dict) and ref_of(r.get("reference"))]
+    indc, indc_ref = C.first_reason(res, ctx, "PRINDC")
     return {"_subject": ref_of(res.get("subject")), "_encounter": ref_of(res.get("encounter")),
             "PRSPID": C.ident_value(res), "PRTRT": C.text_of(res.get("code")),
             "PRDECOD": snomed.get("display") if snomed else None,
             "PRCAT": C.text_of(C.first(res.get("category"))),
             "_status": res.get("status"), "_reasnd": C.text_of(res.get("statusReason")),
-            "_indc": reasons[0] if reasons else None, "_indc_ref": rrefs[0] if rrefs else None,
+            "_indc": indc, "_indc_ref": indc_ref,
             "_site": C.codings(C.first(res.get("bodySite"))), "_start": start, "_end": end}
 
 

@@ -66,6 +66,26 @@ def test_reader_bundle_ndjson_folder(tmp_path: Path) -> None:
     assert items[0].full_url == "urn:uuid:1" and errors
 
 
+def test_reader_counts_no_skipped_file_of_an_uncounted_type(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Pass 1 does not count the lines of the streamed types' Bulk files (pass 2 reads them; their count
+    would not be reported): such a file is only opened, so an unreadable one still fails in pass 1."""
+    from trialbridge.errors import InputError
+    from trialbridge.subject import reader
+    (tmp_path / "Observation.ndjson").write_bytes(b'{"resourceType":"Observation","id":"o"}\n')
+    (tmp_path / "Claim.ndjson").write_bytes(b'{"resourceType":"Claim","id":"c"}\n \n{"resourceType":"Claim"}')
+    counted: list[str] = []
+    count = reader._count_lines
+    monkeypatch.setattr(reader, "_count_lines", lambda p, n: counted.append(p.name) or count(p, n))
+    skipped: dict[str, int] = {}
+    assert not list(reader.iter_chunks([tmp_path], types={"Patient"}, skipped=skipped, uncounted={"Observation"}))
+    assert skipped == {"Claim": 2} and counted == ["Claim.ndjson"]
+    skipped = {}
+    assert not list(reader.iter_chunks([tmp_path], types={"Patient"}, skipped=skipped))
+    assert skipped == {"Claim": 2, "Observation": 1}
+    with pytest.raises(InputError, match="cannot read file"):
+        reader._readable(tmp_path / "gone.ndjson", "gone.ndjson")
+
+
 @pytest.mark.parametrize("rtype", [{"a": 1}, ["Observation"], 7, None, True])
 def test_reader_refuses_a_resource_type_that_is_no_string(tmp_path: Path, rtype: object) -> None:
     """Hostile input: a resourceType of another JSON type is an error naming file and line (it used to

@@ -169,7 +169,8 @@ class _Run:
         wanted = (set(ENGINE_TYPES) | set(routes)) - streamed_types
         errors: list[tuple[str, int | None, str]] = []
         skipped: dict[str, int] = {}
-        for chunk in iter_chunks(inputs, types=wanted, errors=errors, skipped=skipped):
+        # (the streamed types' Bulk files are read in pass 2: their skip counts would not be reported)
+        for chunk in iter_chunks(inputs, types=wanted, errors=errors, skipped=skipped, uncounted=streamed_types):
             for item in chunk:
                 collect_engine(item, self.ctx)
                 rtype = item.resource.get("resourceType")

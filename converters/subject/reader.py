@@ -14,6 +14,8 @@ key is ``"resourceType": "X"`` is skipped without parsing when X is not wanted.
 
 ``skipped`` (a dict, optional) counts what the filter left out, by resource type (for a file skipped by
 its name: its non-blank lines), so the caller can report every resource it did not convert.
+``uncounted`` (:func:`iter_chunks`): types whose skipped Bulk Data files need no count (the caller reads
+them in another pass): such a file is only opened, so that an unreadable file fails where it did.
 
 ``decode_as`` (optional, :func:`iter_resources`): (resource type, decoder) — NDJSON lines of that type
 are first offered to the decoder (a typed msgspec decoder, ``domains/_obs_json.py``); a line it accepts
@@ -81,7 +83,8 @@ def file_resource_type(path: Path) -> str | None:
 def iter_chunks(paths: Iterable[Path], *, types: frozenset[str] | set[str] | None = None,
                 skip_types: frozenset[str] | set[str] | None = None,
                 chunk_size: int = DEFAULT_CHUNK, errors: list[tuple[str, int | None, str]] | None = None,
-                skipped: dict[str, int] | None = None) -> Iterator[list[Item]]:
+                skipped: dict[str, int] | None = None, uncounted: frozenset[str] | set[str] = frozenset()
+                ) -> Iterator[list[Item]]:
     """Yield lists of at most ``chunk_size`` items from every input, in input order.
 
     ``types``: only these resource types (None = all). ``skip_types``: never these.
@@ -91,7 +94,8 @@ def iter_chunks(paths: Iterable[Path], *, types: frozenset[str] | set[str] | Non
     buf: list[Item] = []
     for path in list_input_files(paths):
         # (no decode_as: plain items)
-        for item in cast(Iterator[Item], _iter_file(path, types, skip_types, errors, skipped)):
+        for item in cast(Iterator[Item], _iter_file(path, types, skip_types, errors, skipped,
+                                                    uncounted=uncounted)):
             buf.append(item)
             if len(buf) >= chunk_size:
                 yield buf
@@ -118,14 +122,17 @@ def _wanted(rtype: Any, types: Any, skip: Any) -> bool:
 
 def _iter_file(path: Path, types: Any, skip: Any, errors: list | None,
                skipped: dict[str, int] | None = None,
-               decode_as: tuple[str, Callable[[bytes], Any]] | None = None) -> Iterator[Item | TypedItem]:
+               decode_as: tuple[str, Callable[[bytes], Any]] | None = None,
+               uncounted: frozenset[str] | set[str] = frozenset()) -> Iterator[Item | TypedItem]:
     """The items of one file (not a generator itself: an NDJSON file's items come straight from
     :func:`_iter_ndjson`, one generator level less per line)."""
     name = path.name
     if path.suffix.lower() in NDJSON_SUFFIXES:
         declared = file_resource_type(path)
         if declared is not None and not _wanted(declared, types, skip):
-            if skipped is not None:
+            if skipped is not None and declared in uncounted:
+                _readable(path, name)
+            elif skipped is not None:
                 skipped[declared] = skipped.get(declared, 0) + _count_lines(path, name)
             return iter(())
         return _iter_ndjson(path, name, types, skip, errors, skipped, decode_as)
@@ -149,6 +156,14 @@ def _count_lines(path: Path, name: str) -> int:
     try:
         with open(path, "rb", buffering=1 << 20) as fh:
             return sum(1 for line in fh if not line.isspace())
+    except OSError as exc:
+        raise InputError(f"cannot read file ({exc.strerror})", file=name) from None
+
+
+def _readable(path: Path, name: str) -> None:
+    try:
+        with open(path, "rb"):
+            pass
     except OSError as exc:
         raise InputError(f"cannot read file ({exc.strerror})", file=name) from None
 

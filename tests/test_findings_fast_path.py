@@ -388,25 +388,32 @@ def _awkward_lines() -> list[bytes]:
     return lines
 
 
-def _extract_ndjson(path: Path, typed: bool, chunk: int) -> tuple[object, ...]:
+def _extract_ndjson(path: Path | list[Path], typed: bool, chunk: int) -> tuple[object, ...]:
     """Reader + columnar extractor over one NDJSON file, with or without the typed decoder."""
     from itertools import islice
 
     from trialbridge.subject.base import Ctx
     from trialbridge.subject.domains import _findings as F
     from trialbridge.subject.domains import _obs_json as J
-    from trialbridge.subject.reader import iter_resources
+    from trialbridge.subject.reader import ResourceStream, iter_resources
 
     ctx = Ctx(studyid="S", report=ConversionReport())
     errors: list[tuple[str, int | None, str]] = []
     failed: list[tuple[object, ...]] = []
+    # typed: the pipeline's pass 2 (the extractor reads the lines and decodes them); plain: reader items
     decode = J.line_decoder() if typed else None
-    items = iter_resources([path], types={"Observation"}, errors=errors,
-                           decode_as=("Observation", decode) if decode is not None else None)
+    assert decode is not None or not typed
+    paths = path if isinstance(path, list) else [path]
+    stream = ResourceStream(paths, types={"Observation"}, errors=errors, decode_as=("Observation", decode)
+                            ) if decode is not None else None
+    items = iter_resources(paths, types={"Observation"}, errors=errors)
     got: dict[str, list[list[tuple[object, type]]]] = {"LB": [], "VS": []}
     while True:
-        cols, n = F.extract_observation_columns(islice(items, chunk), ctx, lambda item, exc: failed.append(
-            (item.resource.get("id"), item.line, type(item.resource).__name__, type(exc).__name__)))
+        cols, n = F.extract_observation_columns(
+            stream.chunk(chunk) if stream is not None else islice(items, chunk), ctx,
+            lambda item, exc: failed.append((item.resource.get("id"), item.line, type(item.resource).__name__,
+                                             type(exc).__name__)))
+        assert n <= chunk
         for dom, c in cols.items():
             assert list(c) == list(F.COLUMNS)
             got[dom] += [[(v, type(v)) for v in row] for row in zip(*[list(c[k]) for k in F.COLUMNS], strict=True)]
@@ -455,6 +462,31 @@ def test_typed_ndjson_path_gives_the_plain_paths_rows(tmp_path: Path, chunk: int
                  (134, False), (135, False), (136, False), (140, False), (141, False), (142, False),
                  (143, True), (144, False), (145, True), (147, False), (148, True), (149, True), (151, True)):
         assert took(next(x for x in lines if f'"o{i}"'.encode() in x or f'"id":"o{i}"'.encode() in x)) is v, i
+
+
+@pytest.mark.parametrize("chunk", [1, 7, 64, 100_000])
+def test_typed_stream_over_several_inputs_gives_the_plain_paths_rows(tmp_path: Path, chunk: int) -> None:
+    """The stream pass 2 reads with the typed decoder, over Bulk files, a mixed NDJSON file, a Bundle,
+    a file of a type not wanted and empty files, chunks ending anywhere (inside a file, at its end,
+    on an error line): the same rows, line numbers, errors and issues as the plain reader's items."""
+    lines = _awkward_lines()
+    folder = tmp_path / "in"
+    folder.mkdir()
+    (folder / "Observation.ndjson").write_bytes(b"\n".join(lines[:60]) + b"\n")
+    (folder / "Observation-2.ndjson").write_bytes(b"\n".join(lines[60:]))     # no final newline
+    (folder / "Observation-3.ndjson").write_bytes(b"")
+    (folder / "Patient.ndjson").write_bytes(b'{"resourceType":"Patient","id":"p1"}\nnot json\n')
+    (folder / "mixed.ndjson").write_bytes(b'{"resourceType":"Patient","id":"p2"}\n' + _obs_line(200) + b"\n\n"
+                                          + b"not json\n" + _obs_line(201, status="entered-in-error") + b"\n")
+    (folder / "zbundle.json").write_bytes(orjson.dumps({"resourceType": "Bundle", "type": "collection", "entry": [
+        {"resource": orjson.loads(_obs_line(i))} for i in (300, 301, 302)]}))
+    paths = [folder / "mixed.ndjson", folder]
+    plain, typed = _extract_ndjson(paths, False, chunk), _extract_ndjson(paths, True, chunk)
+    assert _same(typed, plain)
+    rows, errors, failed, issues, _, _ = plain
+    files = {r[-2][0] for dom in rows.values() for r in dom}
+    assert files == {"mixed.ndjson", "Observation.ndjson", "Observation-2.ndjson", "zbundle.json"}
+    assert errors and failed and issues
 
 
 def test_typed_ndjson_path_on_mutated_observations(tmp_path: Path) -> None:

@@ -116,7 +116,9 @@ class DomainPlugin:
     extract_columns: Callable[..., tuple[dict[str, dict[str, list[Any]]], int]] | None = None
     #: optional typed NDJSON decoding for ``extract_columns``: a factory (called once per run) of a
     #: decoder of one line of the streamed type that raises on any line it cannot represent exactly
-    #: (reader ``decode_as``; ``domains/_obs_json.py``); None = every line parsed with orjson
+    #: (``domains/_obs_json.py``); None = every line parsed with orjson. With a decoder,
+    #: ``extract_columns`` is given a ``reader.Chunk`` instead of items (it reads the NDJSON lines
+    #: itself: ``reader.ResourceStream``)
     line_decoder: Callable[[], Callable[[bytes], Any] | None] | None = None
     #: optional columnar form of ``map`` (the fast path of pass 2, used for chunks ``extract_columns``
     #: gave): ``(columns, ctx) -> frame`` with ``columns`` the chunk as numpy arrays (object dtype but

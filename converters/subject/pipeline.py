@@ -40,7 +40,7 @@ from ..sdtm.output import ChunkedDomainWriter, key_order, write_domain
 from ..specs import transform
 from . import base, sdtm_ext, unread
 from .base import SRC_COLUMNS, Ctx, DomainPlugin
-from .reader import iter_chunks, iter_resources
+from .reader import ResourceStream, iter_chunks, iter_resources
 from .test_codes import load_test_codes
 
 #: resource types the engine itself keeps from pass 1 (indexes, identity, visits, reference dates)
@@ -556,13 +556,20 @@ class _Run:
         factories = {p.line_decoder for p in group}
         factory = factories.pop() if len(factories) == 1 else None
         decode = factory() if factory is not None else None
-        items = iter_resources(inputs, types=set(routes), errors=errors,
-                               decode_as=(next(iter(routes)), decode) if decode is not None else None)
-        while True:
-            cols, n = fn(islice(items, CHUNK_ROWS), self.ctx, on_error)
-            self._flush({d: c for d, c in cols.items() if d in streamed}, streamed)
-            if n < CHUNK_ROWS:
-                break
+        # with a decoder, the extractor reads the NDJSON lines itself (reader.ResourceStream)
+        stream = ResourceStream(inputs, types=set(routes), errors=errors, decode_as=(next(iter(routes)), decode)
+                                ) if decode is not None else None
+        items = iter_resources(inputs, types=set(routes), errors=errors)   # (a generator: unread with a stream)
+        try:
+            while True:
+                cols, n = fn(islice(items, CHUNK_ROWS) if stream is None else stream.chunk(CHUNK_ROWS),
+                             self.ctx, on_error)
+                self._flush({d: c for d, c in cols.items() if d in streamed}, streamed)
+                if n < CHUNK_ROWS:
+                    break
+        finally:
+            if stream is not None:
+                stream.close()
 
     def _flush(self, sink: dict[str, Any], streamed: dict[str, DomainPlugin]) -> None:
         """Map, finish and write one chunk; ``sink`` holds per domain a list of rows or a dict of

@@ -17,10 +17,12 @@ its name: its non-blank lines), so the caller can report every resource it did n
 ``uncounted`` (:func:`iter_chunks`): types whose skipped Bulk Data files need no count (the caller reads
 them in another pass): such a file is only opened, so that an unreadable file fails where it did.
 
-``decode_as`` (optional, :func:`iter_resources`): (resource type, decoder) — NDJSON lines of that type
-are first offered to the decoder (a typed msgspec decoder, ``domains/_obs_json.py``); a line it accepts
-is yielded as a :class:`TypedItem` (the decoded object and the line's bytes), a line it refuses (it
-raises) is parsed with orjson as any other, so errors and filtering stay what they are.
+:class:`ResourceStream` (pass 2's columnar path) reads the same inputs for a consumer that reads an
+NDJSON file's lines itself: the lines of one resource type that start ``{"resourceType":"X"`` it
+offers to a typed decoder (a msgspec decoder, ``domains/_obs_json.py``), every other line (and a line
+the decoder refuses) it hands back to :meth:`NdjsonLines.other`, the reader's own reading of a line
+(same items, errors, filtering and line numbers as :func:`iter_resources`). No generator resumes and
+no item tuple per line: a benchmark line costs the file iteration and the decode only.
 """
 
 from __future__ import annotations
@@ -49,15 +51,80 @@ class Item(NamedTuple):
     line: int | None = None   # 1-based NDJSON line, or Bundle entry index
 
 
-class TypedItem(NamedTuple):
-    """One NDJSON line decoded by a typed decoder (``decode_as``); ``raw`` is the line itself, so the
-    consumer can parse it as a dict when the decoded shape is not one it takes."""
+class NdjsonLines:
+    """One NDJSON file of a :class:`ResourceStream`, read by its consumer: ``fh`` (iterate it for the
+    lines), ``name``, ``n`` (the number of the last line read: the consumer keeps it, line numbers are
+    1-based), ``prefix`` (the typed lines' exact start) and ``other(line, n)`` (any other line: its
+    :class:`Item`, or None for a blank line, a type not wanted or an error, recorded as the reader
+    records it)."""
 
-    resource: Any
-    file: str
-    full_url: None
-    line: int
-    raw: bytes
+    __slots__ = ("fh", "name", "n", "prefix", "other")
+
+    def __init__(self, fh: Any, name: str, prefix: bytes, other: Callable[[bytes, int], Item | None]) -> None:
+        self.fh, self.name, self.n, self.prefix, self.other = fh, name, 0, prefix, other
+
+
+class Chunk(NamedTuple):
+    """The next at most ``size`` resources of ``stream`` (what ``extract_columns`` is given when its
+    plugin has a ``line_decoder``)."""
+
+    stream: ResourceStream
+    size: int
+
+
+class ResourceStream:
+    """The resources of ``paths`` as :func:`iter_resources` gives them, for a consumer that takes them
+    part by part (:meth:`part`, :meth:`next_part`): an NDJSON file of the decoded type is an
+    :class:`NdjsonLines` (the consumer reads its lines, decodes those that start with ``prefix`` with
+    ``decode`` and gives every other line, and those ``decode`` refuses, to ``other``); any other
+    file an iterator of items. Resumable: a consumer may stop within a part and the next one go on.
+    ``decode_as``: (resource type, decoder); without it (or when that type is not wanted) every part
+    is an iterator of items."""
+
+    def __init__(self, paths: Iterable[Path], *, types: Any = None, skip_types: Any = None,
+                 errors: list[tuple[str, int | None, str]] | None = None,
+                 decode_as: tuple[str, Callable[[bytes], Any]] | None = None) -> None:
+        self._paths = iter(list_input_files(paths))
+        self._types, self._skip, self._errors = types, skip_types, errors
+        self.decode: Callable[[bytes], Any] | None = None
+        self._typed: str | None = None
+        if decode_as is not None and _wanted(decode_as[0], types, skip_types) and types is not None:
+            self._typed, self.decode = decode_as
+        self._part: NdjsonLines | Iterator[Item] | None = None
+
+    def part(self) -> NdjsonLines | Iterator[Item] | None:
+        """The part being read (the next file's when the last one is done); None after the last."""
+        while self._part is None:
+            path = next(self._paths, None)
+            if path is None:
+                return None
+            if self._typed is None or path.suffix.lower() not in NDJSON_SUFFIXES:
+                self._part = iter(_iter_file(path, self._types, self._skip, self._errors))
+                continue
+            declared = file_resource_type(path)
+            if declared is not None and not _wanted(declared, self._types, self._skip):
+                continue    # (as _iter_file: a Bulk file of a type not wanted is not read)
+            name = path.name
+            try:
+                fh = open(path, "rb", buffering=1 << 20)  # noqa: SIM115 (closed by next_part/close)
+            except OSError as exc:
+                raise InputError(f"cannot read file ({exc.strerror})", file=name) from None
+            self._part = NdjsonLines(fh, name, b'{"resourceType":"' + self._typed.encode() + b'"',
+                                     _ndjson_line(name, self._types, self._skip, self._errors, None))
+        return self._part
+
+    def next_part(self) -> None:
+        """The part being read is done."""
+        if isinstance(self._part, NdjsonLines):
+            self._part.fh.close()
+        self._part = None
+
+    def chunk(self, size: int) -> Chunk:
+        return Chunk(self, size)
+
+    def close(self) -> None:
+        self.next_part()
+        self._paths = iter(())
 
 
 def list_input_files(paths: Iterable[Path]) -> list[Path]:
@@ -93,7 +160,6 @@ def iter_chunks(paths: Iterable[Path], *, types: frozenset[str] | set[str] | Non
     """
     buf: list[Item] = []
     for path in list_input_files(paths):
-        # (no decode_as: plain items)
         for item in cast(Iterator[Item], _iter_file(path, types, skip_types, errors, skipped,
                                                     uncounted=uncounted)):
             buf.append(item)
@@ -105,13 +171,11 @@ def iter_chunks(paths: Iterable[Path], *, types: frozenset[str] | set[str] | Non
 
 
 def iter_resources(paths: Iterable[Path], *, types: Any = None, skip_types: Any = None,
-                   errors: list[tuple[str, int | None, str]] | None = None,
-                   decode_as: tuple[str, Callable[[bytes], Any]] | None = None) -> Iterator[Item | TypedItem]:
+                   errors: list[tuple[str, int | None, str]] | None = None) -> Iterator[Item]:
     """One item at a time (the caller extracts and drops each parsed resource at once: holding
-    thousands of parsed dicts costs more in allocation than the parsing itself). ``decode_as``: see
-    the module docstring (NDJSON only; the type must be wanted)."""
+    thousands of parsed dicts costs more in allocation than the parsing itself)."""
     for path in list_input_files(paths):
-        yield from _iter_file(path, types, skip_types, errors, None, decode_as)
+        yield from _iter_file(path, types, skip_types, errors, None)
 
 
 def _wanted(rtype: Any, types: Any, skip: Any) -> bool:
@@ -122,8 +186,7 @@ def _wanted(rtype: Any, types: Any, skip: Any) -> bool:
 
 def _iter_file(path: Path, types: Any, skip: Any, errors: list | None,
                skipped: dict[str, int] | None = None,
-               decode_as: tuple[str, Callable[[bytes], Any]] | None = None,
-               uncounted: frozenset[str] | set[str] = frozenset()) -> Iterator[Item | TypedItem]:
+               uncounted: frozenset[str] | set[str] = frozenset()) -> Iterator[Item]:
     """The items of one file (not a generator itself: an NDJSON file's items come straight from
     :func:`_iter_ndjson`, one generator level less per line)."""
     name = path.name
@@ -135,7 +198,7 @@ def _iter_file(path: Path, types: Any, skip: Any, errors: list | None,
             elif skipped is not None:
                 skipped[declared] = skipped.get(declared, 0) + _count_lines(path, name)
             return iter(())
-        return _iter_ndjson(path, name, types, skip, errors, skipped, decode_as)
+        return _iter_ndjson(path, name, types, skip, errors, skipped)
     return _iter_document(path, name, types, skip, errors, skipped)
 
 
@@ -207,8 +270,23 @@ def iter_bundle(obj: Any, name: str, types: Any = None, skip: Any = None,
 
 
 def _iter_ndjson(path: Path, name: str, types: Any, skip: Any, errors: list | None,
-                 skipped: dict[str, int] | None = None,
-                 decode_as: tuple[str, Callable[[bytes], Any]] | None = None) -> Iterator[Item | TypedItem]:
+                 skipped: dict[str, int] | None = None) -> Iterator[Item]:
+    one = _ndjson_line(name, types, skip, errors, skipped)
+    try:
+        fh = open(path, "rb", buffering=1 << 20)  # noqa: SIM115 (with-block below)
+    except OSError as exc:
+        raise InputError(f"cannot read file ({exc.strerror})", file=name) from None
+    with fh:
+        for n, line in enumerate(fh, start=1):
+            item = one(line, n)
+            if item is not None:
+                yield item
+
+
+def _ndjson_line(name: str, types: Any, skip: Any, errors: list | None,
+                 skipped: dict[str, int] | None) -> Callable[[bytes, int], Item | None]:
+    """The reading of one NDJSON line of file ``name`` (line number ``n``): its :class:`Item`, or None
+    for a blank line, a type not wanted (counted in ``skipped``) or an error (recorded in ``errors``)."""
     loads = orjson.loads
     lead = _LEAD_TYPE.match
     filtering = types is not None or bool(skip)
@@ -217,59 +295,41 @@ def _iter_ndjson(path: Path, name: str, types: Any, skip: Any, errors: list | No
     fast_types = frozenset(t for t in types if isinstance(t, str) and _wanted(t, types, skip)
                            ) if types is not None else frozenset()
     fast = tuple(b'{"resourceType":"' + t.encode() + b'"' for t in sorted(fast_types))
-    # the typed decoder's lines: the same exact prefix (its decoder checks the type itself)
-    typed = b""
-    decode: Callable[[bytes], Any] = loads
-    if decode_as is not None and decode_as[0] in fast_types:
-        typed = b'{"resourceType":"' + decode_as[0].encode() + b'"'
-        decode = decode_as[1]
     new = tuple.__new__
-    try:
-        fh = open(path, "rb", buffering=1 << 20)  # noqa: SIM115 (with-block below)
-    except OSError as exc:
-        raise InputError(f"cannot read file ({exc.strerror})", file=name) from None
-    with fh:
-        for n, line in enumerate(fh, start=1):
-            if typed and line.startswith(typed):
-                try:
-                    obj = decode(line)
-                except Exception:  # noqa: BLE001 (any refusal: the line is parsed as any other below)
-                    pass
-                else:
-                    yield new(TypedItem, (obj, name, None, n, line))
-                    continue
-            if fast and line.startswith(fast):
-                try:
-                    res = loads(line)
-                except orjson.JSONDecodeError as exc:
-                    _fail(errors, name, n, f"line is not valid JSON ({exc.msg})")
-                    continue
-                # a later duplicate "resourceType" key wins in orjson: checked like any other line
-                if type(res) is dict and type(rt := res.get("resourceType")) is str and rt in fast_types:
-                    yield new(Item, (res, name, None, n))
-                    continue
-            elif filtering:
-                m = lead(line)
-                if m is not None and not _wanted(m.group(1).decode(), types, skip):
-                    _skip(skipped, m.group(1).decode())
-                    continue
-            if not line.strip():
-                continue
+
+    def one(line: bytes, n: int) -> Item | None:
+        if fast and line.startswith(fast):
             try:
                 res = loads(line)
             except orjson.JSONDecodeError as exc:
                 _fail(errors, name, n, f"line is not valid JSON ({exc.msg})")
-                continue
-            if not isinstance(res, dict) or "resourceType" not in res:
-                _fail(errors, name, n, "line is not a FHIR resource (no resourceType)")
-                continue
-            if not isinstance(res["resourceType"], str):
-                _fail(errors, name, n, "line is not a FHIR resource (resourceType is not a string)")
-                continue
-            if filtering and not _wanted(res["resourceType"], types, skip):
-                _skip(skipped, res["resourceType"])
-                continue
-            yield new(Item, (res, name, None, n))
+                return None
+            # a later duplicate "resourceType" key wins in orjson: checked like any other line
+            if type(res) is dict and type(rt := res.get("resourceType")) is str and rt in fast_types:
+                return new(Item, (res, name, None, n))
+        elif filtering:
+            m = lead(line)
+            if m is not None and not _wanted(m.group(1).decode(), types, skip):
+                _skip(skipped, m.group(1).decode())
+                return None
+        if not line.strip():
+            return None
+        try:
+            res = loads(line)
+        except orjson.JSONDecodeError as exc:
+            _fail(errors, name, n, f"line is not valid JSON ({exc.msg})")
+            return None
+        if not isinstance(res, dict) or "resourceType" not in res:
+            _fail(errors, name, n, "line is not a FHIR resource (no resourceType)")
+            return None
+        if not isinstance(res["resourceType"], str):
+            _fail(errors, name, n, "line is not a FHIR resource (resourceType is not a string)")
+            return None
+        if filtering and not _wanted(res["resourceType"], types, skip):
+            _skip(skipped, res["resourceType"])
+            return None
+        return new(Item, (res, name, None, n))
+    return one
 
 
 def _fail(errors: list | None, name: str, line: int | None, msg: str) -> None:

@@ -28,7 +28,7 @@ from ...sdtm.ct import pinned_ct
 from ...specs import load_table
 from .. import units, unread
 from ..base import SRC_COLUMNS, Ctx, Distinct, derive_dtc, derive_dtc_array, full_object
-from ..reader import Item
+from ..reader import Chunk, Item, NdjsonLines
 from . import _obs_json
 from ._codes import NCIT_SYSTEMS
 from .dm import NO_VALUE, code_table
@@ -313,221 +313,291 @@ RARE_ELEMENTS = frozenset({"component", "hasMember", "extension", "bodySite", "_
                            "valueString", "valueInteger", "valueBoolean", "dataAbsentReason"})
 
 
-def extract_observation_columns(items: Iterable[Any], ctx: Ctx, on_error: Callable[[Any, Exception], None]
+def extract_observation_columns(items: Iterable[Any] | Chunk, ctx: Ctx, on_error: Callable[[Any, Exception], None]
                                 ) -> tuple[dict[str, dict[str, Any]], int]:
-    """Columnar :func:`extract_observation` for a chunk of reader items: one tight pass, one tuple per
+    """Columnar :func:`extract_observation` for a chunk of resources: one tight pass, one tuple per
     row, transposed into per-domain columns ({"LB": {column: values}, "VS": ...}, columns
     :data:`COLUMNS`). The usual Observation (one category coding, a LOINC code, valueQuantity, a
     reference range, an interpretation) is read inline; any other shape takes the row extractor
-    (same values, same issues). Same rows in the same order as the row extractor. Items are reader
-    items (a dict) or typed items (``reader.TypedItem``: a line the ``_obs_json`` decoder took, read
-    the same way from attributes; a shape the inline path does not take is parsed again with orjson
-    and goes the dict path). Returns (columns by domain, items consumed)."""
+    (same values, same issues). Same rows in the same order as the row extractor. ``items``: reader
+    items (dicts), or a :class:`reader.Chunk` (pass 2 with the ``_obs_json`` decoder): then the lines
+    of an NDJSON file are read here, the typed lines decoded and read the same way from attributes
+    (a shape the inline path does not take is parsed again with orjson and goes the dict path), every
+    other line read by the reader (``NdjsonLines.other``). Returns (columns by domain, resources
+    consumed)."""
     by_cat: dict[str, list[tuple[Any, ...]]] = {"LB": [], "VS": []}
     add = {k: v.append for k, v in by_cat.items()}
     sparse: dict[str, dict[str, dict[int, Any]]] = {"LB": {}, "VS": {}}
     order: dict[str, None] = {}   # domains in order of their first row (the order they are written)
+    if type(items) is Chunk:
+        n = _extract_chunk(items, ctx, on_error, by_cat, add, sparse, order)
+    else:
+        n = 0
+        for item in items:
+            n += 1
+            _dict_row(item, ctx, on_error, by_cat, add, sparse, order)
+    return _transpose(by_cat, sparse, order), n
+
+
+def _extract_chunk(chunk: Chunk, ctx: Ctx, on_error: Callable[[Any, Exception], None],
+                   by_cat: dict[str, list[tuple[Any, ...]]], add: dict[str, Callable[[tuple[Any, ...]], None]],
+                   sparse: dict[str, dict[str, dict[int, Any]]], order: dict[str, None]) -> int:
+    """The resources of a :class:`reader.Chunk`, read part by part (see :class:`reader.ResourceStream`)."""
+    stream, size = chunk
+    decode = stream.decode
     cat_of = CATEGORIES.get
-    rare = RARE_ELEMENTS.isdisjoint
-    # rule subject.unread: one C-level subset test per resource; the difference only when it fails
-    read_all = unread.read_elements("Observation")
-    all_read = read_all.issuperset
     ucum = units.UCUM_SYSTEM
-    new_item = tuple.__new__
-    n = 0
-    narrow, wide = _obs_json.Observation, _obs_json.ObservationWide
+    loinc_system = LOINC
+    ncit_systems = NCIT_SYSTEMS
+    wide = _obs_json.ObservationWide
     unread_at = len(_obs_json.READ)
     unread_names = _obs_json.UNREAD_ELEMENTS
     astuple = msgspec.structs.astuple
     loads = orjson.loads
-    for item in items:
-        n += 1
-        res = item[0]
-        typ = type(res)
-        if typ is narrow or typ is wide:
-            # a line the typed decoder took (reader.TypedItem): the same reading as the dict path
-            # below, on attributes (absent = None: the decoder admits no null)
-            cats = res.category
-            cat = None
-            if cats is not None and len(cats) == 1:
-                cs = cats[0].coding
-                if cs:
-                    cat = cat_of(cs[0].code)
-            status = res.status
-            if cat is not None and status != "entered-in-error":
-                code = res.code
-                loinc = ncit = None
-                usual = True
-                if code is not None:
-                    for c in code.coding or ():
-                        system = c.system
-                        if system == LOINC:
-                            if loinc is None:
-                                loinc = c.code
-                            else:
-                                usual = False   # a second LOINC coding: reported on the row path
-                        elif system in NCIT_SYSTEMS:
-                            if ncit is None:
-                                ncit = c.code
-                            else:
-                                usual = False
-                        else:
-                            usual = False
-                # (the Structs admit only the nested parts rule subject.unread-nested lists as read;
-                # several reference ranges, interpretations or interpretation codings: the row path)
-                interp = res.interpretation
-                rr = res.referenceRange
-                if interp and (len(interp) > 1 or len(interp[0].coding or ()) > 1) or (rr and cat == "VS"):
-                    usual = False
-                vq = res.valueQuantity
-                if vq is not None and vq.code is not None and vq.system is not None and vq.system != ucum:
-                    usual = False   # a unit code of another system: the row extractor reports it
-                if rr:
-                    r0 = rr[0]
-                    lo, hi = r0.low, r0.high
-                    # a limit's unit code of another system: the row extractor reports it
-                    if (lo is not None and lo.code is not None and lo.system is not None and lo.system != ucum) \
-                            or (hi is not None and hi.code is not None and hi.system is not None and hi.system != ucum):
-                        usual = False
-                if usual and not (rr and len(rr) > 1):
-                    if typ is wide:
-                        present = [k for k, v in zip(unread_names, astuple(res)[unread_at:], strict=True)
-                                   if v is not UNSET]
-                        if present:
-                            unread.note_keys("Observation", present, ctx)
-                    rlo = rhi = ru = rtext = None
-                    if rr:
-                        if lo is not None:
-                            rlo, lu = lo.value, lo.code or lo.unit
-                        else:
-                            lu = None
-                        if hi is not None:
-                            rhi, hu = hi.value, hi.code or hi.unit
-                        else:
-                            hu = None
-                        ru = lu or hu
-                        rtext = r0.text
-                    v = vu = vcmp = None
-                    if vq is not None:
-                        v = vq.value
-                        system = vq.system
-                        vu = vq.code if system is None or system == ucum else None
-                        if vu is None and vq.unit:
-                            vu = vq.unit
-                        vcmp = vq.comparator
-                    if interp:
-                        ic = interp[0].coding
-                        icode = ic[0].code if ic else None
-                    else:
-                        icode = None
-                    rows = by_cat[cat]
-                    if ncit is not None or rtext is not None:
-                        _put_sparse(sparse[cat], len(rows), ncit, rtext)
-                    if cat not in order:
-                        order[cat] = None
-                    subj, enc, meta = res.subject, res.encounter, res.meta
-                    rows.append((subj.reference if subj is not None else None,
-                                 enc.reference if enc is not None else None,
-                                 loinc, status, res.effectiveDateTime or None, v, vu, vcmp, icode, rlo, rhi, ru,
-                                 "Observation", res.id, meta.versionId if meta is not None else None,
-                                 item[1], item[3]))
-                    continue
-            # a shape the inline path does not take: the row extractor, on the line parsed as a dict
-            item = new_item(Item, (loads(item[4]), item[1], item[2], item[3]))
-            res = item[0]
+    new_item = tuple.__new__
+    n = 0
+    while n < size:
+        part = stream.part()
+        if part is None:
+            break
+        if not isinstance(part, NdjsonLines):
+            for item in part:
+                n += 1
+                _dict_row(item, ctx, on_error, by_cat, add, sparse, order)
+                if n >= size:
+                    break
+            else:
+                stream.next_part()
+            continue
+        fh, name, prefix, other = part.fh, part.name, part.prefix, part.other
+        assert decode is not None    # (a stream has line parts only with a decoder)
+        ln = part.n
         try:
-            get = res.get
-            cats = get("category")
-            cat = None
-            if rare(res) and type(cats) is list and len(cats) == 1:
-                try:
-                    cat = cat_of(cats[0]["coding"][0]["code"])
-                except (KeyError, IndexError, TypeError):
-                    cat = None
-            status = get("status")
-            if cat is None or status == "entered-in-error":
-                _extract_row(item, ctx, add, sparse, by_cat, order)
-                continue
-            # the usual shape: what extract_observation reads, without the branches that cannot apply;
-            # anything rule subject.unread-nested would report (a coding of another system, a second
-            # reference range or interpretation, a part no rule reads) takes the row extractor
-            code = get("code")
-            loinc = ncit = None
-            usual = True
-            if isinstance(code, dict):
-                for c in code.get("coding") or ():
-                    system = c.get("system")
-                    if system == LOINC:
-                        if loinc is None:
-                            loinc = c.get("code")
-                        else:
-                            usual = False   # a second LOINC coding: reported on the row path
-                    elif system in NCIT_SYSTEMS:
-                        if ncit is None:
-                            ncit = c.get("code")
-                        else:
-                            usual = False
+            for line in fh:
+                ln += 1
+                if line.startswith(prefix):
+                    try:
+                        res = decode(line)
+                    except Exception:  # noqa: BLE001 (any refusal: the line is read as any other below)
+                        res = None
+                    if res is not None:
+                        n += 1
+                        # the same reading as the dict path (_dict_row), on attributes (absent = None:
+                        # the decoder admits no null)
+                        cats = res.category
+                        status = res.status
+                        if cats is not None and len(cats) == 1 and (cs := cats[0].coding) \
+                                and (cat := cat_of(cs[0].code)) is not None and status != "entered-in-error":
+                            usual = True
+                            loinc = ncit = None
+                            code = res.code
+                            if code is not None and (cc := code.coding):
+                                c = cc[0]
+                                if len(cc) == 1 and c.system == loinc_system:
+                                    loinc = c.code
+                                else:
+                                    for c in cc:
+                                        system = c.system
+                                        if system == loinc_system:
+                                            if loinc is None:
+                                                loinc = c.code
+                                            else:
+                                                usual = False   # a second LOINC coding: reported on the row path
+                                        elif system in ncit_systems:
+                                            if ncit is None:
+                                                ncit = c.code
+                                            else:
+                                                usual = False
+                                        else:
+                                            usual = False
+                            # (the Structs admit only the nested parts rule subject.unread-nested lists as
+                            # read; several reference ranges, interpretations or interpretation codings,
+                            # a unit code of another system: the row path, which reports them)
+                            interp = res.interpretation
+                            icode = None
+                            if interp:
+                                if len(interp) > 1:
+                                    usual = False
+                                elif ic := interp[0].coding:
+                                    if len(ic) > 1:
+                                        usual = False
+                                    icode = ic[0].code
+                            rr = res.referenceRange
+                            rlo = rhi = ru = rtext = None
+                            if rr:
+                                if cat == "VS" or len(rr) > 1:
+                                    usual = False
+                                else:
+                                    r0 = rr[0]
+                                    lo, hi = r0.low, r0.high
+                                    lu = hu = None
+                                    if lo is not None:
+                                        rlo, lu = lo.value, lo.code or lo.unit
+                                        if (s := lo.system) is not None and s != ucum and lo.code is not None:
+                                            usual = False
+                                    if hi is not None:
+                                        rhi, hu = hi.value, hi.code or hi.unit
+                                        if (s := hi.system) is not None and s != ucum and hi.code is not None:
+                                            usual = False
+                                    ru = lu or hu
+                                    rtext = r0.text
+                            vq = res.valueQuantity
+                            v = vu = vcmp = None
+                            if vq is not None:
+                                v = vq.value
+                                vu = vq.code
+                                if (s := vq.system) is not None and s != ucum:
+                                    if vu is not None:
+                                        usual = False
+                                    vu = None
+                                if vu is None and vq.unit:
+                                    vu = vq.unit
+                                vcmp = vq.comparator
+                            if usual:
+                                if type(res) is wide:
+                                    present = [k for k, x in zip(unread_names, astuple(res)[unread_at:], strict=True)
+                                               if x is not UNSET]
+                                    if present:
+                                        unread.note_keys("Observation", present, ctx)
+                                rows = by_cat[cat]
+                                if ncit is not None or rtext is not None:
+                                    _put_sparse(sparse[cat], len(rows), ncit, rtext)
+                                if cat not in order:
+                                    order[cat] = None
+                                subj, enc, meta = res.subject, res.encounter, res.meta
+                                rows.append((subj.reference if subj is not None else None,
+                                             enc.reference if enc is not None else None,
+                                             loinc, status, res.effectiveDateTime or None, v, vu, vcmp, icode,
+                                             rlo, rhi, ru, "Observation", res.id,
+                                             meta.versionId if meta is not None else None, name, ln))
+                                if n >= size:
+                                    break
+                                continue
+                        # a shape the inline path does not take: the dict path, on the line parsed as a dict
+                        _dict_row(new_item(Item, (loads(line), name, None, ln)), ctx, on_error, by_cat, add,
+                                  sparse, order)
+                        if n >= size:
+                            break
+                        continue
+                got = other(line, ln)
+                if got is not None:
+                    n += 1
+                    _dict_row(got, ctx, on_error, by_cat, add, sparse, order)
+                    if n >= size:
+                        break
+            else:
+                stream.next_part()
+        finally:
+            part.n = ln
+    return n
+
+
+def _dict_row(item: Any, ctx: Ctx, on_error: Callable[[Any, Exception], None],
+              by_cat: dict[str, list[tuple[Any, ...]]], add: dict[str, Callable[[tuple[Any, ...]], None]],
+              sparse: dict[str, dict[str, dict[int, Any]]], order: dict[str, None]) -> None:
+    """One reader item (a dict) of :func:`extract_observation_columns`: the usual shape inline, any
+    other the row extractor."""
+    res = item[0]
+    ucum = units.UCUM_SYSTEM
+    try:
+        get = res.get
+        cats = get("category")
+        cat = None
+        if RARE_ELEMENTS.isdisjoint(res) and type(cats) is list and len(cats) == 1:
+            try:
+                cat = CATEGORIES.get(cats[0]["coding"][0]["code"])
+            except (KeyError, IndexError, TypeError):
+                cat = None
+        status = get("status")
+        if cat is None or status == "entered-in-error":
+            _extract_row(item, ctx, add, sparse, by_cat, order)
+            return
+        # the usual shape: what extract_observation reads, without the branches that cannot apply;
+        # anything rule subject.unread-nested would report (a coding of another system, a second
+        # reference range or interpretation, a part no rule reads) takes the row extractor
+        code = get("code")
+        loinc = ncit = None
+        usual = True
+        if isinstance(code, dict):
+            for c in code.get("coding") or ():
+                system = c.get("system")
+                if system == LOINC:
+                    if loinc is None:
+                        loinc = c.get("code")
+                    else:
+                        usual = False   # a second LOINC coding: reported on the row path
+                elif system in NCIT_SYSTEMS:
+                    if ncit is None:
+                        ncit = c.get("code")
                     else:
                         usual = False
-            interp = get("interpretation")
-            rr = get("referenceRange")
-            vq = get("valueQuantity")
-            if interp and (len(interp) > 1 or not interp[0].keys() <= INTERP_PARTS
-                           or len(interp[0].get("coding") or ()) > 1
-                           or not (interp[0].get("coding") or ({},))[0].keys() <= CODING_PARTS):
-                usual = False
-            if rr and (len(rr) > 1 or cat == "VS" or not rr[0].keys() <= RANGE_PARTS
-                       or not (rr[0].get("low") or {}).keys() <= LIMIT_PARTS
-                       or not (rr[0].get("high") or {}).keys() <= LIMIT_PARTS
-                       or _foreign_code(rr[0].get("low")) or _foreign_code(rr[0].get("high"))):
-                usual = False
-            if vq is not None and (not vq.keys() <= QUANTITY_PARTS
-                                   or vq.get("code") is not None and vq.get("system", ucum) != ucum):
-                usual = False
-            if not usual:
-                _extract_row(item, ctx, add, sparse, by_cat, order)
-                continue
-            if not all_read(res):
-                _note_unread_fast(res, read_all, ctx)
-            meta = get("meta")
-            subj = get("subject")
-            enc = get("encounter")
-            rlo = rhi = ru = rtext = None
-            if rr:
-                r0 = rr[0]
-                lo = r0.get("low")
-                if isinstance(lo, dict):
-                    rlo, lu = lo.get("value"), lo.get("code") or lo.get("unit")
                 else:
-                    lu = None
-                hi = r0.get("high")
-                if isinstance(hi, dict):
-                    rhi, hu = hi.get("value"), hi.get("code") or hi.get("unit")
-                else:
-                    hu = None
-                ru = lu or hu
-                rtext = r0.get("text")
-            v = vu = vcmp = None
-            if vq is not None:
-                vget = vq.get
-                v = vget("value")
-                vu = vget("code") if vget("system", ucum) == ucum else None
-                if vu is None and vget("unit"):
-                    vu = vget("unit")
-                vcmp = vget("comparator")
-            rows = by_cat[cat]
-            if ncit is not None or rtext is not None:
-                _put_sparse(sparse[cat], len(rows), ncit, rtext)
-            if cat not in order:
-                order[cat] = None
-            rows.append((subj.get("reference") if isinstance(subj, dict) else None,
-                         enc.get("reference") if isinstance(enc, dict) else None,
-                         loinc, status, get("effectiveDateTime") or None, v, vu, vcmp,
-                         (interp[0].get("coding") or [{}])[0].get("code") if interp else None,
-                         rlo, rhi, ru, get("resourceType"), get("id"),
-                         meta.get("versionId") if isinstance(meta, dict) else None, item[1], item[3]))
-        except (TypeError, AttributeError, KeyError, ValueError) as exc:
-            on_error(item, exc)
+                    usual = False
+        interp = get("interpretation")
+        rr = get("referenceRange")
+        vq = get("valueQuantity")
+        if interp and (len(interp) > 1 or not interp[0].keys() <= INTERP_PARTS
+                       or len(interp[0].get("coding") or ()) > 1
+                       or not (interp[0].get("coding") or ({},))[0].keys() <= CODING_PARTS):
+            usual = False
+        if rr and (len(rr) > 1 or cat == "VS" or not rr[0].keys() <= RANGE_PARTS
+                   or not (rr[0].get("low") or {}).keys() <= LIMIT_PARTS
+                   or not (rr[0].get("high") or {}).keys() <= LIMIT_PARTS
+                   or _foreign_code(rr[0].get("low")) or _foreign_code(rr[0].get("high"))):
+            usual = False
+        if vq is not None and (not vq.keys() <= QUANTITY_PARTS
+                               or vq.get("code") is not None and vq.get("system", ucum) != ucum):
+            usual = False
+        if not usual:
+            _extract_row(item, ctx, add, sparse, by_cat, order)
+            return
+        # rule subject.unread: one C-level subset test per resource; the difference only when it fails
+        read_all = unread.read_elements("Observation")
+        if not read_all.issuperset(res):
+            _note_unread_fast(res, read_all, ctx)
+        meta = get("meta")
+        subj = get("subject")
+        enc = get("encounter")
+        rlo = rhi = ru = rtext = None
+        if rr:
+            r0 = rr[0]
+            lo = r0.get("low")
+            if isinstance(lo, dict):
+                rlo, lu = lo.get("value"), lo.get("code") or lo.get("unit")
+            else:
+                lu = None
+            hi = r0.get("high")
+            if isinstance(hi, dict):
+                rhi, hu = hi.get("value"), hi.get("code") or hi.get("unit")
+            else:
+                hu = None
+            ru = lu or hu
+            rtext = r0.get("text")
+        v = vu = vcmp = None
+        if vq is not None:
+            vget = vq.get
+            v = vget("value")
+            vu = vget("code") if vget("system", ucum) == ucum else None
+            if vu is None and vget("unit"):
+                vu = vget("unit")
+            vcmp = vget("comparator")
+        rows = by_cat[cat]
+        if ncit is not None or rtext is not None:
+            _put_sparse(sparse[cat], len(rows), ncit, rtext)
+        if cat not in order:
+            order[cat] = None
+        rows.append((subj.get("reference") if isinstance(subj, dict) else None,
+                     enc.get("reference") if isinstance(enc, dict) else None,
+                     loinc, status, get("effectiveDateTime") or None, v, vu, vcmp,
+                     (interp[0].get("coding") or [{}])[0].get("code") if interp else None,
+                     rlo, rhi, ru, get("resourceType"), get("id"),
+                     meta.get("versionId") if isinstance(meta, dict) else None, item[1], item[3]))
+    except (TypeError, AttributeError, KeyError, ValueError) as exc:
+        on_error(item, exc)
+
+
+def _transpose(by_cat: dict[str, list[tuple[Any, ...]]], sparse: dict[str, dict[str, dict[int, Any]]],
+               order: dict[str, None]) -> dict[str, dict[str, Any]]:
     out: dict[str, dict[str, Any]] = {}
     for cat in order:
         rows = by_cat[cat]
@@ -545,7 +615,7 @@ def extract_observation_columns(items: Iterable[Any], ctx: Ctx, on_error: Callab
                 col[np.fromiter(got.keys(), dtype=np.int64, count=len(got))] = list(got.values())
             cols[name] = pd.Series(col, dtype="object")
         out[cat] = {name: cols[name] for name in COLUMNS}
-    return out, n
+    return out
 
 
 def _put_sparse(sp: dict[str, dict[int, Any]], at: int, ncit: Any, rtext: Any) -> None:

@@ -29,8 +29,8 @@ path as before (same rows, same report entries), so nothing is lost silently:
   (invalid UTF-8, a number out of range, a lone surrogate) is rejected here too. Duplicate keys: the
   last one wins, as in orjson (a second ``resourceType`` must still say Observation).
 * Any decode failure (``msgspec.DecodeError``/``ValidationError``, ``UnicodeDecodeError``,
-  ``RecursionError``) makes the reader parse that line with orjson, which reports what it reports today
-  (line number, file). A decoded Observation of a shape the inline path does not take (no or several
+  ``RecursionError``) gives the line to the reader's own reading (``reader.NdjsonLines.other``: orjson),
+  which reports what it reports today (line number, file). A decoded Observation of a shape the inline path does not take (no or several
   categories, not VS/LB, entered-in-error, the nested cases above) is parsed again with orjson and
   goes the dict path (then the row extractor).
 * A recursion limit above orjson's nesting limit (1024) would let msgspec accept deeper JSON than

@@ -555,6 +555,11 @@ def test_typed_observation_declares_every_element_once() -> None:
     assert set(J.Interpretation.__struct_fields__) == F.INTERP_PARTS
     assert set(J.InterpretationCoding.__struct_fields__) == F.CODING_PARTS
     assert J.ObservationWide.__struct_config__.forbid_unknown_fields
+    # the one unit system the typed quantity and limits admit
+    import typing
+
+    from trialbridge.subject import units
+    assert typing.get_args(J.UcumSystem) == (units.UCUM_SYSTEM,)
 
 
 def test_typed_decoder_stands_aside_under_a_raised_recursion_limit(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -345,8 +345,14 @@ def _extract_chunk(chunk: Chunk, ctx: Ctx, on_error: Callable[[Any, Exception], 
     """The resources of a :class:`reader.Chunk`, read part by part (see :class:`reader.ResourceStream`)."""
     stream, size = chunk
     decode = stream.decode
+    assert isinstance(decode, _obs_json.LineDecoder)    # (its steps are run inline below)
+    narrow, wide_decode, retry = decode.narrow, decode.wide, _obs_json.RETRY_NARROW
+    # the chunk's repeated strings (codes, units, status, version, subject) kept once: the rows hold
+    # fewer objects (the strings are equal, only fewer)
+    memo: dict[Any, Any] = {}
+    seen = memo.get
+    keep = memo.setdefault
     cat_of = CATEGORIES.get
-    ucum = units.UCUM_SYSTEM
     loinc_system = LOINC
     ncit_systems = NCIT_SYSTEMS
     wide = _obs_json.ObservationWide
@@ -370,16 +376,30 @@ def _extract_chunk(chunk: Chunk, ctx: Ctx, on_error: Callable[[Any, Exception], 
                 stream.next_part()
             continue
         fh, name, prefix, other = part.fh, part.name, part.prefix, part.other
-        assert decode is not None    # (a stream has line parts only with a decoder)
         ln = part.n
+        wide_first, since = decode.wide_first, decode.since
         try:
             for line in fh:
                 ln += 1
                 if line.startswith(prefix):
-                    try:
-                        res = decode(line)
-                    except Exception:  # noqa: BLE001 (any refusal: the line is read as any other below)
-                        res = None
+                    # LineDecoder.__call__ inline (any refusal: the line is read as any other below)
+                    res: _obs_json.Observation | None
+                    if wide_first and (since := since + 1) < retry:
+                        try:
+                            res = wide_decode(line)
+                        except Exception:  # noqa: BLE001
+                            res = None
+                    else:
+                        since = 0
+                        try:
+                            res = narrow(line)
+                            wide_first = False
+                        except Exception:  # noqa: BLE001
+                            try:
+                                res = wide_decode(line)
+                                wide_first = True
+                            except Exception:  # noqa: BLE001
+                                res = None
                     if res is not None:
                         n += 1
                         # the same reading as the dict path (_dict_row), on attributes (absent = None:
@@ -411,8 +431,8 @@ def _extract_chunk(chunk: Chunk, ctx: Ctx, on_error: Callable[[Any, Exception], 
                                         else:
                                             usual = False
                             # (the Structs admit only the nested parts rule subject.unread-nested lists as
-                            # read; several reference ranges, interpretations or interpretation codings,
-                            # a unit code of another system: the row path, which reports them)
+                            # read; several reference ranges, interpretations or interpretation codings:
+                            # the row path, which reports them)
                             interp = res.interpretation
                             icode = None
                             if interp:
@@ -431,28 +451,19 @@ def _extract_chunk(chunk: Chunk, ctx: Ctx, on_error: Callable[[Any, Exception], 
                                     r0 = rr[0]
                                     lo, hi = r0.low, r0.high
                                     lu = hu = None
+                                    # (a limit's unit system is UCUM or absent: _obs_json.UcumSystem)
                                     if lo is not None:
                                         rlo, lu = lo.value, lo.code or lo.unit
-                                        if (s := lo.system) is not None and s != ucum and lo.code is not None:
-                                            usual = False
                                     if hi is not None:
                                         rhi, hu = hi.value, hi.code or hi.unit
-                                        if (s := hi.system) is not None and s != ucum and hi.code is not None:
-                                            usual = False
                                     ru = lu or hu
                                     rtext = r0.text
                             vq = res.valueQuantity
                             v = vu = vcmp = None
-                            if vq is not None:
-                                v = vq.value
-                                vu = vq.code
-                                if (s := vq.system) is not None and s != ucum:
-                                    if vu is not None:
-                                        usual = False
-                                    vu = None
+                            if vq is not None:    # (its unit system is UCUM or absent: _obs_json.UcumSystem)
+                                v, vu, vcmp = vq.value, vq.code, vq.comparator
                                 if vu is None and vq.unit:
                                     vu = vq.unit
-                                vcmp = vq.comparator
                             if usual:
                                 if type(res) is wide:
                                     present = [k for k, x in zip(unread_names, astuple(res)[unread_at:], strict=True)
@@ -464,12 +475,19 @@ def _extract_chunk(chunk: Chunk, ctx: Ctx, on_error: Callable[[Any, Exception], 
                                     _put_sparse(sparse[cat], len(rows), ncit, rtext)
                                 if cat not in order:
                                     order[cat] = None
-                                subj, enc, meta = res.subject, res.encounter, res.meta
-                                rows.append((subj.reference if subj is not None else None,
-                                             enc.reference if enc is not None else None,
-                                             loinc, status, res.effectiveDateTime or None, v, vu, vcmp, icode,
-                                             rlo, rhi, ru, "Observation", res.id,
-                                             meta.versionId if meta is not None else None, name, ln))
+                                ref = ver = None
+                                if (subj := res.subject) is not None:
+                                    ref = subj.reference
+                                    ref = seen(ref) or keep(ref, ref)
+                                if (meta := res.meta) is not None:
+                                    ver = meta.versionId
+                                    ver = seen(ver) or keep(ver, ver)
+                                enc = res.encounter
+                                rows.append((ref, enc.reference if enc is not None else None,
+                                             seen(loinc) or keep(loinc, loinc), seen(status) or keep(status, status),
+                                             res.effectiveDateTime or None, v, seen(vu) or keep(vu, vu), vcmp,
+                                             seen(icode) or keep(icode, icode), rlo, rhi, seen(ru) or keep(ru, ru),
+                                             "Observation", res.id, ver, name, ln))
                                 if n >= size:
                                     break
                                 continue
@@ -489,6 +507,7 @@ def _extract_chunk(chunk: Chunk, ctx: Ctx, on_error: Callable[[Any, Exception], 
                 stream.next_part()
         finally:
             part.n = ln
+            decode.wide_first, decode.since = wide_first, since
     return n
 
 

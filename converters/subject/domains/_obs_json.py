@@ -22,6 +22,8 @@ path as before (same rows, same report entries), so nothing is lost silently:
   (``read_elements.yaml`` ``nested``): a line with any other part there fails to decode, and the
   extractor sends codings of other systems in ``code`` and several ranges, interpretations or
   interpretation codings to the row path, which reports them (as the dict fast path does).
+* The unit system of valueQuantity and of the range limits is UCUM or absent (:data:`UcumSystem`):
+  the extractor reads a unit code of another system on the row path only (which reports it).
 * Read elements are typed strictly: strings ``str``, numbers ``int`` (64-bit, as orjson gives them;
   larger integers orjson turns into floats) or ``float``, no ``null`` (FHIR JSON has none). A value of
   another JSON type fails the decode.
@@ -30,9 +32,9 @@ path as before (same rows, same report entries), so nothing is lost silently:
   last one wins, as in orjson (a second ``resourceType`` must still say Observation).
 * Any decode failure (``msgspec.DecodeError``/``ValidationError``, ``UnicodeDecodeError``,
   ``RecursionError``) gives the line to the reader's own reading (``reader.NdjsonLines.other``: orjson),
-  which reports what it reports today (line number, file). A decoded Observation of a shape the inline path does not take (no or several
-  categories, not VS/LB, entered-in-error, the nested cases above) is parsed again with orjson and
-  goes the dict path (then the row extractor).
+  which reports what it reports today (line number, file). A decoded Observation of a shape the
+  inline path does not take (no or several categories, not VS/LB, entered-in-error, the nested cases
+  above) is parsed again with orjson and goes the dict path (then the row extractor).
 * A recursion limit above orjson's nesting limit (1024) would let msgspec accept deeper JSON than
   orjson: then no typed decoder is used at all.
 
@@ -86,6 +88,12 @@ class Reference(_S):
     id: Any = UNSET
 
 
+#: a unit system the inline path takes (``units.UCUM_SYSTEM``): a valueQuantity or range limit of
+#: another system is refused (the dict path sends it to the row extractor, which reports its unit code)
+#: -- and the system decoded is the literal's own string, not a new one per line
+UcumSystem = Literal["http://unitsofmeasure.org"]
+
+
 class Quantity(_S):
     """valueQuantity: exactly the parts rule subject.unread-nested lists as read (read_elements.yaml
     ``nested``; any other part, ``id`` included, is reported by the row path: the decode fails)."""
@@ -93,7 +101,7 @@ class Quantity(_S):
     value: Int64 | float = ABSENT
     comparator: str = ABSENT
     unit: str = ABSENT
-    system: str = ABSENT
+    system: UcumSystem = ABSENT
     code: str = ABSENT
 
 
@@ -102,7 +110,7 @@ class Limit(_S):
 
     value: Int64 | float = ABSENT
     unit: str = ABSENT
-    system: str = ABSENT
+    system: UcumSystem = ABSENT
     code: str = ABSENT
 
 
@@ -194,36 +202,48 @@ READ = Observation.__struct_fields__
 UNREAD_ELEMENTS = ObservationWide.__struct_fields__[len(READ):]
 
 
-def line_decoder() -> Callable[[bytes], Observation] | None:
+def line_decoder() -> LineDecoder | None:
+    """The decoder of one run's NDJSON lines (:class:`LineDecoder`); None when the interpreter's
+    recursion limit lets msgspec nest deeper than orjson (then every line takes the orjson path)."""
+    if sys.getrecursionlimit() > ORJSON_MAX_DEPTH:
+        return None
+    return LineDecoder()
+
+
+class LineDecoder:
     """A decoder of one NDJSON line -> :class:`Observation` (or :class:`ObservationWide` when the line
     has unread elements); it raises when the line is not of a shape it represents exactly. One per run:
     after a line that needed the wide form it tries that form first (a file's lines tend to look
     alike), and every :data:`RETRY_NARROW`-th line the narrow form again (the wide form's unread
-    check costs the extractor time). None when the interpreter's recursion limit lets msgspec nest
-    deeper than orjson (then every line takes the orjson path)."""
-    if sys.getrecursionlimit() > ORJSON_MAX_DEPTH:
-        return None
-    narrow = msgspec.json.Decoder(Observation).decode
-    wide = msgspec.json.Decoder(ObservationWide).decode
-    refused = (msgspec.DecodeError, ValueError, RecursionError)
-    state = [False, 0]    # [wide form first, lines since]
+    check costs the extractor time). Which form decodes a line changes nothing but time: a line the
+    narrow form takes, the wide form takes too, with no unread element. The columnar extractor runs
+    the same steps inline on ``narrow``, ``wide``, ``wide_first`` and ``since``."""
 
-    def decode(line: bytes) -> Observation:
-        if state[0]:
-            state[1] += 1
-            if state[1] < RETRY_NARROW:
-                return wide(line)    # (a line neither form takes: refused by both, as below)
-            state[1] = 0
+    __slots__ = ("narrow", "wide", "wide_first", "since")
+
+    def __init__(self) -> None:
+        self.narrow: Callable[[bytes], Observation] = msgspec.json.Decoder(Observation).decode
+        self.wide: Callable[[bytes], ObservationWide] = msgspec.json.Decoder(ObservationWide).decode
+        self.wide_first = False
+        self.since = 0    # lines decoded wide first since the narrow form was last tried
+
+    def __call__(self, line: bytes) -> Observation:
+        if self.wide_first:
+            self.since += 1
+            if self.since < RETRY_NARROW:
+                return self.wide(line)    # (a line neither form takes: refused by both, as below)
+            self.since = 0
         try:
-            obj = narrow(line)
-        except refused:
-            obj = wide(line)
-            state[0] = True
+            obj = self.narrow(line)
+        except REFUSED:
+            obj = self.wide(line)
+            self.wide_first = True
             return obj
-        state[0] = False
+        self.wide_first = False
         return obj
-    return decode
 
 
+#: what the decoders raise on a line they do not take
+REFUSED = (msgspec.DecodeError, ValueError, RecursionError)
 #: in wide-first mode, the narrow form is tried again every this many lines
 RETRY_NARROW = 256

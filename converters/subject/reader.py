@@ -1,5 +1,5 @@
-"""Stream FHIR resources (plain dicts, parsed with orjson; optionally typed structs, see ``decode_as``)
-from subject-data inputs.
+"""Stream FHIR resources (plain dicts, parsed with orjson; for pass 2's columnar path also raw NDJSON
+lines, see :class:`ResourceStream`) from subject-data inputs.
 
 Inputs: a Bundle file (collection, transaction, batch, searchset, document: each ``entry.resource``),
 a single resource JSON file, a ``.ndjson`` file, or a folder of Bulk Data NDJSON files (one or several
@@ -21,8 +21,8 @@ them in another pass): such a file is only opened, so that an unreadable file fa
 NDJSON file's lines itself: the lines of one resource type that start ``{"resourceType":"X"`` it
 offers to a typed decoder (a msgspec decoder, ``domains/_obs_json.py``), every other line (and a line
 the decoder refuses) it hands back to :meth:`NdjsonLines.other`, the reader's own reading of a line
-(same items, errors, filtering and line numbers as :func:`iter_resources`). No generator resumes and
-no item tuple per line: a benchmark line costs the file iteration and the decode only.
+(same items, errors, filtering and line numbers as :func:`iter_resources`). No generator resume and
+no item tuple per line.
 """
 
 from __future__ import annotations
@@ -74,10 +74,10 @@ class Chunk(NamedTuple):
 
 class ResourceStream:
     """The resources of ``paths`` as :func:`iter_resources` gives them, for a consumer that takes them
-    part by part (:meth:`part`, :meth:`next_part`): an NDJSON file of the decoded type is an
-    :class:`NdjsonLines` (the consumer reads its lines, decodes those that start with ``prefix`` with
-    ``decode`` and gives every other line, and those ``decode`` refuses, to ``other``); any other
-    file an iterator of items. Resumable: a consumer may stop within a part and the next one go on.
+    part by part (:meth:`part`, :meth:`next_part`): an NDJSON file (but a Bulk file of a type not
+    wanted, not read) is an :class:`NdjsonLines` (the consumer reads its lines, decodes those that
+    start with ``prefix`` with ``decode`` and gives every other line, and those ``decode`` refuses, to
+    ``other``); any other file an iterator of items. Resumable: a consumer may stop within a part and the next one go on.
     ``decode_as``: (resource type, decoder); without it (or when that type is not wanted) every part
     is an iterator of items."""
 

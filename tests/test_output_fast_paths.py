@@ -9,6 +9,7 @@ import re
 from pathlib import Path
 
 import numpy as np
+import orjson
 import pandas as pd
 import pytest
 from trialbridge.sdtm import output
@@ -132,16 +133,32 @@ def test_csv_lines_equal_pandas_or_decline(monkeypatch, step):
     monkeypatch.setattr(output, "ROWS_PER_CALL", step)
     order = np.array([2, 0, 1])
     frame = pd.DataFrame({"A": ["x", None, "é"], "B": [3, -1, 10**12], "C": pd.Series(["p", "q", None], dtype="str")})
-    header, lines, lens = output._csv_lines(frame, order)
+    text, lens = output._csv_lines(frame, order)
     want = frame.iloc[order].to_csv(index=False, lineterminator="\n").encode("utf-8")
-    assert header + b"\n".join(lines) + b"\n" == want
-    assert lens.tolist() == [len(line) + 1 for line in lines]
+    assert want.partition(b"\n")[2] == text
+    assert lens.tolist() == [len(line) + 1 for line in text[:-1].split(b"\n")]
     for bad in (["a,b", "c", "d"], ['a"', "c", "d"], ["a\nb", "c", "d"], ["a\\b", "c", "d"], [1.5, "c", "d"],
-                [True, False, True]):
+                [True, False, True], ["a]", "c", "d"], ["[a", "c", "d"], ["a],[b", "c", "d"], ["a]],", "c", "d"]):
         assert output._csv_lines(frame.assign(A=bad), order) is None, bad
     assert output._csv_lines(frame.assign(B=[1.0, 2.0, 3.0]), order) is None
     assert output._csv_lines(frame.assign(A=pd.Series(["\udcff", "c", "d"], dtype=object)), order) is None   # not UTF-8
     assert output._csv_lines(frame[["A"]], order) is None   # one column: an empty value is quoted
+
+
+@pytest.mark.parametrize("step", [4096, 2, 1])
+def test_records_equal_one_row_at_a_time(monkeypatch, step):
+    """A record is the row's JSON text without its opening bracket, with a comma; rows with "[" in
+    a value are declined by the block path and serialised one by one."""
+    monkeypatch.setattr(output, "ROWS_PER_CALL", step)
+    rows = [["a],b", 1, None], ["x]", 2.5, "]],"], ["é", -1, ""], ["\n\"", 0, "q"]]
+    want = [orjson.dumps(r)[1:] + b"," for r in rows]
+    assert output._dumped_rows([list(c) for c in zip(*rows, strict=True)], len(rows)) == want
+    assert output._records(rows) == want
+    assert output._loads_records(want) == rows
+    bad = [*rows, ["[y", 3, None], ["a],[b", 4, "]"]]
+    assert output._dumped_rows([list(c) for c in zip(*bad, strict=True)], len(bad)) is None
+    assert output._records(bad) == [orjson.dumps(r)[1:] + b"," for r in bad]
+    assert output._loads_records([]) == []
 
 
 def test_text_values_equal_the_distinct_value_path():
@@ -211,3 +228,35 @@ def test_a_failed_run_leaves_no_spool_files(tmp_path):
     w.abort()
     w.abort()   # (idempotent: also after close)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_missing_and_constant_text_columns():
+    """A column with nothing but missing values is told apart from one with a single value among
+    them (not at the positions looked at first); a constant column from one holding pd.NA."""
+    assert output._text_values(pd.Series([None, np.nan, pd.NA] * 30, dtype=object)) == ([], 0)
+    sparse = [None] * 100
+    sparse[5] = "late"
+    assert output._text_values(pd.Series(sparse, dtype=object)) == ([""] * 5 + ["late"] + [""] * 94, 4)
+    same = pd.Series(["".join(["B", "ENCH"]) for _ in range(50)], dtype=object)   # equal, distinct objects
+    assert output._constant(same.to_numpy()) == "BENCH"
+    assert output._constant(np.array(["x"] * 20 + [pd.NA], dtype=object)) is None
+    assert output._constant(np.array(["x"] * 20 + ["y"], dtype=object)) is None
+
+
+@pytest.mark.parametrize("values", [[50.0, 300.0, -0.0, 12.0], [0.5, 105.94, float("inf"), 2.0**53 + 2],
+                                    [1.0, 2.5, float("nan"), 3.0], [float("nan"), 7.0], [0.25, float("nan")],
+                                    [2.0**53, 1.5, 4.0]])
+def test_numeric_values_equal_the_value_by_value_path(values):
+    """Floats written as ints where whole (all whole, none whole, mixed, with missing values)."""
+    s = pd.Series(values, dtype="float64")
+    fast, present = output._numeric_values(s, False)
+    plain, plain_present = output._numeric_values(s.astype(object), False)
+    assert [(type(v), v) for v in fast] == [(type(v), v) for v in plain] and present == plain_present
+
+
+def test_a_domain_without_rows(tmp_path):
+    w = ChunkedDomainWriter("LB", tmp_path, FORMATS, study_oid="S", companion=tmp_path / "lb.provenance.csv")
+    w.close()
+    assert (tmp_path / "lb.json").read_bytes().endswith(b'"rows":[]}\n')
+    assert orjson.loads((tmp_path / "lb.json").read_bytes())["rows"] == []
+    assert (tmp_path / "lb.ndjson").read_bytes().count(b"\n") == 1

@@ -104,7 +104,9 @@ class ChunkedDomainWriter:
 
     Each chunk is serialised once, column by column (vectorised value conversion, then one
     ``orjson.dumps`` per :data:`ROWS_PER_CALL` rows, in arrival order: the order the values lie in
-    memory), its row texts put in key order and spooled to a file beside the target, while the row
+    memory), its rows' records (the row's JSON text after its "[", with "],": what the Dataset-JSON
+    file holds of the row up to the next row's "[") put in key order and spooled one per line (a
+    JSON text holds no line break) to a file beside the target, while the row
     count, the byte length of every Char column and which Perm columns carry a value are tracked. A
     chunk is spooled with the columns selected *so far* (Req/Exp always, Perm once any chunk had a
     value); at :meth:`close` the rows of (early) chunks that lack a Perm column first filled later are
@@ -120,8 +122,9 @@ class ChunkedDomainWriter:
     more, orders those with one stable numpy sort (ties keep arrival order: run, then position) and
     replays their raw bytes. Memory: the vocabularies plus one block per run, not the domain.
 
-    Speed: the fast paths (text columns checked by one join, columns of one value written from one
-    object, the companion CSV from orjson's output when no value needs quoting) write exactly what
+    Speed: the fast paths (text columns checked by one join, columns of one value or of none written
+    from one object, floats all whole or none whole converted at once, rows cut at "[" where no value
+    holds one, the companion CSV from orjson's output when no value needs quoting) write exactly what
     the general paths write (tests/test_output_fast_paths.py); buffers stay small (a few thousand
     rows) so that they are used again rather than freshly allocated for every chunk.
     """
@@ -242,18 +245,17 @@ class ChunkedDomainWriter:
         sel = tuple(self._selected())
         picked: list[list[Any]] = [
             cols[i] or ([None] * n if self.numeric[i] else [""] * n) for i in sel]
-        # the rows a few thousand at a time in one orjson call; a row is the text between "[" and
-        # "]": the rows are split at "],[", which only a Char value holding "]" could also contain
-        # (checked: the split must give one piece per row, else the rows are serialised one by
-        # one), and put in key order
-        pieces = _dumped_rows(picked, n)
-        split = pieces is not None
-        if pieces is None:
-            pieces = [orjson.dumps(r)[1:-1] for r in _in_order(list(zip(*picked, strict=True)), order)]
-            lens = np.fromiter(map(len, pieces), dtype=np.int64, count=n)
+        # the rows a few thousand at a time in one orjson call; per row its record (the row text
+        # and "],", see _dumped_rows), put in key order and spooled one record per line (a JSON
+        # text holds no line break: the spool is cut at line breaks when read back)
+        recs = _dumped_rows(picked, n)
+        if recs is None:   # a value holds "[": one by one
+            records: Sequence[bytes] = [orjson.dumps(r)[1:] + b"," for r in
+                                        _in_order(list(zip(*picked, strict=True)), order)]
+            lens = np.fromiter(map(len, records), dtype=np.int64, count=n)
         else:   # lengths read in the order the texts were made (and lie in memory), then ordered
-            lens = np.fromiter(map(len, pieces), dtype=np.int64, count=n)[order]
-            pieces = _in_order(pieces, order)
+            lens = np.fromiter(map(len, recs), dtype=np.int64, count=n)[order]
+            records = _in_order(recs, order)
         meta = np.empty((n, len(ids) + 2), dtype=np.int64)
         for j, x in enumerate(ids):
             meta[:, j] = x[order]
@@ -262,11 +264,12 @@ class ChunkedDomainWriter:
         comp_offset = self.companion_spooled
         if companion is not None:
             meta[:, len(ids) + 1] = self._spool_companion(companion, order, n)
-        _write_joined(self.spool, b"],[", pieces)
+        _write_joined(self.spool, b"\n", records)
+        self.spool.write(b"\n")
         mbytes = meta.tobytes()
         self.meta_spool.write(mbytes)
-        self.runs.append(_Run(self.spooled, self.meta_spooled, comp_offset, n, sel, split))
-        self.spooled += int(lens.sum()) + 3 * (n - 1)
+        self.runs.append(_Run(self.spooled, self.meta_spooled, comp_offset, n, sel))
+        self.spooled += int(lens.sum()) + n
         self.meta_spooled += len(mbytes)
         self.records += n
 
@@ -275,10 +278,12 @@ class ChunkedDomainWriter:
         assert self.companion_spool is not None
         fast = _csv_lines(frame, order)
         if fast is not None:
-            self.companion_header, fast_lines, lens = fast
-            _write_joined(self.companion_spool, b"\n", fast_lines)
-            self.companion_spool.write(b"\n")
-            self.companion_spooled += int(lens.sum())
+            text, lens = fast
+            names = io.StringIO()
+            csv.writer(names, lineterminator="\n").writerow(list(frame.columns))
+            self.companion_header = names.getvalue().encode("utf-8")
+            self.companion_spool.write(text)
+            self.companion_spooled += len(text)
             return lens
         buf = io.StringIO()
         ordered = frame.iloc[order]
@@ -306,7 +311,7 @@ class ChunkedDomainWriter:
         return [i for i in range(len(self.names)) if self.always[i] or self.present[i]]
 
     def _merged(self) -> Iterator[tuple[Sequence[bytes], Sequence[bytes] | None, np.ndarray]]:
-        """The rows in key order, block by block: (row texts without the brackets, companion lines
+        """The rows in key order, block by block: (row records (see :meth:`write`), companion lines
         without their line break, run of each row). See the class docstring."""
         runs = self.runs
         if not runs:
@@ -371,7 +376,7 @@ class ChunkedDomainWriter:
                        np.concatenate(run_ids)[order])
 
     def _row_texts(self, sel: list[int], lines: Sequence[bytes], run_ids: np.ndarray) -> Sequence[bytes]:
-        """Row texts in the final column selection (rows of runs spooled with fewer columns are
+        """Row records in the final column selection (rows of runs spooled with fewer columns are
         re-serialised, those of one run together: one parse, one serialisation)."""
         want = tuple(sel)
         stale = [j for j, r in enumerate(self.runs) if r.sel != want]
@@ -382,12 +387,8 @@ class ChunkedDomainWriter:
             at = np.flatnonzero(run_ids == j).tolist()
             if not at:
                 continue
-            rows = self._reselect(orjson.loads(b"[[" + b"],[".join([lines[k] for k in at]) + b"]]"),
-                                  self.runs[j].sel, sel)
-            pieces = orjson.dumps(rows)[2:-2].split(b"],[")
-            if len(pieces) != len(rows):   # a Char value holds "],["
-                pieces = [orjson.dumps(r)[1:-1] for r in rows]
-            for k, piece in zip(at, pieces, strict=True):
+            rows = self._reselect(_loads_records([lines[k] for k in at]), self.runs[j].sel, sel)
+            for k, piece in zip(at, _records(rows), strict=True):
                 out[k] = piece
         return out
 
@@ -441,16 +442,15 @@ class ChunkedDomainWriter:
                 for lines, comp, run_ids in self._merged():
                     texts = self._row_texts(sel, lines, run_ids)
                     # written a few thousand rows at a time: no copy of the whole block's text
+                    # (a record is the row text and "],": the rows' separator "],\n[" is the
+                    # record, a line break and "["; the last row's "," is taken back at the end)
                     if "json" in files:
-                        files["json"].write(b"\n[" if first else b",\n[")
-                        _write_joined(files["json"], b"],\n[", texts)
-                        files["json"].write(b"]")
-                    if "ndjson" in files:
-                        files["ndjson"].write(b"[")
-                        _write_joined(files["ndjson"], b"]\n[", texts)
-                        files["ndjson"].write(b"]\n")
+                        files["json"].write(b"\n[")
+                        _write_joined(files["json"], b"\n[", texts)
+                    if "ndjson" in files:   # "]\n" after each row: "," taken out before each line break
+                        files["ndjson"].write((b"[" + b"\n[".join(texts) + b"\n").replace(b",\n", b"\n"))
                     if csv_writer is not None or "xpt" in self.formats:
-                        rows = orjson.loads(b"[[" + b"],[".join(texts) + b"]]")
+                        rows = _loads_records(texts)
                         if csv_writer is not None:
                             csv_writer.writerows(["" if v is None else v for v in r] for r in rows)
                             files["csv"].write(csv_text.getvalue().encode("utf-8"))
@@ -463,6 +463,8 @@ class ChunkedDomainWriter:
                         comp_fh.write(b"\n")
                     first = False
                 if "json" in files:
+                    if not first:   # the last record's ","
+                        files["json"].seek(-1, io.SEEK_CUR)
                     files["json"].write(b"]}\n")
                 if csv_writer is not None:
                     files["csv"].write(csv_text.getvalue().encode("utf-8"))
@@ -507,7 +509,6 @@ class _Run(NamedTuple):
     companion_offset: int
     n: int
     sel: tuple[int, ...]
-    split: bool        # its rows can be split at "],[" (no Char value holds "]")
 
 
 class _RunState:
@@ -528,15 +529,13 @@ class _RunState:
         self.comp_lens = np.concatenate([self.comp_lens, comp_lens]) if len(self.comp_lens) else comp_lens
 
     def rows(self, fh: IO[bytes], t: int) -> list[bytes]:
-        """The texts of the next ``t`` rows (rows are separated by "],[" in the spool)."""
-        size = int(self.lens[:t].sum()) + 3 * (t - 1)
+        """The records of the next ``t`` rows (one per line in the spool: a JSON text holds no line
+        break)."""
+        size = int(self.lens[:t].sum()) + t
         fh.seek(self.next_byte)
         data = fh.read(size)
-        self.next_byte += size + 3
-        if self.run.split:
-            return data.split(b"],[")
-        ends = np.cumsum(self.lens[:t] + 3).tolist()
-        return [data[e - 3 - ln:e - 3] for e, ln in zip(ends, self.lens[:t].tolist(), strict=True)]
+        self.next_byte += size
+        return data[:-1].split(b"\n")
 
     def companion_lines(self, fh: IO[bytes], t: int) -> list[bytes]:
         size = int(self.comp_lens[:t].sum())
@@ -656,6 +655,8 @@ def _text_values(s: pd.Series) -> tuple[list[str], int] | None:
     one = _constant(arr)
     if one is not None:
         return [one] * len(arr), len(one.encode("utf-8"))
+    if _all_missing(arr):   # (a column the domain has but the source never fills)
+        return [], 0
     got = _blank_missing(arr)
     if got is None:
         return None
@@ -686,11 +687,19 @@ def _constant(arr: np.ndarray) -> str | None:
     for v in arr[np.linspace(0, len(arr) - 1, num=min(len(arr), 8)).astype(np.int64)].tolist():
         if type(v) is not str or v != first:
             return None
-    try:
-        same = bool((arr == first).all())
+    try:   # (list.count: the same object is equal without a comparison)
+        same = arr.tolist().count(first) == len(arr)
     except (TypeError, ValueError):   # a value that has no truth value when compared (pd.NA)
         return None
     return first if same else None
+
+
+def _all_missing(arr: np.ndarray) -> bool:
+    """Whether every value of ``arr`` is missing (None, NaN, NA); a few values are looked at first."""
+    if not len(arr):
+        return True
+    sample = arr[np.linspace(0, len(arr) - 1, num=min(len(arr), 8)).astype(np.int64)]
+    return bool(pd.isna(sample).all()) and bool(pd.isna(arr).all())
 
 
 def _in_order(rows: list[Any], order: np.ndarray) -> Any:
@@ -701,28 +710,33 @@ def _in_order(rows: list[Any], order: np.ndarray) -> Any:
 
 
 def _dumped_rows(cols: list[list[Any]], n: int) -> list[bytes] | None:
-    """The texts of the rows made of ``cols`` (``n`` values each) without their brackets, from one
-    ``orjson.dumps`` per :data:`ROWS_PER_CALL` rows; None when a value holds "],["."""
+    """The records of the rows made of ``cols`` (``n`` values each): per row its text without the
+    opening bracket and with a comma (``"a",1],``), from one ``orjson.dumps`` per
+    :data:`ROWS_PER_CALL` rows, cut at "[" (found by ``memchr``, unlike "],[") where no value holds
+    "[" (checked: one piece per row, else None)."""
     step = ROWS_PER_CALL
-    pieces: list[bytes] = []
+    records: list[bytes] = []
     for q in range(0, n, step):
-        part = _split_rows(orjson.dumps(list(zip(*[c[q:q + step] for c in cols], strict=True))), min(step, n - q))
-        if part is None:
+        parts = orjson.dumps(list(zip(*[c[q:q + step] for c in cols], strict=True))).split(b"[")
+        if len(parts) != min(step, n - q) + 2:   # ["", "", "r1],", ..., "rm]]"]
             return None
-        pieces += part
-    return pieces
+        parts[-1] = parts[-1][:-1] + b","
+        records += parts[2:]
+    return records
 
 
-def _split_rows(text: bytes, n: int) -> list[bytes] | None:
-    """The texts of the ``n`` rows of ``text`` (``orjson.dumps`` of a list of rows of scalars:
-    ``[[row],[row]]``) without their brackets; None when a Char value holds "],[" (the split does
-    not give ``n`` rows)."""
-    pieces = text.split(b"],[")
-    if len(pieces) != n:
-        return None
-    pieces[0] = pieces[0][2:]
-    pieces[-1] = pieces[-1][:-2]
-    return pieces
+def _records(rows: list[Any]) -> list[bytes]:
+    """The records (see :func:`_dumped_rows`) of ``rows`` (lists of scalars)."""
+    parts = orjson.dumps(rows).split(b"[")
+    if len(parts) == len(rows) + 2:
+        parts[-1] = parts[-1][:-1] + b","
+        return parts[2:]
+    return [orjson.dumps(r)[1:] + b"," for r in rows]   # a value holds "["
+
+
+def _loads_records(records: Sequence[bytes]) -> list[list[Any]]:
+    """The rows of ``records`` (see :func:`_dumped_rows`) as Python values."""
+    return orjson.loads(b"[[" + b"\n[".join(records)[:-1] + b"]") if records else []
 
 
 def _csv_text(arr: np.ndarray) -> list[str] | None:
@@ -753,57 +767,46 @@ def _blank_missing(arr: np.ndarray) -> tuple[np.ndarray, list[str], str] | None:
             return None
 
 
-def _csv_lines(frame: pd.DataFrame, order: np.ndarray) -> tuple[bytes, Sequence[bytes], np.ndarray] | None:
-    """``frame.iloc[order].to_csv(index=False, lineterminator="\\n")`` in UTF-8 as (header line, the
-    data lines without their line break, byte length of each data line with its line break),
-    for a frame of integer and text columns (missing text -> "") none of whose values needs
-    quoting; None for any other frame (written the general way).
+def _csv_lines(frame: pd.DataFrame, order: np.ndarray) -> tuple[bytes, np.ndarray] | None:
+    """``frame.iloc[order].to_csv(index=False, header=False, lineterminator="\\n")`` in UTF-8 and the
+    byte length of each line with its line break, for a frame of integer and text columns (missing
+    text -> "") none of whose values needs quoting; None for any other frame (written the general
+    way).
 
-    The rows go through ``orjson.dumps`` (a few thousand at a time): with no backslash in its
-    output, no value held a quote, a backslash or a control character (orjson escapes exactly
-    those); with exactly the commas that separate the values and the rows, no value held a comma.
-    Such values need no quoting, so each line is the row text without its brackets and quotes."""
+    The rows go through :func:`_dumped_rows` (records such as ``"x",2,"y"],``). With no backslash
+    in their text, no value held a quote, a backslash or a control character (orjson escapes
+    exactly those); with ``k`` commas and one "]" per record, none held a comma or "]". Such
+    values need no quoting: a line is the record without its quotes, "]" and last comma."""
     n, k = frame.shape
-    if n == 0 or k < 2:
+    if n == 0 or k < 2:   # (one column: an empty value would be quoted)
         return None
-    cols: list[list[Any] | np.ndarray] = []   # ints as values; text as an object array
+    cols: list[list[Any]] = []
     for name in frame.columns:
         s = frame[name]
         dtype = s.dtype
         if dtype.kind in "iu" and not isinstance(dtype, pd.api.extensions.ExtensionDtype):
             cols.append(s.to_numpy().tolist())   # orjson writes an int as str() does
-        elif dtype.kind == "O":
-            cols.append(s.to_numpy(dtype=object))
-        else:
+            continue
+        vals = _csv_text(s.to_numpy(dtype=object)) if dtype.kind == "O" else None
+        if vals is None:
             return None
-    # block by block: a block's values are checked and serialised while they are in the CPU caches
-    lines: list[bytes] = []
-    step = ROWS_PER_CALL
-    for q in range(0, n, step):
-        m = min(step, n - q)
-        block: list[list[Any]] = []
-        for c in cols:
-            if isinstance(c, list):
-                block.append(c[q:q + step])
-                continue
-            vals = _csv_text(c[q:q + step])
-            if vals is None:
-                return None
-            block.append(vals)
-        try:
-            text = orjson.dumps(list(zip(*block, strict=True)))
-        except orjson.JSONEncodeError:   # text that is not UTF-8 (a lone surrogate): the general way
-            return None
-        if b"\\" in text or text.count(b",") != m * k - 1:
-            return None
-        part = _split_rows(text.translate(None, b'"'), m)
-        assert part is not None   # no value holds a comma
-        lines += part
-    lens = np.fromiter(map(len, lines), dtype=np.int64, count=n)[order] + 1
-    lines = _in_order(lines, order)
-    head = io.StringIO()
-    csv.writer(head, lineterminator="\n").writerow(list(frame.columns))
-    return head.getvalue().encode("utf-8"), lines, lens
+        cols.append(vals)
+    try:
+        records = _dumped_rows(cols, n)
+    except orjson.JSONEncodeError:   # text that is not UTF-8 (a lone surrogate): the general way
+        return None
+    if records is None:
+        return None
+    text = b"\n".join(_in_order(records, order)) + b"\n"
+    if b"\\" in text or text.count(b",") != n * k or text.count(b"]") != n:
+        return None
+    text = text.translate(None, b'"]')
+    arr = np.frombuffer(text, dtype=np.uint8)
+    breaks = np.flatnonzero(arr == 10)
+    keep = np.ones(len(arr), dtype=bool)
+    keep[breaks - 1] = False   # the comma before each line break
+    breaks -= np.arange(1, n + 1)
+    return arr[keep].tobytes(), np.diff(breaks, prepend=-1)
 
 
 def _numeric_values(s: pd.Series, integer: bool) -> tuple[list[Any], bool]:
@@ -822,10 +825,14 @@ def _numeric_values(s: pd.Series, integer: bool) -> tuple[list[Any], bool]:
             out = np.full(len(arr), None, dtype=object)
             out[ok] = arr[ok].astype(np.int64).astype(object)
             return out.tolist(), True
-        out = arr.astype(object)
         whole = ok & (np.abs(np.where(ok, arr, 0.0)) < 2**53)
         with np.errstate(invalid="ignore"):
             whole &= np.where(ok, arr, 0.5) == np.trunc(np.where(ok, arr, 0.5))
+        if whole.all():   # (every value present and whole: ints straight from numpy)
+            return arr.astype(np.int64).tolist(), True
+        if not whole.any() and ok.all():   # (no whole value: the floats as they are)
+            return arr.tolist(), True
+        out = arr.astype(object)
         out[whole] = arr[whole].astype(np.int64).astype(object)
         out[mask] = None
         return out.tolist(), True

@@ -767,45 +767,54 @@ def _blank_missing(arr: np.ndarray) -> tuple[np.ndarray, list[str], str] | None:
             return None
 
 
+#: the line break put between the rows of a companion chunk (a raw one: orjson escapes those in text)
+_LINE_BREAK = orjson.Fragment(b"\n")
+
+
 def _csv_lines(frame: pd.DataFrame, order: np.ndarray) -> tuple[bytes, np.ndarray] | None:
     """``frame.iloc[order].to_csv(index=False, header=False, lineterminator="\\n")`` in UTF-8 and the
     byte length of each line with its line break, for a frame of integer and text columns (missing
     text -> "") none of whose values needs quoting; None for any other frame (written the general
     way).
 
-    The rows go through :func:`_dumped_rows` (records such as ``"x",2,"y"],``). With no backslash
-    in their text, no value held a quote, a backslash or a control character (orjson escapes
-    exactly those); with ``k`` commas and one "]" per record, none held a comma or "]". Such
-    values need no quoting: a line is the record without its quotes, "]" and last comma."""
+    The columns are put in key order (numpy) and their values laid out row after row, with a line
+    break after each row, in one list for one ``orjson.dumps`` (no object per row): ``[v,v,\\n,v,v,\\n]``.
+    With no backslash in that text, no value held a quote, a backslash or a control character
+    (orjson escapes exactly those); with exactly the commas between the values, none held a comma.
+    Such values need no quoting: the lines are the text without its quotes, brackets and the commas
+    beside the line breaks."""
     n, k = frame.shape
     if n == 0 or k < 2:   # (one column: an empty value would be quoted)
         return None
-    cols: list[list[Any]] = []
-    for name in frame.columns:
+    width = k + 1
+    flat: list[Any] = [_LINE_BREAK] * (n * width)
+    for j, name in enumerate(frame.columns):
         s = frame[name]
         dtype = s.dtype
         if dtype.kind in "iu" and not isinstance(dtype, pd.api.extensions.ExtensionDtype):
-            cols.append(s.to_numpy().tolist())   # orjson writes an int as str() does
+            flat[j::width] = s.to_numpy()[order].tolist()   # orjson writes an int as str() does
             continue
-        vals = _csv_text(s.to_numpy(dtype=object)) if dtype.kind == "O" else None
+        if dtype.kind != "O":
+            return None
+        arr = s.to_numpy(dtype=object)
+        one = _constant(arr)
+        vals = [one] * n if one is not None else _csv_text(arr[order])
         if vals is None:
             return None
-        cols.append(vals)
+        flat[j::width] = vals
     try:
-        records = _dumped_rows(cols, n)
+        text = orjson.dumps(flat)
     except orjson.JSONEncodeError:   # text that is not UTF-8 (a lone surrogate): the general way
         return None
-    if records is None:
+    if b"\\" in text or text.count(b",") != n * width - 1:
         return None
-    text = b"\n".join(_in_order(records, order)) + b"\n"
-    if b"\\" in text or text.count(b",") != n * k or text.count(b"]") != n:
-        return None
-    text = text.translate(None, b'"]')
-    arr = np.frombuffer(text, dtype=np.uint8)
+    arr = np.frombuffer(text.translate(None, b'"'), dtype=np.uint8)
     breaks = np.flatnonzero(arr == 10)
     keep = np.ones(len(arr), dtype=bool)
-    keep[breaks - 1] = False   # the comma before each line break
-    breaks -= np.arange(1, n + 1)
+    keep[[0, -1]] = False   # the brackets
+    keep[breaks - 1] = False   # the commas beside the line breaks
+    keep[breaks[:-1] + 1] = False
+    breaks -= 2 * np.arange(1, n + 1)   # (where they are once those are gone)
     return arr[keep].tobytes(), np.diff(breaks, prepend=-1)
 
 

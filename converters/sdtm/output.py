@@ -535,7 +535,9 @@ class _RunState:
         fh.seek(self.next_byte)
         data = fh.read(size)
         self.next_byte += size
-        return data[:-1].split(b"\n")
+        records = data.split(b"\n")
+        records.pop()   # (after the last line break)
+        return records
 
     def companion_lines(self, fh: IO[bytes], t: int) -> list[bytes]:
         size = int(self.comp_lens[:t].sum())

@@ -158,11 +158,11 @@ def test_records_equal_one_row_at_a_time(monkeypatch, step):
     want = [orjson.dumps(r)[1:] + b"," for r in rows]
     assert output._dumped_rows([list(c) for c in zip(*rows, strict=True)], len(rows)) == want
     assert output._records(rows) == want
-    assert output._loads_records(want) == rows
+    assert output._loads_lines([b"[" + r + b"\n" for r in want]) == rows
     bad = [*rows, ["[y", 3, None], ["a],[b", 4, "]"]]
     assert output._dumped_rows([list(c) for c in zip(*bad, strict=True)], len(bad)) is None
     assert output._records(bad) == [orjson.dumps(r)[1:] + b"," for r in bad]
-    assert output._loads_records([]) == []
+    assert output._loads_lines([]) == []
 
 
 def test_text_values_equal_the_distinct_value_path():
@@ -264,3 +264,29 @@ def test_a_domain_without_rows(tmp_path):
     assert (tmp_path / "lb.json").read_bytes().endswith(b'"rows":[]}\n')
     assert orjson.loads((tmp_path / "lb.json").read_bytes())["rows"] == []
     assert (tmp_path / "lb.ndjson").read_bytes().count(b"\n") == 1
+
+
+@pytest.mark.parametrize("merge_rows", [5, 64, 100_000])
+def test_merge_by_stretches_equals_row_by_row(tmp_path, monkeypatch, merge_rows):
+    """The merge copies stretches of rows that come from one run one after another as one slice;
+    row by row (the way used when runs are re-serialised) it writes the same bytes, in every form."""
+    monkeypatch.setattr(ChunkedDomainWriter, "MERGE_ROWS", merge_rows)
+    monkeypatch.setattr(ChunkedDomainWriter, "MERGE_BLOCK_MIN", 1)
+    chunks = [(f.drop(columns=["LBMETHOD"], errors="ignore"), c) for f, c in _awkward_chunks(11, 12)]
+    chunks += [(f.iloc[[0]], c.iloc[[0]]) for f, c in chunks[:3]]   # one-row runs
+    merged = ChunkedDomainWriter._merged
+    pieces = []
+
+    def counted(self, per_row):
+        for lines, comp, runs in merged(self, per_row):
+            pieces.append(len(lines))
+            yield lines, comp, runs
+
+    monkeypatch.setattr(ChunkedDomainWriter, "_merged", counted)
+    stretches = _write(tmp_path / "stretches", chunks)
+    if merge_rows > 5:   # (blocks of more than one row per run: some pieces hold several rows)
+        assert sum(pieces) < sum(len(f) for f, _ in chunks)
+    monkeypatch.setattr(ChunkedDomainWriter, "_merged", lambda self, per_row: merged(self, True))
+    rows = _write(tmp_path / "rows", chunks)
+    assert stretches == rows
+    assert stretches["lb.json"].count(b"\n[") == sum(len(f) for f, _ in chunks)

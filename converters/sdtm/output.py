@@ -104,9 +104,9 @@ class ChunkedDomainWriter:
 
     Each chunk is serialised once, column by column (vectorised value conversion, then one
     ``orjson.dumps`` per :data:`ROWS_PER_CALL` rows, in arrival order: the order the values lie in
-    memory), its rows' records (the row's JSON text after its "[", with "],": what the Dataset-JSON
-    file holds of the row up to the next row's "[") put in key order and spooled one per line (a
-    JSON text holds no line break) to a file beside the target, while the row
+    memory), its rows' records (the row's JSON text after its "[", with "],") put in key order and
+    spooled one per line, as the Dataset-JSON file holds them (``[`` record line break; a JSON text
+    holds no line break of its own) to a file beside the target, while the row
     count, the byte length of every Char column and which Perm columns carry a value are tracked. A
     chunk is spooled with the columns selected *so far* (Req/Exp always, Perm once any chunk had a
     value); at :meth:`close` the rows of (early) chunks that lack a Perm column first filled later are
@@ -120,7 +120,9 @@ class ChunkedDomainWriter:
     its companion line go to a second spool. :meth:`close` merges the runs block by block: it reads
     the next rows' ids of every run, takes every row up to the smallest last key of the runs that have
     more, orders those with one stable numpy sort (ties keep arrival order: run, then position) and
-    replays their raw bytes. Memory: the vocabularies plus one block per run, not the domain.
+    replays their raw bytes: the spooled lines are the very text of the Dataset-JSON file, so rows
+    that follow one another in one run are copied as one slice. Memory: the vocabularies plus one
+    block per run, not the domain.
 
     Speed: the fast paths (text columns checked by one join, columns of one value or of none written
     from one object, floats all whole or none whole converted at once, rows cut at "[" where no value
@@ -259,17 +261,18 @@ class ChunkedDomainWriter:
         meta = np.empty((n, len(ids) + 2), dtype=np.int64)
         for j, x in enumerate(ids):
             meta[:, j] = x[order]
-        meta[:, len(ids)] = lens
+        meta[:, len(ids)] = lens + 2   # the spool's line: "[", the record, a line break
         meta[:, len(ids) + 1] = 0
         comp_offset = self.companion_spooled
         if companion is not None:
             meta[:, len(ids) + 1] = self._spool_companion(companion, order, n)
-        _write_joined(self.spool, b"\n", records)
+        self.spool.write(b"[")
+        _write_joined(self.spool, b"\n[", records)
         self.spool.write(b"\n")
         mbytes = meta.tobytes()
         self.meta_spool.write(mbytes)
         self.runs.append(_Run(self.spooled, self.meta_spooled, comp_offset, n, sel))
-        self.spooled += int(lens.sum()) + n
+        self.spooled += int(lens.sum()) + 2 * n
         self.meta_spooled += len(mbytes)
         self.records += n
 
@@ -310,9 +313,12 @@ class ChunkedDomainWriter:
     def _selected(self) -> list[int]:
         return [i for i in range(len(self.names)) if self.always[i] or self.present[i]]
 
-    def _merged(self) -> Iterator[tuple[Sequence[bytes], Sequence[bytes] | None, np.ndarray]]:
-        """The rows in key order, block by block: (row records (see :meth:`write`), companion lines
-        without their line break, run of each row). See the class docstring."""
+    def _merged(self, per_row: bool) -> Iterator[tuple[list[bytes], list[bytes] | None, np.ndarray]]:
+        """The rows in key order, block by block: (the dataset's lines, the companion's lines, run of
+        each piece), as pieces of the spools: a dataset line is ``[`` and the row's record (see
+        :meth:`write`) and a line break, the very text of the Dataset-JSON file; a piece is the lines
+        of a stretch of rows that come from one run one after another (copied as one slice), or of
+        one row (``per_row``). See the class docstring."""
         runs = self.runs
         if not runs:
             return
@@ -321,7 +327,7 @@ class ChunkedDomainWriter:
         ranks = [v.ranks() for v in self.vocab]
         sizes = [len(v.values) for v in self.vocab]
         block = max(self.MERGE_BLOCK_MIN, self.MERGE_ROWS // len(runs))
-        # per run: rows not yet read, and the read ones not yet emitted (keys, byte starts, lengths)
+        # per run: rows not yet read, and the read ones not yet emitted (keys, byte lengths)
         state = [_RunState(r) for r in runs]
         with open(self.meta_spool_path, "rb") as meta_fh, open(self.spool_path, "rb") as data_fh, \
                 (open(self.companion_spool_path, "rb") if self.companion is not None
@@ -354,30 +360,50 @@ class ChunkedDomainWriter:
                                     int(np.searchsorted(st.keys, bk, side="right" if j < b else "left")))
                 else:
                     takes = {j: len(state[j].keys) for j in live}
-                parts: list[bytes] = []
-                comp: list[bytes] = []
+                datas: list[bytes] = []
+                comps: list[bytes] = []
                 key_parts = []
                 run_ids = []
+                # per row of the block (runs in turn): its line's start and end in its run's data
+                starts, ends, comp_starts, comp_ends = [], [], [], []
                 for j, t in takes.items():
                     if not t:
                         continue
                     st = state[j]
-                    parts += st.rows(data_fh, t)
-                    if comp_fh is not None:
-                        comp += st.companion_lines(comp_fh, t)
+                    data, cut = st.read_lines(data_fh, comp_fh, t)
+                    datas.append(data[0])
+                    comps.append(data[1])
+                    starts.append(cut[0])
+                    ends.append(cut[1])
+                    comp_starts.append(cut[2])
+                    comp_ends.append(cut[3])
                     key_parts.append(st.keys[:t])
-                    run_ids.append(np.full(t, j, dtype=np.int64))
+                    run_ids.append(np.full(t, len(datas) - 1, dtype=np.int64))
                     st.drop(t)
-                if len(key_parts) == 1:
-                    yield parts, (comp if comp_fh is not None else None), run_ids[0]
+                which = [j for j, t in takes.items() if t]
+                if len(datas) == 1 and not per_row:   # one run: its lines as they are
+                    yield [datas[0]], ([comps[0]] if comp_fh is not None else None), np.array([which[0]])
                     continue
                 order = _stable_order(np.concatenate(key_parts))
-                yield (_in_order(parts, order), _in_order(comp, order) if comp_fh is not None else None,
-                       np.concatenate(run_ids)[order])
+                src = np.concatenate(run_ids)[order]
+                # the pieces: stretches of rows of one run (in a run, rows are taken in turn)
+                first = (np.arange(len(src)) if per_row else
+                         np.concatenate([[0], np.flatnonzero(src[1:] != src[:-1]) + 1]))
+                last = np.append(first[1:], len(src)) - 1
+                lo, hi = np.concatenate(starts)[order], np.concatenate(ends)[order]
+                piece_src = src[first].tolist()
+                pieces = [datas[r][a:z] for r, a, z in zip(piece_src, lo[first].tolist(), hi[last].tolist(),
+                                                         strict=True)]
+                comp_pieces = None
+                if comp_fh is not None:
+                    clo, chi = np.concatenate(comp_starts)[order], np.concatenate(comp_ends)[order]
+                    comp_pieces = [comps[r][a:z] for r, a, z in zip(piece_src, clo[first].tolist(),
+                                                                    chi[last].tolist(), strict=True)]
+                yield pieces, comp_pieces, np.array(which)[src[first]]
 
-    def _row_texts(self, sel: list[int], lines: Sequence[bytes], run_ids: np.ndarray) -> Sequence[bytes]:
-        """Row records in the final column selection (rows of runs spooled with fewer columns are
-        re-serialised, those of one run together: one parse, one serialisation)."""
+    def _row_texts(self, sel: list[int], lines: list[bytes], run_ids: np.ndarray) -> list[bytes]:
+        """Dataset lines (one per row) in the final column selection: rows of runs spooled with
+        fewer columns re-serialised, those of one run together (one parse, one serialisation)."""
         want = tuple(sel)
         stale = [j for j, r in enumerate(self.runs) if r.sel != want]
         if not stale:
@@ -387,9 +413,9 @@ class ChunkedDomainWriter:
             at = np.flatnonzero(run_ids == j).tolist()
             if not at:
                 continue
-            rows = self._reselect(_loads_records([lines[k] for k in at]), self.runs[j].sel, sel)
-            for k, piece in zip(at, _records(rows), strict=True):
-                out[k] = piece
+            rows = self._reselect(_loads_lines([lines[k] for k in at]), self.runs[j].sel, sel)
+            for k, record in zip(at, _records(rows), strict=True):
+                out[k] = b"[" + record + b"\n"
         return out
 
     def _reselect(self, rows: Sequence[Sequence[Any]], chunk_sel: tuple[int, ...], sel: list[int]) -> list[list[Any]]:
@@ -439,18 +465,20 @@ class ChunkedDomainWriter:
                     csv_writer = csv.writer(csv_text, lineterminator="\n")
                     csv_writer.writerow([self.names[i] for i in sel])
                 first = True
-                for lines, comp, run_ids in self._merged():
-                    texts = self._row_texts(sel, lines, run_ids)
+                per_row = any(r.sel != tuple(sel) for r in self.runs)   # (rows to re-serialise)
+                for lines, comp, run_ids in self._merged(per_row):
+                    texts = self._row_texts(sel, lines, run_ids) if per_row else lines
                     # written a few thousand rows at a time: no copy of the whole block's text
-                    # (a record is the row text and "],": the rows' separator "],\n[" is the
-                    # record, a line break and "["; the last row's "," is taken back at the end)
+                    # (a line is "[", the row's record and a line break: the rows' separator
+                    # "],\n[" is in the lines; the last row's ",\n" is taken back at the end)
                     if "json" in files:
-                        files["json"].write(b"\n[")
-                        _write_joined(files["json"], b"\n[", texts)
+                        if first:
+                            files["json"].write(b"\n")
+                        _write_joined(files["json"], b"", texts)
                     if "ndjson" in files:   # "]\n" after each row: "," taken out before each line break
-                        files["ndjson"].write((b"[" + b"\n[".join(texts) + b"\n").replace(b",\n", b"\n"))
+                        files["ndjson"].write(b"".join(texts).replace(b",\n", b"\n"))
                     if csv_writer is not None or "xpt" in self.formats:
-                        rows = _loads_records(texts)
+                        rows = _loads_lines(texts)
                         if csv_writer is not None:
                             csv_writer.writerows(["" if v is None else v for v in r] for r in rows)
                             files["csv"].write(csv_text.getvalue().encode("utf-8"))
@@ -459,12 +487,11 @@ class ChunkedDomainWriter:
                         if "xpt" in self.formats:
                             xpt_rows += rows
                     if comp_fh is not None and comp is not None:
-                        _write_joined(comp_fh, b"\n", comp)
-                        comp_fh.write(b"\n")
+                        _write_joined(comp_fh, b"", comp)
                     first = False
                 if "json" in files:
-                    if not first:   # the last record's ","
-                        files["json"].seek(-1, io.SEEK_CUR)
+                    if not first:   # the last line's ",\n"
+                        files["json"].seek(-2, io.SEEK_CUR)
                     files["json"].write(b"]}\n")
                 if csv_writer is not None:
                     files["csv"].write(csv_text.getvalue().encode("utf-8"))
@@ -528,28 +555,21 @@ class _RunState:
         self.lens = np.concatenate([self.lens, lens]) if len(self.lens) else lens
         self.comp_lens = np.concatenate([self.comp_lens, comp_lens]) if len(self.comp_lens) else comp_lens
 
-    def rows(self, fh: IO[bytes], t: int) -> list[bytes]:
-        """The records of the next ``t`` rows (one per line in the spool: a JSON text holds no line
-        break)."""
-        size = int(self.lens[:t].sum()) + t
+    def read_lines(self, fh: IO[bytes], comp_fh: IO[bytes] | None, t: int
+                   ) -> tuple[tuple[bytes, bytes], tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
+        """The spooled text of the next ``t`` rows (dataset lines, companion lines) and where each
+        row's lines start and end in them."""
+        ends = np.cumsum(self.lens[:t])
         fh.seek(self.next_byte)
-        data = fh.read(size)
-        self.next_byte += size
-        records = data.split(b"\n")
-        records.pop()   # (after the last line break)
-        return records
-
-    def companion_lines(self, fh: IO[bytes], t: int) -> list[bytes]:
-        size = int(self.comp_lens[:t].sum())
-        fh.seek(self.next_comp)
-        data = fh.read(size)
-        self.next_comp += size
-        lines = data[:-1].split(b"\n")
-        if len(lines) == t:
-            return lines
-        # a record holding a (quoted) line break: cut by the record lengths
-        ends = np.cumsum(self.comp_lens[:t]).tolist()
-        return [data[a:b - 1] for a, b in zip([0, *ends[:-1]], ends, strict=True)]
+        data = fh.read(int(ends[-1]))
+        self.next_byte += len(data)
+        comp = b""
+        comp_ends = np.cumsum(self.comp_lens[:t])
+        if comp_fh is not None:
+            comp_fh.seek(self.next_comp)
+            comp = comp_fh.read(int(comp_ends[-1]))
+            self.next_comp += len(comp)
+        return (data, comp), (ends - self.lens[:t], ends, comp_ends - self.comp_lens[:t], comp_ends)
 
     def drop(self, t: int) -> None:
         self.keys, self.lens, self.comp_lens = self.keys[t:], self.lens[t:], self.comp_lens[t:]
@@ -736,9 +756,11 @@ def _records(rows: list[Any]) -> list[bytes]:
     return [orjson.dumps(r)[1:] + b"," for r in rows]   # a value holds "["
 
 
-def _loads_records(records: Sequence[bytes]) -> list[list[Any]]:
-    """The rows of ``records`` (see :func:`_dumped_rows`) as Python values."""
-    return orjson.loads(b"[[" + b"\n[".join(records)[:-1] + b"]") if records else []
+def _loads_lines(lines: Sequence[bytes]) -> list[list[Any]]:
+    """The rows of dataset lines (``[`` and a record and a line break each, see
+    :meth:`ChunkedDomainWriter._merged`; or stretches of such lines) as Python values."""
+    text = b"".join(lines)
+    return orjson.loads(b"[" + text[:-2] + b"]") if text else []
 
 
 def _csv_text(arr: np.ndarray) -> list[str] | None:

@@ -822,10 +822,13 @@ def _csv_lines(frame: pd.DataFrame, order: np.ndarray) -> tuple[bytes, np.ndarra
             return None
         arr = s.to_numpy(dtype=object)
         one = _constant(arr)
-        vals = [one] * n if one is not None else _csv_text(arr[order])
+        if one is not None:
+            flat[j::width] = [one] * n
+            continue
+        vals = _csv_text(arr)   # (read in the order the values lie in memory, then put in key order)
         if vals is None:
             return None
-        flat[j::width] = vals
+        flat[j::width] = _in_order(vals, order)
     try:
         text = orjson.dumps(flat)
     except orjson.JSONEncodeError:   # text that is not UTF-8 (a lone surrogate): the general way

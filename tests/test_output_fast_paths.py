@@ -13,7 +13,7 @@ import orjson
 import pandas as pd
 import pytest
 from trialbridge.sdtm import output
-from trialbridge.sdtm.output import ChunkedDomainWriter, key_order
+from trialbridge.sdtm.output import ChunkedDomainWriter, key_order, sort_by_keys
 
 FORMATS = ("json", "ndjson", "csv", "xpt")
 CREATED = re.compile(rb'"datasetJSONCreationDateTime"\s*:\s*"[^"]*"|\d\d[A-Z]{3}\d\d:\d\d:\d\d:\d\d')
@@ -290,3 +290,26 @@ def test_merge_by_stretches_equals_row_by_row(tmp_path, monkeypatch, merge_rows)
     rows = _write(tmp_path / "rows", chunks)
     assert stretches == rows
     assert stretches["lb.json"].count(b"\n[") == sum(len(f) for f, _ in chunks)
+
+
+def test_without_a_companion(tmp_path, monkeypatch):
+    """A writer without a companion merges its runs (stretches and row by row) the same way."""
+    monkeypatch.setattr(ChunkedDomainWriter, "MERGE_ROWS", 9)
+    monkeypatch.setattr(ChunkedDomainWriter, "MERGE_BLOCK_MIN", 1)
+    chunks = [f for f, _ in _awkward_chunks(5, 8)]
+    got = {}
+    for name in ("fast", "plain"):
+        folder = tmp_path / name
+        folder.mkdir()
+        with monkeypatch.context() as m:
+            if name == "plain":
+                _plain(m)
+            w = ChunkedDomainWriter("LB", folder, FORMATS, study_oid="S")
+            for frame in chunks:
+                w.write(frame)
+            w.close()
+        got[name] = {p.name: CREATED.sub(b"", p.read_bytes()) for p in sorted(folder.iterdir())}
+    assert got["fast"] == got["plain"] and sorted(got["fast"]) == ["lb.csv", "lb.json", "lb.ndjson", "lb.xpt"]
+    whole = pd.concat(chunks, ignore_index=True)
+    rows = orjson.loads((tmp_path / "fast" / "lb.json").read_bytes())["rows"]
+    assert [r[3] for r in rows] == sort_by_keys(whole, "LB")["LBSEQ"].tolist()

@@ -377,3 +377,36 @@ def test_latest_dates_by_ranks_are_the_groupby_maxima() -> None:
         if len(frame):
             plain._note_dates_frame(frame, ["LBDTC"])
     assert fast.last_dates == plain.last_dates and fast.last_dates and "E" not in fast.last_dates
+
+
+def test_latest_dates_and_seq_by_codes_are_those_by_texts() -> None:
+    """With the columnar map's hidden codes (a code per USUBJID, a code per --DTC, codes not dense,
+    two codes of one date text, codes of no date), the latest dates per subject and --SEQ are what the
+    texts give."""
+    rnd = random.Random(11)
+    pool = [None, "", "2024", "2024-01", "2024-01-02", "2024-01-02T08:00", "2024-01-02T08:00:00",
+            "2023-12-31T23:59:59", "2024-01-10"]
+    fast = P._Run.__new__(P._Run)
+    plain = P._Run.__new__(P._Run)
+    fast.last_dates, plain.last_dates = {}, {}
+    seq_fast: dict[str, int] = {}
+    seq_plain: dict[str, int] = {}
+    for _ in range(40):
+        n = rnd.randint(1, 50)
+        ucodes = [rnd.choice([0, 3, 7, 9]) for _ in range(n)]
+        names = {0: "A", 3: "B", 7: "C", 9: "E"}
+        # a date code stands for one text; several codes may share a text (offsets dropped)
+        code_text = {k: rnd.choice(pool) for k in range(12)}
+        dcodes = [rnd.choice([-1, *range(12)]) if names[u] != "E" else -1 for u in ucodes]
+        frame = pd.DataFrame({"USUBJID": pd.Series([names[u] for u in ucodes], dtype=object),
+                              "LBDTC": pd.Series([code_text[c] if c >= 0 else None for c in dcodes], dtype=object),
+                              P.SUBJECT_CODE: np.array(ucodes, dtype=np.int64),
+                              P.DTC_CODE: np.array(dcodes, dtype=np.int64)})
+        codes = P._subject_codes(frame)
+        assert codes is not None
+        assert fast._note_dates_codes(frame, "LBDTC", codes)
+        plain._note_dates_frame(frame, ["LBDTC"])
+        assert base.seq_of_codes(codes[0], codes[1], seq_fast, frame.index).tolist() == \
+            base.derive_seq(frame["USUBJID"], seq_plain).tolist()
+    assert fast.last_dates == plain.last_dates and fast.last_dates and "E" not in fast.last_dates
+    assert seq_fast == seq_plain

@@ -452,6 +452,14 @@ def derive_dtc(values: pd.Series, dropped: dict[str, int] | None = None) -> tupl
 
 def derive_dtc_array(arr: np.ndarray, dropped: dict[str, int] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """:func:`derive_dtc` of an object array: (dtc object array, invalid bool array)."""
+    codes, table, bad_table = derive_dtc_codes(arr, dropped)
+    return table[codes], bad_table[codes]
+
+
+def derive_dtc_codes(arr: np.ndarray, dropped: dict[str, int] | None = None
+                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`derive_dtc_array` before the gather: (codes of the rows, --DTC per code, invalid per
+    code), code -1 (missing) last in both tables. The --DTC of a row is a function of its code."""
     codes, uniq = _distinct_array(arr)
     texts = [u if type(u) is str else str(u) for u in (uniq.tolist() if isinstance(uniq, np.ndarray) else uniq)]
     dtc, bad, cut_at, cuts = _dtc_of_texts(texts)
@@ -470,7 +478,7 @@ def derive_dtc_array(arr: np.ndarray, dropped: dict[str, int] | None = None) -> 
     table[:-1] = dtc
     table[-1] = None       # code -1: missing stays missing, and is not invalid
     bad_table = np.append(bad, False)
-    return table[codes], bad_table[codes]
+    return codes, table, bad_table
 
 
 def _date_part(dtc: pd.Series) -> pd.Series:
@@ -531,19 +539,7 @@ def derive_seq(usubjid: pd.Series, start: dict[str, int] | None = None) -> pd.Se
     """--SEQ: 1..n per subject in row order, continuing from ``start`` (updated in place)."""
     codes, subjects = pd.factorize(usubjid.to_numpy(dtype=object))
     if len(codes) and (codes >= 0).all():
-        # numpy: the rank of each row within its subject (stable sort by subject), plus the start
-        # (16-bit codes when they fit: numpy sorts those stably by radix, five times faster)
-        order = np.argsort(codes.astype(np.int16) if len(subjects) <= np.iinfo(np.int16).max else codes,
-                           kind="stable")
-        counts = np.bincount(codes, minlength=len(subjects))
-        first = np.cumsum(counts) - counts
-        rank = np.empty(len(codes), dtype=np.int64)
-        rank[order] = np.arange(len(codes)) - np.repeat(first, counts)
-        names = subjects.tolist()
-        begin = np.array([int(start.get(u, 0)) if start else 0 for u in names], dtype=np.int64)
-        if start is not None:
-            start.update({u: int(b + c) for u, b, c in zip(names, begin.tolist(), counts.tolist(), strict=True)})
-        return pd.Series(rank + 1 + begin[codes], index=usubjid.index, dtype="int64")
+        return seq_of_codes(codes, subjects.tolist(), start, usubjid.index)
     seq = usubjid.groupby(usubjid, sort=False).cumcount() + 1
     if start:
         seq = seq + usubjid.map(start).fillna(0).astype("int64")
@@ -551,6 +547,23 @@ def derive_seq(usubjid: pd.Series, start: dict[str, int] | None = None) -> pd.Se
         last = seq.groupby(usubjid, sort=False).max()
         start.update({k: int(v) for k, v in last.items()})
     return seq.astype("int64")
+
+
+def seq_of_codes(codes: np.ndarray, names: list[Any], start: dict[str, int] | None, index: Any) -> pd.Series:
+    """:func:`derive_seq` of rows given as subject codes (all >= 0) into ``names`` (the subjects in
+    order of their first row, as ``pd.factorize`` gives them)."""
+    # numpy: the rank of each row within its subject (stable sort by subject), plus the start
+    # (16-bit codes when they fit: numpy sorts those stably by radix, five times faster)
+    order = np.argsort(codes.astype(np.int16) if len(names) <= np.iinfo(np.int16).max else codes,
+                       kind="stable")
+    counts = np.bincount(codes, minlength=len(names))
+    first = np.cumsum(counts) - counts
+    rank = np.empty(len(codes), dtype=np.int64)
+    rank[order] = np.arange(len(codes)) - np.repeat(first, counts)
+    begin = np.array([int(start.get(u, 0)) if start else 0 for u in names], dtype=np.int64)
+    if start is not None:
+        start.update({u: int(b + c) for u, b, c in zip(names, begin.tolist(), counts.tolist(), strict=True)})
+    return pd.Series(rank + 1 + begin[codes], index=index, dtype="int64")
 
 
 def first_coding(concept: Any, system: str | None = None) -> dict[str, Any] | None:

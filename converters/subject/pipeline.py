@@ -43,6 +43,9 @@ from .base import SRC_COLUMNS, Ctx, DomainPlugin
 from .reader import ResourceStream, iter_chunks, iter_resources
 from .test_codes import load_test_codes
 
+#: hidden int columns a columnar map may leave in its frame (not written): per row, a code of its
+#: USUBJID, and a code of its --DTC (-1: none); a code stands for one value within the frame
+SUBJECT_CODE, DTC_CODE = "_usubjid_code", "_dtc_code"
 #: resource types the engine itself keeps from pass 1 (indexes, identity, visits, reference dates)
 CHUNK_ROWS = 50_000   # resources per streamed chunk (memory bound: one chunk of plain rows)
 ENGINE_TYPES = frozenset({"Patient", "ResearchSubject", "ResearchStudy", "Encounter", "Consent",
@@ -223,6 +226,10 @@ class _Run:
         cols = [c for c in (f"{domain}DTC", f"{domain}STDTC", f"{domain}ENDTC") if c in frame]
         if not cols:
             return
+        if cols == [f"{domain}DTC"] and DTC_CODE in frame:
+            subjects = _subject_codes(frame)
+            if subjects is not None and self._note_dates_codes(frame, cols[0], subjects):
+                return
         # each subject's latest date with codes: the dates factorised in sorted order (one numpy
         # maximum per subject), then one comparison per subject of the chunk
         ucodes, subjects = pd.factorize(frame["USUBJID"].to_numpy(dtype=object))
@@ -252,6 +259,38 @@ class _Run:
             s, v = subs[j], dates[best[j]]
             if s not in last or v > last[s]:
                 last[s] = v
+
+    def _note_dates_codes(self, frame: pd.DataFrame, col: str, subjects: tuple[np.ndarray, list[Any]]) -> bool:
+        """:meth:`_note_dates` of a frame whose only date column ``col`` comes with its codes (column
+        DTC_CODE) and whose subjects are coded (:func:`_subject_codes`): the dates ranked once per
+        code, no text factorised. False (nothing done) when a date is not text."""
+        ucodes, names = subjects
+        dc = frame[DTC_CODE].to_numpy()
+        rows = np.flatnonzero(dc >= 0)
+        if not len(rows):
+            return True
+        at = np.full(int(dc.max()) + 1, -1, dtype=np.int64)
+        at[dc[rows]] = rows                      # a row of each code (its date is the code's)
+        used = np.flatnonzero(at >= 0)
+        texts = frame[col].to_numpy(dtype=object)[at[used]].tolist()
+        if not all(type(x) is str or x is None for x in texts):
+            return False
+        # the dates ranked in text order ("" and None: no date), then one numpy maximum per subject
+        order = sorted((j for j, t in enumerate(texts) if t), key=texts.__getitem__)
+        rank = np.full(len(at), -1, dtype=np.int64)
+        rank[used[order]] = np.arange(len(order))
+        r = rank[dc[rows]]
+        ok = r >= 0
+        if not ok.any():
+            return True
+        best = np.full(len(names), -1, dtype=np.int64)
+        np.maximum.at(best, ucodes[rows[ok]], r[ok])
+        last = self.last_dates
+        for j in np.flatnonzero(best >= 0).tolist():
+            s, v = names[j], texts[order[best[j]]]
+            if s not in last or v > last[s]:
+                last[s] = v
+        return True
 
     def _note_dates_frame(self, frame: pd.DataFrame, cols: list[str]) -> None:
         """:meth:`_note_dates` for date columns that hold other values than text (pandas groupby)."""
@@ -360,6 +399,9 @@ class _Run:
             codes = codes[keep]
             n = len(codes)
         cols["USUBJID"] = table[codes]
+        # one code per USUBJID (two references may name one subject), carried to the domain frame:
+        # --SEQ and the latest dates count by it (_subject_codes) instead of factorising USUBJID again
+        cols[SUBJECT_CODE] = pd.factorize(table)[0][codes]
         cols["STUDYID"] = base.full_object(n, ctx.studyid)
         if self.ref_dates is None or self.ref_dates[0] is not ctx.subjects:
             self.ref_dates = (ctx.subjects, self._reference_dates())
@@ -469,7 +511,9 @@ class _Run:
                               rule="subject.epoch", target="EPOCH")
         seq = f"{d}SEQ"
         if seq in names and seq not in df:
-            df[seq] = base.derive_seq(df["USUBJID"], seq_start)
+            subjects = _subject_codes(df)
+            df[seq] = (base.derive_seq(df["USUBJID"], seq_start) if subjects is None else
+                       base.seq_of_codes(subjects[0], subjects[1], seq_start, df.index))
         return df
 
     def _split(self, p: DomainPlugin, df: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
@@ -656,6 +700,21 @@ def _relrec_rows(domain: str, df: pd.DataFrame, seq: str, studyid: str) -> pd.Da
             for u, q, links in zip(df["USUBJID"], df[seq], df["_relrec"], strict=True)
             for link in links or ()]
     return pd.DataFrame(rows, columns=["STUDYID", "RDOMAIN", "USUBJID", "IDVAR", "IDVARVAL", "RELTYPE", "RELID"])
+
+
+def _subject_codes(df: pd.DataFrame) -> tuple[np.ndarray, list[Any]] | None:
+    """(per row a code of its USUBJID, the USUBJIDs in order of their first row: what
+    ``pd.factorize(df["USUBJID"])`` gives) from the frame's SUBJECT_CODE column, factorising ints,
+    not texts; None when the frame has no such column or a row no subject."""
+    if SUBJECT_CODE not in df or not len(df):
+        return None
+    hint = df[SUBJECT_CODE].to_numpy()
+    if hint.min() < 0:
+        return None
+    codes, uniq = pd.factorize(hint)
+    at = np.empty(len(uniq), dtype=np.int64)
+    at[codes] = np.arange(len(codes))            # a row of each subject
+    return codes, df["USUBJID"].to_numpy(dtype=object)[at].tolist()
 
 
 def _column_array(values: Any) -> np.ndarray:

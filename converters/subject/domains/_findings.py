@@ -27,7 +27,7 @@ from ...report import Kind
 from ...sdtm.ct import pinned_ct
 from ...specs import load_table
 from .. import units, unread
-from ..base import SRC_COLUMNS, Ctx, Distinct, derive_dtc, derive_dtc_array, full_object
+from ..base import SRC_COLUMNS, Ctx, Distinct, derive_dtc, derive_dtc_codes, full_object
 from ..reader import Chunk, Item, NdjsonLines
 from . import _obs_json
 from ._codes import NCIT_SYSTEMS
@@ -1341,9 +1341,11 @@ def map_findings_columns(cols: dict[str, Any], ctx: Ctx, d: str, testcd: np.ndar
     dropped = ctx.dropped_zone(f"{d}DTC")
     spec_dtc = cols["_spec_dtc"] if d == "LB" else None
     if (spec_dtc is None or _all_missing(spec_dtc)) and _all_missing(cols["_dtc_sdtm"]):
-        dtc, bad = derive_dtc_array(cols["_eff"], dropped)
-        kept_dtc = dtc
+        dtc_codes, dtc_table, bad_table = derive_dtc_codes(cols["_eff"], dropped)
+        kept_dtc, bad = dtc_table[dtc_codes], bad_table[dtc_codes]
+        out_dtc_codes = dtc_codes   # (for the latest dates per subject: pipeline.DTC_CODE)
     else:   # the plain path's steps
+        out_dtc_codes = None
         eff_s = pd.Series(cols["_eff"], dtype="object")
         kept = pd.Series(cols["_dtc_sdtm"], dtype="object")
         if spec_dtc is not None:
@@ -1358,8 +1360,10 @@ def map_findings_columns(cols: dict[str, Any], ctx: Ctx, d: str, testcd: np.ndar
                            rule=f"{d.lower()}.DTC", target=f"{d}DTC")
     out[f"{d}DTC"] = _obj(kept_dtc)
     for c in ("VISITNUM", "VISIT", "_rfstdtc", "_rfendtc", "_rficdtc", "_src_type", "_src_id", "_src_ver",
-              "_src_file", "_src_line"):
+              "_src_file", "_src_line", "_usubjid_code"):
         if c in cols:
             out[c] = _obj(cols[c]) if cols[c].dtype == object else cols[c]
     out[f"{d}GRPID"] = _obj(cols["_grp"])
+    if out_dtc_codes is not None:
+        out["_dtc_code"] = out_dtc_codes
     return out

@@ -410,3 +410,46 @@ def test_latest_dates_and_seq_by_codes_are_those_by_texts() -> None:
             base.derive_seq(frame["USUBJID"], seq_plain).tolist()
     assert fast.last_dates == plain.last_dates and fast.last_dates and "E" not in fast.last_dates
     assert seq_fast == seq_plain
+
+
+def test_float_reprs_are_python_reprs() -> None:
+    """float_reprs (orjson's texts where Python writes fixed-point, repr elsewhere) is ``repr`` of each
+    value: random doubles of every magnitude, short decimals of every length in the fixed-point range,
+    integral values, the 1e-4 and 1e16 borders, both zeros, inf, nan, subnormals; also in chunks with
+    no value outside the fixed-point range (no repr made at all)."""
+    rnd = random.Random(13)
+    vals = [struct.unpack("<d", rnd.getrandbits(64).to_bytes(8, "little"))[0] for _ in range(20_000)]
+    vals += [float(f"{rnd.random() * 10 ** rnd.randint(-4, 15):.{rnd.randint(1, 17)}g}") * rnd.choice([1, -1])
+             for _ in range(40_000)]
+    vals += [float(rnd.randint(-10**16, 10**16)) for _ in range(5_000)]
+    vals += [0.0, -0.0, 1e-4, -1e-4, 9.999999999999999e-05, 1.0000000000000002e-4, 1e16, 9999999999999998.0,
+             1e15, 0.1 + 0.2, 5e-324, 2.2250738585072014e-308, float("inf"), float("-inf"), float("nan"), 100.0]
+    arr = np.array(vals, dtype=np.float64)
+    assert F._REPRS_BY_ORJSON                  # the fast texts are in use here
+    assert F.float_reprs(arr) == [repr(v) for v in arr.tolist()]
+    fixed = np.array([v for v in vals if v == 0 or 1e-4 <= abs(v) < 1e16])
+    assert F.float_reprs(fixed) == [repr(v) for v in fixed.tolist()]
+    assert F.float_reprs(np.array([], dtype=np.float64)) == []
+
+
+def test_standard_texts_of_short_reprs_and_of_coded_rows() -> None:
+    """STRESC from the result's reprs when every repr is short (the trailing ".0"s cut in one pass) and
+    by the rows' codes (the rows whose standard value is the result itself; converted, missing and
+    uncoded rows formatted): ``f"{v:.10g}"`` throughout."""
+    rnd = random.Random(17)
+    vals = [round(rnd.uniform(-500, 500), rnd.randint(0, 4)) for _ in range(4000)] + [0.0, -0.0, 1.0, 10.0, 12345.0]
+    arr = np.array(vals, dtype=np.float64)
+    out = np.empty(len(arr), dtype=object)
+    reprs = F._str_floats(arr, np.ones(len(arr), dtype=bool), out)
+    assert reprs is not None and max(map(len, reprs[1])) <= 11
+    want = [f"{v:.10g}" for v in arr.tolist()]
+    assert F.fmt_values(arr, reprs).tolist() == want
+    assert F.fmt_values(arr, reprs[:2]).tolist() == want     # (no row codes: looked up by bits)
+    # rows converted (other bits), missing, or with no code: formatted
+    mixed = arr.copy()
+    mixed[::3] *= 0.0555
+    mixed[1::7] = np.nan
+    codes = reprs[2].copy()
+    codes[2::11] = -1
+    got = F.fmt_values(mixed, (reprs[0], reprs[1], codes)).tolist()
+    assert got == [None if v != v else f"{v:.10g}" for v in mixed.tolist()]

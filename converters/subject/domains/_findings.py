@@ -11,6 +11,7 @@ Rules: ``mappings/subject/vs.yaml`` and ``lb.yaml``.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterable
 from functools import cache
 from itertools import repeat
@@ -791,11 +792,15 @@ def text_values(arr: np.ndarray) -> np.ndarray:
     return _texts_and_numbers(arr, numbers=False).texts
 
 
+#: (distinct float bits, their ``str``, per row of the column the code of its bits or -1)
+Reprs = tuple[np.ndarray, list[str], np.ndarray]
+
+
 class _Numbers(NamedTuple):
     texts: np.ndarray                   # text_values
     floats: np.ndarray | None           # pd.to_numeric(errors="coerce") as float64 (when asked)
     present: np.ndarray                 # notna
-    reprs: tuple[np.ndarray, list[str]] | None   # the float texts made: (distinct bits, str)
+    reprs: Reprs | None                 # the float texts made: (distinct bits, str, row codes)
 
 
 def _texts_and_numbers(arr: np.ndarray, numbers: bool = True) -> _Numbers:
@@ -847,17 +852,19 @@ def _str_distinct(arr: np.ndarray, sel: np.ndarray, out: np.ndarray) -> None:
     out[sel] = table[codes]
 
 
-def _str_floats(vals: np.ndarray, sel: np.ndarray, out: np.ndarray) -> tuple[np.ndarray, list[str]] | None:
+def _str_floats(vals: np.ndarray, sel: np.ndarray, out: np.ndarray) -> Reprs | None:
     """out[sel] = str() of the floats ``vals`` (the values at ``sel``), once per distinct bit pattern;
-    returns (distinct bits, their str)."""
+    returns (distinct bits, their str, per row of ``out`` the code of its bits, -1 off ``sel``)."""
     if not len(vals):
         return None
     codes, uniq = pd.factorize(vals.view(np.int64))
-    strs = list(map(repr, uniq.view(np.float64).tolist()))   # (repr is str for a float)
+    strs = float_reprs(uniq.view(np.float64))
     table = np.empty(len(uniq), dtype=object)
     table[:] = strs
     out[sel] = table[codes]
-    return uniq, strs
+    rows = np.full(len(out), -1, dtype=np.intp)
+    rows[sel] = codes
+    return uniq, strs, rows
 
 
 def _fmt(x: pd.Series) -> pd.Series:
@@ -866,32 +873,88 @@ def _fmt(x: pd.Series) -> pd.Series:
     return pd.Series(fmt_values(x.to_numpy(dtype="float64", na_value=np.nan)), index=x.index)
 
 
-def fmt_values(arr: np.ndarray, reprs: tuple[np.ndarray, list[str]] | None = None) -> np.ndarray:
+def _float_reprs_by_orjson(vals: np.ndarray) -> list[str]:
+    return orjson.dumps(vals.tolist())[1:-1].decode().split(",") if len(vals) else []
+
+
+#: probes of :func:`float_reprs`: orjson writes a float in fixed-point as Python's repr does (the
+#: same shortest round-trip digits, "-0.0", "100.0"); checked once, else every text is a repr
+_REPR_PROBES = np.array([0.0, -0.0, 1e-4, 0.1 + 0.2, 100.0, -3.0, 2 / 3, 4.35, 123.456, 1e15, 9999999999999998.0,
+                         9007199254740994.0, 1234567890123456.8, 0.00010000000000000002, 99999999999999.98])
+_REPRS_BY_ORJSON = _float_reprs_by_orjson(_REPR_PROBES) == list(map(repr, _REPR_PROBES.tolist()))
+_PLAIN_NUMBERS = re.compile(r"[0-9.,-]*")
+
+
+def float_reprs(vals: np.ndarray) -> list[str]:
+    """``repr`` of each float64 (``str`` of a float): written by orjson, all at once, where Python
+    writes fixed-point (zero, and 1e-4 <= |v| < 1e16: the same shortest round-trip digits, checked on
+    probes at import); ``repr`` itself for the others (exponents, inf, nan) and for any text orjson
+    writes otherwise than in plain digits."""
+    floats = vals.tolist()
+    if not _REPRS_BY_ORJSON or not floats:
+        return list(map(repr, floats))
+    body = orjson.dumps(floats)[1:-1].decode()
+    texts = body.split(",")
+    if _PLAIN_NUMBERS.fullmatch(body) is None:   # an exponent or a null somewhere: those by repr
+        for j in [j for j, t in enumerate(texts) if _PLAIN_NUMBERS.fullmatch(t) is None]:
+            texts[j] = repr(floats[j])
+    mag = np.abs(vals)
+    for j in np.flatnonzero(~(((mag >= 1e-4) & (mag < 1e16)) | (mag == 0))).tolist():
+        texts[j] = repr(floats[j])   # Python writes an exponent (or inf, nan)
+    return texts
+
+
+def _texts_of_reprs(strs: list[str], vals: list[float]) -> list[str]:
+    """``f"{v:.10g}"`` of each float ``vals[j]`` read from ``strs[j]`` = ``repr(vals[j])`` when that is
+    short: a repr of at most 11 characters and no exponent has at most 10 significant digits and an
+    exponent in [-4, 10), where .10g writes the same digits, fixed-point, without a trailing ".0" (the
+    shortest repr is within half an ulp of the value, far inside the rounding to 10 digits). Inline:
+    a call per value costs more than the rule. "e" stands for "no repr made": formatted."""
+    if strs and max(map(len, strs)) <= 11:
+        body = "\x00".join(strs)
+        if "e" not in body:   # all short, no exponent: the trailing ".0"s cut in one pass
+            return (body + "\x00").replace(".0\x00", "\x00").split("\x00")[:-1]
+    texts = [(r[:-2] if r[-2:] == ".0" else r) if len(r) <= 11 and "e" not in r else "" for r in strs]
+    for j in [j for j, t in enumerate(texts) if not t]:
+        texts[j] = f"{vals[j]:.10g}"
+    return texts
+
+
+def fmt_values(arr: np.ndarray, reprs: Reprs | tuple[np.ndarray, list[str]] | None = None) -> np.ndarray:
     """Float array -> ``f"{v:.10g}"`` texts (None where NaN), once per distinct bit pattern (0.0 and
-    -0.0 stay apart: "0" and "-0"). ``reprs``: (distinct bits, their ``str``) already made for these
-    values (a result in its own standard unit is the value itself): read instead of formatting."""
+    -0.0 stay apart: "0" and "-0"). ``reprs``: (distinct bits, their ``str``[, per row of ``arr`` a
+    code into them or -1]) already made for these values (a result in its own standard unit is the
+    value itself): read instead of formatting; the rows whose value is still the coded one (same
+    bits) take their text by that code, no factorisation."""
     out = np.full(len(arr), None, dtype=object)
     ok = ~np.isnan(arr)
-    if ok.any():
-        codes, uniq = pd.factorize(np.ascontiguousarray(arr[ok]).view(np.int64))
-        vals = uniq.view(np.float64).tolist()
-        table = np.empty(len(uniq), dtype=object)
-        if reprs is not None:
-            # f"{v:.10g}" from r = repr(v) when that is short: a repr of at most 11 characters and no
-            # exponent has at most 10 significant digits and an exponent in [-4, 10), where .10g
-            # writes the same digits, fixed-point, without a trailing ".0" (the shortest repr is
-            # within half an ulp of the value, far inside the rounding to 10 digits). Inline: a
-            # call per value costs more than the rule. "e" stands for "no repr made": formatted.
-            known = reprs[1] + ["e"]
-            at = pd.Index(reprs[0]).get_indexer(uniq).tolist()   # -1 -> "e"
-            texts = [(r[:-2] if r[-2:] == ".0" else r) if len(r) <= 11 and "e" not in r else None
-                     for r in map(known.__getitem__, at)]
-            for j in [j for j, t in enumerate(texts) if t is None]:
-                texts[j] = f"{vals[j]:.10g}"
-            table[:] = texts
-        else:
-            table[:] = [f"{v:.10g}" for v in vals]
-        out[ok] = table[codes]
+    if not ok.any():
+        return out
+    if reprs is not None and len(reprs) == 3 and len(reprs[2]) == len(arr):
+        coded = reprs[2]
+        same = ok & (coded >= 0)
+        at = np.flatnonzero(same)
+        if len(at):
+            bits = np.ascontiguousarray(arr).view(np.int64)
+            hit = reprs[0][coded[at]] == bits[at]
+            at = at[hit]
+            if len(at):
+                table = np.empty(len(reprs[1]), dtype=object)
+                table[:] = _texts_of_reprs(reprs[1], reprs[0].view(np.float64).tolist())
+                out[at] = table[coded[at]]
+                ok[at] = False
+                if not ok.any():
+                    return out
+    codes, uniq = pd.factorize(np.ascontiguousarray(arr[ok]).view(np.int64))
+    vals = uniq.view(np.float64).tolist()
+    table = np.empty(len(uniq), dtype=object)
+    if reprs is not None:
+        known = reprs[1] + ["e"]
+        at_known = pd.Index(reprs[0]).get_indexer(uniq).tolist()   # -1 -> "e"
+        table[:] = _texts_of_reprs(list(map(known.__getitem__, at_known)), vals)
+    else:
+        table[:] = [f"{v:.10g}" for v in vals]
+    out[ok] = table[codes]
     return out
 
 

@@ -274,10 +274,13 @@ def test_numbers_of_mixed_columns_are_pd_to_numeric() -> None:
         if pd.api.types.infer_dtype(arr, skipna=True) != "mixed-integer-float":
             continue
         seen += 1
-        nums = F._texts_and_numbers(arr).floats
+        got = F._texts_and_numbers(arr)
+        nums = got.floats
         assert nums is not None
         ref = pd.Series(pd.to_numeric(arr, errors="coerce")).to_numpy(dtype="float64", na_value=np.nan)
         assert [struct.pack("<d", a) for a in nums.tolist()] == [struct.pack("<d", b) for b in ref.tolist()], vals
+        # and the texts: str() of each value as given (1 and 1.0, 0.0 and -0.0 apart)
+        assert got.texts.tolist() == [None if v is None else str(v) for v in vals], vals
     assert seen > 1000
 
 

@@ -831,6 +831,16 @@ def _texts_and_numbers(arr: np.ndarray, numbers: bool = True) -> _Numbers:
             _str_distinct(arr, ok, out)
         elif kind == "floating" and vals is not None:
             reprs = _str_floats(vals, ok, out)
+        elif vals is not None and not (np.abs(vals) >= 2.0**53).any():
+            # integers and floats: one factorisation of (float bits, is a float): 1 and 1.0 apart,
+            # 0.0 and -0.0 apart; every integer is a float exactly (|v| < 2**53), so none merge
+            isf = np.fromiter(map(isinstance, arr[ok].tolist(), repeat(float)), dtype=bool, count=len(vals))
+            codes, uniq = pd.factorize(pd.factorize(vals.view(np.int64))[0] * 2 + isf)
+            at = np.empty(len(uniq), dtype=np.intp)
+            at[codes] = np.arange(len(codes))     # a row of each (value, type)
+            table = np.empty(len(uniq), dtype=object)
+            table[:] = [str(v) for v in arr[ok][at].tolist()]
+            out[ok] = table[codes]
         else:
             isf = np.fromiter(map(isinstance, arr.tolist(), repeat(float)), dtype=bool, count=len(arr))
             reprs = _str_floats(arr[ok & isf].astype(np.float64), ok & isf, out)

@@ -357,10 +357,14 @@ class _Run:
         cols = got
         if "VISITNUM" in load_domain(p.domain).spec_names and "_encounter" in cols:
             vm, alias = self.ctx.visit_map, self.ctx.refs.alias
-            codes, uniq = pd.factorize(cols["_encounter"])
+            encounters = cols["_encounter"]
+            # (no Encounter named in the chunk: codes -1 throughout, without a factorisation)
+            codes, uniq = ((np.full(len(encounters), -1, dtype=np.intp), [])
+                           if encounters.tolist().count(None) == len(encounters)
+                           else pd.factorize(encounters))
             nums = np.full(len(uniq) + 1, np.nan)
             names = np.full(len(uniq) + 1, None, dtype=object)
-            for j, ref in enumerate(uniq.tolist()):
+            for j, ref in enumerate(list(uniq)):
                 # the alias as written, else its normalised form, then the visit index (as _map)
                 key = alias.get(ref)
                 if key is None:
@@ -412,7 +416,8 @@ class _Run:
             if first is not None:
                 ref_dates[:] = [first.get(u) if u is not None else None for u in table.tolist()]
                 ref_dates[pd.isna(ref_dates)] = None   # missing as None, once per subject
-            cols[f"_{name.lower()}"] = ref_dates[codes]
+            none = ref_dates.tolist().count(None) == len(ref_dates)   # (no subject has the date)
+            cols[f"_{name.lower()}"] = base.full_object(n, None) if none else ref_dates[codes]
         return cols
 
     def _reference_dates(self) -> dict[str, dict[Any, Any]]:

@@ -456,3 +456,27 @@ def test_standard_texts_of_short_reprs_and_of_coded_rows() -> None:
     codes[2::11] = -1
     got = F.fmt_values(mixed, (reprs[0], reprs[1], codes)).tolist()
     assert got == [None if v != v else f"{v:.10g}" for v in mixed.tolist()]
+
+
+def test_first_rows_and_loincs_used_by_counts_are_those_by_sorting(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The first row of each unit key (UCUM spellings reported) and the LOINCs used (test_codes.note_used),
+    taken by running maxima and counts, are what np.unique gives."""
+    rnd = random.Random(19)
+    seen: list[tuple[Any, Any, Any]] = []
+    monkeypatch.setattr(F, "_note_ucum_spellings", lambda d, rows, ctx: seen.extend(rows))
+    for _ in range(300):
+        n = rnd.randint(1, 60)
+        key = np.array([rnd.choice([3, 17, 4, 99, 0, 5]) for _ in range(n)], dtype=np.int64)
+        both = np.array([rnd.random() < 0.7 for _ in range(n)])
+        seen.clear()
+        F._report_ucum_spelling_columns("LB", key, both, np.arange(n), np.arange(n), np.arange(n), None)  # type: ignore[arg-type]
+        rows = np.flatnonzero(both)
+        want = rows[np.sort(np.unique(key[rows], return_index=True)[1])] if len(rows) else rows
+        assert [r for r, _, _ in seen] == want.tolist()
+        values = ["a", "b", "c", "d"]
+        codes = np.array([rnd.choice([-1, 0, 1, 2, 3]) for _ in range(n)], dtype=np.intp)
+        by_table = np.array([rnd.random() < 0.6 for _ in range(n)])
+        table_rows = set(np.unique(codes[by_table]).tolist())
+        ncit_rows = set(np.unique(codes[~by_table]).tolist()) - table_rows
+        assert F.loincs_used(codes, values, by_table) == (
+            [values[j] for j in sorted(table_rows) if j >= 0], [values[j] for j in sorted(ncit_rows) if j >= 0])

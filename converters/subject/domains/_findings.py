@@ -768,8 +768,9 @@ def loincs_used(codes: np.ndarray, values: list[Any], by_table: np.ndarray) -> t
     """The distinct LOINCs of a chunk's converted rows (``codes`` into ``values``, -1 = none), in order
     of first occurrence: (those of which some row took --TESTCD from the table's LOINC row, those
     whose rows all took it from an NCIt coding) -- for :func:`test_codes.note_used`."""
-    table_rows = set(np.unique(codes[by_table]).tolist())
-    ncit_rows = set(np.unique(codes[~by_table]).tolist()) - table_rows
+    width = len(values) + 1   # (codes -1..len-1, counted from 0)
+    table_rows = set((np.flatnonzero(np.bincount(codes[by_table] + 1, minlength=width)) - 1).tolist())
+    ncit_rows = set((np.flatnonzero(np.bincount(codes[~by_table] + 1, minlength=width)) - 1).tolist()) - table_rows
     return ([values[j] for j in sorted(table_rows) if j >= 0], [values[j] for j in sorted(ncit_rows) if j >= 0])
 
 
@@ -1206,7 +1207,11 @@ def _report_ucum_spelling_columns(d: str, key: np.ndarray, both: np.ndarray, vu:
     rows = np.flatnonzero(both)
     if not len(rows):
         return
-    first = rows[np.sort(np.unique(key[rows], return_index=True)[1])]
+    # the first row of each key, in row order: a key's codes are numbered in order of first
+    # occurrence, so its first row is where the running maximum of the codes grows
+    codes = pd.factorize(key[rows])[0]
+    top = np.maximum.accumulate(codes)
+    first = rows[np.flatnonzero(np.concatenate(([True], top[1:] > top[:-1])))]
     _note_ucum_spellings(d, ((vu[r], orresu[r], testcd[r] if d == "VS" and not pd.isna(testcd[r]) else None)
                              for r in first.tolist()), ctx)
 

@@ -273,10 +273,11 @@ class _Run:
         at[dc[rows]] = rows                      # a row of each code (its date is the code's)
         used = np.flatnonzero(at >= 0)
         texts = frame[col].to_numpy(dtype=object)[at[used]].tolist()
-        if not all(type(x) is str or x is None for x in texts):
+        if not set(map(type, texts)) <= {str, type(None)}:
             return False
         # the dates ranked in text order ("" and None: no date), then one numpy maximum per subject
-        order = sorted((j for j, t in enumerate(texts) if t), key=texts.__getitem__)
+        order = (sorted(range(len(texts)), key=texts.__getitem__) if None not in texts and "" not in texts
+                 else sorted((j for j, t in enumerate(texts) if t), key=texts.__getitem__))
         rank = np.full(len(at), -1, dtype=np.int64)
         rank[used[order]] = np.arange(len(order))
         r = rank[dc[rows]]

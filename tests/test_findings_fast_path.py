@@ -15,6 +15,7 @@ import shutil
 from pathlib import Path
 from types import SimpleNamespace
 
+import msgspec
 import numpy as np
 import orjson
 import pandas as pd
@@ -25,6 +26,7 @@ from trialbridge.fhir import subject_writer as W
 from trialbridge.report import ConversionReport
 from trialbridge.sdtm import reader as R
 from trialbridge.sdtm.files import DatasetFile
+from trialbridge.subject.domains import _findings as F
 
 COLS = [{"itemOID": f"IT.LB.{n}", "name": n, "label": n, "dataType": t}
         for n, t in (("USUBJID", "string"), ("LBSEQ", "integer"), ("LBORRES", "string"), ("LBSTRESN", "float"))]
@@ -450,17 +452,25 @@ def test_typed_ndjson_path_gives_the_plain_paths_rows(tmp_path: Path, chunk: int
     assert decode is not None
 
     def took(line: bytes) -> bool:
+        # decoded, and (a wide line) its unread elements, kept as raw JSON, read by orjson too
         try:
-            decode(line)
+            res = decode(line)
         except Exception:  # noqa: BLE001
             return False
+        if type(res) is J.ObservationWide:
+            raw = msgspec.structs.astuple(res)[len(J.READ):]
+            return F._orjson_reads([(k, x) for k, x in zip(J.UNREAD_ELEMENTS, raw, strict=True)
+                                    if x is not msgspec.UNSET])
         return True
     verdicts = [took(x) for x in lines]
     assert sum(verdicts) > 50 and verdicts.count(False) > 40
     for i, v in ((30, False), (31, False), (32, False), (33, False), (34, False), (36, False), (40, True),
                  (41, True), (50, False), (60, True), (100, False), (111, False), (121, False), (132, False),
                  (134, False), (135, False), (136, False), (140, False), (141, False), (142, False),
-                 (143, True), (144, False), (145, True), (147, False), (148, True), (149, True), (151, True)):
+                 (143, True), (144, False), (145, True), (147, False), (148, False), (149, True), (151, True)):
+        # (148: a number where FHIR has a uri, in an interpretation coding's system: the decoder types every
+        # rendering it does not read strictly, so that floats, kept as their JSON text, occur only where
+        # results are read; the dict path reads that line)
         assert took(next(x for x in lines if f'"o{i}"'.encode() in x or f'"id":"o{i}"'.encode() in x)) is v, i
 
 

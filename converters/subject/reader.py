@@ -35,6 +35,7 @@ from typing import Any, NamedTuple, cast
 import orjson
 
 from ..errors import InputError
+from .numbers import give_texts, text_decoder
 
 DEFAULT_CHUNK = 20_000
 NDJSON_SUFFIXES = (".ndjson", ".jsonl")
@@ -212,7 +213,23 @@ def _iter_document(path: Path, name: str, types: Any, skip: Any, errors: list | 
         obj = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
         raise InputError(f"not valid JSON ({exc})", file=name) from None
-    yield from iter_bundle(obj, name, types, skip, errors, skipped)
+    yield from iter_bundle(obj, name, types, skip, errors, skipped, alt=_Once(raw))
+
+
+class _Once:
+    """The document decoded again with floats kept as their JSON text (numbers.text_decoder), at
+    most once, when an Observation first needs its numbers' texts."""
+
+    __slots__ = ("raw", "obj")
+
+    def __init__(self, raw: bytes) -> None:
+        self.raw, self.obj = raw, None
+
+    def __call__(self) -> Any:
+        if self.obj is None:
+            self.obj = text_decoder()(self.raw)
+            self.raw = b""
+        return self.obj
 
 
 def _count_lines(path: Path, name: str) -> int:
@@ -238,8 +255,11 @@ def _skip(skipped: dict[str, int] | None, rtype: Any) -> None:
 
 
 def iter_bundle(obj: Any, name: str, types: Any = None, skip: Any = None,
-                errors: list | None = None, skipped: dict[str, int] | None = None) -> Iterator[Item]:
-    """Resources of a parsed Bundle (entries' ``resource``) or of a single resource."""
+                errors: list | None = None, skipped: dict[str, int] | None = None,
+                alt: Callable[[], Any] | None = None) -> Iterator[Item]:
+    """Resources of a parsed Bundle (entries' ``resource``) or of a single resource. ``alt``: the same
+    document decoded by ``numbers.text_decoder`` (lazily): an Observation's result and range numbers
+    then carry their JSON text (numbers.give_texts)."""
     if not isinstance(obj, dict) or "resourceType" not in obj:
         _fail(errors, name, None, "not a FHIR resource (no resourceType)")
         return
@@ -248,6 +268,8 @@ def iter_bundle(obj: Any, name: str, types: Any = None, skip: Any = None,
         return
     if obj["resourceType"] != "Bundle":
         if _wanted(obj["resourceType"], types, skip):
+            if alt is not None and obj["resourceType"] == "Observation":
+                give_texts(obj, alt)
             yield Item(obj, name, None, None)
         else:
             _skip(skipped, obj["resourceType"])
@@ -262,11 +284,20 @@ def iter_bundle(obj: Any, name: str, types: Any = None, skip: Any = None,
             _fail(errors, name, i, "Bundle entry resource without a resourceType string")
             continue
         if rtype == "Bundle":      # nested bundle (e.g. a searchset of documents)
-            yield from iter_bundle(res, name, types, skip, errors, skipped)
+            yield from iter_bundle(res, name, types, skip, errors, skipped,
+                                   alt=None if alt is None else _entry_resource(alt, i))
         elif _wanted(rtype, types, skip):
+            if alt is not None and rtype == "Observation":
+                give_texts(res, _entry_resource(alt, i))
             yield Item(res, name, entry.get("fullUrl"), i)
         else:
             _skip(skipped, rtype)
+
+
+def _entry_resource(alt: Callable[[], Any], i: int) -> Callable[[], Any]:
+    """The resource of entry ``i`` (1-based) of the bundle ``alt()`` (LookupError/TypeError when the
+    second decode's shape differs: then the numbers stay floats)."""
+    return lambda: alt()["entry"][i - 1]["resource"]
 
 
 def _iter_ndjson(path: Path, name: str, types: Any, skip: Any, errors: list | None,
@@ -288,6 +319,7 @@ def _ndjson_line(name: str, types: Any, skip: Any, errors: list | None,
     """The reading of one NDJSON line of file ``name`` (line number ``n``): its :class:`Item`, or None
     for a blank line, a type not wanted (counted in ``skipped``) or an error (recorded in ``errors``)."""
     loads = orjson.loads
+    texts = text_decoder()
     lead = _LEAD_TYPE.match
     filtering = types is not None or bool(skip)
     # the usual Bulk Data line starts ``{"resourceType":"X"`` exactly: a wanted X is recognised by one
@@ -306,6 +338,8 @@ def _ndjson_line(name: str, types: Any, skip: Any, errors: list | None,
                 return None
             # a later duplicate "resourceType" key wins in orjson: checked like any other line
             if type(res) is dict and type(rt := res.get("resourceType")) is str and rt in fast_types:
+                if rt == "Observation":
+                    give_texts(res, lambda: texts(line))
                 return new(Item, (res, name, None, n))
         elif filtering:
             m = lead(line)
@@ -328,6 +362,8 @@ def _ndjson_line(name: str, types: Any, skip: Any, errors: list | None,
         if filtering and not _wanted(res["resourceType"], types, skip):
             _skip(skipped, res["resourceType"])
             return None
+        if res["resourceType"] == "Observation":
+            give_texts(res, lambda: texts(line))
         return new(Item, (res, name, None, n))
     return one
 

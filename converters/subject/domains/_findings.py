@@ -29,7 +29,7 @@ from ...sdtm.ct import pinned_ct
 from ...specs import load_table
 from .. import units, unread
 from ..base import SRC_COLUMNS, Ctx, Distinct, derive_dtc, derive_dtc_codes, full_object
-from ..reader import Chunk, Item, NdjsonLines
+from ..reader import Chunk, NdjsonLines
 from . import _obs_json
 from ._codes import NCIT_SYSTEMS
 from .dm import NO_VALUE, code_table
@@ -360,8 +360,6 @@ def _extract_chunk(chunk: Chunk, ctx: Ctx, on_error: Callable[[Any, Exception], 
     unread_at = len(_obs_json.READ)
     unread_names = _obs_json.UNREAD_ELEMENTS
     astuple = msgspec.structs.astuple
-    loads = orjson.loads
-    new_item = tuple.__new__
     n = 0
     while n < size:
         part = stream.part()
@@ -455,8 +453,12 @@ def _extract_chunk(chunk: Chunk, ctx: Ctx, on_error: Callable[[Any, Exception], 
                                     # (a limit's unit system is UCUM or absent: _obs_json.UcumSystem)
                                     if lo is not None:
                                         rlo, lu = lo.value, lo.code or lo.unit
+                                        if rlo is not None and not _plain_number(rlo):
+                                            usual = False
                                     if hi is not None:
                                         rhi, hu = hi.value, hi.code or hi.unit
+                                        if rhi is not None and not _plain_number(rhi):
+                                            usual = False
                                     ru = lu or hu
                                     rtext = r0.text
                             vq = res.valueQuantity
@@ -465,12 +467,20 @@ def _extract_chunk(chunk: Chunk, ctx: Ctx, on_error: Callable[[Any, Exception], 
                                 v, vu, vcmp = vq.value, vq.code, vq.comparator
                                 if vu is None and vq.unit:
                                     vu = vq.unit
+                                # an int within 64 bits or a float's text without an exponent (a JSON
+                                # number orjson reads alike); anything else: the dict path
+                                if v is not None and (type(v) is not bytes or b"e" in v or b"E" in v) \
+                                        and (type(v) is not int or not INT64_MIN <= v <= INT64_MAX):
+                                    usual = False
+                            if usual and type(res) is wide:
+                                present = [(k, x) for k, x in zip(unread_names, astuple(res)[unread_at:], strict=True)
+                                           if x is not UNSET]
+                                if present:
+                                    if _orjson_reads(present):
+                                        unread.note_keys("Observation", [k for k, _ in present], ctx)
+                                    else:
+                                        usual = False   # (orjson refuses the line: the reader reports it)
                             if usual:
-                                if type(res) is wide:
-                                    present = [k for k, x in zip(unread_names, astuple(res)[unread_at:], strict=True)
-                                               if x is not UNSET]
-                                    if present:
-                                        unread.note_keys("Observation", present, ctx)
                                 rows = by_cat[cat]
                                 if ncit is not None or rtext is not None:
                                     _put_sparse(sparse[cat], len(rows), ncit, rtext)
@@ -492,12 +502,9 @@ def _extract_chunk(chunk: Chunk, ctx: Ctx, on_error: Callable[[Any, Exception], 
                                 if n >= size:
                                     break
                                 continue
-                        # a shape the inline path does not take: the dict path, on the line parsed as a dict
-                        _dict_row(new_item(Item, (loads(line), name, None, ln)), ctx, on_error, by_cat, add,
-                                  sparse, order)
-                        if n >= size:
-                            break
-                        continue
+                        # a shape the inline path does not take: the line as the reader reads it (orjson:
+                        # the dict path; orjson may refuse a line the decoder took, a number out of range)
+                        n -= 1
                 got = other(line, ln)
                 if got is not None:
                     n += 1
@@ -510,6 +517,31 @@ def _extract_chunk(chunk: Chunk, ctx: Ctx, on_error: Callable[[Any, Exception], 
             part.n = ln
             decode.wide_first, decode.since = wide_first, since
     return n
+
+
+#: the integers orjson gives as int (beyond them a float): the typed path takes those only
+INT64_MIN, INT64_MAX = -2**63, 2**63 - 1
+
+
+def _plain_number(x: Any) -> bool:
+    """A range limit's value as the typed decoder gives it that orjson reads alike: an int within 64
+    bits, or a float literal's text without an exponent (an exponent may overflow, which orjson
+    refuses)."""
+    if type(x) is bytes:
+        return b"e" not in x and b"E" not in x
+    return type(x) is int and INT64_MIN <= x <= INT64_MAX
+
+
+def _orjson_reads(present: list[tuple[str, Any]]) -> bool:
+    """Does orjson read the unread elements the typed decoder kept as raw JSON (each at the depth it
+    has in the line: inside one array)? msgspec only checked their syntax; orjson also refuses invalid
+    UTF-8, lone surrogates, numbers out of range and nesting beyond its limit, and then refuses the line."""
+    try:
+        for _, raw in present:
+            orjson.loads(b"[" + bytes(raw) + b"]")
+    except orjson.JSONDecodeError:
+        return False
+    return True
 
 
 def _dict_row(item: Any, ctx: Ctx, on_error: Callable[[Any, Exception], None],
@@ -806,7 +838,40 @@ class _Numbers(NamedTuple):
 
 def _texts_and_numbers(arr: np.ndarray, numbers: bool = True) -> _Numbers:
     """:func:`text_values` and, when ``numbers``, the values as float64; for a column of JSON
-    numbers the floats come from the same pass."""
+    numbers the floats come from the same pass. A float given as its JSON text (``bytes``, see
+    converters/subject/numbers.py) is that text, and its number the float it reads as."""
+    arr, given = given_numbers(arr)
+    got = _number_texts(arr, numbers)
+    if given is not None:
+        got.texts[given[0]] = given[1]
+    return got
+
+
+def given_numbers(arr: np.ndarray) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray] | None]:
+    """``arr`` (object) with each JSON number text (``bytes``: a float literal as given) replaced by
+    the float it reads as, and (positions, texts) of those; (``arr``, None) when there is none. Once
+    per distinct text; the floats parsed by numpy (correctly rounded, as ``float()``)."""
+    kind = pd.api.types.infer_dtype(arr, skipna=True)
+    if kind == "bytes":
+        at = ~pd.isna(arr)
+    elif kind in ("mixed", "mixed-integer"):
+        at = np.fromiter(map(isinstance, arr.tolist(), repeat(bytes)), dtype=bool, count=len(arr))
+        if not at.any():
+            return arr, None
+    else:
+        return arr, None
+    codes, uniq = pd.factorize(arr[at])
+    distinct = uniq.tolist()
+    floats = np.array(distinct, dtype="S").astype(np.float64)
+    texts = np.empty(len(distinct), dtype=object)
+    texts[:] = [b.decode("ascii") for b in distinct]
+    out = arr.copy()
+    out[at] = floats[codes].tolist()
+    return out, (at, texts[codes])
+
+
+def _number_texts(arr: np.ndarray, numbers: bool = True) -> _Numbers:
+    """:func:`_texts_and_numbers` of a column of Python values (no JSON texts)."""
     out = arr.copy()
     kind = pd.api.types.infer_dtype(arr, skipna=True)
     if kind == "empty":
@@ -980,8 +1045,9 @@ def map_findings(cols: pd.DataFrame, ctx: Ctx, d: str, testcd: pd.Series, unit_c
     out["USUBJID"] = cols["USUBJID"]
     # --ORRES: numeric as given (comparator kept in front), else coded/text value
     v = cols["_v"].astype("object")
+    vstr = _text(v)      # (a float as its JSON text where given: numbers.py)
+    v = pd.Series(given_numbers(v.to_numpy())[0], index=v.index, dtype="object")
     num = pd.to_numeric(v, errors="coerce")
-    vstr = _text(v)
     cmp_ = cols["_vcmp"].astype("object")
     has_cmp = cmp_.notna()
     orres = vstr.where(~has_cmp, cmp_.fillna("") + vstr.fillna("")) if has_cmp.any() else vstr
@@ -1030,6 +1096,8 @@ def map_findings(cols: pd.DataFrame, ctx: Ctx, d: str, testcd: pd.Series, unit_c
         rlo, rhi = cols["_rlo"].astype("object"), cols["_rhi"].astype("object")
         out["LBORNRLO"] = _text(rlo)
         out["LBORNRHI"] = _text(rhi)
+        rlo = pd.Series(given_numbers(rlo.to_numpy())[0], index=rlo.index, dtype="object")
+        rhi = pd.Series(given_numbers(rhi.to_numpy())[0], index=rhi.index, dtype="object")
         ru = cols["_ru"].astype("object").fillna(vu)
         ranges = units.linear_rows(ru, to_ucum)   # one factor per unit pair for both limits
         lo, lok = units.apply_linear(rlo, *ranges)

@@ -12,7 +12,7 @@ path as before (same rows, same report entries), so nothing is lost silently:
 
 * Every Struct forbids unknown fields. The Observation struct declares each top-level element the
   extractor's inline path reads (:data:`READ`), typed; :class:`ObservationWide` adds every other R4 and
-  R5 Observation element (:data:`UNREAD_ELEMENTS`), decoded as plain JSON values and counted by rule
+  R5 Observation element (:data:`UNREAD_ELEMENTS`), kept as raw JSON (below) and counted by rule
   ``subject.unread`` exactly as the dict path counts them. The elements that take the row extractor
   (``_findings.RARE_ELEMENTS``: components, extensions, specimen, other value[x]/effective[x] forms, ...),
   ``modifierExtension``, primitive extensions (``_effectiveDateTime``), a nested ``extension`` or
@@ -24,12 +24,19 @@ path as before (same rows, same report entries), so nothing is lost silently:
   interpretation codings to the row path, which reports them (as the dict fast path does).
 * The unit system of valueQuantity and of the range limits is UCUM or absent (:data:`UcumSystem`):
   the extractor reads a unit code of another system on the row path only (which reports it).
-* Read elements are typed strictly: strings ``str``, numbers ``int`` (64-bit, as orjson gives them;
-  larger integers orjson turns into floats) or ``float``, no ``null`` (FHIR JSON has none). A value of
-  another JSON type fails the decode.
-* Unread elements are decoded as JSON values (not skipped as raw bytes), so a line orjson rejects
-  (invalid UTF-8, a number out of range, a lone surrogate) is rejected here too. Duplicate keys: the
-  last one wins, as in orjson (a second ``resourceType`` must still say Observation).
+* Read elements are typed strictly: strings ``str``, no ``null`` (FHIR JSON has none); a value of
+  another JSON type fails the decode. The renderings no rule reads (``display``, ``version``, ``text``,
+  ``meta.lastUpdated``, a reference's ``identifier``, ...) are typed as FHIR types them too, so a line
+  with, say, a number there goes the dict path. The result and range-limit numbers (``value``, the only
+  ``Any`` fields) are decoded with ``float_hook=str.encode``: an integer literal is an ``int``, a float
+  literal its JSON text (``bytes``: FHIR decimals as given, converters/subject/numbers.py); the extractor
+  takes an ``int`` within 64 bits (orjson makes a float beyond) and a text without an exponent (an
+  exponent may overflow a double, which orjson refuses), and sends anything else to the dict path.
+* Unread elements (:class:`ObservationWide`) are kept as raw JSON (``msgspec.Raw``: msgspec checks
+  their syntax only) and, when present, read by orjson in the extractor (each at its depth in the
+  line), so a line orjson rejects (invalid UTF-8, a number out of range, a lone surrogate, nesting too
+  deep) is rejected here too. Duplicate keys: the last one wins, as in orjson (a second
+  ``resourceType`` must still say Observation).
 * Any decode failure (``msgspec.DecodeError``/``ValidationError``, ``UnicodeDecodeError``,
   ``RecursionError``) gives the line to the reader's own reading (``reader.NdjsonLines.other``: orjson),
   which reports what it reports today (line number, file). A decoded Observation of a shape the
@@ -47,18 +54,16 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
 import msgspec
-from msgspec import UNSET, Meta, Struct
+from msgspec import UNSET, Raw, Struct, UnsetType
 
 #: orjson's nesting limit: with a higher recursion limit msgspec would accept deeper JSON than orjson
 ORJSON_MAX_DEPTH = 1024
 #: the default of a read element: None when absent, while its type admits no None, so a JSON ``null``
 #: fails the decode (``"system": null`` is not an absent system for the dict path)
 ABSENT: Any = None
-#: integers as orjson gives them (beyond 64 bits orjson makes a float: such a line goes the dict path)
-Int64 = Annotated[int, Meta(ge=-2**63, le=2**63 - 1)]
 
 
 class _S(Struct, forbid_unknown_fields=True, gc=False):
@@ -68,24 +73,40 @@ class _S(Struct, forbid_unknown_fields=True, gc=False):
 class Coding(_S):
     system: str = ABSENT
     code: str = ABSENT
-    display: Any = UNSET
-    version: Any = UNSET
-    userSelected: Any = UNSET
-    id: Any = UNSET
+    display: str | UnsetType = UNSET
+    version: str | UnsetType = UNSET
+    userSelected: bool | UnsetType = UNSET
+    id: str | UnsetType = UNSET
 
 
 class CodeableConcept(_S):
     coding: list[Coding] = ABSENT
-    text: Any = UNSET
-    id: Any = UNSET
+    text: str | UnsetType = UNSET
+    id: str | UnsetType = UNSET
+
+
+class Period(_S):
+    start: str | UnsetType = UNSET
+    end: str | UnsetType = UNSET
+    id: str | UnsetType = UNSET
+
+
+class Identifier(_S):
+    use: str | UnsetType = UNSET
+    type: CodeableConcept | UnsetType = UNSET
+    system: str | UnsetType = UNSET
+    value: str | UnsetType = UNSET
+    period: Period | UnsetType = UNSET
+    assigner: Reference | UnsetType = UNSET
+    id: str | UnsetType = UNSET
 
 
 class Reference(_S):
     reference: str = ABSENT
-    type: Any = UNSET
-    identifier: Any = UNSET
-    display: Any = UNSET
-    id: Any = UNSET
+    type: str | UnsetType = UNSET
+    identifier: Identifier | UnsetType = UNSET
+    display: str | UnsetType = UNSET
+    id: str | UnsetType = UNSET
 
 
 #: a unit system the inline path takes (``units.UCUM_SYSTEM``): a valueQuantity or range limit of
@@ -98,7 +119,7 @@ class Quantity(_S):
     """valueQuantity: exactly the parts rule subject.unread-nested lists as read (read_elements.yaml
     ``nested``; any other part, ``id`` included, is reported by the row path: the decode fails)."""
 
-    value: Int64 | float = ABSENT
+    value: Any = ABSENT    # int, or a float literal's JSON text (bytes: float_hook)
     comparator: str = ABSENT
     unit: str = ABSENT
     system: UcumSystem = ABSENT
@@ -108,7 +129,7 @@ class Quantity(_S):
 class Limit(_S):
     """referenceRange.low/high (nested parts read: value, unit, system, code)."""
 
-    value: Int64 | float = ABSENT
+    value: Any = ABSENT    # int, or a float literal's JSON text (bytes: float_hook)
     unit: str = ABSENT
     system: UcumSystem = ABSENT
     code: str = ABSENT
@@ -124,9 +145,9 @@ class ReferenceRange(_S):
 
 
 class InterpretationCoding(_S):
-    system: Any = UNSET
+    system: str | UnsetType = UNSET
     code: str = ABSENT
-    display: Any = UNSET
+    display: str | UnsetType = UNSET
 
 
 class Interpretation(_S):
@@ -137,12 +158,12 @@ class Interpretation(_S):
 
 class ResourceMeta(_S):
     versionId: str = ABSENT
-    lastUpdated: Any = UNSET
-    source: Any = UNSET
-    profile: Any = UNSET
-    security: Any = UNSET
-    tag: Any = UNSET
-    id: Any = UNSET
+    lastUpdated: str | UnsetType = UNSET
+    source: str | UnsetType = UNSET
+    profile: list[str] | UnsetType = UNSET
+    security: list[Coding] | UnsetType = UNSET
+    tag: list[Coding] | UnsetType = UNSET
+    id: str | UnsetType = UNSET
 
 
 class Observation(_S):
@@ -164,37 +185,37 @@ class Observation(_S):
 
 class ObservationWide(Observation):
     """An Observation that also has elements no rule reads: every other R4 (4.0.1) and R5 (5.0.0)
-    Observation element but those that take the row extractor and ``modifierExtension``; decoded as
-    plain JSON values and counted by rule subject.unread when present (the test checks this list
+    Observation element but those that take the row extractor and ``modifierExtension``; kept as raw
+    JSON (read by orjson in the extractor when present) and counted by rule subject.unread when present (the test checks this list
     against fhir.resources' Observation models and mappings/subject/read_elements.yaml)."""
 
-    implicitRules: Any = UNSET
-    language: Any = UNSET
-    text: Any = UNSET
-    contained: Any = UNSET
-    identifier: Any = UNSET
-    instantiatesCanonical: Any = UNSET   # R5
-    instantiatesReference: Any = UNSET   # R5
-    basedOn: Any = UNSET
-    triggeredBy: Any = UNSET   # R5
-    partOf: Any = UNSET
-    focus: Any = UNSET
-    effectiveTiming: Any = UNSET
-    issued: Any = UNSET
-    performer: Any = UNSET
-    valueRange: Any = UNSET
-    valueRatio: Any = UNSET
-    valueSampledData: Any = UNSET
-    valueTime: Any = UNSET
-    valueDateTime: Any = UNSET
-    valuePeriod: Any = UNSET
-    valueAttachment: Any = UNSET   # R5
-    valueReference: Any = UNSET   # R5
-    note: Any = UNSET
-    bodyStructure: Any = UNSET   # R5
-    method: Any = UNSET
-    device: Any = UNSET
-    derivedFrom: Any = UNSET
+    implicitRules: Raw | UnsetType = UNSET
+    language: Raw | UnsetType = UNSET
+    text: Raw | UnsetType = UNSET
+    contained: Raw | UnsetType = UNSET
+    identifier: Raw | UnsetType = UNSET
+    instantiatesCanonical: Raw | UnsetType = UNSET   # R5
+    instantiatesReference: Raw | UnsetType = UNSET   # R5
+    basedOn: Raw | UnsetType = UNSET
+    triggeredBy: Raw | UnsetType = UNSET   # R5
+    partOf: Raw | UnsetType = UNSET
+    focus: Raw | UnsetType = UNSET
+    effectiveTiming: Raw | UnsetType = UNSET
+    issued: Raw | UnsetType = UNSET
+    performer: Raw | UnsetType = UNSET
+    valueRange: Raw | UnsetType = UNSET
+    valueRatio: Raw | UnsetType = UNSET
+    valueSampledData: Raw | UnsetType = UNSET
+    valueTime: Raw | UnsetType = UNSET
+    valueDateTime: Raw | UnsetType = UNSET
+    valuePeriod: Raw | UnsetType = UNSET
+    valueAttachment: Raw | UnsetType = UNSET   # R5
+    valueReference: Raw | UnsetType = UNSET   # R5
+    note: Raw | UnsetType = UNSET
+    bodyStructure: Raw | UnsetType = UNSET   # R5
+    method: Raw | UnsetType = UNSET
+    device: Raw | UnsetType = UNSET
+    derivedFrom: Raw | UnsetType = UNSET
 
 
 #: the elements :class:`Observation` declares (all read), then those :class:`ObservationWide` adds
@@ -222,8 +243,11 @@ class LineDecoder:
     __slots__ = ("narrow", "wide", "wide_first", "since")
 
     def __init__(self) -> None:
-        self.narrow: Callable[[bytes], Observation] = msgspec.json.Decoder(Observation).decode
-        self.wide: Callable[[bytes], ObservationWide] = msgspec.json.Decoder(ObservationWide).decode
+        # (float_hook: a float literal in the value positions, the only ``Any`` fields, decoded as its
+        # JSON text; see converters/subject/numbers.py)
+        self.narrow: Callable[[bytes], Observation] = msgspec.json.Decoder(Observation, float_hook=str.encode).decode
+        self.wide: Callable[[bytes], ObservationWide] = msgspec.json.Decoder(ObservationWide,
+                                                                             float_hook=str.encode).decode
         self.wide_first = False
         self.since = 0    # lines decoded wide first since the narrow form was last tried
 

@@ -219,8 +219,6 @@ def result_id(domain: str, df: pd.DataFrame, sdtm_dir: Path) -> list[str | None]
 def _norm(v: Any) -> Any:
     if v is None or (isinstance(v, float) and v != v) or v is pd.NA:
         return None
-    if isinstance(v, bytes):    # a FHIR decimal as its JSON text (subject.numbers): compared as a number
-        v = float(v)
     if isinstance(v, float):
         return round(v, 9)
     if isinstance(v, str):

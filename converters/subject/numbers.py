@@ -4,19 +4,22 @@ carries, for --ORRES, --ORNRLO and --ORNRHI.
 FHIR says a decimal's precision is significant (R4/R5 datatypes, ``decimal``: "0.010 is regarded as
 different to 0.01"), and SDTMIG 3.4 keeps the result "as originally received" in --ORRES. JSON parsers
 read a number into a binary float, which forgets how it was written: ``5.50`` and ``5.5`` are the same
-float. So the numbers the findings rules read are carried as their **JSON text** (``bytes``) wherever
-they were written with a fraction or an exponent; an integer literal stays a Python ``int`` (its text
-is its decimal form). The maps take the text for --ORRES/--ORNRLO/--ORNRHI and the number parsed from
-it for everything computed (--STRESN, unit conversion, ranges).
+float. So the numbers the findings rules read are carried as their **JSON text** (a ``str``) wherever
+they were written with a fraction or an exponent; an integer literal stays a Python ``int`` (its text is
+its decimal form). The maps already read a text result as its text for --ORRES/--ORNRLO/--ORNRHI and
+as the number it parses to (``pd.to_numeric``, correctly rounded) for everything computed (--STRESN,
+unit conversion, ranges): a JSON string in those places was always read that way.
 
 * The typed NDJSON decoder (``domains/_obs_json.py``) gets the text straight from msgspec
-  (``float_hook``), at no cost beyond the decode.
+  (``float_hook=str``), at no cost beyond the decode.
 * Every other path reads resources with orjson (its JSON semantics and errors are the reader's): for
-  an Observation holding a float at one of the read positions (:data:`POSITIONS`), the same bytes are
-  decoded once more with msgspec (``float_hook`` keeping the text) and only those positions are
-  replaced by their text (:func:`give_texts`); nothing else in the resource changes (extension values
-  keep their Python types). Where that second decode fails or does not match, the float stays (the
-  maps write it as Python's shortest repr, as before).
+  an Observation holding a float at one of the read positions (valueQuantity.value and the first
+  reference range's low/high values, at the top level and in each component), the same bytes are
+  decoded once more with msgspec (``float_hook=str``) and only those positions are replaced by their
+  text (:func:`give_texts`), or by the integer written where orjson made a float of an integer beyond
+  64 bits (as the typed decoder gives it); nothing else in the resource changes (extension values keep
+  their Python types). Where that second decode fails or does not match, the float stays (the maps
+  write it as Python's shortest repr, as before).
 """
 
 from __future__ import annotations
@@ -27,23 +30,11 @@ from typing import Any
 import msgspec
 
 #: msgspec's generic decoder with floats kept as their JSON text (integers stay ``int``)
-_TEXT_DECODER = msgspec.json.Decoder(float_hook=str.encode)
+_TEXT_DECODER = msgspec.json.Decoder(float_hook=str)
 
 
 def text_decoder() -> Callable[[bytes], Any]:
     return _TEXT_DECODER.decode
-
-
-def _has_float(res: dict[str, Any]) -> bool:
-    """Does ``res`` hold a float at one of the read positions (then its text is looked up)?"""
-    for src in _sources(res):
-        vq = src.get("valueQuantity")
-        if type(vq) is dict and type(vq.get("value")) is float:
-            return True
-        for lim in _limits(src):
-            if type(lim.get("value")) is float:
-                return True
-    return False
 
 
 def _sources(res: dict[str, Any]) -> list[dict[str, Any]]:
@@ -60,19 +51,32 @@ def _limits(src: dict[str, Any]) -> list[dict[str, Any]]:
     return [q for q in (rr[0].get("low"), rr[0].get("high")) if type(q) is dict]
 
 
+def _has_float(res: dict[str, Any]) -> bool:
+    """Does ``res`` hold a float at one of the read positions (then its text is looked up)?"""
+    for src in _sources(res):
+        vq = src.get("valueQuantity")
+        if type(vq) is dict and type(vq.get("value")) is float:
+            return True
+        for lim in _limits(src):
+            if type(lim.get("value")) is float:
+                return True
+    return False
+
+
 def _put(q: dict[str, Any], alt: Any) -> None:
-    """q["value"] (a float) replaced by its JSON text from ``alt`` (the same object decoded again)."""
+    """q["value"] (a float) replaced by its JSON text from ``alt`` (the same object decoded again), or
+    by the integer it was written as (orjson makes a float of an integer beyond 64 bits)."""
     if type(q.get("value")) is float and type(alt) is dict:
-        text = alt.get("value")
-        if type(text) is bytes:
-            q["value"] = text
+        given = alt.get("value")
+        if type(given) is str or type(given) is int:
+            q["value"] = given
 
 
 def give_texts(res: dict[str, Any], alt: Callable[[], Any]) -> None:
     """Replace the floats at the read positions of Observation ``res`` (parsed by orjson) by their JSON
     text, read from ``alt()`` (the same resource decoded by :func:`text_decoder`; called only when a
-    read position holds a float; it may raise ``LookupError`` or a decode error: then nothing
-    changes)."""
+    read position holds a float; it may raise ``LookupError``, ``TypeError`` or a decode error: then
+    nothing changes)."""
     if not _has_float(res):
         return
     try:
@@ -95,14 +99,3 @@ def give_texts(res: dict[str, Any], alt: Callable[[], Any]) -> None:
                 q = rr[0].get(side)
                 if type(q) is dict:
                     _put(q, arr[0].get(side))
-
-
-def number_of(value: Any) -> Any:
-    """The number of a result as the extractor gives it: an ``int`` or ``float`` as it is, a JSON text
-    (``bytes``) parsed (``float``); anything else as it is."""
-    return float(value) if type(value) is bytes else value
-
-
-def text_of(value: Any) -> Any:
-    """The text a number was given as (``bytes`` decoded); None for anything else."""
-    return value.decode("ascii") if type(value) is bytes else None

@@ -354,6 +354,7 @@ def _extract_chunk(chunk: Chunk, ctx: Ctx, on_error: Callable[[Any, Exception], 
     seen = memo.get
     keep = memo.setdefault
     cat_of = CATEGORIES.get
+    strip, number_chars = str.rstrip, "0123456789.-"
     loinc_system = LOINC
     ncit_systems = NCIT_SYSTEMS
     wide = _obs_json.ObservationWide
@@ -451,13 +452,20 @@ def _extract_chunk(chunk: Chunk, ctx: Ctx, on_error: Callable[[Any, Exception], 
                                     lo, hi = r0.low, r0.high
                                     lu = hu = None
                                     # (a limit's unit system is UCUM or absent: _obs_json.UcumSystem)
+                                    # (a limit's value: as the result's, below)
                                     if lo is not None:
                                         rlo, lu = lo.value, lo.code or lo.unit
-                                        if rlo is not None and not _plain_number(rlo):
+                                        if type(rlo) is str:
+                                            if strip(rlo, number_chars):
+                                                usual = False
+                                        elif rlo is not None and type(rlo) is not int:
                                             usual = False
                                     if hi is not None:
                                         rhi, hu = hi.value, hi.code or hi.unit
-                                        if rhi is not None and not _plain_number(rhi):
+                                        if type(rhi) is str:
+                                            if strip(rhi, number_chars):
+                                                usual = False
+                                        elif rhi is not None and type(rhi) is not int:
                                             usual = False
                                     ru = lu or hu
                                     rtext = r0.text
@@ -467,10 +475,14 @@ def _extract_chunk(chunk: Chunk, ctx: Ctx, on_error: Callable[[Any, Exception], 
                                 v, vu, vcmp = vq.value, vq.code, vq.comparator
                                 if vu is None and vq.unit:
                                     vu = vq.unit
-                                # an int within 64 bits or a float's text without an exponent (a JSON
-                                # number orjson reads alike); anything else: the dict path
-                                if v is not None and (type(v) is not bytes or b"e" in v or b"E" in v) \
-                                        and (type(v) is not int or not INT64_MIN <= v <= INT64_MAX):
+                                # an int, or a float's JSON text (a str: float_hook) without an exponent
+                                # (nothing but digits, "." and "-": an exponent may overflow a double,
+                                # which orjson refuses); anything else (a boolean, a string with other
+                                # characters, ...): the dict path, which reads it as it reads any value
+                                if type(v) is str:
+                                    if strip(v, number_chars):
+                                        usual = False
+                                elif v is not None and type(v) is not int:
                                     usual = False
                             if usual and type(res) is wide:
                                 present = [(k, x) for k, x in zip(unread_names, astuple(res)[unread_at:], strict=True)
@@ -517,19 +529,6 @@ def _extract_chunk(chunk: Chunk, ctx: Ctx, on_error: Callable[[Any, Exception], 
             part.n = ln
             decode.wide_first, decode.since = wide_first, since
     return n
-
-
-#: the integers orjson gives as int (beyond them a float): the typed path takes those only
-INT64_MIN, INT64_MAX = -2**63, 2**63 - 1
-
-
-def _plain_number(x: Any) -> bool:
-    """A range limit's value as the typed decoder gives it that orjson reads alike: an int within 64
-    bits, or a float literal's text without an exponent (an exponent may overflow, which orjson
-    refuses)."""
-    if type(x) is bytes:
-        return b"e" not in x and b"E" not in x
-    return type(x) is int and INT64_MIN <= x <= INT64_MAX
 
 
 def _orjson_reads(present: list[tuple[str, Any]]) -> bool:
@@ -838,40 +837,8 @@ class _Numbers(NamedTuple):
 
 def _texts_and_numbers(arr: np.ndarray, numbers: bool = True) -> _Numbers:
     """:func:`text_values` and, when ``numbers``, the values as float64; for a column of JSON
-    numbers the floats come from the same pass. A float given as its JSON text (``bytes``, see
-    converters/subject/numbers.py) is that text, and its number the float it reads as."""
-    arr, given = given_numbers(arr)
-    got = _number_texts(arr, numbers)
-    if given is not None:
-        got.texts[given[0]] = given[1]
-    return got
-
-
-def given_numbers(arr: np.ndarray) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray] | None]:
-    """``arr`` (object) with each JSON number text (``bytes``: a float literal as given) replaced by
-    the float it reads as, and (positions, texts) of those; (``arr``, None) when there is none. Once
-    per distinct text; the floats parsed by numpy (correctly rounded, as ``float()``)."""
-    kind = pd.api.types.infer_dtype(arr, skipna=True)
-    if kind == "bytes":
-        at = ~pd.isna(arr)
-    elif kind in ("mixed", "mixed-integer"):
-        at = np.fromiter(map(isinstance, arr.tolist(), repeat(bytes)), dtype=bool, count=len(arr))
-        if not at.any():
-            return arr, None
-    else:
-        return arr, None
-    codes, uniq = pd.factorize(arr[at])
-    distinct = uniq.tolist()
-    floats = np.array(distinct, dtype="S").astype(np.float64)
-    texts = np.empty(len(distinct), dtype=object)
-    texts[:] = [b.decode("ascii") for b in distinct]
-    out = arr.copy()
-    out[at] = floats[codes].tolist()
-    return out, (at, texts[codes])
-
-
-def _number_texts(arr: np.ndarray, numbers: bool = True) -> _Numbers:
-    """:func:`_texts_and_numbers` of a column of Python values (no JSON texts)."""
+    numbers the floats come from the same pass. (A float given as its JSON text, see
+    converters/subject/numbers.py, is a ``str``: its text as it is, its number parsed.)"""
     out = arr.copy()
     kind = pd.api.types.infer_dtype(arr, skipna=True)
     if kind == "empty":
@@ -879,8 +846,20 @@ def _number_texts(arr: np.ndarray, numbers: bool = True) -> _Numbers:
     ok = ~pd.isna(arr)
     nums: np.ndarray | None = None
     reprs = None
-    if kind == "string":
-        _str_distinct(arr, ok, out)
+    if kind in ("string", "mixed-integer"):
+        # texts, integers and floats given as their JSON text (converters/subject/numbers.py): str() of
+        # a str is the str itself; the numbers parsed value by value where that is what pd.to_numeric
+        # gives (_parsed), with the float texts floats get
+        vals = arr[ok].tolist()
+        strs = vals if kind == "string" else list(map(str, vals))
+        if kind != "string":
+            out[ok] = strs
+        if numbers:
+            got = _parsed(vals, strs, kind == "string")
+            if got is not None:
+                nums = np.full(len(arr), np.nan)
+                nums[ok] = got
+                reprs = _str_floats(got, ok, np.empty(len(arr), dtype=object))
     elif kind in ("integer", "floating", "mixed-integer-float"):
         try:
             vals = arr[ok].astype(np.float64)
@@ -916,6 +895,27 @@ def _number_texts(arr: np.ndarray, numbers: bool = True) -> _Numbers:
     if numbers and nums is None:
         nums = _floats(arr)
     return _Numbers(out, nums, ok, reprs)
+
+
+#: the characters of a JSON number
+_NUMBER_CHARS = "0123456789.-+eE"
+
+
+def _parsed(vals: list[Any], strs: list[str], all_str: bool) -> np.ndarray | None:
+    """``pd.to_numeric`` of ``vals`` (ints and strings, ``all_str``: strings only; ``strs`` their
+    ``str``), parsed value by value
+    with ``float()``, which is much faster on strings: only when that gives what pd.to_numeric gives
+    (ints and strings of number characters only, no error, nothing infinite, no -0, nothing beyond
+    2**53, where the two may differ), else None (the caller parses with pd.to_numeric)."""
+    if not (all_str or set(map(type, vals)) <= {int, str}) or "".join(strs).strip(_NUMBER_CHARS):
+        return None
+    try:
+        got = np.fromiter(map(float, vals), np.float64, count=len(vals))
+    except (ValueError, OverflowError):
+        return None
+    if not (np.abs(got) < 2.0**53).all() or (np.signbit(got) & (got == 0)).any():
+        return None
+    return got
 
 
 def _str_distinct(arr: np.ndarray, sel: np.ndarray, out: np.ndarray) -> None:
@@ -1045,9 +1045,8 @@ def map_findings(cols: pd.DataFrame, ctx: Ctx, d: str, testcd: pd.Series, unit_c
     out["USUBJID"] = cols["USUBJID"]
     # --ORRES: numeric as given (comparator kept in front), else coded/text value
     v = cols["_v"].astype("object")
-    vstr = _text(v)      # (a float as its JSON text where given: numbers.py)
-    v = pd.Series(given_numbers(v.to_numpy())[0], index=v.index, dtype="object")
-    num = pd.to_numeric(v, errors="coerce")
+    num = pd.to_numeric(v, errors="coerce")     # (a float as its JSON text where given: numbers.py)
+    vstr = _text(v)
     cmp_ = cols["_vcmp"].astype("object")
     has_cmp = cmp_.notna()
     orres = vstr.where(~has_cmp, cmp_.fillna("") + vstr.fillna("")) if has_cmp.any() else vstr
@@ -1096,8 +1095,6 @@ def map_findings(cols: pd.DataFrame, ctx: Ctx, d: str, testcd: pd.Series, unit_c
         rlo, rhi = cols["_rlo"].astype("object"), cols["_rhi"].astype("object")
         out["LBORNRLO"] = _text(rlo)
         out["LBORNRHI"] = _text(rhi)
-        rlo = pd.Series(given_numbers(rlo.to_numpy())[0], index=rlo.index, dtype="object")
-        rhi = pd.Series(given_numbers(rhi.to_numpy())[0], index=rhi.index, dtype="object")
         ru = cols["_ru"].astype("object").fillna(vu)
         ranges = units.linear_rows(ru, to_ucum)   # one factor per unit pair for both limits
         lo, lok = units.apply_linear(rlo, *ranges)

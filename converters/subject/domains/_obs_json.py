@@ -28,10 +28,11 @@ path as before (same rows, same report entries), so nothing is lost silently:
   another JSON type fails the decode. The renderings no rule reads (``display``, ``version``, ``text``,
   ``meta.lastUpdated``, a reference's ``identifier``, ...) are typed as FHIR types them too, so a line
   with, say, a number there goes the dict path. The result and range-limit numbers (``value``, the only
-  ``Any`` fields) are decoded with ``float_hook=str.encode``: an integer literal is an ``int``, a float
-  literal its JSON text (``bytes``: FHIR decimals as given, converters/subject/numbers.py); the extractor
-  takes an ``int`` within 64 bits (orjson makes a float beyond) and a text without an exponent (an
-  exponent may overflow a double, which orjson refuses), and sends anything else to the dict path.
+  ``Any`` fields) are decoded with ``float_hook=str``: an integer literal is an ``int``, a float
+  literal its JSON text (a ``str``: FHIR decimals as given, converters/subject/numbers.py); the extractor
+  takes an ``int`` and a text without an exponent (an exponent may overflow a double, which orjson
+  refuses), and sends anything else to the dict path. (An integer beyond 64 bits, which orjson makes a
+  float, the dict path gives back as the integer written: ``numbers.give_texts``.)
 * Unread elements (:class:`ObservationWide`) are kept as raw JSON (``msgspec.Raw``: msgspec checks
   their syntax only) and, when present, read by orjson in the extractor (each at its depth in the
   line), so a line orjson rejects (invalid UTF-8, a number out of range, a lone surrogate, nesting too
@@ -119,7 +120,7 @@ class Quantity(_S):
     """valueQuantity: exactly the parts rule subject.unread-nested lists as read (read_elements.yaml
     ``nested``; any other part, ``id`` included, is reported by the row path: the decode fails)."""
 
-    value: Any = ABSENT    # int, or a float literal's JSON text (bytes: float_hook)
+    value: Any = ABSENT    # int, or a float literal's JSON text (str: float_hook)
     comparator: str = ABSENT
     unit: str = ABSENT
     system: UcumSystem = ABSENT
@@ -129,7 +130,7 @@ class Quantity(_S):
 class Limit(_S):
     """referenceRange.low/high (nested parts read: value, unit, system, code)."""
 
-    value: Any = ABSENT    # int, or a float literal's JSON text (bytes: float_hook)
+    value: Any = ABSENT    # int, or a float literal's JSON text (str: float_hook)
     unit: str = ABSENT
     system: UcumSystem = ABSENT
     code: str = ABSENT
@@ -245,9 +246,9 @@ class LineDecoder:
     def __init__(self) -> None:
         # (float_hook: a float literal in the value positions, the only ``Any`` fields, decoded as its
         # JSON text; see converters/subject/numbers.py)
-        self.narrow: Callable[[bytes], Observation] = msgspec.json.Decoder(Observation, float_hook=str.encode).decode
+        self.narrow: Callable[[bytes], Observation] = msgspec.json.Decoder(Observation, float_hook=str).decode
         self.wide: Callable[[bytes], ObservationWide] = msgspec.json.Decoder(ObservationWide,
-                                                                             float_hook=str.encode).decode
+                                                                             float_hook=str).decode
         self.wide_first = False
         self.since = 0    # lines decoded wide first since the narrow form was last tried
 

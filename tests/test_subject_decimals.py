@@ -130,7 +130,9 @@ def test_number_texts_read_as_pd_to_numeric_reads_them() -> None:
     rnd = random.Random(5)
     plain = [f"{rnd.uniform(-1e4, 1e4):.{rnd.randint(0, 6)}f}" for _ in range(300)]
     ints = [rnd.randint(-10**6, 10**6) for _ in range(50)] + [2**60]
-    cases = [plain, plain + ints, *([x, *plain] for x in awkward), *([x, *plain, *ints] for x in awkward)]
+    few = [rnd.choice(["3.0", "10.00", "0.5", 50, 300, "1.50"]) for _ in range(400)]    # range limits
+    cases = [plain, plain + ints, few, few + [True], few + [1.5], *([x, *plain] for x in awkward),
+             *([x, *plain, *ints] for x in awkward), *([x, *few] for x in awkward)]
     for vals in cases:
         arr = np.empty(len(vals) + 1, dtype=object)
         arr[:-1] = vals

@@ -354,7 +354,6 @@ def _extract_chunk(chunk: Chunk, ctx: Ctx, on_error: Callable[[Any, Exception], 
     seen = memo.get
     keep = memo.setdefault
     cat_of = CATEGORIES.get
-    strip, number_chars = str.rstrip, "0123456789.-"
     loinc_system = LOINC
     ncit_systems = NCIT_SYSTEMS
     wide = _obs_json.ObservationWide
@@ -456,14 +455,14 @@ def _extract_chunk(chunk: Chunk, ctx: Ctx, on_error: Callable[[Any, Exception], 
                                     if lo is not None:
                                         rlo, lu = lo.value, lo.code or lo.unit
                                         if type(rlo) is str:
-                                            if strip(rlo, number_chars):
+                                            if "e" in rlo or "E" in rlo or len(rlo) > 308:
                                                 usual = False
                                         elif rlo is not None and type(rlo) is not int:
                                             usual = False
                                     if hi is not None:
                                         rhi, hu = hi.value, hi.code or hi.unit
                                         if type(rhi) is str:
-                                            if strip(rhi, number_chars):
+                                            if "e" in rhi or "E" in rhi or len(rhi) > 308:
                                                 usual = False
                                         elif rhi is not None and type(rhi) is not int:
                                             usual = False
@@ -475,12 +474,12 @@ def _extract_chunk(chunk: Chunk, ctx: Ctx, on_error: Callable[[Any, Exception], 
                                 v, vu, vcmp = vq.value, vq.code, vq.comparator
                                 if vu is None and vq.unit:
                                     vu = vq.unit
-                                # an int, or a float's JSON text (a str: float_hook) without an exponent
-                                # (nothing but digits, "." and "-": an exponent may overflow a double,
-                                # which orjson refuses); anything else (a boolean, a string with other
-                                # characters, ...): the dict path, which reads it as it reads any value
+                                # an int, or a float's JSON text (a str: float_hook; a JSON string too,
+                                # which the dict path reads alike) without an exponent and not longer
+                                # than a double's range (either may overflow, which orjson refuses);
+                                # anything else (a boolean, an object, ...): the dict path
                                 if type(v) is str:
-                                    if strip(v, number_chars):
+                                    if "e" in v or "E" in v or len(v) > 308:
                                         usual = False
                                 elif v is not None and type(v) is not int:
                                     usual = False
@@ -851,12 +850,32 @@ def _texts_and_numbers(arr: np.ndarray, numbers: bool = True) -> _Numbers:
         # a str is the str itself; the numbers parsed value by value where that is what pd.to_numeric
         # gives (_parsed), with the float texts floats get
         vals = arr[ok].tolist()
+        codes = None
+        numeric_kinds = kind == "string" or set(map(type, vals)) <= {int, str}
+        if numeric_kinds and len(set(vals[:256])) < 64:
+            # few distinct values (reference range limits): each once (an int and a str are never one
+            # key; True and 1, 1 and 1.0 would be: such a column goes value by value)
+            codes, uniq = pd.factorize(arr[ok])
+            vals = uniq.tolist()
         strs = vals if kind == "string" else list(map(str, vals))
-        if kind != "string":
-            out[ok] = strs
+        if codes is not None:
+            table = np.empty(len(strs), dtype=object)
+            table[:] = strs
+            out[ok] = table[codes]
+        else:
+            # the texts made anew side by side (one join and split): the strings the decoder made lie
+            # scattered among each line's objects, and every later reading (the writer's) would miss
+            # the cache on them
+            joined = "\n".join(strs)
+            if joined.count("\n") == len(strs) - 1:
+                out[ok] = joined.split("\n")
+            elif kind != "string":
+                out[ok] = strs
         if numbers:
-            got = _parsed(vals, strs, kind == "string")
+            got = _parsed(vals, strs) if numeric_kinds else None
             if got is not None:
+                if codes is not None:
+                    got = got[codes]
                 nums = np.full(len(arr), np.nan)
                 nums[ok] = got
                 reprs = _str_floats(got, ok, np.empty(len(arr), dtype=object))
@@ -898,16 +917,15 @@ def _texts_and_numbers(arr: np.ndarray, numbers: bool = True) -> _Numbers:
 
 
 #: the characters of a JSON number
-_NUMBER_CHARS = "0123456789.-+eE"
+_NUMBER_CHARS = b"0123456789.-+eE"
 
 
-def _parsed(vals: list[Any], strs: list[str], all_str: bool) -> np.ndarray | None:
-    """``pd.to_numeric`` of ``vals`` (ints and strings, ``all_str``: strings only; ``strs`` their
-    ``str``), parsed value by value
+def _parsed(vals: list[Any], strs: list[str]) -> np.ndarray | None:
+    """``pd.to_numeric`` of ``vals`` (ints and strings only; ``strs`` their ``str``), parsed value by value
     with ``float()``, which is much faster on strings: only when that gives what pd.to_numeric gives
     (ints and strings of number characters only, no error, nothing infinite, no -0, nothing beyond
     2**53, where the two may differ), else None (the caller parses with pd.to_numeric)."""
-    if not (all_str or set(map(type, vals)) <= {int, str}) or "".join(strs).strip(_NUMBER_CHARS):
+    if "".join(strs).encode("ascii", "replace").translate(None, _NUMBER_CHARS):
         return None
     try:
         got = np.fromiter(map(float, vals), np.float64, count=len(vals))

@@ -28,7 +28,7 @@ path as before (same rows, same report entries), so nothing is lost silently:
   another JSON type fails the decode. The renderings no rule reads (``display``, ``version``, ``text``,
   ``meta.lastUpdated``, a reference's ``identifier``, ...) are typed as FHIR types them too, so a line
   with, say, a number there goes the dict path. The result and range-limit numbers (``value``, the only
-  ``Any`` fields) are decoded with ``float_hook=str``: an integer literal is an ``int``, a float
+  ``Any`` fields) are decoded with ``float_hook=str.strip``: an integer literal is an ``int``, a float
   literal its JSON text (a ``str``: FHIR decimals as given, converters/subject/numbers.py); the extractor
   takes an ``int`` and a text without an exponent (an exponent may overflow a double, which orjson
   refuses), and sends anything else to the dict path. (An integer beyond 64 bits, which orjson makes a
@@ -246,9 +246,9 @@ class LineDecoder:
     def __init__(self) -> None:
         # (float_hook: a float literal in the value positions, the only ``Any`` fields, decoded as its
         # JSON text; see converters/subject/numbers.py)
-        self.narrow: Callable[[bytes], Observation] = msgspec.json.Decoder(Observation, float_hook=str).decode
+        self.narrow: Callable[[bytes], Observation] = msgspec.json.Decoder(Observation, float_hook=str.strip).decode
         self.wide: Callable[[bytes], ObservationWide] = msgspec.json.Decoder(ObservationWide,
-                                                                             float_hook=str).decode
+                                                                             float_hook=str.strip).decode
         self.wide_first = False
         self.since = 0    # lines decoded wide first since the narrow form was last tried
 

@@ -337,6 +337,10 @@ def _awkward_lines() -> list[bytes]:
         _obs_line(79, effectiveDateTime=""), _obs_line(80, valueQuantity={}), _obs_line(81, code={}),
         _obs_line(82, subject={}), _obs_line(83, meta={}),
         _obs_line(84, referenceRange=[{"low": {"value": 1, "unit": "mg/dL"}, "high": {"code": "", "unit": "u"}}]),
+        # limits in two units (the high's own unit, _rhu: the row path), and a range in another unit than the result
+        _obs_line(85, referenceRange=[{"low": {"value": 1, "code": "mg/dL"}, "high": {"value": 2, "code": "g/L"}}]),
+        _obs_line(87, referenceRange=[{"low": {"value": 1, "unit": "mg/dL"}, "high": {"value": 2, "code": "mg/dL"}}]),
+        _obs_line(88, referenceRange=[{"low": {"value": 3.9, "code": "mmol/L"}, "high": {"value": 6, "code": "mmol/L"}}]),
         # nested parts (rule subject.unread-nested): a part no rule reads, items after the first, codings of
         # systems no rule reads
         _obs_line(140, valueQuantity={**q, "id": "v"}), _obs_line(141, referenceRange=[{"low": {**q, "comparator": "<"}}]),

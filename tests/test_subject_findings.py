@@ -142,6 +142,59 @@ def test_unit_conversion_and_ranges(tmp_path: Path) -> None:
     assert any(i.record == "Observation/odd" and i.kind.value == "unmapped-code" for i in report.issues)
 
 
+def test_standard_numbers_are_the_standard_texts(tmp_path: Path) -> None:
+    """--STRESN is --STRESC in numeric form (SDTMIG 3.4 LB/VS --STRESN notes: "copied in numeric
+    format from --STRESC"): a unit conversion leaves no float noise (12.97 g/dL x 10 is 129.7 g/L, not
+    129.70000000000002; 100.4 [degF] is 38 C, not 38.00000000000001), nor in the converted range
+    limits (0.57 g/dL -> 5.7 g/L, not 5.699999999999999)."""
+    pat = {"resourceType": "Patient", "id": "p", "gender": "male", "address": [{"country": "US"}]}
+    temp = {"resourceType": "Observation", "id": "t", "status": "final", "subject": {"reference": "Patient/p"},
+            "category": [{"coding": [{"code": "vital-signs"}]}], "effectiveDateTime": "2024-01-01",
+            "code": {"coding": [{"system": "http://loinc.org", "code": "8310-5"}]},
+            "valueQuantity": {"value": 100.4, "system": "http://unitsofmeasure.org", "code": "[degF]"}}
+    hgb = {"resourceType": "Observation", "id": "h", "status": "final", "subject": {"reference": "Patient/p"},
+           "category": [{"coding": [{"code": "laboratory"}]}], "effectiveDateTime": "2024-01-01",
+           "code": {"coding": [{"system": "http://loinc.org", "code": "718-7"}]},
+           "referenceRange": [{"low": {"value": 0.57, "code": "g/dL"}, "high": {"value": 1.005, "code": "kg/L"}}],
+           "valueQuantity": {"value": 12.97, "system": "http://unitsofmeasure.org", "code": "g/dL"}}
+    f = tmp_path / "in.json"
+    f.write_bytes(orjson.dumps({"resourceType": "Bundle", "type": "collection",
+                                "entry": [{"resource": r} for r in (pat, temp, hgb)]}))
+    frames, report = run(tmp_path / "o", [f])
+    vs, lb = frames["VS"], frames["LB"]
+    assert (vs.loc[0, "VSSTRESC"], vs.loc[0, "VSSTRESN"]) == ("38", 38.0)
+    row = lb.iloc[0]
+    assert (row["LBSTRESC"], row["LBSTRESN"], row["LBSTRESU"]) == ("129.7", 129.7, "g/L")
+    # each limit converted from its own unit (the high is in kg/L, the low and the result in g/dL)
+    assert (row["LBSTNRLO"], row["LBSTNRHI"]) == (5.7, 1005.0)
+    # --ORNRLO/--ORNRHI are in --ORRESU: the kg/L limit converted into g/dL, reported with its record
+    assert (row["LBORRESU"], row["LBORNRLO"], row["LBORNRHI"]) == ("g/dL", "0.57", "100.5")
+    lossy = [i for i in report.issues if i.rule == "lb.ranges"]
+    assert [(i.kind.value, i.record, i.target) for i in lossy] == [("lossy", "Observation/h", "LBORNRHI")]
+    out = json.loads((tmp_path / "o" / "lb.json").read_text())
+    names = [c["name"] for c in out["columns"]]
+    assert [r[names.index("LBSTRESN")] for r in out["rows"]] == [129.7]
+
+
+def test_range_limit_in_a_unit_that_does_not_convert_is_left_empty(tmp_path: Path) -> None:
+    """A limit whose unit does not convert into the result's is not written under --ORRESU as if it
+    were in it: --ORNRHI left empty, reported (unmapped-code) with the record."""
+    pat = {"resourceType": "Patient", "id": "p", "gender": "male", "address": [{"country": "US"}]}
+    glu = {"resourceType": "Observation", "id": "g", "status": "final", "subject": {"reference": "Patient/p"},
+           "category": [{"coding": [{"code": "laboratory"}]}], "effectiveDateTime": "2024-01-01",
+           "code": {"coding": [{"system": "http://loinc.org", "code": "2345-7"}]},
+           "referenceRange": [{"low": {"value": 70, "code": "mg/dL"}, "high": {"value": 7, "code": "mmol/L"}}],
+           "valueQuantity": {"value": 90, "system": "http://unitsofmeasure.org", "code": "mg/dL"}}
+    f = tmp_path / "in.json"
+    f.write_bytes(orjson.dumps({"resourceType": "Bundle", "type": "collection",
+                                "entry": [{"resource": r} for r in (pat, glu)]}))
+    frames, report = run(tmp_path / "o", [f])
+    row = frames["LB"].iloc[0]
+    assert (row["LBORNRLO"], row["LBORNRHI"]) == ("70", "")
+    got = [(i.kind.value, i.record, i.target) for i in report.issues if i.rule == "lb.ranges"]
+    assert got == [("unmapped-code", "Observation/g", "LBORNRHI")]
+
+
 def test_precomputed_ucum_conversions_match_ucumvert() -> None:
     """mappings/codes/ucum_linear.csv is a cache of ucumvert's arithmetic: every row must be exactly
     what ucumvert computes (so skipping the UCUM grammar load changes no value)."""
@@ -246,7 +299,7 @@ def test_result_texts_once_per_distinct_value_are_the_per_value_texts(values: li
     made once per distinct value: the same texts as value by value (118 and 118.0 stay apart, so do
     0.0 and -0.0), missing values kept."""
     import numpy as np
-    from trialbridge.subject.domains._findings import _fmt, _text
+    from trialbridge.subject.domains._findings import _text, fmt_values
 
     def norm(xs: list) -> list:
         return [("nan",) if isinstance(v, float) and v != v else (type(v), v) for v in xs]
@@ -258,4 +311,7 @@ def test_result_texts_once_per_distinct_value_are_the_per_value_texts(values: li
     f = pd.to_numeric(s, errors="coerce").astype(float)
     fa = f.to_numpy()
     want_fmt = [None if np.isnan(v) else f"{v:.10g}" for v in fa.tolist()]
-    assert norm([None if v is None or v != v else v for v in _fmt(f)]) == norm(want_fmt)
+    assert norm([None if v is None or v != v else v for v in fmt_values(fa)]) == norm(want_fmt)
+    texts, nums = fmt_values(fa, numbers=True)
+    assert norm(list(texts)) == norm(want_fmt)
+    assert norm(nums.tolist()) == norm([float("nan") if t is None else float(t) for t in want_fmt])

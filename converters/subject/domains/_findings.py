@@ -15,7 +15,7 @@ import re
 from collections.abc import Callable, Iterable
 from functools import cache
 from itertools import repeat
-from typing import Any, NamedTuple
+from typing import Any, Literal, NamedTuple, overload
 
 import msgspec
 import numpy as np
@@ -39,7 +39,7 @@ BODY_POSITION = "http://hl7.org/fhir/StructureDefinition/observation-bodyPositio
 CATEGORIES = {"vital-signs": "VS", "laboratory": "LB"}
 FIELDS = ("_subject", "_encounter", "_cat", "_loinc", "_status", "_eff", "_v", "_vu", "_vcmp",
           "_vtext", "_dar", "_interp", "_rlo", "_rhi", "_ru", "_rtext", "_spec_type", "_fast",
-          "_grp", "_spec_dtc", "_ncit", "_pos", "_loc", "_cat_text", "_dtc_sdtm")
+          "_grp", "_spec_dtc", "_ncit", "_pos", "_loc", "_cat_text", "_dtc_sdtm", "_rhu")
 
 
 def _q(d: Any) -> tuple[Any, Any]:
@@ -50,6 +50,24 @@ def _q(d: Any) -> tuple[Any, Any]:
         code = d.get("code") if d.get("system", units.UCUM_SYSTEM) == units.UCUM_SYSTEM else None
         return d.get("value"), code or d.get("unit")
     return None, None
+
+
+def _range_units(lu: Any, hu: Any) -> tuple[Any, Any]:
+    """(``_ru``, ``_rhu``) of a reference range whose limits have the units ``lu`` and ``hu``: the
+    range's unit, and the high limit's own unit where it is not the low's (else None; the map
+    converts each limit from its own unit)."""
+    if lu and hu and lu != hu:
+        return lu, hu
+    return lu or hu, None
+
+
+def _two_units(r0: Any) -> bool:
+    """A reference range whose low and high are given in different units (the row extractor reads it)."""
+    lo, hi = r0.get("low"), r0.get("high")
+    if not (isinstance(lo, dict) and isinstance(hi, dict)):
+        return False
+    lu, hu = lo.get("code") or lo.get("unit"), hi.get("code") or hi.get("unit")
+    return bool(lu and hu and lu != hu)
 
 
 def _foreign_code(q: Any) -> bool:
@@ -219,7 +237,7 @@ def extract_observation(res: dict[str, Any], ctx: Ctx) -> dict[str, Any] | list[
         "_rlo": None, "_rhi": None, "_ru": None, "_rtext": None, "_spec_type": None, "_fast": None,
         "_grp": None, "_spec_dtc": None, "_ncit": _ncit(res.get("code")), "_pos": _position(res),
         "_loc": _ncit(res.get("bodySite")), "_cat_text": _cat_text(res.get("category")),
-        "_dtc_sdtm": _dtc_sdtm(res) if "_effectiveDateTime" in res else None}
+        "_dtc_sdtm": _dtc_sdtm(res) if "_effectiveDateTime" in res else None, "_rhu": None}
     interp = res.get("interpretation")
     if interp:
         c = (interp[0].get("coding") or [{}])[0]
@@ -229,7 +247,7 @@ def extract_observation(res: dict[str, Any], ctx: Ctx) -> dict[str, Any] | list[
         r0 = rr[0]
         row["_rlo"], lu = _q(r0.get("low"))
         row["_rhi"], hu = _q(r0.get("high"))
-        row["_ru"] = lu or hu
+        row["_ru"], row["_rhu"] = _range_units(lu, hu)
         row["_rtext"] = r0.get("text")
     sp = res.get("specimen")
     if cat == "LB" and isinstance(sp, dict):
@@ -272,7 +290,7 @@ def extract_observation(res: dict[str, Any], ctx: Ctx) -> dict[str, Any] | list[
             if crr:
                 r["_rlo"], lu = _q(crr[0].get("low"))
                 r["_rhi"], hu = _q(crr[0].get("high"))
-                r["_ru"] = lu or hu
+                r["_ru"], r["_rhu"] = _range_units(lu, hu)
                 r["_rtext"] = crr[0].get("text")
             r["_grp"] = res.get("id")
             out.append(r)
@@ -466,6 +484,8 @@ def _extract_chunk(chunk: Chunk, ctx: Ctx, on_error: Callable[[Any, Exception], 
                                                 usual = False
                                         elif rhi is not None and type(rhi) is not int:
                                             usual = False
+                                    if lu and hu and lu != hu:
+                                        usual = False   # limits in two units: the row path (_rhu)
                                     ru = lu or hu
                                     rtext = r0.text
                             vq = res.valueQuantity
@@ -593,7 +613,8 @@ def _dict_row(item: Any, ctx: Ctx, on_error: Callable[[Any, Exception], None],
         if rr and (len(rr) > 1 or cat == "VS" or not rr[0].keys() <= RANGE_PARTS
                    or not (rr[0].get("low") or {}).keys() <= LIMIT_PARTS
                    or not (rr[0].get("high") or {}).keys() <= LIMIT_PARTS
-                   or _foreign_code(rr[0].get("low")) or _foreign_code(rr[0].get("high"))):
+                   or _foreign_code(rr[0].get("low")) or _foreign_code(rr[0].get("high"))
+                   or _two_units(rr[0])):
             usual = False
         if vq is not None and (not vq.keys() <= QUANTITY_PARTS
                                or vq.get("code") is not None and vq.get("system", ucum) != ucum):
@@ -961,12 +982,6 @@ def _str_floats(vals: np.ndarray, sel: np.ndarray, out: np.ndarray) -> Reprs | N
     return uniq, strs, rows
 
 
-def _fmt(x: pd.Series) -> pd.Series:
-    """Numbers -> SDTM character results: up to 10 significant digits, no float noise (see
-    :func:`fmt_values`)."""
-    return pd.Series(fmt_values(x.to_numpy(dtype="float64", na_value=np.nan)), index=x.index)
-
-
 def _float_reprs_by_orjson(vals: np.ndarray) -> list[str]:
     return orjson.dumps(vals.tolist())[1:-1].decode().split(",") if len(vals) else []
 
@@ -998,32 +1013,61 @@ def float_reprs(vals: np.ndarray) -> list[str]:
     return texts
 
 
-def _texts_of_reprs(strs: list[str], vals: list[float]) -> list[str]:
+def _texts_of_reprs(strs: list[str], vals: list[float]) -> tuple[list[str], list[int]]:
     """``f"{v:.10g}"`` of each float ``vals[j]`` read from ``strs[j]`` = ``repr(vals[j])`` when that is
     short: a repr of at most 11 characters and no exponent has at most 10 significant digits and an
     exponent in [-4, 10), where .10g writes the same digits, fixed-point, without a trailing ".0" (the
     shortest repr is within half an ulp of the value, far inside the rounding to 10 digits). Inline:
-    a call per value costs more than the rule. "e" stands for "no repr made": formatted."""
+    a call per value costs more than the rule. "e" stands for "no repr made": formatted. Returns the
+    texts and the positions of those formatted: only there may the text's number differ from the value
+    (rounded to 10 significant digits); a text made from the repr reads back as the value itself."""
     if strs and max(map(len, strs)) <= 11:
         body = "\x00".join(strs)
         if "e" not in body:   # all short, no exponent: the trailing ".0"s cut in one pass
-            return (body + "\x00").replace(".0\x00", "\x00").split("\x00")[:-1]
+            return (body + "\x00").replace(".0\x00", "\x00").split("\x00")[:-1], []
     texts = [(r[:-2] if r[-2:] == ".0" else r) if len(r) <= 11 and "e" not in r else "" for r in strs]
-    for j in [j for j, t in enumerate(texts) if not t]:
+    formatted = [j for j, t in enumerate(texts) if not t]
+    for j in formatted:
         texts[j] = f"{vals[j]:.10g}"
-    return texts
+    return texts, formatted
 
 
-def fmt_values(arr: np.ndarray, reprs: Reprs | tuple[np.ndarray, list[str]] | None = None) -> np.ndarray:
+def _numbers_of_texts(vals: list[float], texts: list[str], formatted: list[int] | None) -> np.ndarray:
+    """The number each text says (the float of ``texts[j]``): ``vals[j]`` itself except at the positions
+    ``formatted`` (None: all), where the text rounded the value to 10 significant digits."""
+    if formatted is None:
+        return np.array([float(t) for t in texts], dtype=np.float64)
+    out = np.array(vals, dtype=np.float64)
+    for j in formatted:
+        out[j] = float(texts[j])
+    return out
+
+
+@overload
+def fmt_values(arr: np.ndarray, reprs: Reprs | tuple[np.ndarray, list[str]] | None = ...,
+               numbers: Literal[False] = ...) -> np.ndarray: ...
+
+
+@overload
+def fmt_values(arr: np.ndarray, reprs: Reprs | tuple[np.ndarray, list[str]] | None = ...,
+               *, numbers: Literal[True]) -> tuple[np.ndarray, np.ndarray]: ...
+
+
+def fmt_values(arr: np.ndarray, reprs: Reprs | tuple[np.ndarray, list[str]] | None = None,
+               numbers: bool = False) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
     """Float array -> ``f"{v:.10g}"`` texts (None where NaN), once per distinct bit pattern (0.0 and
     -0.0 stay apart: "0" and "-0"). ``reprs``: (distinct bits, their ``str``[, per row of ``arr`` a
     code into them or -1]) already made for these values (a result in its own standard unit is the
     value itself): read instead of formatting; the rows whose value is still the coded one (same
-    bits) take their text by that code, no factorisation."""
+    bits) take their text by that code, no factorisation. ``numbers``: also return the number each
+    text says (NaN where None): --STRESN is --STRESC in numeric form (SDTMIG 3.4, LB and VS
+    specifications, --STRESN notes: "copied in numeric format from --STRESC"), so a converted result
+    keeps no float noise (12.97 g/dL x 10 is 129.7 g/L, not 129.70000000000002)."""
     out = np.full(len(arr), None, dtype=object)
+    nums = np.full(len(arr), np.nan) if numbers else None
     ok = ~np.isnan(arr)
     if not ok.any():
-        return out
+        return (out, nums) if nums is not None else out
     if reprs is not None and len(reprs) == 3 and len(reprs[2]) == len(arr):
         coded = reprs[2]
         same = ok & (coded >= 0)
@@ -1033,22 +1077,73 @@ def fmt_values(arr: np.ndarray, reprs: Reprs | tuple[np.ndarray, list[str]] | No
             hit = reprs[0][coded[at]] == bits[at]
             at = at[hit]
             if len(at):
+                known_vals = reprs[0].view(np.float64).tolist()
+                known_texts, known_formatted = _texts_of_reprs(reprs[1], known_vals)
                 table = np.empty(len(reprs[1]), dtype=object)
-                table[:] = _texts_of_reprs(reprs[1], reprs[0].view(np.float64).tolist())
+                table[:] = known_texts
                 out[at] = table[coded[at]]
+                if nums is not None:
+                    nums[at] = _numbers_of_texts(known_vals, known_texts, known_formatted)[coded[at]]
                 ok[at] = False
                 if not ok.any():
-                    return out
+                    return (out, nums) if nums is not None else out
     codes, uniq = pd.factorize(np.ascontiguousarray(arr[ok]).view(np.int64))
     vals = uniq.view(np.float64).tolist()
     table = np.empty(len(uniq), dtype=object)
+    formatted: list[int] | None
     if reprs is not None:
         known = reprs[1] + ["e"]
         at_known = pd.Index(reprs[0]).get_indexer(uniq).tolist()   # -1 -> "e"
-        table[:] = _texts_of_reprs(list(map(known.__getitem__, at_known)), vals)
+        texts, formatted = _texts_of_reprs(list(map(known.__getitem__, at_known)), vals)
     else:
-        table[:] = [f"{v:.10g}" for v in vals]
+        texts, formatted = [f"{v:.10g}" for v in vals], None
+    table[:] = texts
     out[ok] = table[codes]
+    if nums is not None:
+        nums[ok] = _numbers_of_texts(vals, texts, formatted)[codes]
+        return out, nums
+    return out
+
+
+def rounded_values(arr: np.ndarray) -> np.ndarray:
+    """``arr`` with each value rounded as a standard result is (10 significant digits, the number
+    :func:`fmt_values` writes): --STNRLO/--STNRHI in the precision of --STRESN, with no float noise
+    of a unit conversion."""
+    return fmt_values(arr, numbers=True)[1]
+
+
+def limits_in_result_unit(texts: np.ndarray, nums: np.ndarray, own: np.ndarray, vu: np.ndarray, target: str,
+                          report: Callable[..., None]) -> np.ndarray:
+    """--ORNRLO/--ORNRHI hold the reference range in the result's original unit (SDTMIG 3.4 LB: the
+    lower/upper limit "in Orig Unit", the unit of --ORRESU): a limit given in another unit (``own``,
+    None: none given, the result's assumed) is converted into the result's unit (UCUM, ucumvert), its
+    text the 10-significant-digit form of --STRESC, and reported lossy (the limit is no longer the
+    text given); one that does not convert is left empty and reported. ``texts``/``nums``: the limit
+    as given, text and number; ``vu``: the result's unit per row; ``report(reason, kind, message,
+    mask, **kw)`` reports rows with their record. Returns the texts to write."""
+    off = ~_missing(texts) & ~_missing(own) & ~_missing(vu)
+    if off.any():
+        off &= np.asarray(own != vu, dtype=bool)
+    if not off.any():
+        return texts
+    rows = np.flatnonzero(off)
+    a, b, ok = units.linear_rows(pd.Series(own[rows], dtype=object), pd.Series(vu[rows], dtype=object))
+    conv = nums[rows] * a + b
+    ok &= ~np.isnan(conv)
+    out = np.array(texts, dtype=object)
+    out[rows] = fmt_values(np.where(ok, conv, np.nan))
+    d = target[:2]
+    done = np.zeros(len(texts), dtype=bool)
+    done[rows[ok]] = True
+    if done.any():
+        report("range-unit", Kind.LOSSY, f"reference range limit given in another unit than the result's: "
+               f"{target} holds it converted into the result's unit ({d}ORRESU, SDTMIG 3.4), not the text given",
+               done, rule="lb.ranges", source="referenceRange.low|high", target=target)
+    failed = off & ~done
+    if failed.any():
+        report("range-unit", Kind.UNMAPPED_CODE, f"reference range limit in a unit that does not convert into "
+               f"the result's unit: {target} left empty", failed, rule="lb.ranges",
+               source="referenceRange.low|high", target=target)
     return out
 
 
@@ -1104,21 +1199,30 @@ def map_findings(cols: pd.DataFrame, ctx: Ctx, d: str, testcd: pd.Series, unit_c
     conv = conv.where(~unitless, num)
     stresu = std_cdisc.where(std_ucum.notna(), orresu)
     keep = (ok & stresu.notna()) | unitless
-    out[f"{d}STRESN"] = conv.where(keep)
-    stresc = _fmt(out[f"{d}STRESN"])
+    stresc_texts, stresn = fmt_values(conv.where(keep).to_numpy(dtype="float64", na_value=np.nan), numbers=True)
+    out[f"{d}STRESN"] = pd.Series(stresn, index=cols.index)   # (the number --STRESC says)
+    stresc = pd.Series(stresc_texts, index=cols.index)
     out[f"{d}STRESC"] = stresc.where(stresc.notna(), orres.where(~numeric | has_cmp))
     out[f"{d}STRESU"] = stresu.where(keep & ~unitless)
     # reference ranges (LB): original as given, standard converted like the result
     if d == "LB":
         rlo, rhi = cols["_rlo"].astype("object"), cols["_rhi"].astype("object")
-        out["LBORNRLO"] = _text(rlo)
-        out["LBORNRHI"] = _text(rhi)
         ru = cols["_ru"].astype("object").fillna(vu)
-        ranges = units.linear_rows(ru, to_ucum)   # one factor per unit pair for both limits
-        lo, lok = units.apply_linear(rlo, *ranges)
-        hi, hok = units.apply_linear(rhi, *ranges)
-        out["LBSTNRLO"] = lo.where(lok & keep)
-        out["LBSTNRHI"] = hi.where(hok & keep)
+        hu = cols["_rhu"].astype("object").fillna(ru)   # the high limit's own unit (rare)
+        lo, lok = units.apply_linear(rlo, *units.linear_rows(ru, to_ucum))
+        hi, hok = units.apply_linear(rhi, *units.linear_rows(hu, to_ucum))
+
+        def report(reason: str, kind: Kind, message: str, mask: np.ndarray, **kw: Any) -> None:
+            ctx.row_issues(d, reason, kind, message, cols, pd.Series(mask, index=cols.index), **kw)
+        for name, lim, own in (("LBORNRLO", rlo, ru), ("LBORNRHI", rhi, hu)):
+            out[name] = pd.Series(limits_in_result_unit(
+                _text(lim).to_numpy(dtype=object), pd.to_numeric(lim, errors="coerce").to_numpy(dtype="float64"),
+                own.to_numpy(dtype=object), vu.to_numpy(dtype=object), name, report), index=cols.index, dtype=object)
+        # the standard limits rounded as a standard result is (fmt_values): no float noise
+        out["LBSTNRLO"] = pd.Series(rounded_values(lo.where(lok & keep).to_numpy(dtype="float64", na_value=np.nan)),
+                                    index=cols.index)
+        out["LBSTNRHI"] = pd.Series(rounded_values(hi.where(hok & keep).to_numpy(dtype="float64", na_value=np.nan)),
+                                    index=cols.index)
         out["LBSTNRC"] = cols["_rtext"].astype("object").where(rlo.isna() & rhi.isna())
         interp = cols["_interp"].astype("object")
         nrind = code_table("nrind")
@@ -1432,9 +1536,9 @@ def map_findings_columns(cols: dict[str, Any], ctx: Ctx, d: str, testcd: np.ndar
     stresu = np.where(has_std, std_cdisc_t[tests.codes], orresu)
     stresu_missing = np.where(has_std, _missing(std_cdisc_t)[tests.codes], orresu_missing)
     keep = (ok & ~stresu_missing) | unitless
-    stresn = np.where(keep, conv, np.nan)
-    out[f"{d}STRESN"] = stresn
-    stresc = pd.Series(fmt_values(stresn, reprs))
+    stresc_texts, stresn = fmt_values(np.where(keep, conv, np.nan), reprs, numbers=True)
+    out[f"{d}STRESN"] = stresn   # (the number --STRESC says: no float noise of a conversion)
+    stresc = pd.Series(stresc_texts)
     if not keep.all():
         stresc = stresc.where(stresc.notna(), _obj(_where(~numeric | has_cmp, orres)))
     out[f"{d}STRESC"] = stresc
@@ -1444,29 +1548,51 @@ def map_findings_columns(cols: dict[str, Any], ctx: Ctx, d: str, testcd: np.ndar
         rlo, rhi = cols["_rlo"], cols["_rhi"]
         lo_text, lo_num, lo_present, _ = _texts_and_numbers(rlo)
         hi_text, hi_num, hi_present, _ = _texts_and_numbers(rhi)
-        out["LBORNRLO"] = _obj(lo_text)
-        out["LBORNRHI"] = _obj(hi_text)
         ru = cols["_ru"]
         # the range unit is the result's unit in the usual Observation: its factorisation serves
+        filled = vu   # the range unit, the result's where none is given
         if bool(np.asarray(ru == vu, dtype=bool).all()):
-            ranges = units_
+            lo_units = units_
         else:
             ru_missing = _missing(ru)
             filled = np.where(ru_missing, vu, ru) if ru_missing.any() else ru
-            ranges = units_ if bool(np.asarray(filled == vu, dtype=bool).all()) else _Factor(filled)
-        rwidth = len(ranges.values) + 1
-        # the range unit and the result's (test, unit) pair fix the standard unit of the limits
-        rpair = pair * rwidth + (ranges.codes + 1)
+            lo_units = units_ if bool(np.asarray(filled == vu, dtype=bool).all()) else _Factor(filled)
+        # the high limit's own unit where it is not the low's (_rhu: rare)
+        rhu = cols["_rhu"]
+        hi_units = lo_units if _all_missing(rhu) else _Factor(np.where(_missing(rhu), filled, rhu))
+        limits: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
 
-        def range_units(k: int) -> tuple[Any, Any]:
-            r = ranges.values[k % rwidth - 1] if k % rwidth else None
-            return r, result_units(k // rwidth)[1]
-        ra, rb, rok = _linear_of_pairs(rpair, np.ones(n, dtype=bool), range_units)
-        for name, vals in (("LBSTNRLO", lo_num), ("LBSTNRHI", hi_num)):
+        def standard_limits(ranges: _Factor) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+            """(a, b, ok) per row from the limit unit to the standard unit of the result's (test, unit)."""
+            if id(ranges) not in limits:
+                rwidth = len(ranges.values) + 1
+                rpair = pair * rwidth + (ranges.codes + 1)
+
+                def range_units(k: int) -> tuple[Any, Any]:
+                    r = ranges.values[k % rwidth - 1] if k % rwidth else None
+                    return r, result_units(k // rwidth)[1]
+                limits[id(ranges)] = _linear_of_pairs(rpair, np.ones(n, dtype=bool), range_units)
+            return limits[id(ranges)]
+
+        standard = []
+        for orig, std_name, text, vals, lim_units in (("LBORNRLO", "LBSTNRLO", lo_text, lo_num, lo_units),
+                                                      ("LBORNRHI", "LBSTNRHI", hi_text, hi_num, hi_units)):
             assert vals is not None
+            if lim_units is not units_:
+                own = np.empty(len(lim_units.values) + 1, dtype=object)
+                own[:-1] = lim_units.values
+                own[-1] = None
+                text = limits_in_result_unit(text, vals, own[lim_units.codes], vu, orig, (
+                    lambda reason, kind, message, mask, **kw: row_issues_columns(
+                        ctx, d, reason, kind, message, cols, mask, **kw)))
+            out[orig] = _obj(text)
+            ra, rb, rok = standard_limits(lim_units)
             conv_lim = np.full(n, np.nan)
             conv_lim[rok] = vals[rok] * ra[rok] + rb[rok]
-            out[name] = np.where(rok & keep, conv_lim, np.nan)
+            # the standard limits rounded as a standard result is (fmt_values): no float noise
+            standard.append((std_name, rounded_values(np.where(rok & keep, conv_lim, np.nan))))
+        for std_name, limit in standard:
+            out[std_name] = limit
         out["LBSTNRC"] = _obj(_where(~lo_present & ~hi_present, cols["_rtext"]))
         interp = _Factor(cols["_interp"])
         nrind = code_table("nrind")

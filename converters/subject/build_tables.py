@@ -104,13 +104,36 @@ def build_metadata(shared: Path) -> None:
             w.writerows(rows)
 
 
+#: LOINC System axis -> the SPECTYPE term that names exactly it, for the systems where the CDISC
+#: document lists several LBSPEC rows per LOINC (PLASMA, SERUM, SERUM OR PLASMA, ...): the narrower
+#: rows are the sponsor's choice once the specimen is known; the LOINC itself says only this much.
+SYSTEM_SPEC = {"Ser/Plas": "SERUM OR PLASMA", "Ser/Plas/Bld": "SERUM OR PLASMA OR BLOOD"}
+
+
+def preferred_rows(rows: list[dict[str, str]]) -> set[int]:
+    """Index (in ``rows``) of the preferred row per LOINC: the row whose LBSPEC is the specimen the
+    LOINC's System names (``SYSTEM_SPEC``: 2093-3 'Cholesterol in Serum or Plasma' -> SERUM OR
+    PLASMA, not the PLASMA row the document happens to list first), else the first row."""
+    first: dict[str, int] = {}
+    named: dict[str, int] = {}
+    for i, r in enumerate(rows):
+        loinc = (r.get("LOINC Code") or "").strip()
+        if not loinc or not (r.get("CDISC LBTESTCD") or "").strip():
+            continue
+        first.setdefault(loinc, i)
+        spec = SYSTEM_SPEC.get((r.get("System") or "").strip())
+        if spec is not None and (r.get("CDISC LBSPEC") or "").strip() == spec:
+            named.setdefault(loinc, i)
+    return {named.get(loinc, i) for loinc, i in first.items()}
+
+
 def build_loinc_lb(shared: Path) -> None:
     src = shared / "spec/sources/cdisc_loinc_to_lb_mapping.csv"
     with open(src, encoding="utf-8-sig", newline="") as fh:
         rows = list(csv.DictReader(fh))
-    seen: dict[str, int] = {}
+    preferred = preferred_rows(rows)
     out = []
-    for r in rows:
+    for i, r in enumerate(rows):
         loinc = (r.get("LOINC Code") or "").strip()
         testcd = (r.get("CDISC LBTESTCD") or "").strip()
         if not loinc or not testcd:
@@ -119,21 +142,21 @@ def build_loinc_lb(shared: Path) -> None:
         def clean(v: str | None) -> str:
             v = (v or "").strip()
             return "" if v.startswith("(") else v   # "(***)", "(Must be null)": no value to carry
-        n = seen.get(loinc, 0) + 1
-        seen[loinc] = n
         out.append(["LOINC", loinc, "CDISC LBTESTCD", testcd, clean(r.get("CDISC LBTEST")),
                     clean(r.get("CDISC LBSPEC")), clean(r.get("CDISC LBMETHOD")),
                     clean(r.get("EXAMPLE CDISC LBORRESU")), clean(r.get("CDISC LBFAST")),
                     clean(r.get("CDISC LBPOS")), clean(r.get("CDISC LBLOC")),
-                    "Y" if n == 1 else "", (r.get("LOINC Class") or "").strip()])
+                    "Y" if i in preferred else "", (r.get("LOINC Class") or "").strip()])
     target = ROOT / "mappings/codes/loinc_to_lb.csv"
     with open(target, "w", newline="", encoding="utf-8") as fh:
         fh.write("# LOINC -> CDISC LB test code, specimen, method, example unit, fasting.\n"
                  "# source: CDISC 'LOINC to LB Mapping' final document (sween/soa-bridge-match @ "
                  "476bfae5f87d1926e534ace7307f0914f9134458 : doc/resources/LOINC_to_LB_Mapping Document_FINAL.csv).\n"
                  "# LOINC is copyright Regenstrief Institute, used under the LOINC licence.\n"
-                 "# Where one LOINC has several rows, 'preferred' = Y marks the first in the CDISC document; the\n"
-                 "# converter uses the preferred row (the rows differ only in LBSPEC/LBMETHOD details).\n")
+                 "# Where one LOINC has several rows (they differ in LBSPEC only), 'preferred' = Y marks the one\n"
+                 "# whose LBSPEC is the specimen the LOINC System names (Ser/Plas -> SERUM OR PLASMA, Ser/Plas/Bld ->\n"
+                 "# SERUM OR PLASMA OR BLOOD: PLASMA or SERUM alone would be a guess), else the first in the CDISC\n"
+                 "# document; the converter uses the preferred row.\n")
         w = csv.writer(fh, lineterminator="\n")
         w.writerow(["source_system", "source_code", "target_system", "target_code", "LBTEST", "LBSPEC",
                     "LBMETHOD", "example_LBORRESU", "LBFAST", "LBPOS", "LBLOC", "preferred", "loinc_class"])

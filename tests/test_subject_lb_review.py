@@ -73,3 +73,39 @@ def test_preferred_row_by_loinc_system() -> None:
         specs = {r["LBSPEC"] for r in rs}
         if {"PLASMA", "SERUM", "SERUM OR PLASMA"} <= specs and "BLOOD" not in specs:
             assert pref[0]["LBSPEC"] == "SERUM OR PLASMA", loinc
+
+
+def test_cdisc_loinc_rows_are_ct_terms(tmp_path: Path) -> None:
+    """The CDISC LOINC-to-LB document predates CT 2025-03-28: its row for LOINC 33647-9 says LBTESTCD
+    MCP1 with LBTEST 'Monoclonal Protein/Total Protein', but MCP1 is 'Monocyte Chemotactic Protein 1'
+    in the CT (the test is MONOPTPT); RF is no LBTESTCD term at all; LBSPEC MULTIPLE no SPECTYPE term;
+    15083-9's LBTEST has a double space. Output carries CT terms only, and every change is reported."""
+    frames, report = _convert(tmp_path, [_lab(1, "33647-9", 5, "%"), _lab(2, "11572-5", 20, "[IU]/mL"),
+                                         _lab(3, "12195-4", 90, "mL/min/{1.73_m2}"), _lab(4, "15083-9", 2, "umol/d")])
+    lb = frames["lb"]
+    got = {r.LBLOINC: (r.LBTESTCD, r.LBTEST, r.LBSPEC) for r in lb.itertuples()}
+    assert got == {"33647-9": ("MONOPTPT", "Monoclonal Protein/Total Protein", "SERUM OR PLASMA"),
+                   "12195-4": ("CRTCLRBS", "Creatinine Clearance Adjusted for BSA", ""),
+                   "15083-9": ("NORMEEXR", "Normetanephrine Excretion Rate", "URINE")}
+    msgs = {(i["kind"], i["message"].split(":")[0]) for i in report["issues"] if i.get("rule") == "lb.LBTESTCD"}
+    assert ("inferred", "LOINC 33647-9 -> LBTESTCD MONOPTPT ('Monoclonal Protein/Total Protein'), the CT term of "
+            "the table's test name") in msgs
+    assert ("unmapped-code", "LOINC 11572-5") in msgs
+    assert ("lossy", "LOINC 12195-4") in msgs
+
+
+def test_cdisc_loinc_table_against_ct() -> None:
+    """Every row FHIR -> SDTM and SDTM -> FHIR read from the CDISC table is a CT term pair; SDTM -> FHIR
+    never writes LOINC 33647-9 (monoclonal protein) for LBTESTCD MCP1 (monocyte chemotactic protein 1)."""
+    from trialbridge.fhir.subject_terms import lb_loinc
+    from trialbridge.sdtm.ct import pinned_ct
+    from trialbridge.subject.test_codes import cdisc_lb_rows
+    ct = pinned_ct()
+    for r in cdisc_lb_rows()[0]:
+        term = ct.term("LBTESTCD", r["target_code"])
+        assert term is not None, r
+        assert ct.codelist("LBTEST").by_code(term.code).value == r["LBTEST"], r
+        assert not r["LBSPEC"] or ct.is_valid("SPECTYPE", r["LBSPEC"]), r
+        assert not r["LBMETHOD"] or ct.is_valid("METHOD", r["LBMETHOD"]), r
+    assert lb_loinc("MCP1", "SERUM OR PLASMA", "ELECTROPHORESIS") == (None, 0)
+    assert lb_loinc("MONOPTPT", "SERUM OR PLASMA", "ELECTROPHORESIS") == ("33647-9", 1)

@@ -349,7 +349,8 @@ def vs_ucum(testcd: str | None, unit: str) -> str | None:
 def lb_loinc_index() -> dict[str, list[dict[str, str]]]:
     idx: dict[str, list[dict[str, str]]] = {}
     seen: set[tuple[str, ...]] = set()
-    for r in load_table("codes/loinc_to_lb.csv"):   # the CDISC LOINC-to-LB table FHIR -> SDTM reads
+    from ..subject.test_codes import cdisc_lb_rows
+    for r in cdisc_lb_rows()[0]:   # the CDISC LOINC-to-LB table FHIR -> SDTM reads (checked against the CT)
         key = (r["source_code"], r["target_code"], r["LBSPEC"], r["LBMETHOD"])
         if key not in seen:
             seen.add(key)

@@ -19,12 +19,17 @@ from __future__ import annotations
 import csv
 import io
 from collections.abc import Iterator
+from functools import cache
 from pathlib import Path
 from typing import Any
+
+import numpy as np
+import pandas as pd
 
 from ..errors import UsageError
 from ..report import Kind
 from ..sdtm.ct import pinned_ct
+from ..specs import load_table
 
 COLUMNS = ("domain", "loinc", "testcd", "spec", "method", "category", "reason")
 REQUIRED = ("domain", "loinc", "testcd")
@@ -181,3 +186,66 @@ def note_used(ctx: Any, domain: str, loincs: list[Any], ncit_only: list[Any], ta
                  f"LOINC {c}: {domain}TESTCD from the NCIt coding; {', '.join(gave)} from {row['origin']}, not the "
                  f"CDISC LOINC table{why}", rule=f"{domain.lower()}.{domain}TESTCD", source="Observation.code",
                  target=", ".join(gave))
+
+
+@cache
+def cdisc_lb_rows() -> tuple[tuple[dict[str, str], ...], dict[str, tuple[tuple[str, str, str], ...]]]:
+    """The CDISC LOINC-to-LB table's rows checked against the pinned CT (rule lb.LBTESTCD), and per
+    LOINC what the check changed, as (kind, target, message) to report once per LOINC met.
+
+    The document predates CT 2025-03-28 and is not always its terms: LBTESTCD MCP1 is "Monocyte
+    Chemotactic Protein 1" in the CT, the document's row for LOINC 33647-9 says "Monoclonal
+    Protein/Total Protein" (MONOPTPT); MNMTN, LKM1AB, RF, ... are no LBTESTCD terms at all; LBSPEC
+    MULTIPLE is no SPECTYPE term. A row keeps its LBTESTCD when the CT gives that code the row's
+    LBTEST (--TEST then the CT's exact text); else it takes the CT term whose test name is the row's
+    LBTEST (reported, inferred); else it is set aside (its LOINC is then unmapped, reported). A LBSPEC
+    or LBMETHOD that is no term of SPECTYPE/METHOD is left empty (reported, lossy)."""
+    ct = pinned_ct()
+    testcd, test = ct.codelist("LBTESTCD"), ct.codelist("LBTEST")
+    by_name = {t.value: t for t in test.terms.values()}
+    kept: list[dict[str, str]] = []
+    notes: dict[str, list[tuple[str, str, str]]] = {}
+    for r in load_table("codes/loinc_to_lb.csv"):
+        loinc, code, name = r["source_code"], r["target_code"], " ".join(r["LBTEST"].split())
+        row = dict(r)
+        note = notes.setdefault(loinc, []) if r["preferred"] == "Y" else []
+        term = ct.term("LBTESTCD", code)
+        ct_name = test.by_code(term.code) if term is not None else None
+        if ct_name is not None and ct_name.value == name:
+            row["LBTEST"] = ct_name.value
+        else:
+            alt = by_name.get(name)
+            alt_code = testcd.by_code(alt.code) if alt is not None else None
+            table_says = (f"the CDISC LOINC-to-LB table gives LBTESTCD {code} ({r['LBTEST']!r}), "
+                          + (f"which is {ct_name.value!r} in CT {ct.version}" if ct_name is not None
+                             else f"not a term of codelist LBTESTCD in CT {ct.version}"))
+            if alt is None or alt_code is None:
+                note.append((Kind.UNMAPPED_CODE.value, "LBTESTCD",
+                             f"LOINC {loinc}: {table_says}, and no CT test is named {name!r}: its Observations "
+                             "are not converted (a decision can be given with --test-codes)"))
+                continue
+            row["target_code"], row["LBTEST"] = alt_code.value, alt.value
+            note.append((Kind.INFERRED.value, "LBTESTCD, LBTEST",
+                         f"LOINC {loinc} -> LBTESTCD {alt_code.value} ({alt.value!r}), the CT term of the table's "
+                         f"test name: {table_says}"))
+        for var, codelist in (("LBSPEC", "SPECTYPE"), ("LBMETHOD", "METHOD")):
+            if row[var] and not ct.is_valid(codelist, row[var]):
+                note.append((Kind.LOSSY.value, var,
+                             f"LOINC {loinc}: the CDISC LOINC-to-LB table's {var} {row[var]} is not a term of "
+                             f"codelist {codelist} in CT {ct.version}: {var} left empty"))
+                row[var] = ""
+        kept.append(row)
+    return tuple(kept), {k: tuple(v) for k, v in notes.items() if v}
+
+
+def note_cdisc_lb(ctx: Any, loincs: Any) -> None:
+    """Report, once per LOINC among ``loincs`` (the LOINCs of a chunk), what :func:`cdisc_lb_rows`
+    changed in its CDISC row; not for a LOINC the user's --test-codes row decides."""
+    notes = cdisc_lb_rows()[1]
+    user = (getattr(ctx, "test_codes", None) or {}).get("LB") or {}
+    for c in pd.unique(np.asarray(loincs, dtype=object)):
+        if not isinstance(c, str) or c not in notes or c in user:
+            continue
+        for i, (kind, target, message) in enumerate(notes[c]):
+            ctx.once(f"lb-cdisc-ct:{c}:{i}", Kind(kind), message, rule="lb.LBTESTCD",
+                     source="Observation.code", target=target)

@@ -17,7 +17,7 @@ import pandas as pd
 from ...report import Kind
 from ...specs import load_table
 from ..base import Ctx, DomainPlugin, register_domain
-from ..test_codes import note_used, test_table
+from ..test_codes import cdisc_lb_rows, note_cdisc_lb, note_used, test_table
 from . import _obs_json
 from ._findings import (
     _all_missing,
@@ -40,9 +40,10 @@ from .dm import code_table
 
 @cache
 def loinc_lb() -> dict[str, dict[str, str]]:
-    """The CDISC table's preferred row per LOINC, then the project's supplement (LOINCs the CDISC
-    document does not list; a supplement row never replaces a CDISC row)."""
-    rows = {r["source_code"]: r for r in load_table("codes/loinc_to_lb.csv") if r["preferred"] == "Y"}
+    """The CDISC table's preferred row per LOINC (checked against the CT: :func:`cdisc_lb_rows`), then
+    the project's supplement (LOINCs the CDISC document does not list; a supplement row never
+    replaces a CDISC row)."""
+    rows = {r["source_code"]: r for r in cdisc_lb_rows()[0] if r["preferred"] == "Y"}
     for r in load_table("codes/loinc_to_lb_extra.csv"):
         if r["source_code"] in rows:
             raise ValueError(f"loinc_to_lb_extra.csv: LOINC {r['source_code']} is in the CDISC table")
@@ -64,6 +65,7 @@ def row_lookups(table: dict[str, dict[str, str]]) -> dict[str, Any]:
 
 def map_lb(cols: pd.DataFrame, ctx: Ctx) -> pd.DataFrame:
     table = test_table(ctx, "LB", loinc_lb())
+    note_cdisc_lb(ctx, cols["_loinc"].to_numpy(dtype=object))
     # every lookup below is once per distinct code (the table row is the same for all its rows),
     # each code column factorised once
     tc = resolve_test_codes(cols, ctx, "LB", table, "the CDISC LOINC-to-LB table")
@@ -95,6 +97,7 @@ def map_lb(cols: pd.DataFrame, ctx: Ctx) -> pd.DataFrame:
 def map_lb_columns(cols: dict[str, Any], ctx: Ctx) -> pd.DataFrame:
     """:func:`map_lb` on the numpy columns of a chunk (the fast path; same frame, same issues)."""
     table = test_table(ctx, "LB", loinc_lb())
+    note_cdisc_lb(ctx, cols["_loinc"])
     tc = resolve_test_codes_columns(cols, ctx, "LB", table, "the CDISC LOINC-to-LB table")
     if tc is None:
         return pd.DataFrame()

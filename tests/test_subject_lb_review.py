@@ -109,3 +109,27 @@ def test_cdisc_loinc_table_against_ct() -> None:
         assert not r["LBMETHOD"] or ct.is_valid("METHOD", r["LBMETHOD"]), r
     assert lb_loinc("MCP1", "SERUM OR PLASMA", "ELECTROPHORESIS") == (None, 0)
     assert lb_loinc("MONOPTPT", "SERUM OR PLASMA", "ELECTROPHORESIS") == ("33647-9", 1)
+
+
+def _statement(i: int, status: str, **extra: Any) -> dict[str, Any]:
+    return {"resourceType": "MedicationStatement", "id": f"m{i}", "status": status,
+            "medicationCodeableConcept": {"text": f"Drug {i}"}, "subject": {"reference": "Patient/p1"}, **extra}
+
+
+def test_cm_active_statement_is_ongoing(tmp_path: Path) -> None:
+    """An R4 MedicationStatement 'active' (still being taken) with no end date: CMENRTPT ONGOING against
+    CMENTPT = CMDTC, the date it was stated (SDTMIG 3.4 section 4.4.7); it was dropped silently. A
+    completed one, or an active one with an end date, is not ongoing; an active one with no
+    dateAsserted has no reference point and is reported."""
+    frames, report = _convert(tmp_path, [
+        _statement(1, "active", dateAsserted="2024-02-01", effectivePeriod={"start": "2020-05"}),
+        _statement(2, "completed", dateAsserted="2024-02-01", effectivePeriod={"start": "2020-05"}),
+        _statement(3, "active", dateAsserted="2024-02-01",
+                   effectivePeriod={"start": "2020-05", "end": "2024-01-15"}),
+        _statement(4, "active", effectivePeriod={"start": "2020-05"})])
+    cm = frames["cm"].set_index("CMTRT")
+    assert cm.loc["Drug 1", ["CMENRTPT", "CMENTPT"]].tolist() == ["ONGOING", "2024-02-01"]
+    for d in ("Drug 2", "Drug 3", "Drug 4"):
+        assert cm.loc[d, ["CMENRTPT", "CMENTPT"]].tolist() == ["", ""], d
+    lost = [i["record"] for i in report["issues"] if i.get("rule") == "cm.CMENRTPT"]
+    assert lost == ["MedicationStatement/m4"]

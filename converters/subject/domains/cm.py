@@ -73,6 +73,19 @@ def map_cm(cols: pd.DataFrame, ctx: Ctx) -> pd.DataFrame:
     out["CMSTDTC"] = C.dtc(cols, "_start", ctx, rule="cm.CMSTDTC", target="CMSTDTC")
     out["CMENDTC"] = C.dtc(cols, "_end", ctx, rule="cm.CMENDTC", target="CMENDTC")
     out["CMDTC"] = C.dtc(cols, "_asserted", ctx, rule="cm.CMDTC", target="CMDTC")
+    # rule cm.CMENRTPT: an R4 MedicationStatement 'active' ("still being taken") with no end date is
+    # ongoing as of its assertion (SDTMIG 3.4 section 4.4.7: --ENRTPT ONGOING against --ENTPT, here CMDTC)
+    ongoing = (cols["_src_type"].eq("MedicationStatement") & cols["_status"].eq("active")
+               & out["CMENDTC"].isna())
+    anchored = ongoing & out["CMDTC"].notna()
+    out["CMENRTPT"] = anchored.map({True: "ONGOING", False: None})
+    out["CMENTPT"] = out["CMDTC"].where(anchored, None)
+    if (ongoing & ~anchored).any():
+        keys = C.record_key(cols)
+        for i in cols.index[ongoing & ~anchored]:
+            ctx.report.add(Kind.LOSSY, "MedicationStatement active (still taken) with no end date and no "
+                           "dateAsserted: no reference time point for CMENRTPT ONGOING, not carried",
+                           rule="cm.CMENRTPT", source="status", target="CMENRTPT", record=keys.at[i])
     many = cols["_n_dosage"].fillna(0).astype(int) > 1
     if many.any():
         keys = C.record_key(cols)

@@ -133,3 +133,42 @@ def test_cm_active_statement_is_ongoing(tmp_path: Path) -> None:
         assert cm.loc[d, ["CMENRTPT", "CMENTPT"]].tolist() == ["", ""], d
     lost = [i["record"] for i in report["issues"] if i.get("rule") == "cm.CMENRTPT"]
     assert lost == ["MedicationStatement/m4"]
+
+
+def _specimen(sid: str, system: str, code: str) -> dict[str, Any]:
+    return {"resourceType": "Specimen", "id": sid, "type": {"coding": [{"system": system, "code": code}]},
+            "subject": {"reference": "Patient/p1"}}
+
+
+V2_0487 = "http://terminology.hl7.org/CodeSystem/v2-0487"
+
+
+@pytest.mark.parametrize("bulk", [False, True])
+def test_lbspec_from_the_specimen(tmp_path: Path, bulk: bool) -> None:
+    """Joint IG: LBSPEC <- Specimen.type. The Specimen the Observation names decides (v2-0487 SER ->
+    SERUM, SNOMED 119361006 Plasma specimen -> PLASMA) over the LOINC row (Ser/Plas -> SERUM OR PLASMA);
+    it was read and dropped silently. A type not in the table keeps the LOINC's and is reported."""
+    resources = [_specimen("s1", V2_0487, "SER"), _specimen("s2", "http://snomed.info/sct", "119361006"),
+                 _specimen("s3", V2_0487, "XXX"),
+                 _lab(1, "4485-9", 57, "mg/dL", specimen={"reference": "Specimen/s1"}),
+                 _lab(2, "4485-9", 58, "mg/dL", specimen={"reference": "Specimen/s2"}),
+                 _lab(3, "4485-9", 59, "mg/dL", specimen={"reference": "Specimen/s3"}),
+                 _lab(4, "4485-9", 60, "mg/dL")]
+    if bulk:
+        folder = tmp_path / "bulk"
+        folder.mkdir()
+        by_type: dict[str, list[str]] = {}
+        for r in [{"resourceType": "Patient", "id": "p1", "gender": "female"}, *resources]:
+            by_type.setdefault(r["resourceType"], []).append(json.dumps(r))
+        for t, lines in by_type.items():
+            (folder / f"{t}.ndjson").write_text("\n".join(lines) + "\n")
+        out = tmp_path / "out"
+        main(["convert", str(folder), "--to", "sdtm", "-o", str(out), "--sdtm-format", "csv", "--studyid", "REV"])
+        lb = pd.read_csv(out / "lb.csv", dtype=str, keep_default_na=False)
+        report = json.loads((out / "report.json").read_text())
+    else:
+        frames, report = _convert(tmp_path, resources)
+        lb = frames["lb"]
+    assert lb.sort_values("LBORRES")["LBSPEC"].tolist() == ["SERUM", "PLASMA", "SERUM OR PLASMA", "SERUM OR PLASMA"]
+    bad = [i["record"] for i in report["issues"] if i.get("rule") == "lb.LBSPEC"]
+    assert bad == ["Observation/o3"]

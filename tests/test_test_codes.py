@@ -106,11 +106,12 @@ def test_without_a_decision_anti_dsdna_is_reported_not_guessed(tmp_path: Path) -
     issues = json.loads((out / "report.json").read_text())["issues"]
     assert any(i["kind"] == "unmapped-code" and i["rule"] == "lb.LBTESTCD" and "Observation/" in (i.get("record") or "")
                for i in issues)
-    # the supplement converts eGFR (CKD-EPI), and says so once
+    # the supplement converts eGFR (CKD-EPI), and says so once; LBSPEC is the sample's Specimen.type
+    # (v2-0487 SER, rule lb.LBSPEC) over the supplement row's SERUM OR PLASMA OR BLOOD
     egfr = [r for r in rows if r["LBLOINC"] == "62238-1"]
     assert len(egfr) == 72
     assert {(r["LBTESTCD"], r["LBSPEC"], r["LBMETHOD"], r["LBCAT"], r["LBORRESU"]) for r in egfr} == {
-        ("GFRBSCRT", "SERUM OR PLASMA OR BLOOD", "CALCULATION", "CHEMISTRY", "mL/min/1.73 m2")}
+        ("GFRBSCRT", "SERUM", "CALCULATION", "CHEMISTRY", "mL/min/1.73 m2")}
     used = [i for i in issues if i["rule"] == "lb.LBTESTCD" and i["kind"] == "inferred"]
     assert [("62238-1" in i["message"], "loinc_to_lb_extra.csv" in i["message"]) for i in used] == [(True, True)]
 

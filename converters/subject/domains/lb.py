@@ -84,6 +84,17 @@ def map_lb(cols: pd.DataFrame, ctx: Ctx) -> pd.DataFrame:
     by_class = codes.map(by_row["LBCAT"])
     cat_text = cols["_cat_text"].astype("object")
     out["LBCAT"] = cat_text.where(cat_text.notna(), by_class)
+    if "_spec_type" in cols and cols["_spec_type"].notna().any():
+        # rule lb.LBSPEC: the Specimen the Observation names says which specimen (Joint IG LBSPEC <- Specimen.type)
+        st = cols["_spec_type"].astype("object")
+        spec_codes = code_table("spectype")
+        from_spec = map_distinct(st, lambda c: None if c is None else spec_codes.get(c))
+        out["LBSPEC"] = from_spec.where(from_spec.notna(), out["LBSPEC"])
+        bads = st.notna() & from_spec.isna()
+        if bads.any():
+            ctx.row_issues("LB", "spectype", Kind.UNMAPPED_CODE, "Specimen.type code not in table spectype: "
+                           "LBSPEC from the LOINC", cols, bads, rule="lb.LBSPEC", target="LBSPEC",
+                           value_col="_spec_type")
     fast = cols["_fast"].astype("object")
     fast_codes = code_table("fast")
     out["LBFAST"] = map_distinct(fast, lambda c: None if c is None else fast_codes.get(c))
@@ -113,6 +124,19 @@ def map_lb_columns(cols: dict[str, Any], ctx: Ctx) -> pd.DataFrame:
     by_class = codes.map(by_row["LBCAT"])
     cat_text = cols["_cat_text"]
     out["LBCAT"] = _obj(by_class if _all_missing(cat_text) else np.where(_missing(cat_text), by_class, cat_text))
+    spec_type = cols.get("_spec_type")
+    if spec_type is not None and not _all_missing(spec_type):
+        # rule lb.LBSPEC (as map_lb)
+        st = _Factor(spec_type)
+        spec_codes = code_table("spectype")
+        st_t = st.table(lambda c: None if c is None else spec_codes.get(c))
+        from_spec = st_t[st.codes]
+        out["LBSPEC"] = _obj(np.where(_missing(from_spec), out["LBSPEC"], from_spec))
+        bads = (st.codes >= 0) & _missing(st_t)[st.codes]
+        if bads.any():
+            row_issues_columns(ctx, "LB", "spectype", Kind.UNMAPPED_CODE, "Specimen.type code not in table "
+                               "spectype: LBSPEC from the LOINC", cols, bads, rule="lb.LBSPEC", target="LBSPEC",
+                               value_col="_spec_type")
     fast = _Factor(cols["_fast"])
     fast_codes = code_table("fast")
     lbfast = fast.table(lambda c: None if c is None else fast_codes.get(c))

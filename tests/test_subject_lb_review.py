@@ -172,3 +172,38 @@ def test_lbspec_from_the_specimen(tmp_path: Path, bulk: bool) -> None:
     assert lb.sort_values("LBORRES")["LBSPEC"].tolist() == ["SERUM", "PLASMA", "SERUM OR PLASMA", "SERUM OR PLASMA"]
     bad = [i["record"] for i in report["issues"] if i.get("rule") == "lb.LBSPEC"]
     assert bad == ["Observation/o3"]
+
+
+def _write_bulk(folder: Path, resources: list[dict[str, Any]]) -> Path:
+    folder.mkdir()
+    by_type: dict[str, list[str]] = {}
+    for r in [{"resourceType": "Patient", "id": "p1", "gender": "female"}, *resources]:
+        by_type.setdefault(r["resourceType"], []).append(json.dumps(r))
+    for t, lines in by_type.items():
+        (folder / f"{t}.ndjson").write_text("\n".join(lines) + "\n")
+    return folder
+
+
+@pytest.mark.parametrize("bulk", [False, True])
+def test_comparator_result_is_standardised(tmp_path: Path, bulk: bool) -> None:
+    """"<5.1" g/dL hemoglobin: LBSTRESC is in the standard unit (g/L) like every other result, so
+    "<51" with LBSTRESU g/L, no LBSTRESN (SDTMIG 3.4 LB: LBSTRESC holds "<" results, LBSTRESN only
+    numbers); it was "<5.1" (the g/dL text) with no LBSTRESU, and LBSTNRLO was left empty. A
+    comparator on a test with no standard unit keeps its unit ("<5" mg/dL glucose)."""
+    rng = {"low": {"value": 12, "unit": "g/dL", "system": UCUM, "code": "g/dL"}}
+    hgb = _lab(1, "718-7", 5.1, "g/dL", referenceRange=[rng])
+    hgb["valueQuantity"]["comparator"] = "<"
+    gluc = _lab(2, "2345-7", 5, "mg/dL")
+    gluc["valueQuantity"]["comparator"] = "<"
+    plain = _lab(3, "718-7", 13.1, "g/dL", referenceRange=[rng])
+    resources = [hgb, gluc, plain]
+    if bulk:
+        out = tmp_path / "out"
+        main(["convert", str(_write_bulk(tmp_path / "bulk", resources)), "--to", "sdtm", "-o", str(out),
+              "--sdtm-format", "csv", "--studyid", "REV"])
+        lb = pd.read_csv(out / "lb.csv", dtype=str, keep_default_na=False)
+    else:
+        lb = _convert(tmp_path, resources)[0]["lb"]
+    got = [tuple(r) for r in lb[["LBORRES", "LBORRESU", "LBSTRESC", "LBSTRESN", "LBSTRESU", "LBSTNRLO"]].values]
+    assert sorted(got) == sorted([("<5.1", "g/dL", "<51", "", "g/L", "120"), ("<5", "mg/dL", "<5", "", "mg/dL", ""),
+                                  ("13.1", "g/dL", "131", "131", "g/L", "120")])

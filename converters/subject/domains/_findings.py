@@ -1188,18 +1188,28 @@ def map_findings(cols: pd.DataFrame, ctx: Ctx, d: str, testcd: pd.Series, unit_c
     std_ucum = tests.map(lambda t: std[t][0] if t in std else None)
     std_cdisc = tests.map(lambda t: std[t][1] if t in std else None)
     numeric = num.notna() & ~has_cmp
+    # a result with a comparator is standardised as a number is: its number converted, the comparator
+    # kept in front ("<5.1" g/dL -> --STRESC "<51", --STRESU g/L), no --STRESN (SDTMIG 3.4 LB)
+    convertible = num.notna()
     to_ucum = std_ucum.where(std_ucum.notna(), vu)
-    conv, ok = units.convert(num.where(numeric), vu.where(numeric), to_ucum.where(numeric))
-    failed = numeric & vu.notna() & ~ok
+    conv, ok = units.convert(num.where(convertible), vu.where(convertible), to_ucum.where(convertible))
+    failed = convertible & vu.notna() & ~ok
     if failed.any():
         ctx.row_issues(d, "convert", Kind.UNMAPPED_CODE, "result unit cannot be converted to the "
                        "standard unit (UCUM)", cols, failed, rule=f"{d.lower()}.STRESN",
                        target=f"{d}STRESN", value_col="_vu")
-    unitless = numeric & vu.isna()
+    unitless = convertible & vu.isna()
     conv = conv.where(~unitless, num)
     stresu = std_cdisc.where(std_ucum.notna(), orresu)
     keep = (ok & stresu.notna()) | unitless
-    stresc_texts, stresn = fmt_values(conv.where(keep).to_numpy(dtype="float64", na_value=np.nan), numbers=True)
+    stresc_texts, stresn = fmt_values(conv.where(keep & numeric).to_numpy(dtype="float64", na_value=np.nan),
+                                      numbers=True)
+    cmp_keep = (keep & has_cmp).to_numpy(dtype=bool)
+    if cmp_keep.any():
+        rows = np.flatnonzero(cmp_keep)
+        texts = fmt_values(conv.to_numpy(dtype="float64", na_value=np.nan)[rows])
+        stresc_texts[rows] = [c + t for c, t in zip(cmp_.to_numpy(dtype=object)[rows].tolist(), texts.tolist(),
+                                                    strict=True)]
     out[f"{d}STRESN"] = pd.Series(stresn, index=cols.index)   # (the number --STRESC says)
     stresc = pd.Series(stresc_texts, index=cols.index)
     out[f"{d}STRESC"] = stresc.where(stresc.notna(), orres.where(~numeric | has_cmp))
@@ -1517,26 +1527,31 @@ def map_findings_columns(cols: dict[str, Any], ctx: Ctx, d: str, testcd: np.ndar
     std_cdisc_t = tests.table(lambda t: std[t][1] if t in std else None)
     has_std = ~_missing(std_ucum_t)[tests.codes]
     numeric = ~np.isnan(numf) & ~has_cmp
+    convertible = ~np.isnan(numf)   # (a comparator's number too: map_findings)
 
     def result_units(k: int) -> tuple[Any, Any]:
         u = units_.values[k % width - 1] if k % width else None
         t = k // width - 1
         to = std_ucum_t[t] if t >= 0 and std_ucum_t[t] is not None else u
         return u, to
-    a, b, ok = _linear_of_pairs(pair, numeric, result_units)
+    a, b, ok = _linear_of_pairs(pair, convertible, result_units)
     conv = np.full(n, np.nan)
     conv[ok] = numf[ok] * a[ok] + b[ok]
-    failed = numeric & has_vu & ~ok
+    failed = convertible & has_vu & ~ok
     if failed.any():
         row_issues_columns(ctx, d, "convert", Kind.UNMAPPED_CODE, "result unit cannot be converted to the "
                            "standard unit (UCUM)", cols, failed, rule=f"{d.lower()}.STRESN",
                            target=f"{d}STRESN", value_col="_vu")
-    unitless = numeric & ~has_vu
+    unitless = convertible & ~has_vu
     conv[unitless] = numf[unitless]
     stresu = np.where(has_std, std_cdisc_t[tests.codes], orresu)
     stresu_missing = np.where(has_std, _missing(std_cdisc_t)[tests.codes], orresu_missing)
     keep = (ok & ~stresu_missing) | unitless
-    stresc_texts, stresn = fmt_values(np.where(keep, conv, np.nan), reprs, numbers=True)
+    stresc_texts, stresn = fmt_values(np.where(keep & numeric, conv, np.nan), reprs, numbers=True)
+    cmp_keep = keep & has_cmp
+    if cmp_keep.any():
+        rows = np.flatnonzero(cmp_keep)
+        stresc_texts[rows] = [c + t for c, t in zip(cmp_[rows].tolist(), fmt_values(conv[rows]).tolist(), strict=True)]
     out[f"{d}STRESN"] = stresn   # (the number --STRESC says: no float noise of a conversion)
     stresc = pd.Series(stresc_texts)
     if not keep.all():

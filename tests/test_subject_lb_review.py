@@ -207,3 +207,14 @@ def test_comparator_result_is_standardised(tmp_path: Path, bulk: bool) -> None:
     got = [tuple(r) for r in lb[["LBORRES", "LBORRESU", "LBSTRESC", "LBSTRESN", "LBSTRESU", "LBSTNRLO"]].values]
     assert sorted(got) == sorted([("<5.1", "g/dL", "<51", "", "g/L", "120"), ("<5", "mg/dL", "<5", "", "mg/dL", ""),
                                   ("13.1", "g/dL", "131", "131", "g/L", "120")])
+
+
+def test_lobxfl_not_derived_is_reported(tmp_path: Path) -> None:
+    """LBLOBXFL/VSLOBXFL are Expected (SDTMIG 3.4) and written as columns, but not derived: the empty
+    column is said so once per domain (it was silent)."""
+    vital = {**_lab(2, "8867-4", 60, "/min"), "category": [{"coding": [
+        {"system": "http://terminology.hl7.org/CodeSystem/observation-category", "code": "vital-signs"}]}]}
+    frames, report = _convert(tmp_path, [_lab(1, "718-7", 13.1, "g/dL"), vital])
+    assert "LBLOBXFL" in frames["lb"] and "VSLOBXFL" in frames["vs"]
+    said = sorted((i["kind"], i["target"]) for i in report["issues"] if i.get("rule") in ("lb.LOBXFL", "vs.LOBXFL"))
+    assert said == [("lossy", "LBLOBXFL"), ("lossy", "VSLOBXFL")]   # a declared gap (info: --strict passes)

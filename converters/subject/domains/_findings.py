@@ -1156,6 +1156,11 @@ def map_findings(cols: pd.DataFrame, ctx: Ctx, d: str, testcd: pd.Series, unit_c
     out["STUDYID"] = np.full(len(cols), ctx.studyid, dtype=object)
     out["DOMAIN"] = np.full(len(cols), d, dtype=object)
     out["USUBJID"] = cols["USUBJID"]
+    # rule --.LOBXFL (gap): an Expected variable left empty is said so, once per domain
+    ctx.once(f"lobxfl:{d}", Kind.LOSSY, f"{d}LOBXFL (Expected, SDTMIG 3.4: the last non-missing result before "
+             "RFXSTDTC per subject and test) is not derived: results are streamed chunk by chunk and the flag "
+             "needs all of a subject's results; left empty for the sponsor's derivation",
+             rule=f"{d.lower()}.LOBXFL", target=f"{d}LOBXFL")
     # --ORRES: numeric as given (comparator kept in front), else coded/text value
     v = cols["_v"].astype("object")
     num = pd.to_numeric(v, errors="coerce")     # (a float as its JSON text where given: numbers.py)
@@ -1470,6 +1475,11 @@ def map_findings_columns(cols: dict[str, Any], ctx: Ctx, d: str, testcd: np.ndar
     out["STUDYID"] = full_object(n, ctx.studyid)
     out["DOMAIN"] = full_object(n, d)
     out["USUBJID"] = _obj(cols["USUBJID"])
+    # rule --.LOBXFL (gap): an Expected variable left empty is said so, once per domain
+    ctx.once(f"lobxfl:{d}", Kind.LOSSY, f"{d}LOBXFL (Expected, SDTMIG 3.4: the last non-missing result before "
+             "RFXSTDTC per subject and test) is not derived: results are streamed chunk by chunk and the flag "
+             "needs all of a subject's results; left empty for the sponsor's derivation",
+             rule=f"{d.lower()}.LOBXFL", target=f"{d}LOBXFL")
     # --ORRES: numeric as given (comparator kept in front), else coded/text value
     v = cols["_v"]
     orres, numf, v_present, reprs = _texts_and_numbers(v)

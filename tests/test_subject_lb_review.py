@@ -218,3 +218,23 @@ def test_lobxfl_not_derived_is_reported(tmp_path: Path) -> None:
     assert "LBLOBXFL" in frames["lb"] and "VSLOBXFL" in frames["vs"]
     said = sorted((i["kind"], i["target"]) for i in report["issues"] if i.get("rule") in ("lb.LOBXFL", "vs.LOBXFL"))
     assert said == [("lossy", "LBLOBXFL"), ("lossy", "VSLOBXFL")]   # a declared gap (info: --strict passes)
+
+
+def test_cm_frequency_range_is_not_its_lower_bound(tmp_path: Path) -> None:
+    """timing.repeat {frequency 1, frequencyMax 2, period 1 d} is "1 to 2 times a day": no CDISC FREQ term;
+    it was written CMDOSFRQ QD (the lower bound) silently. Now unmapped-code, CMDOSFRQ empty; a plain
+    1/1 d stays QD; a timing part no rule reads (when: HS) is reported, not dropped silently."""
+    def dosed(i: int, repeat: dict[str, Any]) -> dict[str, Any]:
+        return _statement(i, "completed", dateAsserted="2024-02-01", effectivePeriod={"start": "2020-05"},
+                          dosage=[{"timing": {"repeat": repeat}}])
+    frames, report = _convert(tmp_path, [
+        dosed(1, {"frequency": 1, "frequencyMax": 2, "period": 1, "periodUnit": "d"}),
+        dosed(2, {"frequency": 1, "period": 1, "periodUnit": "d"}),
+        dosed(3, {"frequency": 1, "period": 4, "periodMax": 6, "periodUnit": "h"}),
+        dosed(4, {"frequency": 1, "period": 1, "periodUnit": "d", "when": ["HS"]})])
+    freq = dict(zip(frames["cm"]["CMTRT"], frames["cm"]["CMDOSFRQ"], strict=True))
+    assert freq == {"Drug 1": "", "Drug 2": "QD", "Drug 3": "", "Drug 4": "QD"}
+    unmapped = sorted(i["record"] for i in report["issues"] if i.get("rule") == "cm.CMDOSFRQ")
+    assert unmapped == ["MedicationStatement/m1", "MedicationStatement/m3"]
+    assert any(i.get("rule") == "subject.unread-nested" and "MedicationStatement.dosage.timing.repeat.when" in i["message"]
+               for i in report["issues"])

@@ -225,10 +225,14 @@ def timing_key(timing: Any) -> Codings:
     out = list(codings(timing.get("code")))
     rep = timing.get("repeat")
     if isinstance(rep, dict) and rep.get("period") is not None and rep.get("periodUnit"):
-        freq = rep.get("frequency", 1)
-        per = rep["period"]
-        per_txt = f"{int(per)}" if float(per).is_integer() else f"{per}"
-        out.append(("timing-repeat", f"{freq}/{per_txt}/{rep['periodUnit']}"))
+        def num(v: Any) -> str:
+            return f"{int(v)}" if float(v).is_integer() else f"{v}"
+        # a range ("1 to 2 times a day": frequencyMax; "every 4-6 hours": periodMax) is no CT frequency:
+        # its key ("1-2/1/d") matches no row and is reported (unmapped-code), never read as its lower bound
+        freq = num(rep.get("frequency", 1)) + (f"-{num(rep['frequencyMax'])}" if rep.get("frequencyMax") is not None
+                                              else "")
+        per = num(rep["period"]) + (f"-{num(rep['periodMax'])}" if rep.get("periodMax") is not None else "")
+        out.append(("timing-repeat", f"{freq}/{per}/{rep['periodUnit']}"))
     return tuple(out)
 
 

@@ -238,3 +238,16 @@ def test_cm_frequency_range_is_not_its_lower_bound(tmp_path: Path) -> None:
     assert unmapped == ["MedicationStatement/m1", "MedicationStatement/m3"]
     assert any(i.get("rule") == "subject.unread-nested" and "MedicationStatement.dosage.timing.repeat.when" in i["message"]
                for i in report["issues"])
+
+
+def test_cm_planned_medication_is_not_a_record(tmp_path: Path) -> None:
+    """An R4 MedicationStatement 'intended' ("may be taken at some time in the future") and a draft
+    MedicationRequest are no medication received (SDTMIG 3.4 CM): not converted, reported per record;
+    they were written as CM records like any taken medication."""
+    request = {"resourceType": "MedicationRequest", "id": "r1", "status": "draft", "intent": "order",
+               "medicationCodeableConcept": {"text": "Drug 9"}, "subject": {"reference": "Patient/p1"}}
+    frames, report = _convert(tmp_path, [_statement(1, "intended", dateAsserted="2024-02-01"),
+                                         _statement(2, "completed", dateAsserted="2024-02-01"), request])
+    assert frames["cm"]["CMTRT"].tolist() == ["Drug 2"]
+    dropped = sorted(i["record"] for i in report["issues"] if i.get("rule") == "cm.status")
+    assert dropped == ["MedicationRequest/r1", "MedicationStatement/m1"]

@@ -33,6 +33,12 @@ def extract_cm(res: dict[str, Any], ctx: Ctx) -> dict[str, Any] | None:
 def map_cm(cols: pd.DataFrame, ctx: Ctx) -> pd.DataFrame:
     cols = C.drop_rows(cols, cols["_status"].eq("entered-in-error"), ctx,
                        "medication record entered-in-error: dropped", rule="cm.status")
+    # R4 MedicationStatement 'intended' ("may be taken at some time in the future") and a 'draft'
+    # MedicationRequest (not yet an order) are no medication received: not a CM record (SDTMIG 3.4 CM)
+    planned = ((cols["_src_type"].eq("MedicationStatement") & cols["_status"].eq("intended"))
+               | (cols["_src_type"].eq("MedicationRequest") & cols["_status"].eq("draft")))
+    cols = C.drop_rows(cols, planned, ctx, "medication intended/draft (planned, not taken): CM records "
+                       "medications received; not converted", rule="cm.status")
     if not len(cols):
         return pd.DataFrame()
     study_ms = cols["_drug"].notna()

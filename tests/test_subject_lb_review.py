@@ -251,3 +251,27 @@ def test_cm_planned_medication_is_not_a_record(tmp_path: Path) -> None:
     assert frames["cm"]["CMTRT"].tolist() == ["Drug 2"]
     dropped = sorted(i["record"] for i in report["issues"] if i.get("rule") == "cm.status")
     assert dropped == ["MedicationRequest/r1", "MedicationStatement/m1"]
+
+
+def test_exendtc_of_an_open_period_is_not_the_start(tmp_path: Path) -> None:
+    """EXENDTC = EXSTDTC for an administration at a point in time (effectiveDateTime; SDTMIG 3.4 EX),
+    the period's end when given; an effectivePeriod with a start and no end (an infusion in progress)
+    has no known end — it was given EXSTDTC as its end, an invented value."""
+    study = Path(__file__).resolve().parents[1] / "samples" / "NCT04835883" / "ctgov.json"
+
+    def admin(i: int, **eff: Any) -> dict[str, Any]:
+        return {"resourceType": "MedicationAdministration", "id": f"a{i}", "status": "completed",
+                "medicationCodeableConcept": {"text": "CS20AT04"}, "subject": {"reference": "Patient/p1"}, **eff}
+    bundle = {"resourceType": "Bundle", "type": "collection", "entry": [{"resource": r} for r in [
+        {"resourceType": "Patient", "id": "p1", "gender": "female"},
+        admin(1, effectiveDateTime="2024-01-01T10:00:00"),
+        admin(2, effectivePeriod={"start": "2024-02-01T10:00:00", "end": "2024-02-01T11:00:00"}),
+        admin(3, effectivePeriod={"start": "2024-03-01T10:00:00"})]]}
+    src = tmp_path / "in.json"
+    src.write_text(json.dumps(bundle))
+    out = tmp_path / "out"
+    main(["convert", str(src), "--to", "sdtm", "-o", str(out), "--sdtm-format", "csv", "--study", str(study)])
+    ex = pd.read_csv(out / "ex.csv", dtype=str, keep_default_na=False)
+    assert [tuple(r) for r in ex[["EXSTDTC", "EXENDTC"]].values] == [
+        ("2024-01-01T10:00:00", "2024-01-01T10:00:00"), ("2024-02-01T10:00:00", "2024-02-01T11:00:00"),
+        ("2024-03-01T10:00:00", "")]

@@ -43,6 +43,9 @@ def extract_medication(res: dict[str, Any], ctx: Ctx) -> dict[str, Any] | None:
             start, end = C.period_or_datetime(res, "occurence")     # R5 spelling
         if start is None:
             start, end = C.period_or_datetime(res, "occurrence")
+        # a Period with a start and no end is an administration not (known to be) finished: no EXENDTC
+        open_period = end is None and any(isinstance(res.get(f"{k}Period"), dict)
+                                          for k in ("effective", "occurence", "occurrence"))
         dosage = res.get("dosage")
         if not isinstance(dosage, dict):
             dosage = {}
@@ -65,6 +68,7 @@ def extract_medication(res: dict[str, Any], ctx: Ctx) -> dict[str, Any] | None:
             bounds = rep.get("boundsPeriod") if isinstance(rep, dict) else None
             start, end = (bounds.get("start"), bounds.get("end")) if isinstance(bounds, dict) else (None, None)
         enc = ref_of(res.get("context") or res.get("encounter"))
+        open_period = False
     to_ex = bool(drug and rtype == "MedicationAdministration")
     indc, indc_ref = C.first_reason(res, ctx, None if to_ex else "CMINDC")
     status = res.get("status")
@@ -79,7 +83,7 @@ def extract_medication(res: dict[str, Any], ctx: Ctx) -> dict[str, Any] | None:
         "_form": C.codings((medres or {}).get("form") if isinstance(medres, dict) else None),
         "_lot": (((medres or {}).get("batch") or {}).get("lotNumber")
                  if isinstance((medres or {}).get("batch"), dict) else None),
-        "_start": start, "_end": end,
+        "_start": start, "_end": end, "_open": open_period,
         "_indc": indc, "_indc_ref": indc_ref,
         "_reason": bool(res.get("reasonCode") or res.get("reasonReference") or res.get("reason")),
     }
@@ -117,7 +121,10 @@ def map_ex(cols: pd.DataFrame, ctx: Ctx) -> pd.DataFrame:
                        source="MedicationAdministration.reason", target="EX")
     out["EXSTDTC"] = C.dtc(cols, "_start", ctx, rule="ex.EXSTDTC", target="EXSTDTC")
     end = C.dtc(cols, "_end", ctx, rule="ex.EXENDTC", target="EXENDTC")
-    out["EXENDTC"] = end.where(end.notna(), out["EXSTDTC"])
+    # a single administration at a point in time ends when it starts (SDTMIG 3.4 EX); a Period left
+    # open (an infusion in progress) has no known end: EXENDTC stays empty, never the start copied
+    point = ~cols["_open"].fillna(False).astype(bool)
+    out["EXENDTC"] = end.where(end.notna() | ~point, out["EXSTDTC"])
     # EX is mapped before the engine derives RFSTDTC/RFENDTC from it; the same rule (first/last
     # study-drug exposure, identity.reference_dates) gives EX its own --DY and EPOCH
     g = out.groupby("USUBJID", sort=False)

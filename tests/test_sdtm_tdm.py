@@ -207,7 +207,8 @@ def test_seed_ts_parameters_and_codes() -> None:
     assert got["RANDOM"]["TSVAL"] == "N" and got["RANDOM"]["TSVALCD"] == "C49487"
     assert got["HLTSUBJI"]["TSVAL"] == "N" and got["DMCIND"]["TSVAL"] == "N"
     assert got["SSTDTC"]["TSVAL"] == "2019-09-26"
-    assert "SENDTC" not in got   # completion date is ESTIMATED: not an actual end date
+    # completion date is ESTIMATED: not an actual end date, so no value, but the FDA-expected row is there
+    assert (got["SENDTC"]["TSVAL"], got["SENDTC"]["TSVALNF"]) == ("", "NI")
     assert got["EXTTIND"]["TSVALNF"] == "NI"
     assert got["TRT"]["TSGRPID"] == got["INTTYPE"]["TSGRPID"] == "INT1"
     assert got["INTTYPE"]["TSVAL"] == "BIOLOGIC"
@@ -235,7 +236,30 @@ def test_no_upper_age_limit_is_pinf_and_masking_triple_is_double_blind() -> None
     tblind = ts_rows(frames, "TBLIND")[0]
     assert (tblind["TSVAL"], tblind["TSVALCD"]) == ("DOUBLE BLIND", "C15228")
     assert any(i.kind is Kind.LOSSY and i.target == "TS.TBLIND" for i in report.issues)
-    assert ts_rows(frames, "ACTSUB")[0]["TSVAL"] == "12" and not ts_rows(frames, "PLANSUB")
+    assert ts_rows(frames, "ACTSUB")[0]["TSVAL"] == "12"
+    assert [(r["TSVAL"], r["TSVALNF"]) for r in ts_rows(frames, "PLANSUB")] == [("", "NI")]
+
+
+def test_fda_expected_dates_and_planned_count_are_never_left_out() -> None:
+    """SSTDTC, SENDTC and PLANSUB are in TS whatever the record says: the value when CT.gov gives it as
+    actual (planned, for PLANSUB), else TSVALNF=NI (FDA TCG TS parameters; FDA Technical Rejection Criteria
+    read the study start date from TS SSTDTC). Before, an estimated start date or an actual enrollment
+    count left the parameter out of TS with no null flavor."""
+    rec = json.loads(json.dumps(SEED_RECORD))
+    status = rec["protocolSection"]["statusModule"]
+    status["startDateStruct"] = {"date": "2027-01", "type": "ESTIMATED"}
+    status.pop("completionDateStruct", None)
+    rec["protocolSection"]["designModule"]["enrollmentInfo"] = {"count": 12, "type": "ACTUAL"}
+    study = read_ctgov_v2(rec, file="x", report=ConversionReport())[0]
+    report = ConversionReport()
+    frames = build_tdm(study, ct=load_ct(), report=report)
+    for parm in ("SSTDTC", "SENDTC", "PLANSUB"):
+        assert [(r["TSVAL"], r["TSVALNF"]) for r in ts_rows(frames, parm)] == [("", "NI")], parm
+    assert any(i.kind is Kind.LOSSY and i.target == "TS.SSTDTC" and "startDateStruct" in (i.source or "")
+               for i in report.issues)
+    # the FDA-expected parameters CT.gov does not structure are present and visibly without information
+    for parm in ("OBJPRIM", "OBJSEC", "ADDON", "PCLAS", "TDIGRP", "ADAPT", "LENGTH"):
+        assert [(r["TSVAL"], r["TSVALNF"]) for r in ts_rows(frames, parm)] == [("", "NI")], parm
 
 
 def test_extension_study_is_inferred_from_title() -> None:

@@ -342,10 +342,13 @@ def ts_random_reverse(ctx: ReadContext, rows: list[dict[str, Any]]) -> None:
 @transform("ts.enrollment")
 def ts_enrollment(ctx: WriteContext) -> list[TsRow]:
     enr = ctx.study.design.enrollment if ctx.study.design else None
+    planned = ctx.rule["enrollment_type"] == "ESTIMATED"
     if enr is None or enr.count is None:
-        return [ctx.null()] if ctx.rule["enrollment_type"] == "ESTIMATED" else []
+        return [ctx.null()] if planned else []
     if (enr.type or "ESTIMATED") != ctx.rule["enrollment_type"]:
-        return []
+        # an ACTUAL count replaces the anticipated one in CT.gov: the planned number is not in the record,
+        # and PLANSUB (FDA-expected) says so with a null flavor instead of being left out
+        return [ctx.null()] if planned else []
     if enr.type is None:
         ctx.report.add(Kind.INFERRED, "enrollment type missing: count taken as planned (PLANSUB)",
                        rule=ctx.rule["id"], source=ctx.rule["ctgov"], target="TS.PLANSUB")
@@ -592,14 +595,16 @@ def ts_outcomes_reverse(ctx: ReadContext, rows: list[dict[str, Any]]) -> None:
 
 @transform("ts.actual_date")
 def ts_actual_date(ctx: WriteContext) -> list[TsRow]:
+    # SSTDTC and SENDTC are FDA-expected (the FDA Technical Rejection Criteria read the study start date
+    # from TS SSTDTC): without an actual date the row is written with TSVALNF (NI), never left out
     ds = get_path(ctx.study, ctx.rule["source"])
     if ds is None or not ds.date:
-        return []
+        return [ctx.null()]
     if ds.type != "ACTUAL":
         ctx.report.add(Kind.LOSSY, f"{ds.type or 'untyped'} date not written: TS {ctx.parmcd} is the actual "
-                       "date", rule=ctx.rule["id"], source=ctx.rule["ctgov"].split(" ")[0],
-                       target=f"TS.{ctx.parmcd}")
-        return []
+                       f"date (TSVALNF={ctx.rule.get('when_absent') or 'NI'})", rule=ctx.rule["id"],
+                       source=ctx.rule["ctgov"].split(" ")[0], target=f"TS.{ctx.parmcd}")
+        return [ctx.null()]
     return [TsRow(ctx.parmcd, value=ds.date, ref=ISO8601)]
 
 

@@ -321,6 +321,38 @@ def test_seed_ta_te_tv() -> None:
     assert {"ta.ARMCD", "te.SCRN", "te.TRT", "tv.VISIT"} <= inferred
 
 
+def _tv_of(rec: dict) -> pd.DataFrame:
+    study = read_ctgov_v2(rec, file="x", report=ConversionReport())[0]
+    return build_tdm(study, ct=load_ct(), report=ConversionReport())["TV"]
+
+
+def test_tv_day_n_is_study_day_n_unless_the_protocol_counts_from_day_0() -> None:
+    """'Day 1, Day 2, Day 3' in a time frame (NCT03494712, no Day 0 in the record) are the protocol's day
+    numbers: VISITDY 1, 2, 3 (SDTMIG 3.4: study day 1 is the reference start, no day 0), not 2, 3, 4 under
+    VISITs named 'DAY 1'... In a record that counts from a Day 0 (the seed: infusion 'on 0 day'), 'Day 3'
+    is 3 days after it: VISITDY 4. VISIT stays unique. Half years round alike (half up), not half to even."""
+    rec = json.loads(json.dumps(SEED_RECORD))
+    rec["protocolSection"].pop("descriptionModule", None)
+    rec["protocolSection"]["outcomesModule"] = {"primaryOutcomes": [
+        {"measure": "Pain", "timeFrame": "During hospitalization (Day 1, Day 2, Day 3) and 3 days after discharge"},
+        {"measure": "Relapse", "timeFrame": "0.5 year and 1.5 years"}]}
+    arm = rec["protocolSection"]["armsInterventionsModule"]["armGroups"][0]
+    arm["description"] = "Two infusions of CS20AT04, on 0 day and on 12 weeks post-enrollment."   # the sample's wording
+    with_day0 = _tv_of(rec)
+    arm["description"] = "Two infusions of CS20AT04, at enrollment and on 12 weeks post-enrollment."
+    no_day0 = _tv_of(rec)
+    got = {k: v for k, v in zip(no_day0["VISIT"], no_day0["VISITDY"], strict=True) if k.startswith("DAY")}
+    assert got == {"DAY 1": 1, "DAY 2": 2, "DAY 3": 3, "DAY 4": 4}
+    assert no_day0.set_index("VISIT").loc["DAY 4", "TVSTRL"] == "3 days after start of treatment"
+    assert no_day0.set_index("VISIT").loc["DAY 3", "TVSTRL"] == "2 days after start of treatment"
+    got = {k: v for k, v in zip(with_day0["VISIT"], with_day0["VISITDY"], strict=True) if k.startswith("DAY")}
+    assert got == {"DAY 1": 2, "DAY 2": 3, "DAY 3": 4}
+    for tv in (no_day0, with_day0):
+        visits = dict(zip(tv["VISIT"], tv["VISITDY"], strict=True))
+        assert (visits["YEAR 0.5"], visits["YEAR 1.5"]) == (184, 549)
+        assert tv["VISIT"].is_unique and tv["VISITDY"].dropna().is_unique
+
+
 # ------------------------------------------------------------------ output validity
 def test_write_outputs_valid_dataset_json_and_csv(tmp_path: Path) -> None:
     report = ConversionReport()

@@ -11,8 +11,10 @@ inference is reported (``inferred``):
   monitoring. Epochs are CDISC CT EPOCH terms (SCREENING, TREATMENT, FOLLOW-UP).
 * **TV**: time points (``3 days``, ``Week 24``, ``every 4 weeks until Week 24``) from the outcome time
   frames and from the schedule sentences of the descriptions (sentences that speak of visits,
-  assessments, follow-up or monitoring). VISITDY = 1 + offset in days (week 7, month 30, year 365 days),
-  BASELINE (day 1) when an outcome is measured from baseline.
+  assessments, follow-up or monitoring). VISITDY = 1 + offset in days (week 7, month 30, year 365 days;
+  rounded half up), so "3 days" and, in a protocol that counts from a Day 0, "Day 3" are VISITDY 4; in a
+  record that names no Day 0, "Day N" is the protocol's own day number, VISITDY N (Day 1 = the first day,
+  no day 0). BASELINE (day 1) when an outcome is measured from baseline.
 * **TI**: :mod:`trialbridge.sdtm.ti_parser`; IETEST over 200 characters is cut at a word boundary, the
   cut is reported (``truncated``) and the full text kept in ``report.extra["tdm.ti_full_text"]``
   (TIRL is for a machine-readable rule, not for overflow text).
@@ -20,6 +22,7 @@ inference is reported (``inferred``):
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Any
 
@@ -35,6 +38,7 @@ _FOLLOWUP = re.compile(r"\bfollow[- ]?up\b|\bpost[- ](?:infusion|treatment|dose)
 _SCHEDULE = re.compile(r"\b(visit|return|assess|follow[- ]?up|monitor)", re.I)
 _NUM_UNIT = re.compile(r"(\d+(?:\.\d+)?)\s*-?\s*(day|week|month|year)s?\b", re.I)
 _UNIT_NUM = re.compile(r"\b(day|week|month|year)\s*(\d+(?:\.\d+)?)\b", re.I)
+_DAY0 = re.compile(r"\bday\s*0\b|\b0\s*days?\b", re.I)
 _EVERY = re.compile(r"every\s+(\d+)\s+(day|week|month|year)s?\b[^.]*?\buntil\s+(day|week|month|year)\s+(\d+)",
                     re.I)
 
@@ -132,8 +136,9 @@ def build_ta_te(study: Study, report: ConversionReport) -> tuple[list[dict[str, 
 
 
 # ------------------------------------------------------------------ TV
-def _timepoints(text: str) -> list[tuple[float, str, float]]:
-    """(days, unit, number) for every time point named in ``text``."""
+def _timepoints(text: str, day0: bool = False) -> list[tuple[float, str, float]]:
+    """(days after the start, unit, number) for every time point named in ``text``; ``day0``: the protocol
+    counts its days from a Day 0."""
     points: list[tuple[float, str, float]] = []
     for m in _EVERY.finditer(text):
         step, unit, end = int(m.group(1)), m.group(2).lower(), float(m.group(4))
@@ -148,6 +153,12 @@ def _timepoints(text: str) -> list[tuple[float, str, float]]:
     for m in _UNIT_NUM.finditer(text):
         n = float(m.group(2))
         unit = m.group(1).lower()
+        if unit == "day" and not day0:
+            # no Day 0 in the record: "Day N" is the protocol's day number, Day 1 the first day (SDTMIG
+            # 3.4 study day: no day 0), N - 1 days after the start. "Week N" stays N weeks after it.
+            if n >= 1:
+                points.append((n - 1, unit, n))
+            continue
         points.append((n * UNIT_DAYS[unit], unit, n))
     return points
 
@@ -167,11 +178,15 @@ def build_tv(study: Study, report: ConversionReport) -> list[dict[str, Any]]:
             for sentence in re.split(r"(?<=[.!?])\s+", text or ""):
                 if _SCHEDULE.search(sentence):
                     sources.append((f"protocolSection.descriptionModule.{name}", sentence))
+    ai = study.arms_interventions
+    day0 = bool(_DAY0.search(" ".join([_record_text(study)] + [t for _, t in sources] + (
+        [a.description or "" for a in ai.arm_groups] + [i.description or "" for i in ai.interventions]
+        if ai else []))))
     points: dict[int, tuple[str, float]] = {}
     for _, text in sources:
-        for days, unit, n in _timepoints(text):
-            day = int(round(days))
-            if day <= 0 or day in points:
+        for days, unit, n in _timepoints(text, day0):
+            day = math.floor(days + 0.5)   # half up (0.5 and 1.5 years alike), not Python's half-to-even
+            if n <= 0 or day < 0 or day in points:
                 continue
             points[day] = (unit, n)
     if not points:
@@ -189,17 +204,26 @@ def build_tv(study: Study, report: ConversionReport) -> list[dict[str, Any]]:
                      "Screening element)"})
     if baseline:
         rows.append({"VISIT": "BASELINE", "VISITDY": 1, "TVSTRL": "Start of treatment"})
+        points.pop(0, None)   # Day 1 is the baseline visit
+    names: set[str] = {r["VISIT"] for r in rows}
     for day in sorted(points):
         unit, n = points[day]
         num = f"{n:g}"
-        rows.append({"VISIT": f"{unit.upper()} {num}", "VISITDY": day + 1,
-                     "TVSTRL": f"{num} {unit}{'' if n == 1 else 's'} after start of treatment"})
+        name = f"{unit.upper()} {num}"
+        if name in names:   # "Day 3" (VISITDY 3) and "3 days" (VISITDY 4): VISIT stays 1:1 with VISITNUM
+            name = f"DAY {day + 1}"
+        names.add(name)
+        rule = ("Start of treatment" if day == 0 else
+                f"{day} day{'' if day == 1 else 's'} after start of treatment" if unit == "day" and n != day else
+                f"{num} {unit}{'' if n == 1 else 's'} after start of treatment")
+        rows.append({"VISIT": name, "VISITDY": day + 1, "TVSTRL": rule})
     for i, r in enumerate(rows, start=1):
         r["VISITNUM"] = i
         r.setdefault("ARMCD", "")
         r.setdefault("TVENRL", "")
     report.add(Kind.INFERRED, f"{len(rows)} planned visits from the outcome time frames and schedule "
-               f"wording (VISITDY = 1 + offset; week 7, month 30, year 365 days)", rule="tv.VISIT",
+               f"wording (VISITDY = 1 + offset; week 7, month 30, year 365 days; 'Day N' = VISITDY N unless the "
+               f"record counts from a Day 0)", rule="tv.VISIT",
                source="; ".join(sorted({s.split('[')[0] for s, _ in sources})), target="TV.VISITNUM")
     return rows
 

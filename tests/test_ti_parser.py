@@ -80,3 +80,34 @@ def test_shared_ctgov_records_nested_criteria() -> None:
         if "Exclusion Criteria" in crit and "Inclusion Criteria" in crit:
             assert cats == sorted(cats, key=lambda c: c != "INCLUSION"), path.name
     assert nested_seen >= 1
+
+
+def test_generic_eligibility_heading_and_group_headings() -> None:
+    """NCT03630471 puts its inclusion criteria under 'Eligibility criteria:' and groups them under
+    'For adolescent participants:' / 'For parent participants:' lines. Before, the 9 inclusion criteria
+    were dropped as a 'preamble' (reported as text before the first heading) and each group line became an
+    EXCLUSION criterion of its own; NCT01298141's 'Cohort 1:' became INCL01."""
+    text = ("Eligibility criteria:\n\nFor adolescent participants:\n\n* Grades 9-12\n* Elevated symptoms\n\n"
+            "For parent participants:\n\n* A primary caregiver\n\nExclusion criteria:\n\n"
+            "For adolescent participants:\n\n* Urgent medical need\n\nFor parent participants:\n\n* Intoxicated\n")
+    parsed = parse_criteria(text)
+    assert parsed.preamble == "" and parsed.generic_heading and parsed.headings_found
+    assert [(c.category, c.subcategory, c.text) for c in parsed.criteria] == [
+        ("INCLUSION", "adolescent participants", "Grades 9-12"),
+        ("INCLUSION", "adolescent participants", "Elevated symptoms"),
+        ("INCLUSION", "parent participants", "A primary caregiver"),
+        ("EXCLUSION", "adolescent participants", "Urgent medical need"),
+        ("EXCLUSION", "parent participants", "Intoxicated")]
+    # what the writer makes of it reads back the same (SDTM -> CT.gov -> SDTM)
+    again = parse_criteria(criteria_to_markdown(parsed.criteria)).criteria
+    assert [(c.category, c.subcategory, c.text) for c in again] == [
+        (c.category, c.subcategory, c.text) for c in parsed.criteria]
+    cohorts = parse_criteria("Inclusion Criteria:\n\n  Cohort 1:\n\n    1. Fabry disease\n\n      Cohort 2:\n\n"
+                             "    2. Took part in REP001a\n\nExclusion Criteria:\n\n  1. Anaphylaxis\n")
+    assert [(c.category, c.subcategory, c.text) for c in cohorts.criteria] == [
+        ("INCLUSION", "Cohort 1", "Fabry disease"), ("INCLUSION", "Cohort 2", "Took part in REP001a"),
+        ("EXCLUSION", None, "Anaphylaxis")]
+    assert parse_criteria(criteria_to_markdown(cohorts.criteria)).criteria[1].subcategory == "Cohort 2"
+    # a line ending in a colon that leads into its own sub-items is still a criterion
+    lead = parse_criteria("Inclusion Criteria:\n\n* Patients meeting:\n  * A\n  * B\n* Adults\n")
+    assert [c.text for c in lead.criteria] == ["Patients meeting: A B", "Adults"]

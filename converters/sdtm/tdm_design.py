@@ -236,7 +236,11 @@ def build_ti(study: Study, report: ConversionReport, key: str) -> list[dict[str,
     if parsed.preamble:
         report.add(Kind.LOSSY, "text before the first criteria heading is not a criterion",
                    rule="ti.parse", source=src, target="TI")
-    if parsed.criteria and not parsed.headings_found:
+    if parsed.generic_heading:
+        report.add(Kind.INFERRED, "criteria under the 'Eligibility Criteria' heading taken as inclusion"
+                   + (" (an 'Exclusion Criteria' heading follows)" if parsed.headings_found else ""),
+                   rule="ti.parse", source=src, target="TI.IECAT")
+    if parsed.criteria and not parsed.headings_found and not parsed.generic_heading:
         report.add(Kind.INFERRED, "no Inclusion/Exclusion headings: criteria taken as inclusion",
                    rule="ti.parse", source=src, target="TI.IECAT")
     rows: list[dict[str, Any]] = []

@@ -16,6 +16,11 @@ on the items; nested sub-items are merged into their parent. The rules used here
 * Sub-group headings ``For the <name> sub-group|cohort|group|arm|part only:`` give IESCAT ``<name>``:
   on an item they apply to that item (its text is what follows the heading, or its folded sub-items);
   on a line of their own they apply to the items that follow, up to the next heading.
+* A plain line of its own that names a group and ends with a colon (``For adolescent participants:``,
+  ``Cohort 1:``) is a sub-group heading too: IESCAT for the items that follow, never a criterion.
+* A generic ``Eligibility Criteria:`` heading starts the inclusion section (the criteria before an
+  ``Exclusion Criteria`` heading are the inclusion criteria, as CT.gov's own data entry form puts them);
+  the caller reports it (``generic_heading``), so the inclusion category is an inference, not a loss.
 * A section without any markers: each paragraph is a criterion. Text before the first heading is
   reported by the caller (``preamble``); without any heading every criterion is taken as inclusion
   (``inferred``).
@@ -32,6 +37,10 @@ EXCLUSION = "EXCLUSION"
 _HEADING = re.compile(
     r"^\s*[#*_]*\s*(?:key\s+|main\s+|general\s+|major\s+)?(?P<cat>inclusion|exclusion)\s+criteri(?:a|on)s?\b"
     r"[^:\n]{0,40}?[*_]*\s*:?[*_]*\s*(?P<rest>.*)$", re.I)
+_GENERIC_HEADING = re.compile(r"^\s*[#*_]*\s*(?:study\s+)?eligibility\s+criteri(?:a|on)s?\s*[*_]*\s*:?[*_]*\s*$", re.I)
+_GROUP_HEADING = re.compile(
+    r"^(?:for\s+(?:the\s+|all\s+)?(?P<for>[^:]{2,80}?)|(?P<named>(?:sub-?)?(?:cohort|group|arm|part|stage|"
+    r"population)\s+[\w-]{1,10}))\s*:$", re.I)
 _ROMAN = r"(?:i{1,3}|iv|vi{0,3}|ix|x)"
 _MARKER = re.compile(
     r"^(?P<indent>[ \t]*)(?:"
@@ -40,8 +49,9 @@ _MARKER = re.compile(
     r"|(?P<bullet>[*•+·▪◦‣–](?=\s|\S)|-(?=\s|[A-Za-z(\[]))"
     r")\s*(?P<text>.*)$")
 _SUBGROUP = re.compile(
-    r"^\W*(?:for|in)\s+(?:the\s+|all\s+)?(?P<group>[^:]{1,80}?\b(?:sub-?groups?|groups?|cohorts?|arms?|parts?|"
-    r"sub-?stud(?:y|ies)|stages?|populations?))\s+only\b\s*[:.,\-]?\s*(?P<rest>.*)$", re.I)
+    r"^\W*(?:for|in)\s+(?:the\s+|all\s+)?(?P<group>[^:]{0,80}?\b(?:(?:sub-?groups?|groups?|cohorts?|arms?|parts?|"
+    r"sub-?stud(?:y|ies)|stages?|populations?|participants|patients|subjects)|(?:cohort|group|arm|part|stage)\s+[\w-]{1,10}))"
+    r"\s+only\b\s*[:.,\-]?\s*(?P<rest>.*)$", re.I)
 _MD_ESCAPE = re.compile(r"\\([\\`*_{}\[\]()#+\-.!<>~|])")
 
 
@@ -59,6 +69,7 @@ class ParsedCriteria:
     criteria: list[Criterion]
     preamble: str = ""            # text before the first heading (not a criterion)
     headings_found: bool = True
+    generic_heading: bool = False  # an "Eligibility Criteria:" heading was read as the inclusion section
 
 
 def clean(text: str) -> str:
@@ -92,6 +103,7 @@ def parse_criteria(text: str | None) -> ParsedCriteria:
     sticky_scat: str | None = None
     current: Criterion | None = None
     blank_before = True
+    generic = False
 
     def start(cat: str, body: str, label: str | None, scat: str | None) -> Criterion:
         crit = Criterion(category=cat, text="", subcategory=scat, label=label)
@@ -118,6 +130,11 @@ def parse_criteria(text: str | None) -> ParsedCriteria:
             top_kind, top_indent, last_major, sticky_scat, current = None, 0, 0, None, None
             if head.group("rest").strip():
                 queue.insert(0, head.group("rest"))
+            blank_before = True
+            continue
+        if category is None and not criteria and _GENERIC_HEADING.match(raw):
+            category, generic = INCLUSION, True
+            top_kind, top_indent, last_major, sticky_scat, current = None, 0, 0, None, None
             blank_before = True
             continue
         cat = category or INCLUSION
@@ -155,8 +172,15 @@ def parse_criteria(text: str | None) -> ParsedCriteria:
         # a plain line
         line = clean(raw)
         sub = _SUBGROUP.match(line)
-        if sub and not clean(sub.group("rest")) and (current is None or _width(raw[:len(raw) - len(raw.lstrip())]) <= top_indent):
+        group = _GROUP_HEADING.match(line)
+        shallow = current is None or _width(raw[:len(raw) - len(raw.lstrip())]) <= top_indent
+        if sub and not clean(sub.group("rest")) and shallow:
             sticky_scat = clean(sub.group("group"))
+            current = None
+            blank_before = True
+            continue
+        if group and (shallow or group.group("named")) and _items_follow(queue):
+            sticky_scat = clean(group.group("for") or group.group("named"))
             current = None
             blank_before = True
             continue
@@ -168,7 +192,13 @@ def parse_criteria(text: str | None) -> ParsedCriteria:
     for crit in criteria:
         crit.text = " ".join(p for p in crit.parts if p)
     return ParsedCriteria([c for c in criteria if c.text], preamble=" ".join(preamble),
-                          headings_found=headings)
+                          headings_found=headings, generic_heading=generic)
+
+
+def _items_follow(queue: list[str]) -> bool:
+    """The next non-blank line is a marked item (so a 'For X:' line heads a list, not a criterion)."""
+    nxt = next((ln for ln in queue if ln.strip()), "")
+    return bool(_MARKER.match(nxt)) and not _HEADING.match(nxt)
 
 
 def _looks_like_preamble(raw: str, lines: list[str]) -> bool:

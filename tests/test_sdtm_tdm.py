@@ -202,7 +202,7 @@ def test_seed_ts_parameters_and_codes() -> None:
     assert got["AGEMAX"]["TSVAL"] == "P70Y"
     assert got["SEXPOP"]["TSVAL"] == "BOTH" and got["SEXPOP"]["TSVALCD"] == "C49636"
     assert got["PLANSUB"]["TSVAL"] == "10" and "ACTSUB" not in got
-    assert got["FCNTRY"]["TSVAL"] == "KOR" and got["FCNTRY"]["TSVCDREF"] == "ISO 3166"
+    assert got["FCNTRY"]["TSVAL"] == "KOR" and got["FCNTRY"]["TSVCDREF"] == "ISO 3166-1 alpha-3"
     assert got["REGID"]["TSVAL"] == "NCT04835883" and got["REGID"]["TSVCDREF"] == "ClinicalTrials.gov"
     assert got["RANDOM"]["TSVAL"] == "N" and got["RANDOM"]["TSVALCD"] == "C49487"
     assert got["HLTSUBJI"]["TSVAL"] == "N" and got["DMCIND"]["TSVAL"] == "N"

@@ -18,7 +18,7 @@ from ..specs import load_table, transform
 from .ct import ControlledTerminology
 
 ISO8601 = "ISO 8601"
-ISO3166 = "ISO 3166"
+ISO3166 = "ISO 3166-1 alpha-3"   # the code form FCNTRY holds (CDISC MSG v2 sample ts.json; FDA TCG)
 CDISC_CT = "CDISC CT"
 
 #: Title wording that marks an extension / long-term follow-up study (EXTTIND=Y, reported as inferred).

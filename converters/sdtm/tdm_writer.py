@@ -7,7 +7,7 @@ written by :func:`trialbridge.sdtm.output.write_domain`.
 * TSSEQ numbers the rows of each parameter 1..n; TSGRPID ties TRT/COMPTRT to their INTTYPE (``INTn``).
 * TSVAL over 200 characters continues in TSVAL1, TSVAL2... (SDTMIG TS assumption), cut before a space
   so that concatenating TSVAL, TSVAL1, ... gives the value back; more than TSVAL9 is cut and reported.
-* Coded values carry TSVALCD (C-code), TSVCDREF (``CDISC CT``, ``ISO 8601``, ``ISO 3166``) and TSVCDVER
+* Coded values carry TSVALCD (C-code), TSVCDREF (``CDISC CT``, ``ISO 8601``, ``ISO 3166-1 alpha-3``) and TSVCDVER
   (the CT version in use: the pinned one, or the one of ``--ct FILE``).
 * Round trip from SDTM: rows the model cannot hold, found by :mod:`.tdm_reader` when it read the input,
   are in ``report.extra["tdm.carry"][<study key>]`` and replace the regenerated ones here, so

@@ -365,6 +365,13 @@ def test_write_outputs_valid_dataset_json_and_csv(tmp_path: Path) -> None:
         errors = sorted(v.iter_errors(doc), key=str)
         assert not errors, f"{d}.json: {errors[0].message}"
         assert doc["records"] == len(pd.read_csv(tmp_path / f"{d}.csv"))
+        # the CSV says what the Dataset-JSON says: an integer variable with empty cells (TV VISITDY of the
+        # screening visit) is written 4, not 4.0
+        text = pd.read_csv(tmp_path / f"{d}.csv", dtype=str, keep_default_na=False)
+        for col in doc["columns"]:
+            if col["dataType"] == "integer":
+                i = [c["name"] for c in doc["columns"]].index(col["name"])
+                assert list(text[col["name"]]) == ["" if r[i] is None else str(r[i]) for r in doc["rows"]], col
 
 
 def test_write_is_deterministic(tmp_path: Path) -> None:

@@ -118,8 +118,16 @@ def write_document(doc: dict[str, Any], path: Path, *, ndjson: bool = False) -> 
 
 def write_csv(df: pd.DataFrame, domain_name: str, path: Path) -> Path:
     domain, cols = dataset_frame(df, domain_name)
+    frame = df.reindex(columns=cols)
+    # an integer variable with empty cells is a float column in pandas: written as such it reads "4.0"
+    # (TV VISITDY), where Dataset-JSON and XPT hold 4; write the integer the metadata says it is
+    for var in domain.variables:
+        if var.name in frame.columns and var.data_type == "integer" and frame[var.name].dtype.kind == "f":
+            col = frame[var.name]
+            if ((col.dropna() % 1) == 0).all():
+                frame[var.name] = col.astype("Int64")
     with atomic_path(path) as tmp:
-        df.reindex(columns=cols).to_csv(tmp, index=False, lineterminator="\n")
+        frame.to_csv(tmp, index=False, lineterminator="\n")
     return path
 
 

@@ -111,3 +111,19 @@ def test_generic_eligibility_heading_and_group_headings() -> None:
     # a line ending in a colon that leads into its own sub-items is still a criterion
     lead = parse_criteria("Inclusion Criteria:\n\n* Patients meeting:\n  * A\n  * B\n* Adults\n")
     assert [c.text for c in lead.criteria] == ["Patients meeting: A B", "Adults"]
+
+
+def test_nested_numbered_list_is_not_read_as_top_level_numbering() -> None:
+    """NCT01298141: item 3 has sub-items 1-5 indented under it; '4.' and '5.' continue that nested list,
+    they are not criteria 4 and 5 (they were, and the real item 4 came after them)."""
+    text = ("Inclusion Criteria:\n\n  1. Fabry disease.\n\n  2. Compliant.\n\n  3. Meets one of:\n\n"
+            "       1. Low GFR\n\n       2. Cardiac involvement\n\n       3. Stroke\n\n       4. Diarrhoea\n\n"
+            "       5. Neuropathic pain\n\n  4. Took part in REP001a.\n")
+    parsed = parse_criteria(text)
+    assert [(c.label, c.text) for c in parsed.criteria] == [
+        ("1", "Fabry disease."), ("2", "Compliant."),
+        ("3", "Meets one of: 1. Low GFR 2. Cardiac involvement 3. Stroke 4. Diarrhoea 5. Neuropathic pain"),
+        ("4", "Took part in REP001a.")]
+    # CT.gov's deeper-indented continuation of the top numbering (4. then 5-1.) stays top level
+    seed = parse_criteria("Inclusion Criteria:\n\n1. A\n2. B\n   3. C\n   4-1. D\n")
+    assert [c.label for c in seed.criteria] == ["1", "2", "3", "4-1"]

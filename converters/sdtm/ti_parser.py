@@ -10,7 +10,8 @@ on the items; nested sub-items are merged into their parent. The rules used here
   and bullets (``*``, ``-``, ``+``, ``•``). The first item of a section fixes the top level (its marker
   kind and indentation). A line is a new top-level criterion when it has the top-level marker kind at
   the top-level indentation or shallower, or - for numbered lists - continues the numbering
-  (``4.`` then ``5-1.`` then ``5-2.``) whatever its indentation (CT.gov often indents these).
+  (``4.`` then ``5-1.`` then ``5-2.``) whatever its indentation (CT.gov often indents these) - unless
+  it continues a deeper numbered list of the current criterion (sub-items ``1. 2. 3.`` then ``4.``).
   Everything else (deeper items, continuation paragraphs) is folded into the current criterion;
   letter/number markers of folded items are kept (``a) ... b) ...``), bullet glyphs are dropped.
 * Sub-group headings ``For the <name> sub-group|cohort|group|arm|part only:`` give IESCAT ``<name>``:
@@ -104,6 +105,7 @@ def parse_criteria(text: str | None) -> ParsedCriteria:
     current: Criterion | None = None
     blank_before = True
     generic = False
+    nested_last: dict[int, int] = {}   # indentation -> last number of a nested numbered list
 
     def start(cat: str, body: str, label: str | None, scat: str | None) -> Criterion:
         crit = Criterion(category=cat, text="", subcategory=scat, label=label)
@@ -152,7 +154,10 @@ def parse_criteria(text: str | None) -> ParsedCriteria:
                 is_top = True
             elif kind == "num" and top_kind == "num":
                 maj = _major(marker)
-                if maj and (maj[0] == last_major + 1 or (maj[0] == last_major and maj[1])):
+                # a deeper "4." right after the deeper "1. 2. 3." of the current criterion continues that
+                # nested list, not the top-level numbering (NCT01298141: item 3's sub-items 1-5)
+                nested = maj is not None and nested_last.get(indent) == maj[0] - 1
+                if maj and not nested and (maj[0] == last_major + 1 or (maj[0] == last_major and maj[1])):
                     is_top = True
             if is_top:
                 if top_kind is None:
@@ -161,8 +166,13 @@ def parse_criteria(text: str | None) -> ParsedCriteria:
                     maj = _major(marker)
                     last_major = maj[0] if maj else last_major
                 current = start(cat, body, marker.strip("().") or None, sticky_scat)
+                nested_last = {}
             else:
                 assert current is not None
+                if kind == "num":
+                    sub_maj = _major(marker)
+                    if sub_maj:
+                        nested_last[indent] = sub_maj[0]
                 keep = marker if kind != "bullet" else ""
                 piece = clean(f"{keep} {body}" if keep else body)
                 if piece:

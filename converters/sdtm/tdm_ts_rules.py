@@ -254,7 +254,9 @@ def ts_yn_reverse(ctx: ReadContext, rows: list[dict[str, Any]]) -> None:
 @transform("ts.count")
 def ts_count(ctx: WriteContext) -> list[TsRow]:
     arms = get_path(ctx.study, ctx.rule.get("source")) or ()
-    return [ctx.text(len(arms))] if arms else []
+    if not arms:   # a record without arm groups (old CT.gov records) does not say how many there are
+        return [ctx.null()] if ctx.rule.get("when_absent") else []
+    return [ctx.text(len(arms))]
 
 
 @transform("ts.count.reverse")

@@ -260,8 +260,9 @@ def test_fda_expected_dates_and_planned_count_are_never_left_out() -> None:
     # a record without arm groups (NCT00002475, 1991) does not say how many arms: NARMS NI, not left out
     rec["protocolSection"].pop("armsInterventionsModule", None)
     study = read_ctgov_v2(rec, file="x", report=ConversionReport())[0]
-    narms = ts_rows(build_tdm(study, ct=load_ct(), report=ConversionReport()), "NARMS")
-    assert [(r["TSVAL"], r["TSVALNF"]) for r in narms] == [("", "NI")]
+    no_arms = build_tdm(study, ct=load_ct(), report=ConversionReport())
+    for parm in ("NARMS", "TCNTRL"):
+        assert [(r["TSVAL"], r["TSVALNF"]) for r in ts_rows(no_arms, parm)] == [("", "NI")], parm
     # the FDA-expected parameters CT.gov does not structure are present and visibly without information
     for parm in ("OBJPRIM", "OBJSEC", "ADDON", "PCLAS", "TDIGRP", "ADAPT", "LENGTH"):
         assert [(r["TSVAL"], r["TSVALNF"]) for r in ts_rows(frames, parm)] == [("", "NI")], parm

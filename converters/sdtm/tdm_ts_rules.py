@@ -574,7 +574,8 @@ def ts_interventions_reverse(ctx: ReadContext, rows: list[dict[str, Any]]) -> No
 def ts_tcntrl(ctx: WriteContext) -> list[TsRow]:
     arms = ctx.study.arms_interventions.arm_groups if ctx.study.arms_interventions else ()
     if not arms or any(a.type is None for a in arms):
-        return []
+        # arm types unknown (no arm groups, or an arm without a type): the control type is not in the record
+        return [ctx.null()] if ctx.rule.get("when_absent") else []
     kinds = sorted({COMPARATOR_ARMS[a.type] for a in arms if a.type in COMPARATOR_ARMS})
     ctx.report.add(Kind.INFERRED, "control type from the comparator arm types "
                    f"({', '.join(kinds) or 'none: NONE'})", rule=ctx.rule["id"], source=ctx.rule["ctgov"],

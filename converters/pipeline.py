@@ -149,7 +149,13 @@ def read_studies(path: Path, sniffed: Sniffed, report: ConversionReport) -> list
 
 def load_study(path: Path, report: ConversionReport) -> Study:
     """The one study definition a subject-data conversion is given with --study."""
-    studies = read_studies(path, sniff(path), report)
+    saved = report.file
+    try:
+        studies = read_studies(path, sniff(path), report)
+    finally:
+        # the study file names only the issues of reading it: issues of the subject data that
+        # follow are not about it (they name their own file, or none when they span several)
+        report.file = saved
     if len(studies) != 1:
         raise UsageError(f"--study must hold exactly one study, found {len(studies)}", file=str(path))
     return studies[0]

@@ -221,3 +221,18 @@ def test_code_tables_hold_valid_ct() -> None:
             assert term is not None, (name, row)
             if row.get("target_ccode"):
                 assert term.code == row["target_ccode"], (name, row)
+
+
+def test_report_names_the_study_file_only_for_its_own_issues(tmp_path: Path) -> None:
+    """The --study file is read first; issues of the subject data that follow (whole-run summaries
+    such as the unread elements or the resource types no domain reads) must not name it as their file."""
+    _rc, report = convert([SAMPLE / "subjects.bundle.json"], tmp_path / "o", "--study", str(SAMPLE / "ctgov.json"),
+                          "--test-codes", str(SAMPLE / "test_codes.csv"))
+    study_file = str(SAMPLE / "ctgov.json")
+    subject_rules = ("subject.", "dm.", "ae.", "mh.", "ds.", "sv.", "lb.", "vs.", "cm.", "ex.", "pr.")
+    wrong = [i for i in report["issues"] if i.get("file") == study_file
+             and str(i.get("rule", "")).startswith(subject_rules)]
+    assert not wrong, wrong[:3]
+    # e.g. the Location resource of the subject bundle, reported once: not a CT.gov finding
+    scope = [i for i in report["issues"] if i.get("rule") == "subject.scope" and i.get("source") == "Location"]
+    assert scope and all(i.get("file") != study_file for i in scope)

@@ -236,3 +236,36 @@ def test_report_names_the_study_file_only_for_its_own_issues(tmp_path: Path) -> 
     # e.g. the Location resource of the subject bundle, reported once: not a CT.gov finding
     scope = [i for i in report["issues"] if i.get("rule") == "subject.scope" and i.get("source") == "Location"]
     assert scope and all(i.get("file") != study_file for i in scope)
+
+
+def _mh_bundle(tmp_path: Path, *conditions: dict[str, Any]) -> Path:
+    pat = {"resourceType": "Patient", "id": "p1", "identifier": [{"system": "urn:x", "value": "S1"}],
+           "gender": "female", "birthDate": "1970-01-01"}
+    bundle = {"resourceType": "Bundle", "type": "collection",
+              "entry": [{"resource": r} for r in (pat, *conditions)]}
+    src = tmp_path / "mh.json"
+    src.write_text(json.dumps(bundle))
+    return src
+
+
+def test_mhsev_from_the_fhir_condition_severity_value_set(tmp_path: Path) -> None:
+    """Condition.severity is bound (preferred) to the FHIR ValueSet condition-severity: SNOMED CT
+    255604002 Mild, 6736007 Moderate, 24484000 Severe -> MHSEV MILD/MODERATE/SEVERE (CT C66769);
+    a code outside it is reported with its FHIR path, not a column name."""
+    sct = "http://snomed.info/sct"
+    cat = [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/condition-category",
+                        "code": "problem-list-item"}]}]
+    conds = [{"resourceType": "Condition", "id": f"c{i}", "category": cat, "code": {"text": term},
+              "subject": {"reference": "Patient/p1"}, "recordedDate": "2020-01-01",
+              "severity": {"coding": [{"system": sct, "code": code}]},
+              "bodySite": [{"coding": [{"system": sct, "code": "999999999"}]}] if i == 3 else []}
+             for i, (term, code) in enumerate([("Asthma", "255604002"), ("Gout", "6736007"),
+                                               ("Sepsis", "24484000"), ("Rash", "1234567"), ])]
+    _rc, report = convert([_mh_bundle(tmp_path, *conds)], tmp_path / "o", "--studyid", "SEV")
+    mh = read(tmp_path / "o", "MH").set_index("MHTERM")
+    assert mh.loc[["Asthma", "Gout", "Sepsis", "Rash"], "MHSEV"].tolist() == ["MILD", "MODERATE", "SEVERE", ""]
+    sev = [i for i in report["issues"] if i.get("rule") == "mh.MHSEV"]
+    assert [(i["kind"], i["record"], i["source"]) for i in sev] == [("unmapped-code", "Condition/c3",
+                                                                   "Condition.severity")]
+    loc = [i for i in report["issues"] if i.get("rule") == "mh.MHLOC"]
+    assert [i["source"] for i in loc] == ["Condition.bodySite"]

@@ -167,8 +167,9 @@ def lookup(codes: Codings, table: str | None, codelist: str | None = None,
 
 
 def map_codes(cols: pd.DataFrame, src: str, ctx: Ctx, *, table: str | None, codelist: str | None,
-              rule: str, target: str, column: str = "target_code") -> pd.Series:
-    """Map a column of Codings tuples to target values; every non-empty miss is reported."""
+              rule: str, target: str, column: str = "target_code", source: str | None = None) -> pd.Series:
+    """Map a column of Codings tuples to target values; every non-empty miss is reported (``source``:
+    the FHIR path the report names; the column name when not given)."""
     values = cols[src] if src in cols else pd.Series([()] * len(cols), index=cols.index)
     found = values.map(lambda c: lookup(c, table, codelist, column) if c else (None, None))
     out = found.map(lambda t: t[0])
@@ -178,20 +179,21 @@ def map_codes(cols: pd.DataFrame, src: str, ctx: Ctx, *, table: str | None, code
         keys = record_key(cols)
         for i in cols.index[miss]:
             ctx.report.unmapped_code("|".join(f"{s}#{c}" for s, c in values.at[i]),
-                                     table or f"CT {codelist}", rule=rule, source=src.lstrip("_"),
+                                     table or f"CT {codelist}", rule=rule, source=source or src.lstrip("_"),
                                      target=target, record=keys.at[i])
     return out.astype("object")
 
 
-def dtc(cols: pd.DataFrame, src: str, ctx: Ctx, *, rule: str, target: str) -> pd.Series:
-    """FHIR dates -> --DTC via the engine helper; values that are not FHIR dates are reported."""
+def dtc(cols: pd.DataFrame, src: str, ctx: Ctx, *, rule: str, target: str, source: str | None = None) -> pd.Series:
+    """FHIR dates -> --DTC via the engine helper; values that are not FHIR dates are reported (``source``:
+    the FHIR path the report names; the column name when not given)."""
     if src not in cols:
         return pd.Series([None] * len(cols), index=cols.index, dtype="object")
     out, bad = derive_dtc(cols[src], ctx.dropped_zone(target))
     if bad.any():
         keys = record_key(cols)
         for i in cols.index[bad]:
-            ctx.report.add(Kind.INVALID_VALUE, "not a FHIR date/dateTime", rule=rule, source=src.lstrip("_"),
+            ctx.report.add(Kind.INVALID_VALUE, "not a FHIR date/dateTime", rule=rule, source=source or src.lstrip("_"),
                            target=target, record=keys.at[i], value=cols.at[i, src])
     return out
 

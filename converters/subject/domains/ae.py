@@ -146,15 +146,17 @@ def map_ae(cols: pd.DataFrame, ctx: Ctx) -> pd.DataFrame:
                        target="AEDECOD", record=keys.at[i])
     cols = cols.assign(_site=cond.map(lambda c: c.get("_site") if c else ()))
     out["AELOC"] = C.map_codes(cols, "_site", ctx, table="fhir_body_site.csv", codelist="LOC",
-                               rule="ae.AELOC", target="AELOC")
+                               rule="ae.AELOC", target="AELOC", source="Condition.bodySite")
     out["AESEV"] = C.map_codes(cols, "_sev", ctx, table=SEVERITY, codelist="AESEV", rule="ae.AESEV",
-                               target="AESEV")
+                               target="AESEV", source="AdverseEvent.severity")
     out["AESER"] = _serious(cols, ctx, out)
-    out["AEACN"] = C.map_codes(cols, "_acn", ctx, table=None, codelist="ACN", rule="ae.AEACN", target="AEACN")
+    out["AEACN"] = C.map_codes(cols, "_acn", ctx, table=None, codelist="ACN", rule="ae.AEACN", target="AEACN",
+                               source="AdverseEvent.mitigatingAction")
     cols = cols.assign(_rel=cols["_suspects"].map(lambda s: _relatedness(s, ctx)))
     out["AEREL"] = C.map_codes(cols, "_rel", ctx, table=CAUSALITY, codelist=None, rule="ae.AEREL",
-                               target="AEREL")
-    out["AEOUT"] = C.map_codes(cols, "_out", ctx, table=OUTCOME, codelist="OUT", rule="ae.AEOUT", target="AEOUT")
+                               target="AEREL", source="AdverseEvent.suspectEntity.causality")
+    out["AEOUT"] = C.map_codes(cols, "_out", ctx, table=OUTCOME, codelist="OUT", rule="ae.AEOUT", target="AEOUT",
+                               source="AdverseEvent.outcome")
     fatal = out["AEOUT"].eq("FATAL")
     out["AESDTH"] = out["AESDTH"].where(~fatal, "Y")
     ongoing = cols["_out"].map(lambda cs: any(code == "ongoing" for _, code in cs))
@@ -179,7 +181,7 @@ def _serious(cols: pd.DataFrame, ctx: Ctx, out: pd.DataFrame) -> pd.Series:
         rows = [idx[c] for c in codes if c in idx]
         if codes and not rows:
             ctx.report.unmapped_code("|".join(f"{s}#{c}" for s, c in codes), SERIOUS, rule="ae.AESER",
-                                     source="seriousness", target="AESER", record=keys.at[i])
+                                     source="AdverseEvent.seriousness", target="AESER", record=keys.at[i])
         ser = "Y" if any(r["target_code"] == "Y" for r in rows) else ("N" if rows else None)
         aeser.append(ser)
         for c in CRITERIA:

@@ -78,13 +78,13 @@ def map_mh(cols: pd.DataFrame, ctx: Ctx) -> pd.DataFrame:
     if not len(cols):
         return pd.DataFrame()
     occur = C.map_codes(cols, "_ver", ctx, table=STATUS_TABLE, codelist=None, rule="mh.MHOCCUR",
-                        target="MHOCCUR")
+                        target="MHOCCUR", source="Condition.verificationStatus")
     drop = occur.eq("DROP")
     cols = C.drop_rows(cols, drop, ctx, "Condition entered-in-error: dropped", rule="mh.MHOCCUR")
     occur = occur.loc[~drop].reset_index(drop=True)
     if not len(cols):
         return pd.DataFrame()
-    start = C.dtc(cols, "_start", ctx, rule="mh.MHSTDTC", target="MHSTDTC")
+    start = C.dtc(cols, "_start", ctx, rule="mh.MHSTDTC", target="MHSTDTC", source="Condition.onset[x]")
     subj = ctx.subjects.set_index("USUBJID") if len(ctx.subjects) else None
     ref_start = (cols["USUBJID"].map(subj["RFICDTC"]) if subj is not None and "RFICDTC" in subj else
                  pd.Series([None] * len(cols), index=cols.index))
@@ -116,12 +116,12 @@ def map_mh(cols: pd.DataFrame, ctx: Ctx) -> pd.DataFrame:
     out["MHPRESP"] = occur.map(lambda v: "Y" if v == "N" else None)
     out["MHOCCUR"] = occur.where(occur.eq("N"), None)
     out["MHLOC"] = C.map_codes(cols, "_site", ctx, table="fhir_body_site.csv", codelist="LOC",
-                               rule="mh.MHLOC", target="MHLOC")
-    out["MHDTC"] = C.dtc(cols, "_recorded", ctx, rule="mh.MHDTC", target="MHDTC")
+                               rule="mh.MHLOC", target="MHLOC", source="Condition.bodySite")
+    out["MHDTC"] = C.dtc(cols, "_recorded", ctx, rule="mh.MHDTC", target="MHDTC", source="Condition.recordedDate")
     out["MHSTDTC"] = start
-    out["MHENDTC"] = C.dtc(cols, "_end", ctx, rule="mh.MHENDTC", target="MHENDTC")
+    out["MHENDTC"] = C.dtc(cols, "_end", ctx, rule="mh.MHENDTC", target="MHENDTC", source="Condition.abatement[x]")
     enrtpt = C.map_codes(cols, "_clin", ctx, table=STATUS_TABLE, codelist=None, rule="mh.MHENRTPT",
-                         target="MHENRTPT")
+                         target="MHENRTPT", source="Condition.clinicalStatus")
     # an end date says more than 'BEFORE'; no ENRTPT for a refuted (never occurred) condition
     enrtpt = enrtpt.where(~(enrtpt.eq("BEFORE") & out["MHENDTC"].notna()), None)
     enrtpt = enrtpt.where(out["MHOCCUR"].isna(), None)
@@ -139,7 +139,7 @@ def _severity(cols: pd.DataFrame, ctx: Ctx) -> pd.Series:
     a severity given as text only is taken when it is a term of that codelist, else reported."""
     from ...sdtm.ct import pinned_ct
     coded = C.map_codes(cols, "_sev", ctx, table="fhir_ae_severity.csv", codelist="AESEV", rule="mh.MHSEV",
-                        target="MHSEV")
+                        target="MHSEV", source="Condition.severity")
     cl = pinned_ct().codelist("AESEV")
     text = cols["_sev_text"].where(coded.isna() & cols["_sev"].map(lambda c: not c), None)
     def _term(t: Any) -> str | None:
@@ -151,7 +151,7 @@ def _severity(cols: pd.DataFrame, ctx: Ctx) -> pd.Series:
     if bad.any():
         keys = C.record_key(cols)
         for i in cols.index[bad]:
-            ctx.report.unmapped_code(str(text.at[i]), "CT AESEV", rule="mh.MHSEV", source="severity.text",
+            ctx.report.unmapped_code(str(text.at[i]), "CT AESEV", rule="mh.MHSEV", source="Condition.severity.text",
                                      target="MHSEV", record=keys.at[i])
     return coded.where(coded.notna(), term).astype("object")
 

@@ -269,3 +269,35 @@ def test_mhsev_from_the_fhir_condition_severity_value_set(tmp_path: Path) -> Non
                                                                    "Condition.severity")]
     loc = [i for i in report["issues"] if i.get("rule") == "mh.MHLOC"]
     assert [i["source"] for i in loc] == ["Condition.bodySite"]
+
+
+def test_mhenrtpt_only_with_its_reference_time_point(tmp_path: Path) -> None:
+    """--ENRTPT places the end of the record relative to the time point --ENTPT describes (SDTM v2.0
+    Timing variables): MHENTPT is the collection date (recordedDate); a Condition without one gets no
+    MHENRTPT (its clinicalStatus is reported lossy), never an ENRTPT with no ENTPT."""
+    cat = [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/condition-category",
+                        "code": "problem-list-item"}]}]
+    active = {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/condition-clinical", "code": "active"}]}
+    dated = {"resourceType": "Condition", "id": "c-dated", "category": cat, "clinicalStatus": active,
+             "code": {"text": "Asthma"}, "subject": {"reference": "Patient/p1"}, "recordedDate": "2020-01-01"}
+    undated = {"resourceType": "Condition", "id": "c-undated", "category": cat, "clinicalStatus": active,
+               "code": {"text": "Gout"}, "subject": {"reference": "Patient/p1"}}
+    _rc, report = convert([_mh_bundle(tmp_path, dated, undated)], tmp_path / "o", "--studyid", "ENR")
+    mh = read(tmp_path / "o", "MH").set_index("MHTERM")
+    assert mh.loc["Asthma", ["MHENRTPT", "MHENTPT"]].tolist() == ["ONGOING", "2020-01-01"]
+    assert mh.loc["Gout", ["MHENRTPT", "MHENTPT"]].tolist() == ["", ""]
+    lossy = [(i["kind"], i["record"]) for i in report["issues"] if i.get("rule") == "mh.MHENRTPT"]
+    assert lossy == [("lossy", "Condition/c-undated")]
+
+
+def test_condition_left_out_of_mh_says_why(tmp_path: Path) -> None:
+    """A Condition that is neither MH nor AE is reported for review with the reason that applies: a
+    subject with no reference start (no consent, no study drug) has no study start to be 'after'."""
+    enc_dx = [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/condition-category",
+                           "code": "encounter-diagnosis"}]}]
+    cond = {"resourceType": "Condition", "id": "c-dx", "category": enc_dx, "code": {"text": "Otitis"},
+            "subject": {"reference": "Patient/p1"}, "onsetDateTime": "2019-05-01"}
+    _rc, report = convert([_mh_bundle(tmp_path, cond)], tmp_path / "o", "--studyid", "WHY")
+    msgs = [i["message"] for i in report["issues"] if i.get("rule") == "mh.select" and i.get("record") == "Condition/c-dx"]
+    assert len(msgs) == 1
+    assert "no reference start" in msgs[0] and "on or after" not in msgs[0]

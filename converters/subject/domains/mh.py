@@ -101,8 +101,13 @@ def map_mh(cols: pd.DataFrame, ctx: Ctx) -> pd.DataFrame:
     if not_mh.any():
         keys = C.record_key(cols)
         for i in cols.index[not_mh]:
-            ctx.report.add(Kind.UNMAPPED_SOURCE, "Condition with onset on or after the study start, not on the "
-                           "problem list and not referenced by an AdverseEvent: neither MH nor AE (review)",
+            # say which test failed: a subject with no reference start has no "study start" to be after
+            why = ("the subject has no reference start (no informed consent date, no study-drug exposure) "
+                   "to tell medical history from an on-study event" if not isinstance(ref_start.at[i], str)
+                   else "no onset date to compare with the subject's reference start" if not isinstance(start.at[i], str)
+                   else "onset on or after the subject's reference start")
+            ctx.report.add(Kind.UNMAPPED_SOURCE, f"Condition not on the problem list and not referenced by an "
+                           f"AdverseEvent, {why}: neither MH nor AE (review)",
                            rule="mh.select", source="Condition", record=keys.at[i])
         cols, start, occur = cols.loc[is_mh], start.loc[is_mh], occur.loc[is_mh]
     if not len(cols):
@@ -125,6 +130,17 @@ def map_mh(cols: pd.DataFrame, ctx: Ctx) -> pd.DataFrame:
     # an end date says more than 'BEFORE'; no ENRTPT for a refuted (never occurred) condition
     enrtpt = enrtpt.where(~(enrtpt.eq("BEFORE") & out["MHENDTC"].notna()), None)
     enrtpt = enrtpt.where(out["MHOCCUR"].isna(), None)
+    # --ENRTPT places the end relative to the reference time point --ENTPT (SDTM v2.0 Timing variables):
+    # without the Condition's recordedDate (MHDTC) there is no time point the clinicalStatus holds at
+    unanchored = enrtpt.notna() & out["MHDTC"].isna()
+    if unanchored.any():
+        keys = C.record_key(cols)
+        for i in cols.index[unanchored]:
+            ctx.report.add(Kind.LOSSY, "Condition.clinicalStatus not carried: MHENRTPT needs its reference "
+                           "time point MHENTPT (the collection date) and the Condition has no recordedDate",
+                           rule="mh.MHENRTPT", source="Condition.clinicalStatus", target="MHENRTPT",
+                           record=keys.at[i])
+        enrtpt = enrtpt.where(~unanchored, None)
     out["MHENRTPT"] = enrtpt
     out["MHENTPT"] = out["MHDTC"].where(enrtpt.notna(), None)
     missing = out["MHTERM"].isna()

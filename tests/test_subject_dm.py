@@ -90,3 +90,45 @@ def test_rfpendtc_is_the_disposition_date_else_the_last_record_date(tmp_path):
     assert len(disp) == 9 and all(got[u] == d for u, d in disp.items())
     (ongoing,) = set(got) - set(disp.index)
     assert got[ongoing] == max(sv.loc[sv["USUBJID"] == ongoing, "SVENDTC"])
+
+
+def _patient_bundle(tmp_path: Path, pat: dict, *more: dict) -> Path:
+    f = tmp_path / "p.json"
+    f.write_bytes(orjson.dumps({"resourceType": "Bundle", "type": "collection",
+                                "entry": [{"resource": r} for r in (pat, *more)]}))
+    return f
+
+
+def test_rfpendtc_is_not_before_the_death_date(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """SDTMIG 3.4 DM RFPENDTC 'Should correspond to the last known date of contact', the death date among
+    its examples: without a disposition event, a subject who died after the last record ends participation
+    at the death date (was: the last record date, a day before DTHDTC on the Synthea bundle)."""
+    pat = {"resourceType": "Patient", "id": "p1", "identifier": [{"system": "urn:x", "value": "A1"}],
+           "gender": "male", "birthDate": "1949-04-19", "deceasedDateTime": "2008-11-12T12:17:10",
+           "address": [{"country": "US"}]}
+    enc = {"resourceType": "Encounter", "id": "e1", "status": "finished", "subject": {"reference": "Patient/p1"},
+           "class": {"code": "AMB"}, "period": {"start": "2008-11-11T11:00:00", "end": "2008-11-11T12:17:10"}}
+    monkeypatch.setenv("TRIALBRIDGE_SALT", "test-salt")
+    report = ConversionReport()
+    convert_subjects([_patient_bundle(tmp_path, pat, enc)], tmp_path / "out",
+                     options=Options(studyid="S1", sdtm_formats=("csv",)), report=report)
+    dm = pd.read_csv(tmp_path / "out" / "dm.csv", dtype=str).iloc[0]
+    assert dm["DTHFL"] == "Y" and dm["DTHDTC"] == "2008-11-12T12:17:10"
+    assert dm["RFPENDTC"] == "2008-11-12T12:17:10"
+
+
+def test_birth_time_offset_dropped_is_reported(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """BRTHDTC from the patient-birthTime extension keeps the local clock time; the UTC offset it drops
+    is reported like every other --DTC's (rule subject.dtc-zone), not lost silently."""
+    pat = {"resourceType": "Patient", "id": "p1", "identifier": [{"system": "urn:x", "value": "A1"}],
+           "gender": "male", "birthDate": "1974-12-25", "address": [{"country": "US"}],
+           "_birthDate": {"extension": [{"url": "http://hl7.org/fhir/StructureDefinition/patient-birthTime",
+                                         "valueDateTime": "1974-12-25T14:35:45-05:00"}]}}
+    monkeypatch.setenv("TRIALBRIDGE_SALT", "test-salt")
+    report = ConversionReport()
+    convert_subjects([_patient_bundle(tmp_path, pat)], tmp_path / "out",
+                     options=Options(studyid="S1", sdtm_formats=("csv",)), report=report)
+    dm = pd.read_csv(tmp_path / "out" / "dm.csv", dtype=str).iloc[0]
+    assert dm["BRTHDTC"] == "1974-12-25T14:35:45"
+    zone = [i for i in report.issues if i.rule == "subject.dtc-zone"]
+    assert zone and "BRTHDTC -05:00 x1" in zone[0].message

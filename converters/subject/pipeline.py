@@ -1186,17 +1186,26 @@ def derive_rfpendtc(dm: pd.DataFrame, last_dates: dict[str, str], ctx: Ctx) -> p
     if ds is not None and len(ds) and {"DSCAT", "DSSTDTC"} <= set(ds.columns):
         ev = ds[(ds["DSCAT"] == "DISPOSITION EVENT") & ds["DSSTDTC"].map(lambda v: isinstance(v, str) and v != "")]
         disp = {str(u): str(d) for u, d in ev.groupby("USUBJID")["DSSTDTC"].max().items()}
+    # the death date is a date of the subject's records too: the last contact cannot precede it
+    # (SDTMIG 3.4 DM RFPENDTC: "Should correspond to the last known date of contact. Examples include
+    # ... death date")
+    last = dict(last_dates)
+    if "DTHDTC" in dm:
+        for u, d in zip(dm["USUBJID"], dm["DTHDTC"], strict=True):
+            if isinstance(d, str) and d and (u not in last or d > last[u]):
+                last[u] = d
     from_ds = ~have & dm["USUBJID"].map(lambda u: u in disp)
-    from_rec = ~have & ~from_ds & dm["USUBJID"].map(lambda u: u in last_dates)
+    from_rec = ~have & ~from_ds & dm["USUBJID"].map(lambda u: u in last)
     dm["RFPENDTC"] = dm["RFPENDTC"].astype("object")
     dm.loc[from_ds, "RFPENDTC"] = dm.loc[from_ds, "USUBJID"].map(disp)
-    dm.loc[from_rec, "RFPENDTC"] = dm.loc[from_rec, "USUBJID"].map(last_dates)
+    dm.loc[from_rec, "RFPENDTC"] = dm.loc[from_rec, "USUBJID"].map(last)
     if from_ds.any():
         ctx.once("rfpendtc.ds", Kind.INFERRED, "RFPENDTC = date of the subject's last disposition event "
                  "(DS, DSCAT DISPOSITION EVENT)", rule="dm.RFPENDTC", source="DS.DSSTDTC", target="RFPENDTC")
     if from_rec.any():
-        ctx.once("rfpendtc.last", Kind.INFERRED, "RFPENDTC = latest date of the subject's records (no "
-                 "disposition event)", rule="dm.RFPENDTC", source="--DTC/--STDTC/--ENDTC", target="RFPENDTC")
+        ctx.once("rfpendtc.last", Kind.INFERRED, "RFPENDTC = latest date of the subject's records, death "
+                 "date included (no disposition event)", rule="dm.RFPENDTC",
+                 source="--DTC/--STDTC/--ENDTC, DTHDTC", target="RFPENDTC")
     return dm
 
 

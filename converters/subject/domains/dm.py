@@ -104,7 +104,7 @@ def map_dm(cols: pd.DataFrame, ctx: Ctx) -> pd.DataFrame:
         ctx.row_issues("DM", "siteid", Kind.MISSING, "SITEID required but no site information",
                        cols, miss, rule="dm.SITEID", target="SITEID")
     # dates
-    out["BRTHDTC"], bad = derive_dtc(cols["BRTHDTC"])
+    out["BRTHDTC"], bad = derive_dtc(cols["BRTHDTC"], ctx.dropped_zone("BRTHDTC"))
     if bad.any():
         ctx.row_issues("DM", "brthdtc", Kind.INVALID_VALUE, "birthDate is not a FHIR date", cols, bad,
                        rule="dm.BRTHDTC", source="Patient.birthDate", target="BRTHDTC")

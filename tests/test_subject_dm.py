@@ -132,3 +132,29 @@ def test_birth_time_offset_dropped_is_reported(tmp_path: Path, monkeypatch: pyte
     assert dm["BRTHDTC"] == "1974-12-25T14:35:45"
     zone = [i for i in report.issues if i.rule == "subject.dtc-zone"]
     assert zone and "BRTHDTC -05:00 x1" in zone[0].message
+
+
+def test_armnrs_when_no_actual_arm(tmp_path: Path) -> None:
+    """SDTMIG 3.4 DM: ARMNRS is the reason ARM and/or ACTARM are null. An R4 ResearchSubject with an
+    assignedArm and no actualArm, and no study-drug administration: ASSIGNED, NOT TREATED (CT C142179);
+    the same subject with exposure: the reason is unknown, reported missing (not guessed)."""
+    from trialbridge.sdtm.ct import pinned_ct
+    assert pinned_ct().term("ARMNULRS", "ASSIGNED, NOT TREATED") is not None
+    src = _bundle(tmp_path, False)
+    b = orjson.loads(src.read_bytes())
+    rs = next(e["resource"] for e in b["entry"] if e["resource"]["resourceType"] == "ResearchSubject")
+    del rs["actualArm"]
+    treated = tmp_path / "treated.json"
+    treated.write_bytes(orjson.dumps(b))
+    b["entry"] = [e for e in b["entry"] if e["resource"]["resourceType"] != "MedicationAdministration"]
+    untreated = tmp_path / "untreated.json"
+    untreated.write_bytes(orjson.dumps(b))
+    for src, want in ((untreated, "ASSIGNED, NOT TREATED"), (treated, None)):
+        report = ConversionReport()
+        out = tmp_path / src.stem
+        convert_subjects([src], out, options=Options(study=STUDY, sdtm_formats=("csv",)), report=report)
+        dm = pd.read_csv(out / "dm.csv", dtype=str, keep_default_na=False).iloc[0]
+        assert dm["ARMCD"] == "DRUG_A" and dm["ACTARMCD"] == ""
+        assert (dm["ARMNRS"] or None) == want
+        missing = [i for i in report.issues if i.rule == "dm.ARMNRS" and i.kind.value == "missing"]
+        assert bool(missing) == (want is None)

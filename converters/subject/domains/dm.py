@@ -92,6 +92,29 @@ def _age_years(birth: pd.Series, ref: pd.Series) -> pd.Series:
     return pd.array(np.where(years.isna(), pd.NA, years), dtype="Int64")  # type: ignore[call-overload]
 
 
+def _armnrs(out: pd.DataFrame, cols: pd.DataFrame, ctx: Ctx) -> None:
+    """ARMNRS when an arm is assigned but no actual arm is given (rule dm.ARMNRS): SDTMIG 3.4 DM, ARMNRS
+    is the reason ARM/ARMCD and/or ACTARM/ACTARMCD are null, so a null ACTARMCD needs one. No study-drug
+    exposure (EX, known from the study definition's interventions) -> ASSIGNED, NOT TREATED (CT C142179);
+    otherwise the reason is unknown: reported missing, never guessed."""
+    no_actual = out["ARMCD"].notna() & out["ACTARMCD"].isna() & out["ARMNRS"].isna()
+    if not no_actual.any():
+        return
+    study = ctx.study
+    knows_drug = bool(study and study.arms_interventions and study.arms_interventions.interventions)
+    untreated = no_actual & out["RFXSTDTC"].isna() & knows_drug
+    if untreated.any():
+        out.loc[untreated, "ARMNRS"] = "ASSIGNED, NOT TREATED"
+        ctx.once("armnrs-untreated", Kind.INFERRED, "ARMNRS = ASSIGNED, NOT TREATED: an arm assigned, no actual "
+                 "arm and no study-drug exposure (EX)", rule="dm.ARMNRS", target="ARMNRS")
+    unknown = no_actual & ~untreated
+    if unknown.any():
+        ctx.row_issues("DM", "armnrs", Kind.MISSING, "ACTARMCD null (the ResearchSubject gives no actual arm) "
+                       "and the subject was treated or the study drug is unknown (no --study): ARMNRS is "
+                       "required with a null ACTARMCD, the reason is not guessed", cols, unknown,
+                       rule="dm.ARMNRS", target="ARMNRS")
+
+
 def map_dm(cols: pd.DataFrame, ctx: Ctx) -> pd.DataFrame:
     subj = ctx.subjects.set_index("USUBJID")
     u = cols["USUBJID"]
@@ -99,6 +122,7 @@ def map_dm(cols: pd.DataFrame, ctx: Ctx) -> pd.DataFrame:
     for var in ("SUBJID", "SITEID", "RFSTDTC", "RFENDTC", "RFXSTDTC", "RFXENDTC", "RFICDTC",
                 "ARMCD", "ARM", "ACTARMCD", "ACTARM", "ARMNRS"):
         out[var] = u.map(subj[var]).astype("object")
+    _armnrs(out, cols, ctx)
     miss = out["SITEID"].isna()
     if miss.any():
         ctx.row_issues("DM", "siteid", Kind.MISSING, "SITEID required but no site information",

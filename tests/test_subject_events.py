@@ -301,3 +301,25 @@ def test_condition_left_out_of_mh_says_why(tmp_path: Path) -> None:
     msgs = [i["message"] for i in report["issues"] if i.get("rule") == "mh.select" and i.get("record") == "Condition/c-dx"]
     assert len(msgs) == 1
     assert "no reference start" in msgs[0] and "on or after" not in msgs[0]
+
+
+def test_svpresp_only_for_visits_planned_in_tv(tmp_path: Path) -> None:
+    """SDTMIG 3.4 SV: SVPRESP is Y for planned visits, "visits specified in the TV domain", null for
+    unplanned ones; SVOCCUR records whether a planned visit occurred. Without a study definition there
+    is no TV: encounters numbered in date order are not pre-specified (was SVPRESP=Y, SVOCCUR=Y), and a
+    cancelled Encounter is no visit record (reported), not SVOCCUR=N of a visit that was never planned."""
+    pat = {"resourceType": "Patient", "id": "p1", "identifier": [{"system": "urn:x", "value": "S1"}],
+           "gender": "female", "birthDate": "1970-01-01"}
+    amb = {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "AMB"}
+    encs = [{"resourceType": "Encounter", "id": f"e{i}", "status": st, "class": amb,
+             "subject": {"reference": "Patient/p1"}, **({"period": {"start": d}} if d else {})}
+            for i, (st, d) in enumerate([("finished", "2020-01-01"), ("finished", "2020-02-01"), ("cancelled", None)])]
+    src = tmp_path / "sv.json"
+    src.write_text(json.dumps({"resourceType": "Bundle", "type": "collection",
+                               "entry": [{"resource": r} for r in (pat, *encs)]}))
+    _rc, report = convert([src], tmp_path / "o", "--studyid", "SVP")
+    sv = read(tmp_path / "o", "SV")
+    assert sv["SVSTDTC"].tolist() == ["2020-01-01", "2020-02-01"]
+    assert set(sv["SVPRESP"]) == {""} and set(sv["SVOCCUR"]) == {""}
+    dropped = [i["record"] for i in report["issues"] if i.get("rule") == "sv.status"]
+    assert dropped == ["Encounter/e2"]

@@ -237,6 +237,8 @@ class Ctx:
     unplanned_visits: dict[str, str | None] = field(default_factory=dict)
     #: planned VISITNUM -> VISITDY of the trial design (TV), for the domains' VISITDY
     planned_visitdy: dict[float, int] = field(default_factory=dict)
+    #: the study definition has planned visits (TV): only then is an SV visit "pre-specified" (SVPRESP)
+    has_planned_visits: bool = False
     #: small resources kept by type (scrubbed of names/telecom/address lines), key -> resource
     resources: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
     frames: dict[str, pd.DataFrame] = field(default_factory=dict)

@@ -1071,6 +1071,7 @@ def build_visit_index(ctx: Ctx) -> None:
                        "start": [e.get("start") or "" for _, e in encs]})
     df = df[df["subj"].notna()].sort_values(["subj", "start", "key"], kind="stable")
     planned = load_planned_visits(ctx)
+    ctx.has_planned_visits = bool(planned)
     if planned:
         _match_planned_visits(ctx, df, planned)
         return

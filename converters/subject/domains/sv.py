@@ -51,6 +51,13 @@ def extract_sv(res: dict[str, Any], ctx: Ctx) -> dict[str, Any] | None:
 def map_sv(cols: pd.DataFrame, ctx: Ctx) -> pd.DataFrame:
     cols = C.drop_rows(cols, cols["_status"].isin(SKIP_STATUS), ctx,
                        "Encounter planned, unknown or entered-in-error: not a visit record", rule="sv.status")
+    if not ctx.has_planned_visits:
+        # SDTMIG 3.4 SV: SVPRESP "Y" for planned visits, i.e. visits specified in TV, and SVOCCUR
+        # records whether a planned visit occurred: with no planned visits a cancelled Encounter is
+        # neither a visit that took place nor a planned visit that was missed
+        cols = C.drop_rows(cols, cols["_status"].eq("cancelled"), ctx, "Encounter cancelled and no planned "
+                           "visits (TV) in a study definition: not a visit record (SVOCCUR=N is for a missed "
+                           "planned visit)", rule="sv.status")
     if not len(cols):
         return pd.DataFrame()
     out = C.carried_frame(cols, "VISITNUM", "VISIT", "_sdtm")
@@ -60,9 +67,10 @@ def map_sv(cols: pd.DataFrame, ctx: Ctx) -> pd.DataFrame:
     enc = ctx.refs.resolve_series(cols["_encounter"])
     indexed = enc.map(lambda k: k in ctx.unplanned_visits).astype(bool)
     unplanned = (cols["_unplanned"].astype(bool) | indexed) & ~missed
-    # SDTMIG 3.4 SV: SVPRESP "Y" for planned visits, null for unplanned; SVOCCUR Y/N for every
-    # planned visit (occurred or not), null for unplanned ones
-    planned = ~unplanned
+    # SDTMIG 3.4 SV: SVPRESP "Y" for planned visits (specified in TV), null for unplanned; SVOCCUR Y/N
+    # for every planned visit (occurred or not), null for unplanned ones. Without TV no visit is
+    # planned: encounters numbered in date order are not pre-specified visits
+    planned = ~unplanned & ctx.has_planned_visits
     out["SVPRESP"] = pd.Series("Y", index=cols.index, dtype="object").where(planned, None)
     out["SVOCCUR"] = missed.map({True: "N", False: "Y"}).astype("object").where(planned, None)
     out["SVREASOC"] = cols["_reason"].where(missed, None)

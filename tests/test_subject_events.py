@@ -323,3 +323,23 @@ def test_svpresp_only_for_visits_planned_in_tv(tmp_path: Path) -> None:
     assert set(sv["SVPRESP"]) == {""} and set(sv["SVOCCUR"]) == {""}
     dropped = [i["record"] for i in report["issues"] if i.get("rule") == "sv.status"]
     assert dropped == ["Encounter/e2"]
+
+
+def test_one_informed_consent_the_one_rficdtc_is(tmp_path: Path) -> None:
+    """Two Consents of a subject (a re-consent): DS keeps one INFORMED CONSENT OBTAINED, the one whose date
+    is RFICDTC (the earliest Consent, whatever the input order; was: the first in the input, so DSSTDTC
+    and RFICDTC disagreed), and the other is reported, not dropped silently."""
+    pat = {"resourceType": "Patient", "id": "p1", "identifier": [{"system": "urn:x", "value": "S1"}],
+           "gender": "female", "birthDate": "1970-01-01"}
+    consents = [{"resourceType": "Consent", "id": f"c{i}", "status": "active", "dateTime": d,
+                 "patient": {"reference": "Patient/p1"}} for i, d in enumerate(["2020-03-01", "2020-01-15"])]
+    src = tmp_path / "ic.json"
+    src.write_text(json.dumps({"resourceType": "Bundle", "type": "collection",
+                               "entry": [{"resource": r} for r in (pat, *consents)]}))
+    _rc, report = convert([src], tmp_path / "o", "--studyid", "IC")
+    ds = read(tmp_path / "o", "DS")
+    dm = read(tmp_path / "o", "DM")
+    ic = ds[ds["DSDECOD"] == "INFORMED CONSENT OBTAINED"]
+    assert ic["DSSTDTC"].tolist() == ["2020-01-15"] == dm["RFICDTC"].tolist()
+    lossy = [i["record"] for i in report["issues"] if i.get("rule") == "ds.DSDECOD" and i["kind"] == "lossy"]
+    assert lossy == ["Consent/c0"]

@@ -136,9 +136,23 @@ def map_ds(cols: pd.DataFrame, ctx: Ctx) -> pd.DataFrame:
         ctx.report.add(Kind.MISSING, "subject left the study with no coded reason: DSDECOD not guessed",
                        rule="ds.DSDECOD", source="ResearchSubject.status", target="DSDECOD", record=keys.at[i])
     keep = (~is_status | need) & cols["DSDECOD"].notna()
-    # one INFORMED CONSENT OBTAINED per subject (Consent and an R5 progress reason may both say it)
+    # one INFORMED CONSENT OBTAINED per subject (Consent and an R5 progress reason may both say it):
+    # the one RFICDTC is (rule dm.RFICDTC: the earliest Consent date, else the progress date), so that
+    # DSSTDTC of the milestone equals RFICDTC; one on another date is reported, not dropped silently
     ic = keep & cols["DSDECOD"].eq("INFORMED CONSENT OBTAINED")
-    dup = ic & cols.loc[ic].duplicated(subset=["USUBJID"], keep="first").reindex(cols.index, fill_value=False)
+    cand = cols.loc[ic].assign(_rank=cols.loc[ic, "_kind"].ne("consent"),
+                               _d=cols.loc[ic, "_date"].map(lambda d: d if isinstance(d, str) else "\uffff"))
+    cand = cand.sort_values(["USUBJID", "_rank", "_d"], kind="stable")
+    first = cand.drop_duplicates(subset=["USUBJID"], keep="first")
+    dup = ic & ~cols.index.isin(first.index)
+    kept_date = dict(zip(first["USUBJID"], first["_date"], strict=True))
+    for i in cols.index[dup]:
+        if cols.at[i, "_date"] != kept_date.get(cols.at[i, "USUBJID"]):
+            ctx.report.add(Kind.LOSSY, "a further informed consent on another date (a re-consent, or Consent and "
+                           "ResearchSubject.progress disagreeing): DS keeps one INFORMED CONSENT OBTAINED per "
+                           "subject, the one RFICDTC is (the earliest Consent date)", rule="ds.DSDECOD",
+                           source="Consent" if cols.at[i, "_kind"] == "consent" else "ResearchSubject.progress",
+                           target="DSSTDTC", record=keys.at[i])
     keep &= ~dup
     cols = cols.loc[keep]
     if not len(cols):

@@ -343,3 +343,25 @@ def test_one_informed_consent_the_one_rficdtc_is(tmp_path: Path) -> None:
     assert ic["DSSTDTC"].tolist() == ["2020-01-15"] == dm["RFICDTC"].tolist()
     lossy = [i["record"] for i in report["issues"] if i.get("rule") == "ds.DSDECOD" and i["kind"] == "lossy"]
     assert lossy == ["Consent/c0"]
+
+
+def test_fatal_ae_sets_dthfl(tmp_path: Path) -> None:
+    """SDTMIG 3.4 DM DTHFL 'Indicates the subject died': an AE with outcome fatal (AEOUT FATAL, AESDTH Y)
+    of a Patient not marked deceased gave DTHFL null beside it. Now DTHFL = Y (inferred); DTHDTC is not
+    taken from the AE (reported missing)."""
+    pat = {"resourceType": "Patient", "id": "p1", "identifier": [{"system": "urn:x", "value": "S1"}],
+           "gender": "female", "birthDate": "1970-01-01"}
+    ae = {"resourceType": "AdverseEvent", "id": "ae1", "actuality": "actual", "subject": {"reference": "Patient/p1"},
+          "event": {"text": "Myocardial infarction"}, "date": "2020-05-01",
+          "outcome": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/adverse-event-outcome",
+                                  "code": "fatal"}]}}
+    src = tmp_path / "fatal.json"
+    src.write_text(json.dumps({"resourceType": "Bundle", "type": "collection",
+                               "entry": [{"resource": r} for r in (pat, ae)]}))
+    _rc, report = convert([src], tmp_path / "o", "--studyid", "DTH")
+    ae_out = read(tmp_path / "o", "AE")
+    assert ae_out[["AEOUT", "AESDTH"]].values.tolist() == [["FATAL", "Y"]]
+    dm = read(tmp_path / "o", "DM").iloc[0]
+    assert dm["DTHFL"] == "Y" and dm["DTHDTC"] == ""
+    kinds = {i["kind"] for i in report["issues"] if i.get("rule") == "dm.DTHFL"}
+    assert kinds == {"inferred", "missing"}

@@ -650,6 +650,7 @@ class _Run:
     def finish(self) -> list[Path]:
         if self.dm is not None:
             dm_plugin, dm = self.dm
+            dm = derive_death_flag(dm, self.ctx)
             dm = derive_rfpendtc(dm, self.last_dates, self.ctx)
             self.ctx.frames["DM"] = dm
             self._write_whole(dm_plugin, dm)
@@ -1172,6 +1173,38 @@ def _match_planned_visits(ctx: Ctx, df: pd.DataFrame, planned: list[dict[str, An
         ctx.once("visits.unplanned", Kind.INFERRED, "Encounters matching no planned visit, or "
                  "unscheduled/inpatient, taken as unplanned visits: VISITNUM = preceding planned "
                  "VISITNUM + .1, .2...", rule="subject.visit", source="Encounter", target="VISITNUM")
+
+
+def derive_death_flag(dm: pd.DataFrame, ctx: Ctx) -> pd.DataFrame:
+    """DM.DTHFL (rule dm.DTHFL) also when the subject's records say the subject died: an AE with
+    AEOUT FATAL or AESDTH Y, a DS record DSDECOD DEATH (SDTMIG 3.4 DM DTHFL: "Indicates the subject
+    died"; a fatal AE beside a null DTHFL contradicts it). DTHDTC is not guessed from those records
+    (an AE end date is not the date of death): its absence is reported per subject."""
+    died: set[str] = set()
+    ae = ctx.frames.get("AE")
+    if ae is not None and len(ae):
+        fatal = pd.Series(False, index=ae.index)
+        for var, val in (("AEOUT", "FATAL"), ("AESDTH", "Y")):
+            if var in ae:
+                fatal |= ae[var].eq(val)
+        died |= set(ae.loc[fatal, "USUBJID"])
+    ds = ctx.frames.get("DS")
+    if ds is not None and len(ds) and "DSDECOD" in ds:
+        died |= set(ds.loc[ds["DSDECOD"].eq("DEATH"), "USUBJID"])
+    if "DTHFL" not in dm or not died:
+        return dm
+    new = dm["USUBJID"].isin(died) & dm["DTHFL"].isna()
+    if new.any():
+        dm["DTHFL"] = dm["DTHFL"].astype("object")
+        dm.loc[new, "DTHFL"] = "Y"
+        ctx.once("dthfl.records", Kind.INFERRED, "DTHFL = Y from the subject's records (an AE with AEOUT FATAL "
+                 "or AESDTH Y, or DS DSDECOD DEATH) where the Patient is not marked deceased",
+                 rule="dm.DTHFL", source="AE.AEOUT|AE.AESDTH|DS.DSDECOD", target="DTHFL")
+        for u in dm.loc[new & dm["DTHDTC"].isna(), "USUBJID"]:
+            ctx.report.add(Kind.MISSING, "the subject died (fatal AE or DS DEATH) but the Patient gives no "
+                           "deceasedDateTime: DTHDTC left empty, not taken from another record",
+                           rule="dm.DTHFL", target="DTHDTC", record=str(u))
+    return dm
 
 
 @transform("derive_rfpendtc")

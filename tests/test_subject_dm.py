@@ -158,3 +158,16 @@ def test_armnrs_when_no_actual_arm(tmp_path: Path) -> None:
         assert (dm["ARMNRS"] or None) == want
         missing = [i for i in report.issues if i.rule == "dm.ARMNRS" and i.kind.value == "missing"]
         assert bool(missing) == (want is None)
+
+
+def test_missing_siteid_reported_once_per_subject(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A Patient with no site information: one missing SITEID issue (it was reported twice, once by the
+    identity step uncapped and once by DM), naming the Patient and its file."""
+    monkeypatch.setenv("TRIALBRIDGE_SALT", "test-salt")
+    pat = {"resourceType": "Patient", "id": "p1", "identifier": [{"system": "urn:x", "value": "A1"}],
+           "gender": "male", "birthDate": "1960-01-01", "address": [{"country": "US"}]}
+    report = ConversionReport()
+    convert_subjects([_patient_bundle(tmp_path, pat)], tmp_path / "out",
+                     options=Options(studyid="S1", sdtm_formats=("csv",)), report=report)
+    site = [i for i in report.issues if i.rule == "dm.SITEID" and i.kind.value == "missing"]
+    assert [(i.record, i.file) for i in site] == [("Patient/p1", "p.json")]

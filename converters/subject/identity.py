@@ -132,9 +132,7 @@ def site_of(patient: dict[str, Any], rs: dict[str, Any] | None, ctx: Ctx, pkey: 
                      "subject's first Encounter (no site-level ResearchStudy)", rule="dm.SITEID",
                      target="SITEID")
             return str(val)
-    ctx.report.add(Kind.MISSING, "no site information (site-level ResearchStudy, managing "
-                   "organisation or encounter service provider): SITEID left empty",
-                   rule="dm.SITEID", target="SITEID", record=pkey)
+    # reported once per subject by DM (rule dm.SITEID, capped per run like every row issue)
     return None
 
 

@@ -125,7 +125,8 @@ def map_dm(cols: pd.DataFrame, ctx: Ctx) -> pd.DataFrame:
     _armnrs(out, cols, ctx)
     miss = out["SITEID"].isna()
     if miss.any():
-        ctx.row_issues("DM", "siteid", Kind.MISSING, "SITEID required but no site information",
+        ctx.row_issues("DM", "siteid", Kind.MISSING, "SITEID required but no site information (site-level "
+                       "ResearchStudy, managing organisation or encounter service provider): left empty",
                        cols, miss, rule="dm.SITEID", target="SITEID")
     # dates
     out["BRTHDTC"], bad = derive_dtc(cols["BRTHDTC"], ctx.dropped_zone("BRTHDTC"))

@@ -171,3 +171,30 @@ def test_missing_siteid_reported_once_per_subject(tmp_path: Path, monkeypatch: p
                      options=Options(studyid="S1", sdtm_formats=("csv",)), report=report)
     site = [i for i in report.issues if i.rule == "dm.SITEID" and i.kind.value == "missing"]
     assert [(i.record, i.file) for i in site] == [("Patient/p1", "p.json")]
+
+
+def test_epoch_only_from_the_epochs_of_ta(tmp_path: Path) -> None:
+    """SDTMIG 3.4 section 4.1.3.1: EPOCH of a subject record is an epoch of the trial design (TA). The
+    study definition names no screening and no follow-up, so its TA has the TREATMENT epoch only: a visit
+    between consent and first dose (by date SCREENING) and one after the last dose (FOLLOW-UP) get no
+    EPOCH (each value reported once), instead of epochs the TA does not have."""
+    from trialbridge.sdtm.tdm_design import build_ta_te
+    study = Study(identification=STUDY.identification, arms_interventions=ArmsInterventions(
+        arm_groups=(ArmGroup(label="Drug A", intervention_names=("Drug: Drug A",)),),
+        interventions=(Intervention(type="DRUG", name="Drug A"),)))
+    ta, _ = build_ta_te(study, ConversionReport())
+    assert {r["EPOCH"] for r in ta} == {"TREATMENT"}
+    src = _bundle(tmp_path, False)
+    b = orjson.loads(src.read_bytes())
+    amb = {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "AMB"}
+    for i, d in enumerate(["2021-02-10", "2021-03-01", "2021-04-20"]):
+        b["entry"].append({"resource": {"resourceType": "Encounter", "id": f"e{i}", "status": "finished",
+                                        "class": amb, "subject": {"reference": "Patient/p1"},
+                                        "period": {"start": d, "end": d}}})
+    src.write_bytes(orjson.dumps(b))
+    report = ConversionReport()
+    convert_subjects([src], tmp_path / "out", options=Options(study=study, sdtm_formats=("csv",)), report=report)
+    sv = pd.read_csv(tmp_path / "out" / "sv.csv", dtype=str, keep_default_na=False)
+    assert sv["EPOCH"].tolist() == ["", "TREATMENT", ""]
+    lossy = sorted(i.message.split(" (")[0] for i in report.issues if i.rule == "subject.epoch" and i.kind.value == "lossy")
+    assert lossy == ["EPOCH FOLLOW-UP", "EPOCH SCREENING"]

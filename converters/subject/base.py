@@ -239,6 +239,9 @@ class Ctx:
     planned_visitdy: dict[float, int] = field(default_factory=dict)
     #: the study definition has planned visits (TV): only then is an SV visit "pre-specified" (SVPRESP)
     has_planned_visits: bool = False
+    #: the EPOCH values of the study definition's trial arms (TA), None without a study definition:
+    #: a subject record's EPOCH must be one of them (SDTMIG 3.4 section 4.1.3.1)
+    ta_epochs: frozenset[str] | None = None
     #: small resources kept by type (scrubbed of names/telecom/address lines), key -> resource
     resources: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
     frames: dict[str, pd.DataFrame] = field(default_factory=dict)

@@ -85,6 +85,7 @@ def convert_subjects(inputs: list[Path], outdir: Path, *, options: Any,
         build_subject_index(ctx)
         run.plugins = sdtm_ext.attach(run.plugins, inputs, ctx)   # project ids and extensions
         build_visit_index(ctx)
+        ctx.ta_epochs = load_ta_epochs(ctx)
         run.map_collected()
         run.pass2(inputs)
         return run.finish()
@@ -509,11 +510,24 @@ class _Run:
         elif "EPOCH" in names and "EPOCH" not in df and p.dtc and p.dtc in df:
             df["EPOCH"] = base.epoch_from_dates(date_of(p.dtc, df[p.dtc]), date_of("_rfstdtc", rf),
                                                 date_of("_rfendtc", rfe), date_of("_rficdtc", ric))
+            epochs = self.ctx.ta_epochs
+            if epochs is not None:
+                # an EPOCH the study's TA does not have (a record the CT.gov text names no screening or
+                # follow-up for) would point to no trial-design epoch: left null, reported once per value
+                off = df["EPOCH"].notna() & ~df["EPOCH"].isin(epochs)
+                if off.any():
+                    for val in sorted(set(df.loc[off, "EPOCH"])):
+                        self.ctx.once(f"epoch-not-ta-{val}", Kind.LOSSY, f"EPOCH {val} (by date) is not an "
+                                      "epoch of the study definition's trial arms (TA): left null",
+                                      rule="subject.epoch", source="TA.EPOCH", target="EPOCH")
+                    df["EPOCH"] = df["EPOCH"].where(~off, None)
             if df["EPOCH"].notna().any():
                 self.ctx.once("epoch", Kind.INFERRED,
                               "EPOCH inferred from the date relative to RFSTDTC/RFENDTC (SCREENING "
                               "from RFICDTC on, TREATMENT during, FOLLOW-UP after; null before "
-                              "informed consent); no trial-design epochs given",
+                              "informed consent), "
+                              + ("kept where the study definition's trial arms (TA) have that epoch"
+                                 if epochs is not None else "no trial-design epochs (TA) to hold it to"),
                               rule="subject.epoch", target="EPOCH")
         seq = f"{d}SEQ"
         if seq in names and seq not in df:
@@ -1040,6 +1054,17 @@ def load_planned_visits(ctx: Ctx) -> list[dict[str, Any]]:
         return []
     from ..sdtm.tdm_design import build_tv
     return build_tv(ctx.study, ConversionReport())
+
+
+def load_ta_epochs(ctx: Ctx) -> frozenset[str] | None:
+    """EPOCH values of the TA the trial design conversion derives from the study definition
+    (:func:`trialbridge.sdtm.tdm_design.build_ta_te`; its notes belong to that conversion); None
+    without a study definition or when that TA has no element (no epochs to hold EPOCH to)."""
+    if ctx.study is None:
+        return None
+    from ..sdtm.tdm_design import build_ta_te
+    ta, _ = build_ta_te(ctx.study, ConversionReport())
+    return frozenset(str(r["EPOCH"]) for r in ta if r.get("EPOCH")) or None
 
 
 def _study_day(dtc: str | None, ref: str | None) -> int | None:

@@ -365,3 +365,25 @@ def test_fatal_ae_sets_dthfl(tmp_path: Path) -> None:
     assert dm["DTHFL"] == "Y" and dm["DTHDTC"] == ""
     kinds = {i["kind"] for i in report["issues"] if i.get("rule") == "dm.DTHFL"}
     assert kinds == {"inferred", "missing"}
+
+
+def test_adverse_event_elements_declared_read_are_read(tmp_path: Path) -> None:
+    """AdverseEvent.encounter was declared read ('VISITNUM/VISIT') but AE has no visit variables (SDTMIG
+    3.4 AE): it was dropped silently; now reported unread. The R4 cross-version occurrence extension may
+    carry a dateTime (R5 occurrence[x]): it gives AESTDTC like a Period's start (was ignored)."""
+    pat = {"resourceType": "Patient", "id": "p1", "identifier": [{"system": "urn:x", "value": "S1"}],
+           "gender": "female", "birthDate": "1970-01-01"}
+    enc = {"resourceType": "Encounter", "id": "e1", "status": "finished", "subject": {"reference": "Patient/p1"},
+           "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "AMB"},
+           "period": {"start": "2020-05-01"}}
+    ae = {"resourceType": "AdverseEvent", "id": "ae1", "actuality": "actual", "subject": {"reference": "Patient/p1"},
+          "event": {"text": "Nausea"}, "encounter": {"reference": "Encounter/e1"},
+          "extension": [{"url": "http://hl7.org/fhir/5.0/StructureDefinition/extension-AdverseEvent.occurrence",
+                         "valueDateTime": "2020-05-02"}]}
+    src = tmp_path / "ae.json"
+    src.write_text(json.dumps({"resourceType": "Bundle", "type": "collection",
+                               "entry": [{"resource": r} for r in (pat, enc, ae)]}))
+    _rc, report = convert([src], tmp_path / "o", "--studyid", "AEV")
+    assert read(tmp_path / "o", "AE")["AESTDTC"].tolist() == ["2020-05-02"]
+    assert any(i.get("rule") == "subject.unread" and i.get("source") == "AdverseEvent.encounter"
+               for i in report["issues"])

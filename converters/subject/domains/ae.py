@@ -81,7 +81,8 @@ def extract_ae(res: dict[str, Any], ctx: Ctx) -> dict[str, Any] | None:
     else:
         start, end = res.get("date"), None
         for ext in C.extension(res, C.XV + "AdverseEvent.occurrence"):
-            per = ext.get("valuePeriod") or {}
+            # R5 occurrence[x] is dateTime | Period | Timing: the cross-version extension carries either
+            per = ext.get("valuePeriod") or {"start": ext.get("valueDateTime")}
             start = per.get("start") or start
             end = per.get("end")
         cond_refs = [ref_of(e) for e in res.get("resultingCondition") or () if ref_of(e)]
@@ -92,7 +93,8 @@ def extract_ae(res: dict[str, Any], ctx: Ctx) -> dict[str, Any] | None:
         ctx.once("ae.category", Kind.LOSSY, "AdverseEvent.category (FHIR event categories) is not AECAT "
                  "(sponsor categories): not mapped", rule="ae.AECAT", source="AdverseEvent.category")
     meddra = C.coding_in(concept, C.MEDDRA_SYSTEMS)
-    return {"_subject": ref_of(res.get("subject")), "_encounter": ref_of(res.get("encounter")), "_r5": r5,
+    # AdverseEvent.encounter is not read: AE has no visit variables (SDTMIG 3.4 AE), so it is reported unread
+    return {"_subject": ref_of(res.get("subject")), "_r5": r5,
             "AESPID": C.ident_value(res), "_term": C.text_of(concept),
             "_meddra_code": meddra.get("code") if meddra else None,
             "_meddra_display": meddra.get("display") if meddra else None,

@@ -387,3 +387,20 @@ def test_adverse_event_elements_declared_read_are_read(tmp_path: Path) -> None:
     assert read(tmp_path / "o", "AE")["AESTDTC"].tolist() == ["2020-05-02"]
     assert any(i.get("rule") == "subject.unread" and i.get("source") == "AdverseEvent.encounter"
                for i in report["issues"])
+
+
+def test_reason_of_a_planned_visit_is_reported(tmp_path: Path) -> None:
+    """Encounter.reasonCode is read for SVREASOC (missed visit) and SVUPDES (unplanned visit); the reason
+    of a planned visit that took place has no SV variable: reported lossy, not dropped silently."""
+    _rc, report = convert([SAMPLE / "subjects.bundle.json"], tmp_path / "o0", "--study", str(SAMPLE / "ctgov.json"))
+    assert not [i for i in report["issues"] if i.get("source") == "Encounter.reasonCode|reason"]
+    bundle = json.loads((SAMPLE / "subjects.bundle.json").read_text())
+    enc = next(e["resource"] for e in bundle["entry"] if e["resource"]["resourceType"] == "Encounter"
+               and e["resource"].get("status") == "finished" and not e["resource"].get("reasonCode")
+               and e["resource"].get("class", {}).get("code") == "AMB")
+    enc["reasonCode"] = [{"text": "Routine study visit"}]
+    src = tmp_path / "b.json"
+    src.write_text(json.dumps(bundle))
+    _rc, report = convert([src], tmp_path / "o", "--study", str(SAMPLE / "ctgov.json"))
+    lossy = [i["record"] for i in report["issues"] if i.get("source") == "Encounter.reasonCode|reason"]
+    assert lossy == [f"Encounter/{enc['id']}"]

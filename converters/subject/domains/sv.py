@@ -78,6 +78,15 @@ def map_sv(cols: pd.DataFrame, ctx: Ctx) -> pd.DataFrame:
     out["SVENDTC"] = C.dtc(cols, "_end", ctx, rule="sv.SVENDTC", target="SVENDTC")
     described = cols["_reason"].fillna(enc.map(lambda k: ctx.unplanned_visits.get(k)))
     out["SVUPDES"] = described.where(unplanned, None)
+    # the reason of a visit that is neither missed (SVREASOC) nor unplanned (SVUPDES) has no SV variable
+    unused = cols["_reason"].notna() & ~missed & ~unplanned
+    if unused.any():
+        keys = C.record_key(cols)
+        for i in cols.index[unused]:
+            ctx.report.add(Kind.LOSSY, "Encounter reason of a visit that took place and is not unplanned: SV "
+                           "has no variable for it (SVREASOC is the reason a visit did not occur, SVUPDES "
+                           "describes an unplanned visit)", rule="sv.SVUPDES", source="Encounter.reasonCode|reason",
+                           record=keys.at[i])
     if unplanned.any():
         ctx.once("sv.unplanned", Kind.INFERRED, "emergency/inpatient Encounters (and, with planned "
                  "visits, Encounters matching none) taken as unplanned visits (SVUPDES from the encounter "

@@ -404,3 +404,20 @@ def test_reason_of_a_planned_visit_is_reported(tmp_path: Path) -> None:
     _rc, report = convert([src], tmp_path / "o", "--study", str(SAMPLE / "ctgov.json"))
     lossy = [i["record"] for i in report["issues"] if i.get("source") == "Encounter.reasonCode|reason"]
     assert lossy == [f"Encounter/{enc['id']}"]
+
+
+def test_same_resources_given_twice_are_converted_once(tmp_path: Path) -> None:
+    """The same bundle given twice (or a bundle beside its Bulk export): each resource (type, id,
+    meta.versionId) is converted once and the repeats are reported per type. It gave two DM records per
+    subject (DM key STUDYID/USUBJID not unique) and every SV/AE/MH/DS record twice, unreported."""
+    a, b = tmp_path / "a.json", tmp_path / "b.json"
+    for f in (a, b):
+        f.write_bytes((SAMPLE / "subjects.bundle.json").read_bytes())
+    _rc, report = convert([a, b], tmp_path / "o", "--study", str(SAMPLE / "ctgov.json"))
+    dm, sv, ae = (read(tmp_path / "o", d) for d in ("DM", "SV", "AE"))
+    assert len(dm) == 10 and dm["USUBJID"].is_unique
+    assert not sv.duplicated(["USUBJID", "VISITNUM"]).any()
+    assert len(ae) == 5
+    again = {i["source"]: i["message"] for i in report["issues"] if i.get("rule") == "subject.duplicate"}
+    assert again["Patient"].startswith("10 Patient resource(s) given again")
+    assert "AdverseEvent" in again and "Encounter" in again

@@ -173,14 +173,32 @@ class _Run:
         wanted = (set(ENGINE_TYPES) | set(routes)) - streamed_types
         errors: list[tuple[str, int | None, str]] = []
         skipped: dict[str, int] = {}
+        # the same resource (type, id, meta.versionId) given again (the same bundle twice, a bundle and
+        # its Bulk export): converted once, or DM would hold two records of one subject and SV, AE, MH,
+        # DS each record twice (keys no longer unique); counted and reported per type
+        seen: set[tuple[str, str, Any]] = set()
+        again: dict[str, int] = {}
         # (the streamed types' Bulk files are read in pass 2: their skip counts would not be reported)
         for chunk in iter_chunks(inputs, types=wanted, errors=errors, skipped=skipped, uncounted=streamed_types):
             for item in chunk:
+                res = item.resource
+                rtype = res.get("resourceType")
+                rid = res.get("id")
+                if isinstance(rtype, str) and isinstance(rid, str):
+                    meta = res.get("meta")
+                    key = (rtype, rid, meta.get("versionId") if isinstance(meta, dict) else None)
+                    if key in seen:
+                        again[rtype] = again.get(rtype, 0) + 1
+                        continue
+                    seen.add(key)
                 collect_engine(item, self.ctx)
-                rtype = item.resource.get("resourceType")
                 r = routes.get(rtype) if isinstance(rtype, str) else None
                 if r:
                     self._extract(item, r, self.rows)
+        for rtype, n in sorted(again.items()):
+            self.ctx.report.add(Kind.LOSSY, f"{n} {rtype} resource(s) given again (same type, id and "
+                                "meta.versionId as one already read): converted once", source=rtype,
+                                rule="subject.duplicate")
         self._report_read_errors(errors)
         self._report_out_of_scope(skipped, streamed_types)
 

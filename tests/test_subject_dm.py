@@ -198,3 +198,22 @@ def test_epoch_only_from_the_epochs_of_ta(tmp_path: Path) -> None:
     assert sv["EPOCH"].tolist() == ["", "TREATMENT", ""]
     lossy = sorted(i.message.split(" (")[0] for i in report.issues if i.rule == "subject.epoch" and i.kind.value == "lossy")
     assert lossy == ["EPOCH FOLLOW-UP", "EPOCH SCREENING"]
+
+
+def test_actual_arm_outside_the_plan_is_unplanned_treatment(tmp_path: Path) -> None:
+    """SDTMIG 3.4 DM: ACTARMCD/ACTARM hold a planned arm (TA); a subject treated outside every planned arm
+    has them null, ARMNRS UNPLANNED TREATMENT (CT C142179) and ACTARMUD describing the treatment. An R4
+    actualArm matching no arm group of the study gave ACTARM/ACTARMCD values that are in no TA row."""
+    from trialbridge.sdtm.ct import pinned_ct
+    assert pinned_ct().term("ARMNULRS", "UNPLANNED TREATMENT") is not None
+    src = _bundle(tmp_path, False)
+    b = orjson.loads(src.read_bytes())
+    rs = next(e["resource"] for e in b["entry"] if e["resource"]["resourceType"] == "ResearchSubject")
+    rs["actualArm"] = "Drug A then rescue therapy"
+    src.write_bytes(orjson.dumps(b))
+    report = ConversionReport()
+    convert_subjects([src], tmp_path / "out", options=Options(study=STUDY, sdtm_formats=("csv",)), report=report)
+    dm = pd.read_csv(tmp_path / "out" / "dm.csv", dtype=str, keep_default_na=False).iloc[0]
+    assert (dm["ARMCD"], dm["ARM"]) == ("DRUG_A", "Drug A")
+    assert (dm["ACTARMCD"], dm["ACTARM"]) == ("", "")
+    assert (dm["ARMNRS"], dm["ACTARMUD"]) == ("UNPLANNED TREATMENT", "Drug A then rescue therapy")

@@ -190,7 +190,8 @@ def _arm_of(value: str | None, rs: dict[str, Any], ctx: Ctx) -> tuple[str | None
 @transform("assign_arms")
 def assign_arms(rs: dict[str, Any] | None, ctx: Ctx, pkey: str) -> dict[str, Any]:
     """ARMCD/ARM/ACTARMCD/ACTARM/ARMNRS (rule dm.ARMCD)."""
-    out: dict[str, Any] = {"ARMCD": None, "ARM": None, "ACTARMCD": None, "ACTARM": None, "ARMNRS": None}
+    out: dict[str, Any] = {"ARMCD": None, "ARM": None, "ACTARMCD": None, "ACTARM": None, "ARMNRS": None,
+                           "ACTARMUD": None}
     if rs is None:
         out["ARMNRS"] = "NOT ASSIGNED"
         ctx.once("armnrs", Kind.INFERRED, "ARMNRS = NOT ASSIGNED for Patients without a "
@@ -210,6 +211,14 @@ def assign_arms(rs: dict[str, Any] | None, ctx: Ctx, pkey: str) -> dict[str, Any
     for var_cd, var, (name, carried) in (("ARMCD", "ARM", assigned), ("ACTARMCD", "ACTARM", actual)):
         if not name:
             continue
+        if var == "ACTARM" and not carried and _unplanned_actual(name, ctx):
+            # SDTMIG 3.4 DM: a subject treated in a way that matches no planned arm has ACTARMCD/ACTARM
+            # null, ARMNRS UNPLANNED TREATMENT (CT C142179) and ACTARMUD describing the actual treatment
+            out["ARMNRS"], out["ACTARMUD"] = "UNPLANNED TREATMENT", name
+            ctx.report.add(Kind.INFERRED, "ResearchSubject actual arm matches no arm group of the study "
+                           "definition: ACTARMCD/ACTARM null, ARMNRS = UNPLANNED TREATMENT, ACTARMUD = the arm "
+                           "as given", rule="dm.ARMNRS", target="ACTARMUD", record=pkey)
+            continue
         label = _match_arm(name, ctx, pkey)
         out[var] = label
         if carried:      # the arm's own code, carried by the project's writer: never re-derived
@@ -218,6 +227,14 @@ def assign_arms(rs: dict[str, Any] | None, ctx: Ctx, pkey: str) -> dict[str, Any
         arms = ctx.study.arms_interventions.arm_groups if ctx.study and ctx.study.arms_interventions else ()
         out[var_cd] = armcd_from_label(label, [a.label or "" for a in arms])
     return out
+
+
+def _unplanned_actual(name: str, ctx: Ctx) -> bool:
+    """The study definition has arm groups and none is ``name`` (the match :func:`_match_arm` makes)."""
+    study = ctx.study
+    groups = study.arms_interventions.arm_groups if study and study.arms_interventions else ()
+    want = name.strip().casefold()
+    return bool(groups) and not any(g.label and g.label.strip().casefold() == want for g in groups)
 
 
 def _match_arm(name: str, ctx: Ctx, pkey: str) -> str:

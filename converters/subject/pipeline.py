@@ -1001,7 +1001,7 @@ def build_subject_index(ctx: Ctx) -> None:
         rows.append({"_key": pkey, "_rs": rskey, "USUBJID": usubjid, "SUBJID": subjid,
                      "SITEID": site_of(pat, rs, ctx, pkey), **assign_arms(rs, ctx, pkey)})
     cols = ["_key", "_rs", "USUBJID", "SUBJID", "SITEID", "ARMCD", "ARM", "ACTARMCD", "ACTARM",
-            "ARMNRS", "RFSTDTC", "RFENDTC", "RFXSTDTC", "RFXENDTC", "RFICDTC"]
+            "ARMNRS", "ACTARMUD", "RFSTDTC", "RFENDTC", "RFXSTDTC", "RFXENDTC", "RFICDTC"]
     ctx.subjects = pd.DataFrame(rows, columns=cols)
     by_key = {r["_key"]: r["USUBJID"] for r in rows}
     by_key.update({r["_rs"]: r["USUBJID"] for r in rows if r["_rs"]})

@@ -120,7 +120,7 @@ def map_dm(cols: pd.DataFrame, ctx: Ctx) -> pd.DataFrame:
     u = cols["USUBJID"]
     out = pd.DataFrame({"STUDYID": ctx.studyid, "DOMAIN": "DM", "USUBJID": u})
     for var in ("SUBJID", "SITEID", "RFSTDTC", "RFENDTC", "RFXSTDTC", "RFXENDTC", "RFICDTC",
-                "ARMCD", "ARM", "ACTARMCD", "ACTARM", "ARMNRS"):
+                "ARMCD", "ARM", "ACTARMCD", "ACTARM", "ARMNRS", "ACTARMUD"):
         out[var] = u.map(subj[var]).astype("object")
     _armnrs(out, cols, ctx)
     miss = out["SITEID"].isna()

@@ -361,6 +361,8 @@ def test_fatal_ae_sets_dthfl(tmp_path: Path) -> None:
     _rc, report = convert([src], tmp_path / "o", "--studyid", "DTH")
     ae_out = read(tmp_path / "o", "AE")
     assert ae_out[["AEOUT", "AESDTH"]].values.tolist() == [["FATAL", "Y"]]
+    # results in death: serious (ICH E2A), not AESER null beside AESDTH Y
+    assert ae_out["AESER"].tolist() == ["Y"]
     dm = read(tmp_path / "o", "DM").iloc[0]
     assert dm["DTHFL"] == "Y" and dm["DTHDTC"] == ""
     kinds = {i["kind"] for i in report["issues"] if i.get("rule") == "dm.DTHFL"}
@@ -421,3 +423,23 @@ def test_same_resources_given_twice_are_converted_once(tmp_path: Path) -> None:
     again = {i["source"]: i["message"] for i in report["issues"] if i.get("rule") == "subject.duplicate"}
     assert again["Patient"].startswith("10 Patient resource(s) given again")
     assert "AdverseEvent" in again and "Encounter" in again
+
+
+def test_fatal_ae_coded_non_serious_is_reported(tmp_path: Path) -> None:
+    """A fatal AE coded Non-serious contradicts itself (results in death is a seriousness criterion):
+    AESER stays as given (N) and the record is reported for review, not silently inconsistent."""
+    pat = {"resourceType": "Patient", "id": "p1", "identifier": [{"system": "urn:x", "value": "S1"}],
+           "gender": "female", "birthDate": "1970-01-01"}
+    ae = {"resourceType": "AdverseEvent", "id": "ae1", "actuality": "actual", "subject": {"reference": "Patient/p1"},
+          "event": {"text": "Stroke"}, "date": "2020-05-01",
+          "seriousness": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/adverse-event-seriousness",
+                                      "code": "Non-serious"}]},
+          "outcome": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/adverse-event-outcome",
+                                  "code": "fatal"}]}}
+    src = tmp_path / "contra.json"
+    src.write_text(json.dumps({"resourceType": "Bundle", "type": "collection",
+                               "entry": [{"resource": r} for r in (pat, ae)]}))
+    _rc, report = convert([src], tmp_path / "o", "--studyid", "CON")
+    assert read(tmp_path / "o", "AE")[["AESER", "AESDTH"]].values.tolist() == [["N", "Y"]]
+    bad = [(i["kind"], i["record"]) for i in report["issues"] if i.get("rule") == "ae.AESER"]
+    assert bad == [("invalid-value", "AdverseEvent/ae1")]

@@ -161,6 +161,22 @@ def map_ae(cols: pd.DataFrame, ctx: Ctx) -> pd.DataFrame:
                                source="AdverseEvent.outcome")
     fatal = out["AEOUT"].eq("FATAL")
     out["AESDTH"] = out["AESDTH"].where(~fatal, "Y")
+    # an event that results in death is serious (ICH E2A; SDTMIG 3.4 AE: AESDTH is a seriousness
+    # criterion of AESER): no seriousness given -> AESER Y (inferred); coded non-serious -> a contradiction
+    # in the source, kept as given and reported
+    died = out["AESDTH"].eq("Y")
+    if (died & out["AESER"].isna()).any():
+        out["AESER"] = out["AESER"].where(~(died & out["AESER"].isna()), "Y")
+        ctx.once("ae.aeser-fatal", Kind.INFERRED, "AESER = Y for a fatal AE with no seriousness given (results in "
+                 "death: a seriousness criterion, AESDTH)", rule="ae.AESER", source="AdverseEvent.outcome",
+                 target="AESER")
+    contra = died & out["AESER"].eq("N")
+    if contra.any():
+        keys = C.record_key(cols)
+        for i in cols.index[contra]:
+            ctx.report.add(Kind.INVALID_VALUE, "AdverseEvent coded non-serious with a fatal outcome (AESDTH = Y): "
+                           "AESER kept as given (N), review", rule="ae.AESER", source="AdverseEvent.seriousness",
+                           target="AESER", record=keys.at[i])
     ongoing = cols["_out"].map(lambda cs: any(code == "ongoing" for _, code in cs))
     out["AESTDTC"] = C.dtc(cols, "_start", ctx, rule="ae.AESTDTC", target="AESTDTC")
     out["AEENDTC"] = C.dtc(cols, "_end", ctx, rule="ae.AEENDTC", target="AEENDTC")

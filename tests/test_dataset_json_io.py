@@ -60,3 +60,20 @@ def test_our_writer_is_schema_valid(ndjson: bool, tmp_path: Path, validators) ->
     write_dataset_json(frame, "TS", target, study_oid="S1", ndjson=ndjson)
     check_file(target, validators)
     assert read_dataset(target).frame["TSVAL"].tolist() == frame["TSVAL"].tolist()
+
+
+def test_csv_numbers_as_the_dataset_json_holds_them(tmp_path: Path) -> None:
+    """CSV output writes a number as the Dataset-JSON beside it holds it (and as the streamed domains'
+    CSV does): a whole value without ".0" (CMDOSE 500, VISITNUM 2), others as they are, none empty."""
+    import pandas as pd
+    from trialbridge.sdtm.datasetjson import build_dataset_json, write_csv
+
+    df = pd.DataFrame({"STUDYID": ["S"] * 3, "DOMAIN": ["CM"] * 3, "USUBJID": ["S-1"] * 3, "CMSEQ": [1, 2, 3],
+                       "CMTRT": ["A", "B", "C"], "CMDOSE": [500.0, 2.5, float("nan")], "VISITNUM": [2.0, 6.1, None]})
+    path = write_csv(df, "CM", tmp_path / "cm.csv")
+    got = pd.read_csv(path, dtype=str, keep_default_na=False)
+    assert got["CMDOSE"].tolist() == ["500", "2.5", ""]
+    assert got["VISITNUM"].tolist() == ["2", "6.1", ""]
+    doc = build_dataset_json(df, "CM", study_oid="S")
+    names = [c["name"] for c in doc["columns"]]
+    assert [r[names.index("CMDOSE")] for r in doc["rows"]] == [500, 2.5, None]

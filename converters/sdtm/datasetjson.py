@@ -119,13 +119,14 @@ def write_document(doc: dict[str, Any], path: Path, *, ndjson: bool = False) -> 
 def write_csv(df: pd.DataFrame, domain_name: str, path: Path) -> Path:
     domain, cols = dataset_frame(df, domain_name)
     frame = df.reindex(columns=cols)
-    # an integer variable with empty cells is a float column in pandas: written as such it reads "4.0"
-    # (TV VISITDY), where Dataset-JSON and XPT hold 4; write the integer the metadata says it is
+    # numbers as the Dataset-JSON file beside it holds them (dataset_json_cell): an integer variable
+    # with empty cells is a float column in pandas, and written as such reads "4.0" (TV VISITDY), a whole
+    # VISITNUM or CMDOSE "2.0"/"500.0", where Dataset-JSON and the streamed domains' CSV write 4, 2, 500
     for var in domain.variables:
-        if var.name in frame.columns and var.data_type == "integer" and frame[var.name].dtype.kind == "f":
-            col = frame[var.name]
-            if ((col.dropna() % 1) == 0).all():
-                frame[var.name] = col.astype("Int64")
+        if var.name in frame.columns and var.data_type in NUMERIC_TYPES:
+            integer = var.data_type == "integer"
+            frame[var.name] = pd.Series([dataset_json_cell(v, True, integer) for v in frame[var.name].tolist()],
+                                        index=frame.index, dtype=object)
     with atomic_path(path) as tmp:
         frame.to_csv(tmp, index=False, lineterminator="\n")
     return path

@@ -317,6 +317,11 @@ def test_seed_ta_te_tv() -> None:
         (ta["ARMCD"].str.len() <= 20).all()
     assert list(ta["EPOCH"]) == ["SCREENING", "TREATMENT", "FOLLOW-UP"]
     assert set(te["ETCD"]) == set(ta["ETCD"])
+    # SDTMIG 3.4 TE: "Either TEENRL or TEDUR must be present for each element"
+    assert (te["TEENRL"].fillna("") != "").all() if "TEDUR" not in te else \
+        ((te["TEENRL"].fillna("") != "") | (te["TEDUR"].fillna("") != "")).all()
+    trt = te.set_index("ETCD").loc["TRT01"]
+    assert trt["TEENRL"] == "End of treatment" == te.set_index("ETCD").loc["FU", "TESTRL"]
     ct = load_ct()
     assert all(ct.is_valid("EPOCH", e) for e in ta["EPOCH"])
     visits = dict(zip(tv["VISIT"], tv["VISITDY"], strict=True))

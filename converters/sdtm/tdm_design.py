@@ -114,7 +114,11 @@ def build_ta_te(study: Study, report: ConversionReport) -> tuple[list[dict[str, 
                 trt_by_set[names] = etcd
                 label = " + ".join(names)
                 elements[etcd] = {"ETCD": etcd, "ELEMENT": cut_text(label),
-                                  "TESTRL": cut_text(f"First dose of {label}"), "TEENRL": "",
+                                  "TESTRL": cut_text(f"First dose of {label}"),
+                                  # SDTMIG 3.4 TE: "Either TEENRL or TEDUR must be present for each
+                                  # element"; CT.gov gives no treatment duration: the end rule by name
+                                  # (the follow-up element starts at it)
+                                  "TEENRL": "End of treatment",
                                   "EPOCH": "TREATMENT"}
                 report.add(Kind.INFERRED, f"treatment element {etcd} from the interventions of arm "
                            f"{armcd}", rule="te.TRT", source="protocolSection.armsInterventionsModule"

@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime as dt
 import math
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,24 @@ from .metadata import Domain, load_domain
 
 DATASET_JSON_VERSION = "1.1.0"
 NUMERIC_TYPES = {"integer", "float", "double", "decimal"}
+SDTMIG_VERSION = "3.4"
+#: where a Dataset-JSON file written beside its datasets finds the define.xml that describes it
+DEFINE_FILE = "define.xml"
+
+
+def odm_oid(*parts: str) -> str:
+    """An ODM OID from parts: joined by ".", characters outside [A-Za-z0-9_-] turned into "_"."""
+    return ".".join(re.sub(r"[^A-Za-z0-9_\-]", "_", p) for p in parts if p)
+
+
+def define_oids(studyid: str) -> tuple[str, str]:
+    """(ODM/Study/@OID, MetaDataVersion/@OID) of the define.xml trialbridge writes for ``studyid``.
+
+    Dataset-JSON 1.1 ``studyOID`` and ``metaDataVersionOID`` are "see ODM definition for
+    ODM/Study/@OID" and "ODM/Study/MetaDataVersion/@OID": the Dataset-JSON files and the define.xml
+    of one study must carry the same two values, so both writers take them from here.
+    """
+    return odm_oid("STDY", studyid), odm_oid("MDV", studyid, "SDTMIG", SDTMIG_VERSION)
 
 
 def creation_datetime() -> str:
@@ -61,8 +80,8 @@ def dataset_frame(df: pd.DataFrame, domain_name: str) -> tuple[Domain, list[str]
     return domain, select_columns(df, domain)
 
 
-def build_dataset_json(df: pd.DataFrame, domain_name: str, *, study_oid: str,
-                       metadata_version_oid: str = "MDV.TRIALBRIDGE.SDTMIG.3.4") -> dict[str, Any]:
+def build_dataset_json(df: pd.DataFrame, domain_name: str, *, study_oid: str) -> dict[str, Any]:
+    """``study_oid``: the STUDYID; the OIDs written are those of the define.xml beside the file."""
     domain, cols = dataset_frame(df, domain_name)
     meta_by_name = {v.name: v for v in domain.variables}
     rows: list[list[Any]] = []
@@ -88,8 +107,9 @@ def build_dataset_json(df: pd.DataFrame, domain_name: str, *, study_oid: str,
         "fileOID": f"{study_oid}/{domain.domain}",
         "originator": "trialbridge",
         "sourceSystem": {"name": "trialbridge", "version": __version__},
-        "studyOID": study_oid,
-        "metaDataVersionOID": metadata_version_oid,
+        "studyOID": define_oids(study_oid)[0],
+        "metaDataVersionOID": define_oids(study_oid)[1],
+        "metaDataRef": DEFINE_FILE,
         "itemGroupOID": f"IG.{domain.domain}",
         "records": len(rows),
         "name": domain.domain,

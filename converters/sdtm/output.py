@@ -28,7 +28,15 @@ from .. import __version__
 from ..errors import UsageError
 from ..report import ConversionReport
 from ..safeio import atomic_path
-from .datasetjson import DATASET_JSON_VERSION, NUMERIC_TYPES, creation_datetime, write_csv, write_dataset_json
+from .datasetjson import (
+    DATASET_JSON_VERSION,
+    DEFINE_FILE,
+    NUMERIC_TYPES,
+    creation_datetime,
+    define_oids,
+    write_csv,
+    write_dataset_json,
+)
 
 SDTM_FORMATS = ("json", "ndjson", "csv", "xpt")
 #: rows per orjson call and per write in the streamed writer (buffers of a few hundred kB, used again
@@ -523,7 +531,8 @@ class ChunkedDomainWriter:
         return {"datasetJSONCreationDateTime": creation_datetime(),
                 "datasetJSONVersion": DATASET_JSON_VERSION, "fileOID": f"{self.study_oid}/{d.domain}",
                 "originator": "trialbridge", "sourceSystem": {"name": "trialbridge", "version": __version__},
-                "studyOID": self.study_oid, "metaDataVersionOID": "MDV.TRIALBRIDGE.SDTMIG.3.4",
+                "studyOID": define_oids(self.study_oid)[0],
+                "metaDataVersionOID": define_oids(self.study_oid)[1], "metaDataRef": DEFINE_FILE,
                 "itemGroupOID": f"IG.{d.domain}", "records": self.records, "name": d.domain,
                 "label": d.label, "columns": columns}
 

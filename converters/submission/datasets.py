@@ -17,7 +17,7 @@ from typing import Any
 import pandas as pd
 
 from ..errors import InputError
-from ..sdtm.datasetjson import NUMERIC_TYPES, creation_datetime, dataset_json_cell, write_document
+from ..sdtm.datasetjson import NUMERIC_TYPES, creation_datetime, dataset_json_cell, define_oids, write_document
 from ..sdtm.files import ColumnMeta, find_datasets, read_dataset_file
 from ..sdtm.metadata import Domain, load_domain
 from ..sdtm.xpt import SAS_DATE_FORMATS, XptColumn, XptMeta
@@ -129,8 +129,13 @@ def load_folder(folder: Path) -> dict[str, Dataset]:
 
 # ------------------------------------------------------------------ writing any dataset
 def dataset_json_document(ds: Dataset, *, study_oid: str | None = None,
-                          metadata_version_oid: str | None = None) -> dict[str, Any]:
-    """A Dataset-JSON 1.1 document for any dataset, keeping the column metadata it was read with."""
+                          metadata_ref: str | None = None) -> dict[str, Any]:
+    """A Dataset-JSON 1.1 document for any dataset, keeping the column metadata it was read with.
+
+    With ``study_oid`` (the STUDYID) the document points at the define.xml trialbridge writes for
+    it: studyOID and metaDataVersionOID are that define's, metaDataRef is ``metadata_ref``.
+    Without it, the source's own header values are kept.
+    """
     rows: list[list[Any]] = []
     kinds = [(c.data_type in NUMERIC_TYPES, c.data_type == "integer") for c in ds.columns]
     frame = ds.frame.reindex(columns=[c.name for c in ds.columns])
@@ -157,20 +162,25 @@ def dataset_json_document(ds: Dataset, *, study_oid: str | None = None,
         "fileOID": src.get("fileOID", f"{study_oid or 'STUDY'}/{ds.name}"),
         "originator": src.get("originator", "trialbridge"),
         "sourceSystem": src.get("sourceSystem", {"name": "trialbridge", "version": __version__}),
-        "studyOID": study_oid or src.get("studyOID", "STUDY"),
-        "metaDataVersionOID": metadata_version_oid or src.get("metaDataVersionOID",
-                                                              "MDV.TRIALBRIDGE.SDTMIG.3.4"),
     }
-    if src.get("metaDataRef"):
-        doc["metaDataRef"] = src["metaDataRef"]
+    if study_oid is not None:
+        doc["studyOID"], doc["metaDataVersionOID"] = define_oids(study_oid)
+        if metadata_ref:
+            doc["metaDataRef"] = metadata_ref
+    else:
+        doc["studyOID"] = src.get("studyOID", "STUDY")
+        doc["metaDataVersionOID"] = src.get("metaDataVersionOID", define_oids("STUDY")[1])
+        if src.get("metaDataRef"):
+            doc["metaDataRef"] = src["metaDataRef"]
     doc.update({"itemGroupOID": src.get("itemGroupOID", f"IG.{ds.name}"), "records": len(rows),
                 "name": ds.name, "label": ds.label, "columns": columns, "rows": rows})
     return doc
 
 
 def write_dataset_json_any(ds: Dataset, path: Path, *, ndjson: bool = False,
-                           study_oid: str | None = None) -> Path:
-    return write_document(dataset_json_document(ds, study_oid=study_oid), path, ndjson=ndjson)
+                           study_oid: str | None = None, metadata_ref: str | None = None) -> Path:
+    return write_document(dataset_json_document(ds, study_oid=study_oid, metadata_ref=metadata_ref),
+                          path, ndjson=ndjson)
 
 
 def xpt_meta(ds: Dataset) -> XptMeta:

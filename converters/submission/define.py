@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import re
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
@@ -35,7 +34,7 @@ from ..errors import ConversionError, InputError
 from ..report import ConversionReport, Kind, Severity
 from ..safeio import parse_xml, read_bytes, write_bytes_atomic
 from ..sdtm.ct import ControlledTerminology, pinned_ct
-from ..sdtm.datasetjson import NUMERIC_TYPES, creation_datetime
+from ..sdtm.datasetjson import NUMERIC_TYPES, SDTMIG_VERSION, creation_datetime, define_oids, odm_oid
 from ..sdtm.metadata import Domain, domain_rows
 from ..specs import mapping_text, read_csv_rows
 from .datasets import Column, Dataset, known_domain, load_folder
@@ -46,7 +45,6 @@ DEF20_NS = "http://www.cdisc.org/ns/def/v2.0"
 XLINK_NS = "http://www.w3.org/1999/xlink"
 XML_NS = "http://www.w3.org/XML/1998/namespace"
 NSMAP = {None: ODM_NS, "def": DEF_NS, "xlink": XLINK_NS}
-SDTMIG_VERSION = "3.4"
 DEFINE_VERSION = "2.1.0"
 STD_IG = "STD.SDTMIG.3.4"
 STD_CT = "STD.CT.SDTM"
@@ -67,8 +65,7 @@ def _d(tag: str) -> str:
     return f"{{{DEF_NS}}}{tag}"
 
 
-def _oid(*parts: str) -> str:
-    return ".".join(re.sub(r"[^A-Za-z0-9_\-]", "_", p) for p in parts if p)
+_oid = odm_oid
 
 
 # ------------------------------------------------------------------ data-driven tables
@@ -360,13 +357,14 @@ def build_define(datasets: dict[str, Dataset], *, ct: ControlledTerminology | No
         "FileType": "Snapshot", "CreationDateTime": creation_datetime(),
         "Originator": "trialbridge", "SourceSystem": "trialbridge",
         "SourceSystemVersion": __version__, _d("Context"): context}, nsmap=NSMAP)
-    st = etree.SubElement(root, _o("Study"), {"OID": _oid("STDY", study.study_oid)})
+    study_oid, mdv_oid = define_oids(study.study_oid)   # the OIDs our Dataset-JSON files carry
+    st = etree.SubElement(root, _o("Study"), {"OID": study_oid})
     gv = etree.SubElement(st, _o("GlobalVariables"))
     etree.SubElement(gv, _o("StudyName")).text = study.name
     etree.SubElement(gv, _o("StudyDescription")).text = study.description
     etree.SubElement(gv, _o("ProtocolName")).text = study.protocol
     mdv = etree.SubElement(st, _o("MetaDataVersion"), {
-        "OID": _oid("MDV", study.study_oid, "SDTMIG", SDTMIG_VERSION),
+        "OID": mdv_oid,
         "Name": f"Study {study.name}, SDTM data definitions",
         "Description": f"SDTMIG {SDTMIG_VERSION} tabulation datasets written by trialbridge "
                        f"{__version__}", _d("DefineVersion"): DEFINE_VERSION})

@@ -46,6 +46,7 @@ def package_folder(source: Path, out: Path, *, ct: ControlledTerminology | None 
         raise UsageError("the submission folder must not be inside the source folder", file=str(out))
     study = study_info(datasets).study_oid
     sdtm_dir = out / "m5" / "datasets" / study.lower() / "tabulations" / "sdtm"
+    define_ref = (Path("..") / sdtm_dir.relative_to(out) / "define.xml").as_posix()
     files: list[Path] = []
     packaged: dict[str, Dataset] = {}
     for name, ds in datasets.items():
@@ -54,8 +55,10 @@ def package_folder(source: Path, out: Path, *, ct: ControlledTerminology | None 
         frame = ds.frame.reindex(columns=meta.names)
         files.append(write_xpt_table(frame, target, meta))
         files.extend(split_xpt(frame, meta, target, max_bytes=split_bytes))
+        # the copy names the package's define.xml (Dataset-JSON 1.1 metaDataRef, studyOID,
+        # metaDataVersionOID), not the one the source folder came with
         files.append(write_dataset_json_any(ds, out / "dataset-json" / f"{name.lower()}.json",
-                                            study_oid=study))
+                                            study_oid=study, metadata_ref=define_ref))
         packaged[name] = replace(ds, path=target, form="xpt", other_forms=[])
     define = write_define(sdtm_dir, packaged, ct=ct, study=study,
                           leaves={n: f"{n.lower()}.xpt" for n in packaged})

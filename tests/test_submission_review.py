@@ -69,3 +69,85 @@ def test_packaged_dataset_json_names_the_package_define(tmp_path: Path) -> None:
     assert len(copies) == 28
     for f in copies:   # not the source's MDV.MSGv2.0... nor its metaDataRef "define.xml"
         _assert_headers_name_define(f, define)
+
+
+# ------------------------------------------------------------------ validate: checks a reviewer expects
+def _msg_copy(tmp_path: Path, names: tuple[str, ...]) -> Path:
+    import shutil
+    src = shared_path("dataset_json", "examples", "sdtm")
+    for n in names:
+        shutil.copy(src / f"{n}.json", tmp_path / f"{n}.json")
+    return tmp_path
+
+
+def _plant(folder: Path, name: str, edit) -> None:
+    from trialbridge.submission.datasets import read_dataset, write_dataset_json_any
+    ds = read_dataset(folder / f"{name}.json")
+    edit(ds.frame)
+    write_dataset_json_any(ds, folder / f"{name}.json")
+
+
+def _found(result, check: str, dataset: str) -> list[dict]:
+    return [f for f in result.to_json()["findings"] if f["check"] == check and f.get("dataset") == dataset]
+
+
+REVIEW_CHECKS = {"TB-KEY-DUP", "TB-STUDYID", "TB-TEST-PAIR", "TB-STRESN", "TB-STRESN-MISSING"}
+
+
+def test_review_checks_quiet_on_the_msg_sample(tmp_path: Path) -> None:
+    """The CDISC MSG sample's own key sequences identify its records; its pairs and numbers agree."""
+    from trialbridge.submission.checks import validate_folder
+    folder = _msg_copy(tmp_path, ("dm", "ae", "lb", "vs", "ti", "suppdm"))
+    checks = {f["check"] for f in validate_folder(folder).to_json()["findings"]}
+    assert not checks & REVIEW_CHECKS, checks & REVIEW_CHECKS
+
+
+def test_review_checks_find_planted_defects(tmp_path: Path) -> None:
+    from trialbridge.submission.checks import check_findings_json, validate_folder
+    folder = _msg_copy(tmp_path, ("dm", "ae", "lb", "vs"))
+
+    def lb(f):
+        stresc = f["LBSTRESC"].astype("string")
+        num = stresc.str.fullmatch(r"\d+\.\d")
+        i, j = num[num.fillna(False)].index[:2]
+        f.loc[i, "LBSTRESN"] = float(f.loc[i, "LBSTRESC"]) + 2e-14      # 129.70000000000002 for "129.7"
+        f.loc[j, "LBSTRESN"] = None                                      # number in STRESC, none in STRESN
+        f.loc[3, "LBTEST"] = "Something Else"                           # LBTESTCD with two names
+
+    _plant(folder, "lb", lb)
+    _plant(folder, "ae", lambda f: f.__setitem__("STUDYID", f["STUDYID"].mask(f.index == 2, "OTHER")))
+    _plant(folder, "vs", lambda f: f.__setitem__("VISITNUM", f["VISITNUM"].mask(f.index == 1, f["VISITNUM"][0])))
+    result = validate_folder(folder)
+    check_findings_json(result.to_json())
+    [noise] = _found(result, "TB-STRESN", "LB")
+    [missing] = _found(result, "TB-STRESN-MISSING", "LB")
+    assert noise["rowCount"] == 1 and missing["rowCount"] == 1 and noise["severity"] == "error"
+    [pair] = _found(result, "TB-TEST-PAIR", "LB")
+    assert 4 in pair["rows"]
+    [study] = _found(result, "TB-STUDYID", "AE")
+    assert study["rows"] == [3]
+    [key] = _found(result, "TB-KEY-DUP", "VS")   # rows 1 and 2 now share VS's own key values
+    assert key["rows"][:2] == [1, 2] and "VSREPNUM" in key["message"]
+
+
+def test_packaged_define_keeps_the_source_key_sequence(tmp_path: Path) -> None:
+    """define.xml KeySequence = the keys the dataset's author declared (and the Dataset-JSON copy
+    keeps), not schemas/sdtm's defaults that do not identify the MSG sample's VS records."""
+    from trialbridge.submission.define import read_define
+    src = shared_path("dataset_json", "examples", "sdtm")
+    out = tmp_path / "submission"
+    main(["package", str(src), "-o", str(out)])
+    doc = read_define(out / "m5" / "datasets" / "cdiscpilot01" / "tabulations" / "sdtm" / "define.xml")
+    for name in ("vs", "lb", "ti", "ae"):
+        cols = json.loads((src / f"{name}.json").read_bytes())["columns"]
+        own = [c["name"] for c in sorted((c for c in cols if "keySequence" in c),
+                                         key=lambda c: c["keySequence"])]
+        ds = doc.datasets[name.upper()]
+        declared = [i.name for i in sorted((i for i in ds.items if i.key_sequence),
+                                           key=lambda i: i.key_sequence or 0)]
+        assert declared == own, name
+        copy = json.loads((out / "dataset-json" / f"{name}.json").read_bytes())["columns"]
+        assert {c["name"]: c["keySequence"] for c in copy if "keySequence" in c} == \
+            {i.name: i.key_sequence for i in ds.items if i.key_sequence}
+    findings = json.loads((out / "validation" / "findings.json").read_text())["findings"]
+    assert not [f for f in findings if f["check"] == "TB-KEY-DUP"]

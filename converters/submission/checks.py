@@ -37,7 +37,7 @@ from ..sdtm.files import find_datasets
 from ..sdtm.xpt import XPT_CHAR_MAX, check_xpt_frame
 from ..specs import mapping_text, read_csv_rows, schema_text
 from .datasets import Dataset, known_domain, read_dataset, xpt_meta
-from .define import check_define_schema, read_define
+from .define import check_define_schema, declared_keys, read_define
 
 MAX_ROWS_LISTED = 1000
 #: TS parameters the FDA TCG expects in every study (TSPARMCD); SSTDTC has its own (error) check.
@@ -204,6 +204,114 @@ def check_seq(ds: Dataset) -> list[Finding]:
         return []
     return [_finding("TB-SEQ-DUP", f"{seq} is not unique within USUBJID ({int(dup.sum())} records)",
                      ds, seq, dup, ds.frame["USUBJID"])]
+
+
+def check_keys(ds: Dataset, keys: list[str] | None = None) -> list[Finding]:
+    """The declared keys identify one record: ``keys`` (define.xml's KeySequence items when the
+    folder has a define.xml describing the dataset), else the file's own key sequence, else the
+    schemas/sdtm natural keys the data has (what the define.xml trialbridge writes declares)."""
+    keys = [k for k in (keys if keys is not None else declared_keys(ds)) if k in ds.frame.columns]
+    if len(keys) < 2 or not len(ds.frame):
+        return []
+    frame = pd.DataFrame({k: _text(ds.frame[k]) if ds.frame[k].dtype == object or
+                          pd.api.types.is_string_dtype(ds.frame[k]) else ds.frame[k] for k in keys})
+    dup = frame.duplicated(keep=False)
+    if not dup.any():
+        return []
+    first = ds.frame["USUBJID"] if "USUBJID" in ds.frame.columns else None
+    return [_finding("TB-KEY-DUP", f"{int(dup.sum())} record(s) share their key values with another "
+                     f"record (keys {', '.join(keys)})", ds, keys[-1], dup, first)]
+
+
+def declared_define_keys(folder: Path) -> dict[str, list[str]]:
+    """Dataset name -> the items folder/define.xml gives a KeySequence (none when it is unreadable:
+    check_define reports that)."""
+    path = folder / "define.xml"
+    if not path.exists():
+        return {}
+    try:
+        doc = read_define(path)
+    except (InputError, ValueError):
+        return {}
+    return {name: [i.name for i in sorted((i for i in dd.items if i.key_sequence),
+                                          key=lambda i: i.key_sequence or 0)]
+            for name, dd in doc.datasets.items() if any(i.key_sequence for i in dd.items)}
+
+
+def check_studyid(datasets: dict[str, Dataset]) -> list[Finding]:
+    """One study per folder: every dataset's STUDYID is the same single value."""
+    values: dict[str, set[str]] = {}
+    for ds in datasets.values():
+        if "STUDYID" in ds.frame.columns:
+            values[ds.name] = set(_text(ds.frame["STUDYID"])) - {""}
+    study = next((next(iter(v)) for n, v in sorted(values.items(), key=lambda kv: kv[0] != "DM")
+                  if len(v) == 1), None)
+    out = []
+    for name, found in values.items():
+        if study is None or found <= {study}:
+            continue
+        ds = datasets[name]
+        text = _text(ds.frame["STUDYID"])
+        bad = (text != "") & (text != study)
+        out.append(_finding("TB-STUDYID", f"{int(bad.sum())} record(s) with a STUDYID other than "
+                            f"the folder's ({len(found - {study})} other value(s))", ds, "STUDYID",
+                            bad, ds.frame["STUDYID"]))
+    return out
+
+
+def check_test_pairs(ds: Dataset) -> list[Finding]:
+    """--TESTCD and --TEST (QNAM and QLABEL, --PARMCD and --PARM) are one-to-one."""
+    pairs = [("QNAM", "QLABEL")] if ds.name.startswith("SUPP") else \
+        [(f"{p}TESTCD", f"{p}TEST") for p in {str(c)[:-6] for c in ds.frame.columns
+                                               if str(c).endswith("TESTCD")}] + \
+        [(f"{p}PARMCD", f"{p}PARM") for p in {str(c)[:-6] for c in ds.frame.columns
+                                               if str(c).endswith("PARMCD")}]
+    out = []
+    for code, name in pairs:
+        if code not in ds.frame.columns or name not in ds.frame.columns:
+            continue
+        c, n = _text(ds.frame[code]), _text(ds.frame[name])
+        both = (c != "") & (n != "")
+        names_per_code = n[both].groupby(c[both]).nunique()
+        codes_per_name = c[both].groupby(n[both]).nunique()
+        bad = both & (c.isin(names_per_code[names_per_code > 1].index) |
+                      n.isin(codes_per_name[codes_per_name > 1].index))
+        if bad.any():
+            out.append(_finding("TB-TEST-PAIR", f"{code} and {name} are not one-to-one in "
+                                f"{int(bad.sum())} record(s)", ds, code, bad, ds.frame[code]))
+    return out
+
+
+def check_stresn(ds: Dataset) -> list[Finding]:
+    """--STRESN is --STRESC in numeric format: same number when both are given, and given when
+    --STRESC is a number."""
+    out = []
+    for col in ds.frame.columns:
+        if not (str(col).endswith("STRESN") and len(str(col)) == 8):
+            continue
+        stresc = str(col)[:-1] + "C"
+        if stresc not in ds.frame.columns:
+            continue
+        text = _text(ds.frame[stresc])
+        as_num = pd.to_numeric(text.where(text.str.fullmatch(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?"),
+                                          None), errors="coerce")
+        num = pd.to_numeric(ds.frame[col], errors="coerce")
+        differs = num.notna() & (as_num.isna() | ((num - as_num).abs() >
+                                                  1e-9 * as_num.abs().clip(lower=1)))
+        # a number written with more digits than --STRESC shows (float noise: 129.70000000000002
+        # for "129.7") differs too; not in XPT, whose IBM floats cannot hold most decimals exactly
+        noisy = pd.Series(False, index=num.index) if ds.form == "xpt" else \
+            num.notna() & as_num.notna() & ~differs & (num.map(
+            lambda v: repr(float(v)) if pd.notna(v) else "").str.len() >
+            text.str.lstrip("+").str.len() + 2)
+        missing = num.isna() & as_num.notna()
+        for check, mask, what in (
+                ("TB-STRESN", differs | noisy, f"{col} is not the number {stresc} writes"),
+                ("TB-STRESN-MISSING", missing, f"{col} is null where {stresc} is a number")):
+            if mask.any():
+                out.append(_finding(check, f"{what} in {int(mask.sum())} record(s)", ds, str(col),
+                                    mask, ds.frame[col].astype("string").fillna("") + " / " + text))
+    return out
 
 
 def check_dm_subjects(datasets: dict[str, Dataset]) -> list[Finding]:
@@ -484,12 +592,17 @@ def validate_folder(folder: Path, *, ct: ControlledTerminology | None = None,
                     core: Path | None = None) -> ValidationResult:
     ct = ct or pinned_ct()
     datasets, findings = load_for_validation(folder)
-    for ds in datasets.values():
+    define_keys = declared_define_keys(folder)
+    for name, ds in datasets.items():
         findings += check_variables(ds)
         findings += check_xpt_limits(ds)
         findings += check_ct(ds, ct)
         findings += check_seq(ds)
+        findings += check_keys(ds, define_keys.get(name))
+        findings += check_test_pairs(ds)
+        findings += check_stresn(ds)
         findings += check_dates(ds)
+    findings += check_studyid(datasets)
     findings += check_dm_subjects(datasets)
     findings += check_ts(datasets)
     findings += check_define(folder, datasets)

@@ -126,6 +126,21 @@ def dataset_info(ds: Dataset) -> DatasetInfo:
     return DatasetInfo(dom, prefix, row["class"], row["structure"], keys, None)
 
 
+def declared_keys(ds: Dataset, info: DatasetInfo | None = None) -> list[str]:
+    """The variables define.xml gives a KeySequence, in order.
+
+    The file's own key sequence (Dataset-JSON ``keySequence``) when it has one: the dataset's
+    author chose its natural keys (SDTMIG 3.4 section 3.2.1.1 lets the sponsor do so, e.g. VSPOS
+    and VSREPNUM in VS), and the Dataset-JSON copies ``package`` writes keep them, so define.xml
+    says the same. Else the schemas/sdtm natural keys the data has.
+    """
+    own = sorted((c for c in ds.columns if c.key_sequence), key=lambda c: c.key_sequence or 0)
+    if own:
+        return [c.name for c in own]
+    names = {c.name for c in ds.columns}
+    return [k for k in (info or dataset_info(ds)).keys if k in names]
+
+
 @dataclass(frozen=True)
 class StudyInfo:
     study_oid: str
@@ -311,8 +326,7 @@ def _item_group(mdv: etree._Element, ds: Dataset, b: _Builder) -> etree._Element
         attrs[_d("ArchiveLocationID")] = _oid("LF", ds.name)
     ig = etree.SubElement(mdv, _o("ItemGroupDef"), attrs)
     _text(ig, _o("Description"), ds.label or ds.name)
-    names = [c.name for c in ds.columns]
-    keys = [k for k in info.keys if k in names]   # renumbered over the keys the data has
+    keys = declared_keys(ds, info)   # numbered 1.. over the keys the data has
     for order, col in enumerate(ds.columns, start=1):
         item_oid = _oid("IT", ds.name, col.name)
         origin, method_oid, comment_oid = _origin_for(col.name, info, b)

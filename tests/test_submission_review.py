@@ -151,3 +151,37 @@ def test_packaged_define_keeps_the_source_key_sequence(tmp_path: Path) -> None:
             {i.name: i.key_sequence for i in ds.items if i.key_sequence}
     findings = json.loads((out / "validation" / "findings.json").read_text())["findings"]
     assert not [f for f in findings if f["check"] == "TB-KEY-DUP"]
+
+
+# ------------------------------------------------------------------ XPT v5 lengths
+def _define_lengths(define: Path) -> dict[tuple[str, str], int]:
+    from trialbridge.submission.define import read_define
+    doc = read_define(define)
+    return {(n, i.name): i.length for n, d in doc.datasets.items() for i in d.items
+            if i.data_type == "text" and i.length}
+
+
+def test_converted_xpt_char_lengths_are_the_longest_value(tmp_path: Path) -> None:
+    """FDA TCG: a Char column's length is the longest value; the XPT, define.xml Length and the
+    Dataset-JSON length say the same (schemas/sdtm's 200 for STUDYID, AETERM ... was written as is)."""
+    import pyreadstat
+    sample = ROOT / "samples" / "NCT04835883"
+    for args in (["convert", str(sample / "ctgov.json")],
+                 ["convert", str(sample / "subjects.bundle.json"), "--study", str(sample / "ctgov.json"),
+                  "--test-codes", str(sample / "test_codes.csv")]):
+        out = tmp_path / args[1].rsplit("/", 1)[-1].split(".")[0]
+        main([*args, "--to", "sdtm", "--sdtm-format", "xpt,json", "-o", str(out)])
+        lengths = _define_lengths(out / "define.xml")
+        xpts = sorted(out.glob("*.xpt"))
+        assert xpts
+        for x in xpts:
+            df, meta = pyreadstat.read_xport(str(x))
+            cols = {c["name"]: c for c in json.loads(x.with_suffix(".json").read_bytes())["columns"]}
+            for name, kind in meta.readstat_variable_types.items():
+                if kind != "string":
+                    continue
+                longest = max([len(str(v).encode()) for v in df[name] if v is not None] + [1])
+                width = meta.variable_storage_width[name]
+                # define.xml gives a Length to text items (ISO 8601 date types have none)
+                declared = lengths.get((meta.table_name, name), longest)
+                assert width == longest == declared == cols[name]["length"], (x.name, name, width, longest)

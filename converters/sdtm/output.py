@@ -100,9 +100,10 @@ def write_domain(df: pd.DataFrame, domain: str, outdir: Path, formats: tuple[str
         elif fmt == "csv":
             write_csv(df, domain, target)
         elif fmt == "xpt":
-            # XPT v5 is ASCII only: text is spelled in ASCII and every changed value reported
+            # XPT v5 is ASCII only: text is spelled in ASCII and every changed value reported;
+            # Char lengths are the longest value (FDA TCG), as define.xml Length and Dataset-JSON say
             importlib.import_module("trialbridge.sdtm.xpt").write_xpt(
-                df, domain, target, transliterate=True, ascii_report=report)
+                df, domain, target, transliterate=True, ascii_report=report, lengths="data")
         written.append(target)
     return written
 
@@ -507,7 +508,8 @@ class ChunkedDomainWriter:
                 if fmt == "xpt":   # a v5 file is written whole, so the domain is held in memory once, here
                     frame = pd.DataFrame(xpt_rows, columns=[self.names[i] for i in sel])
                     importlib.import_module("trialbridge.sdtm.xpt").write_xpt(
-                        frame, self.domain.domain, target, transliterate=True, ascii_report=self.report)
+                        frame, self.domain.domain, target, transliterate=True, ascii_report=self.report,
+                        lengths="data")   # the longest value, as define.xml Length says (FDA TCG)
                 written.append(target)
             if self.companion is not None and self.runs:
                 written.append(self.companion)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 from lxml import etree
 from trialbridge.cli import main
 
@@ -185,3 +186,97 @@ def test_converted_xpt_char_lengths_are_the_longest_value(tmp_path: Path) -> Non
                 # define.xml gives a Length to text items (ISO 8601 date types have none)
                 declared = lengths.get((meta.table_name, name), longest)
                 assert width == longest == declared == cols[name]["length"], (x.name, name, width, longest)
+
+
+# ------------------------------------------------------------------ define.xml origins and data types
+@pytest.fixture(scope="module")
+def subject_define(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    sample = ROOT / "samples" / "NCT04835883"
+    out = tmp_path_factory.mktemp("subj-define")
+    main(["convert", str(sample / "subjects.bundle.json"), "--to", "sdtm", "--study", str(sample / "ctgov.json"),
+          "--test-codes", str(sample / "test_codes.csv"), "--sdtm-format", "json", "-o", str(out / "subj")])
+    main(["convert", str(sample / "ctgov.json"), "--to", "sdtm", "-o", str(out / "td")])
+    return out
+
+
+def _items(define: Path) -> dict[str, tuple[etree._Element, etree._Element | None]]:
+    """ItemDef OID -> (ItemDef, the ItemRef that uses it)."""
+    root = etree.parse(str(define)).getroot()
+    refs = {r.get("ItemOID"): r for r in root.iter(f"{ODM}ItemRef")}
+    return {i.get("OID"): (i, refs.get(i.get("OID"))) for i in root.iter(f"{ODM}ItemDef")}
+
+
+DEF = "{http://www.cdisc.org/ns/def/v2.1}"
+
+
+def _origin(item: etree._Element) -> str | None:
+    o = item.find(f"{DEF}Origin")
+    return None if o is None else o.get("Type")
+
+
+def test_define_origins_of_derived_and_assigned_variables(subject_define: Path) -> None:
+    """Define-XML 2.1 def:Origin: EPOCH, --STRESC/--STRESN, the DM reference dates are Derived
+    (with a MethodDef), --TEST and --STRESU Assigned, VISITDY from the Protocol (TV) — as the CDISC
+    SDTM-MSG define.xml has them — not "Collected by the investigator"; TA.EPOCH stays Protocol."""
+    items = _items(subject_define / "subj" / "define.xml")
+    expect = {"IT.LB.EPOCH": "Derived", "IT.VS.EPOCH": "Derived", "IT.AE.EPOCH": "Derived",
+              "IT.LB.LBSTRESC": "Derived", "IT.LB.LBSTRESN": "Derived", "IT.VS.VSSTRESN": "Derived",
+              "IT.LB.LBSTRESU": "Assigned", "IT.LB.LBTEST": "Assigned", "IT.VS.VSTEST": "Assigned",
+              "IT.LB.VISITDY": "Protocol", "IT.DM.RFSTDTC": "Derived", "IT.DM.RFXSTDTC": "Derived",
+              "IT.DM.RFENDTC": "Derived", "IT.DM.RFXENDTC": "Derived"}
+    assert {oid: _origin(items[oid][0]) for oid in expect} == expect
+    for oid, (item, ref) in items.items():   # every Derived item has its method
+        if _origin(item) == "Derived":
+            assert ref is not None and ref.get("MethodOID"), oid
+    td = _items(subject_define / "td" / "define.xml")
+    assert _origin(td["IT.TA.EPOCH"][0]) == "Protocol"
+
+
+ISO_DATE = r"\d{4}-\d{2}-\d{2}"
+ISO_DATETIME = ISO_DATE + r"T\d{2}:\d{2}:\d{2}(\.\d+)?"
+
+
+def test_define_data_types_of_iso8601_variables(subject_define: Path) -> None:
+    """Define-XML 2.1 ItemDef DataType for ISO 8601 character values: date / datetime when every
+    value is complete in that form, partialDate / partialDatetime otherwise — never text (DM's
+    dates were "text" with a Length while the other domains' were "datetime")."""
+    import re
+
+    from trialbridge.submission.datasets import load_folder
+    datasets = load_folder(subject_define / "subj")
+    seen = set()
+    for oid, (item, _ref) in _items(subject_define / "subj" / "define.xml").items():
+        name = item.get("Name")
+        if not name.endswith("DTC") or oid.count(".") != 2:
+            continue
+        ds = datasets[oid.split(".")[1]]
+        values = [str(v) for v in ds.frame[name] if v is not None and str(v) not in ("", "nan", "<NA>")]
+        dtype = item.get("DataType")
+        seen.add(dtype)
+        assert dtype in ("date", "datetime", "partialDate", "partialDatetime"), (oid, dtype)
+        assert item.get("Length") is None, oid
+        if dtype == "date":
+            assert all(re.fullmatch(ISO_DATE, v) for v in values), oid
+        elif dtype == "datetime":
+            assert all(re.fullmatch(ISO_DATETIME, v) for v in values), oid
+        elif values:
+            assert not all(re.fullmatch(ISO_DATE, v) for v in values), oid
+            assert not all(re.fullmatch(ISO_DATETIME, v) for v in values), oid
+    assert {"date", "datetime"} <= seen
+
+
+def test_define_seq_method_says_what_the_pipeline_does(subject_define: Path) -> None:
+    """--SEQ is numbered in the order records were read, not in key order (LB rows sorted by key
+    carry LBSEQ 9, 19, 37 ...): the MethodDef must not say "in the order of the key variables".
+    TSSEQ (a sequence within a TS parameter, no USUBJID) is not that derivation."""
+    import json as _json
+    root = etree.parse(str(subject_define / "subj" / "define.xml")).getroot()
+    [method] = [m for m in root.iter(f"{ODM}MethodDef") if m.get("OID") == "MT.SEQ"]
+    text = "".join(method.itertext())
+    assert "order the source records were read" in text and "key variables, starting" not in text
+    lb = _json.loads((subject_define / "subj" / "lb.json").read_bytes())
+    seq = [r[3] for r in lb["rows"] if r[2] == lb["rows"][0][2]]
+    assert seq != sorted(seq)      # the statement above is about real output, not a hypothesis
+    td = _items(subject_define / "td" / "define.xml")
+    ts_item, ts_ref = td["IT.TS.TSSEQ"]
+    assert _origin(ts_item) != "Derived" and (ts_ref is None or ts_ref.get("MethodOID") != "MT.SEQ")

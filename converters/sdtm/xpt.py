@@ -21,7 +21,8 @@ the UTF-8 original. ``--strict`` turns those reports into a failure.
 **Lengths.** For a domain known to ``schemas/sdtm`` a character variable's length is the metadata
 length, raised to the longest value when data is longer (``lengths="metadata"``, the default), or
 the longest value (``lengths="data"``, what the FDA TCG asks of submitted data: "the allotted length
-... should be set to the maximum length of the variable used"). pyreadstat sizes a column by its
+... should be set to the maximum length of the variable used"; conversions write that, so the XPT,
+define.xml Length and the Dataset-JSON length agree). pyreadstat sizes a column by its
 longest value, so the declared length is obtained by padding one value with trailing blanks, which
 XPT strips on reading (character values are blank-padded in the format itself).
 

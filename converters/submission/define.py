@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import re
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
@@ -82,8 +83,10 @@ def fallback_classes() -> dict[str, dict[str, str]]:
     return {r["domain"]: r for r in read_csv_rows(mapping_text("submission/domain_classes.csv"))}
 
 
-def derivation_for(variable: str, prefix: str) -> dict[str, Any] | None:
+def derivation_for(variable: str, prefix: str, define_class: str | None = None) -> dict[str, Any] | None:
     for entry in derivations()["derived"]:
+        if define_class is not None and define_class not in entry.get("classes", [define_class]):
+            continue
         for m in entry["match"]:
             name = prefix + m[2:] if m.startswith("--") else m
             if variable == name:
@@ -187,6 +190,44 @@ def _numeric_length(values: pd.Series, data_type: str) -> tuple[int, int | None]
     return integer_digits + decimals + (1 if decimals else 0), decimals
 
 
+_ISO_DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
+_ISO_DATETIME = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?")
+_ISO_TIME = re.compile(r"\d{2}:\d{2}:\d{2}(\.\d+)?")
+_ISO_PARTIAL = re.compile(r"\d{4}(-\d{2}(-\d{2}(T\d{2}(:\d{2}(:\d{2}(\.\d+)?)?)?)?)?)?")
+
+
+def iso8601_data_type(values: pd.Series, default: str) -> str:
+    """Define-XML 2.1 DataType of an ISO 8601 character column, from the values written.
+
+    date / datetime / time when every value is complete in that form; partialDate /
+    partialDatetime when values are right-truncated (2020-03, 2020-03-01T10:30) or mix dates and
+    date-times; incompleteDatetime when a component in the middle is missing ("2020---15").
+    ``default`` for a column without values; "text" when a value is not ISO 8601 at all
+    (``validate`` reports it, TB-ISO8601).
+    """
+    present = values.dropna()
+    if not all(isinstance(v, str) for v in present):   # SAS date numbers, not ISO 8601 text
+        return default
+    text = present.str.strip()
+    uniq = [v for v in text.unique() if v]
+    if not uniq:
+        return default
+    for kind, pattern in (("date", _ISO_DATE), ("datetime", _ISO_DATETIME), ("time", _ISO_TIME)):
+        if all(pattern.fullmatch(v) for v in uniq):
+            return kind
+    if all(_ISO_PARTIAL.fullmatch(v) for v in uniq):
+        return "partialDatetime" if any("T" in v for v in uniq) else "partialDate"
+    from .checks import iso8601_valid  # "-" for a missing component (SDTMIG 3.4 section 4.4)
+    if all(iso8601_valid(v) for v in uniq):
+        return "incompleteDatetime"
+    return "text"
+
+
+def _iso8601_column(name: str, data_type: str) -> bool:
+    """SDTM --DTC variables: ISO 8601 character values (SDTMIG 3.4 section 4.4)."""
+    return name.endswith("DTC") and data_type not in NUMERIC_TYPES
+
+
 def _char_length(values: pd.Series) -> int:
     text = values.astype("string").fillna("")
     return max(int(text.str.encode("utf-8").str.len().max()) if len(text) else 1, 1)
@@ -208,6 +249,8 @@ class _Builder:
                  codelist: str | None, origin: dict[str, str], comment_oid: str | None = None,
                  value_list: str | None = None, display_format: str | None = None) -> None:
         dtype = DEFINE_DATA_TYPES.get(data_type, "text")
+        if dtype in ("text", "date", "datetime", "time") and _iso8601_column(name, data_type):
+            dtype = iso8601_data_type(values, "datetime" if dtype == "text" else dtype)
         attrs = {"OID": oid, "Name": name, "DataType": dtype}
         if dtype == "text":
             attrs["Length"] = str(_char_length(values))
@@ -252,7 +295,7 @@ class _Builder:
 def _origin_for(var: str, info: DatasetInfo, b: _Builder) -> tuple[dict[str, str], str | None,
                                                                       str | None]:
     """(origin, MethodOID, CommentOID) for a variable, from derivations.yaml."""
-    entry = derivation_for(var, info.prefix)
+    entry = derivation_for(var, info.prefix, info.define_class)
     if entry is None:
         default = derivations()["class_default"]
         return dict(default.get(info.define_class, default["*"])), None, None

@@ -280,3 +280,17 @@ def test_define_seq_method_says_what_the_pipeline_does(subject_define: Path) -> 
     td = _items(subject_define / "td" / "define.xml")
     ts_item, ts_ref = td["IT.TS.TSSEQ"]
     assert _origin(ts_item) != "Derived" and (ts_ref is None or ts_ref.get("MethodOID") != "MT.SEQ")
+
+
+def test_packaged_dataset_json_keeps_the_source_header(tmp_path: Path) -> None:
+    """The copy keeps what stays true of it: dbLastModifiedDateTime (was dropped), the source's
+    fileOID, originator and sourceSystem; the OIDs name the package's define.xml (above)."""
+    src = shared_path("dataset_json", "examples", "sdtm")
+    out = tmp_path / "submission"
+    main(["package", str(src), "-o", str(out)])
+    for name in ("lb", "dm", "ts"):
+        source = json.loads((src / f"{name}.json").read_bytes())
+        copy = json.loads((out / "dataset-json" / f"{name}.json").read_bytes())
+        for key in ("dbLastModifiedDateTime", "fileOID", "originator", "sourceSystem", "itemGroupOID",
+                    "records", "name", "label"):
+            assert copy.get(key) == source.get(key), (name, key)

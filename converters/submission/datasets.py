@@ -163,6 +163,8 @@ def dataset_json_document(ds: Dataset, *, study_oid: str | None = None,
         "originator": src.get("originator", "trialbridge"),
         "sourceSystem": src.get("sourceSystem", {"name": "trialbridge", "version": __version__}),
     }
+    if src.get("dbLastModifiedDateTime"):   # when the source database last changed: still true of a copy
+        doc["dbLastModifiedDateTime"] = src["dbLastModifiedDateTime"]
     if study_oid is not None:
         doc["studyOID"], doc["metaDataVersionOID"] = define_oids(study_oid)
         if metadata_ref:

@@ -294,3 +294,28 @@ def test_packaged_dataset_json_keeps_the_source_header(tmp_path: Path) -> None:
         for key in ("dbLastModifiedDateTime", "fileOID", "originator", "sourceSystem", "itemGroupOID",
                     "records", "name", "label"):
             assert copy.get(key) == source.get(key), (name, key)
+
+
+def test_key_sequence_numbered_over_the_keys_written(tmp_path: Path) -> None:
+    """A key variable the dataset does not have (LBSPEC here) leaves no gap: Dataset-JSON keySequence
+    1..n over the keys written, the same numbers define.xml's KeySequence gives (both writers)."""
+    import pandas as pd
+    from trialbridge.sdtm.output import ChunkedDomainWriter, write_domain
+    from trialbridge.submission.define import read_define, write_define_for_folder
+    frame = pd.DataFrame({"STUDYID": ["S1", "S1"], "DOMAIN": ["LB", "LB"], "USUBJID": ["S1-1", "S1-1"],
+                          "LBSEQ": [1, 2], "LBTESTCD": ["HGB", "HGB"], "LBTEST": ["Hemoglobin"] * 2,
+                          "VISITNUM": [1.0, 2.0], "LBDTC": ["2020-01-01", "2020-01-08"]})
+    plain, chunked = tmp_path / "plain", tmp_path / "chunked"
+    plain.mkdir()
+    chunked.mkdir()
+    write_domain(frame, "LB", plain, ("json",), study_oid="S1")
+    w = ChunkedDomainWriter("LB", chunked, ("json",), study_oid="S1")
+    w.write(frame)
+    w.close()
+    for folder in (plain, chunked):
+        cols = json.loads((folder / "lb.json").read_bytes())["columns"]
+        keys = {c["name"]: c["keySequence"] for c in cols if "keySequence" in c}
+        assert keys == {"STUDYID": 1, "USUBJID": 2, "LBTESTCD": 3, "VISITNUM": 4}, folder.name
+        write_define_for_folder(folder)
+        items = read_define(folder / "define.xml").datasets["LB"].items
+        assert {i.name: i.key_sequence for i in items if i.key_sequence} == keys

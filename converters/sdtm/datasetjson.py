@@ -91,6 +91,7 @@ def build_dataset_json(df: pd.DataFrame, domain_name: str, *, study_oid: str) ->
     for rec in frame.itertuples(index=False, name=None):
         rows.append([dataset_json_cell(v, n, i) for v, n, i in zip(rec, numeric, integer, strict=True)])
     columns = []
+    keys = [k for k in domain.keys if k in cols]   # numbered over the keys written, as define.xml does
     for idx, c in enumerate(cols):
         var = meta_by_name[c]
         col: dict[str, Any] = {"itemOID": f"IT.{domain.domain}.{c}", "name": c, "label": var.label,
@@ -98,8 +99,8 @@ def build_dataset_json(df: pd.DataFrame, domain_name: str, *, study_oid: str) ->
         if not numeric[idx]:
             longest = max((len(r[idx].encode("utf-8")) for r in rows), default=0)
             col["length"] = max(longest, 1)
-        if c in domain.keys:
-            col["keySequence"] = domain.keys.index(c) + 1
+        if c in keys:
+            col["keySequence"] = keys.index(c) + 1
         columns.append(col)
     return {
         "datasetJSONCreationDateTime": creation_datetime(),

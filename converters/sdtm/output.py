@@ -521,14 +521,16 @@ class ChunkedDomainWriter:
     def header(self, sel: list[int]) -> dict[str, Any]:
         columns = []
         d = self.domain
+        written = {d.variables[i].name for i in sel}
+        keys = [k for k in d.keys if k in written]   # numbered over the keys written, as define.xml does
         for i in sel:
             var = d.variables[i]
             col: dict[str, Any] = {"itemOID": f"IT.{d.domain}.{var.name}", "name": var.name,
                                    "label": var.label, "dataType": var.data_type}
             if not self.numeric[i]:
                 col["length"] = max(self.lengths[i], 1)
-            if var.name in d.keys:
-                col["keySequence"] = d.keys.index(var.name) + 1
+            if var.name in keys:
+                col["keySequence"] = keys.index(var.name) + 1
             columns.append(col)
         return {"datasetJSONCreationDateTime": creation_datetime(),
                 "datasetJSONVersion": DATASET_JSON_VERSION, "fileOID": f"{self.study_oid}/{d.domain}",

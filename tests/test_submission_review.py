@@ -319,3 +319,11 @@ def test_key_sequence_numbered_over_the_keys_written(tmp_path: Path) -> None:
         write_define_for_folder(folder)
         items = read_define(folder / "define.xml").datasets["LB"].items
         assert {i.name: i.key_sequence for i in items if i.key_sequence} == keys
+
+
+def test_creation_times_say_they_are_utc(tmp_path: Path) -> None:
+    """The clock read is UTC (SOURCE_DATE_EPOCH 1767225600 here): the times written carry "Z"."""
+    out = tmp_path / "sdtm"
+    main(["convert", str(ROOT / "samples" / "NCT04835883" / "ctgov.json"), "--to", "sdtm", "-o", str(out)])
+    assert json.loads((out / "ts.json").read_bytes())["datasetJSONCreationDateTime"] == "2026-01-01T00:00:00Z"
+    assert etree.parse(str(out / "define.xml")).getroot().get("CreationDateTime") == "2026-01-01T00:00:00Z"

@@ -47,10 +47,12 @@ def define_oids(studyid: str) -> tuple[str, str]:
 
 
 def creation_datetime() -> str:
+    """The UTC time, marked "Z": a time without an offset reads as the reader's local time
+    (Dataset-JSON 1.1 datasetJSONCreationDateTime and ODM CreationDateTime allow the offset)."""
     epoch = os.environ.get("SOURCE_DATE_EPOCH")
     moment = (dt.datetime.fromtimestamp(int(epoch), tz=dt.UTC) if epoch
               else dt.datetime.now(tz=dt.UTC))
-    return moment.strftime("%Y-%m-%dT%H:%M:%S")
+    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def select_columns(df: pd.DataFrame, domain: Domain) -> list[str]:

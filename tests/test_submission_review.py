@@ -92,7 +92,7 @@ def _found(result, check: str, dataset: str) -> list[dict]:
     return [f for f in result.to_json()["findings"] if f["check"] == check and f.get("dataset") == dataset]
 
 
-REVIEW_CHECKS = {"TB-KEY-DUP", "TB-STUDYID", "TB-TEST-PAIR", "TB-STRESN", "TB-STRESN-MISSING"}
+REVIEW_CHECKS = {"TB-KEY-DUP", "TB-STUDYID", "TB-TEST-PAIR", "TB-STRESN", "TB-STRESN-MISSING", "TB-FLAG-Y"}
 
 
 def test_review_checks_quiet_on_the_msg_sample(tmp_path: Path) -> None:
@@ -129,6 +129,7 @@ def test_review_checks_find_planted_defects(tmp_path: Path) -> None:
     assert study["rows"] == [3]
     [key] = _found(result, "TB-KEY-DUP", "VS")   # rows 1 and 2 now share VS's own key values
     assert key["rows"][:2] == [1, 2] and "VSREPNUM" in key["message"]
+    assert "the file's keySequence" in key["message"]   # where the keys come from, said
 
 
 def test_packaged_define_keeps_the_source_key_sequence(tmp_path: Path) -> None:
@@ -327,3 +328,15 @@ def test_creation_times_say_they_are_utc(tmp_path: Path) -> None:
     main(["convert", str(ROOT / "samples" / "NCT04835883" / "ctgov.json"), "--to", "sdtm", "-o", str(out)])
     assert json.loads((out / "ts.json").read_bytes())["datasetJSONCreationDateTime"] == "2026-01-01T00:00:00Z"
     assert etree.parse(str(out / "define.xml")).getroot().get("CreationDateTime") == "2026-01-01T00:00:00Z"
+
+
+def test_y_or_null_flags(tmp_path: Path) -> None:
+    """--LOBXFL and DTHFL are "Y" or null (SDTMIG 3.4): an "N" is found, row named; "Y" is fine."""
+    from trialbridge.submission.checks import validate_folder
+    folder = _msg_copy(tmp_path, ("dm", "vs"))
+    _plant(folder, "vs", lambda f: f.__setitem__("VSLOBXFL", f["VSLOBXFL"].mask(f.index == 4, "N")))
+    _plant(folder, "dm", lambda f: f.__setitem__("DTHFL", f["DTHFL"].mask(f.index == 0, "N")))
+    result = validate_folder(folder)
+    [vs] = _found(result, "TB-FLAG-Y", "VS")
+    [dm] = _found(result, "TB-FLAG-Y", "DM")
+    assert vs["rows"] == [5] and dm["rows"] == [1] and vs["severity"] == "warning"

@@ -210,6 +210,9 @@ def check_keys(ds: Dataset, keys: list[str] | None = None) -> list[Finding]:
     """The declared keys identify one record: ``keys`` (define.xml's KeySequence items when the
     folder has a define.xml describing the dataset), else the file's own key sequence, else the
     schemas/sdtm natural keys the data has (what the define.xml trialbridge writes declares)."""
+    where = "define.xml KeySequence" if keys is not None else \
+        "the file's keySequence" if any(c.key_sequence for c in ds.columns) else \
+        "SDTMIG natural keys from schemas/sdtm; the file declares none"
     keys = [k for k in (keys if keys is not None else declared_keys(ds)) if k in ds.frame.columns]
     if len(keys) < 2 or not len(ds.frame):
         return []
@@ -220,7 +223,7 @@ def check_keys(ds: Dataset, keys: list[str] | None = None) -> list[Finding]:
         return []
     first = ds.frame["USUBJID"] if "USUBJID" in ds.frame.columns else None
     return [_finding("TB-KEY-DUP", f"{int(dup.sum())} record(s) share their key values with another "
-                     f"record (keys {', '.join(keys)})", ds, keys[-1], dup, first)]
+                     f"record (keys {', '.join(keys)}: {where})", ds, keys[-1], dup, first)]
 
 
 def declared_define_keys(folder: Path) -> dict[str, list[str]]:
@@ -279,6 +282,26 @@ def check_test_pairs(ds: Dataset) -> list[Finding]:
         if bad.any():
             out.append(_finding("TB-TEST-PAIR", f"{code} and {name} are not one-to-one in "
                                 f"{int(bad.sum())} record(s)", ds, code, bad, ds.frame[code]))
+    return out
+
+
+#: flags SDTMIG 3.4 defines as "Y" or null (never "N"): --BLFL, --LOBXFL, --DRVFL, --EXCLFL, DTHFL
+Y_OR_NULL_FLAGS = ("BLFL", "LOBXFL", "DRVFL", "EXCLFL")
+
+
+def check_y_flags(ds: Dataset) -> list[Finding]:
+    """Flags whose values are "Y" or null: an "N" (or anything else) there is not the standard's."""
+    out = []
+    prefix = ds.name[:2]
+    for col in ds.frame.columns:
+        name = str(col)
+        if not (name == "DTHFL" or (name.startswith(prefix) and name[2:] in Y_OR_NULL_FLAGS)):
+            continue
+        text = _text(ds.frame[col])
+        bad = (text != "") & (text != "Y")
+        if bad.any():
+            out.append(_finding("TB-FLAG-Y", f"{name} is \"Y\" or null; {int(bad.sum())} other "
+                                "value(s)", ds, name, bad, ds.frame[col]))
     return out
 
 
@@ -601,6 +624,7 @@ def validate_folder(folder: Path, *, ct: ControlledTerminology | None = None,
         findings += check_keys(ds, define_keys.get(name))
         findings += check_test_pairs(ds)
         findings += check_stresn(ds)
+        findings += check_y_flags(ds)
         findings += check_dates(ds)
     findings += check_studyid(datasets)
     findings += check_dm_subjects(datasets)

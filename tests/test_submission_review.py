@@ -340,3 +340,19 @@ def test_y_or_null_flags(tmp_path: Path) -> None:
     [vs] = _found(result, "TB-FLAG-Y", "VS")
     [dm] = _found(result, "TB-FLAG-Y", "DM")
     assert vs["rows"] == [5] and dm["rows"] == [1] and vs["severity"] == "warning"
+
+
+def test_te_elements_have_an_end_rule(tmp_path: Path) -> None:
+    """SDTMIG 3.4 TE: "Either TEENRL or TEDUR must be present for each element": the MSG sample's TE
+    passes; an element with neither is found, row and ETCD named."""
+    from trialbridge.submission.checks import validate_folder
+    folder = _msg_copy(tmp_path, ("dm", "te"))
+    assert not _found(validate_folder(folder), "TB-TE-END", "TE")
+
+    def drop_end(f):
+        f.loc[1, "TEENRL"] = ""
+        if "TEDUR" in f.columns:
+            f.loc[1, "TEDUR"] = ""
+    _plant(folder, "te", drop_end)
+    [te] = _found(validate_folder(folder), "TB-TE-END", "TE")
+    assert te["rows"] == [2] and te["severity"] == "error"

@@ -305,6 +305,23 @@ def check_y_flags(ds: Dataset) -> list[Finding]:
     return out
 
 
+def check_te_end(ds: Dataset) -> list[Finding]:
+    """TE: every element has an end rule (SDTMIG 3.4 TE: "Either TEENRL or TEDUR must be present for
+    each element")."""
+    if ds.name != "TE":
+        return []
+    frame = ds.frame
+    empty = pd.Series(True, index=frame.index)
+    for col in ("TEENRL", "TEDUR"):
+        if col in frame.columns:
+            empty &= _text(frame[col]) == ""
+    if not empty.any():
+        return []
+    etcd = frame["ETCD"] if "ETCD" in frame.columns else None
+    return [_finding("TB-TE-END", f"{int(empty.sum())} element(s) with neither TEENRL nor TEDUR", ds,
+                     "TEENRL", empty, etcd)]
+
+
 def check_stresn(ds: Dataset) -> list[Finding]:
     """--STRESN is --STRESC in numeric format: same number when both are given, and given when
     --STRESC is a number."""
@@ -625,6 +642,7 @@ def validate_folder(folder: Path, *, ct: ControlledTerminology | None = None,
         findings += check_test_pairs(ds)
         findings += check_stresn(ds)
         findings += check_y_flags(ds)
+        findings += check_te_end(ds)
         findings += check_dates(ds)
     findings += check_studyid(datasets)
     findings += check_dm_subjects(datasets)

@@ -217,3 +217,29 @@ def test_actual_arm_outside_the_plan_is_unplanned_treatment(tmp_path: Path) -> N
     assert (dm["ARMCD"], dm["ARM"]) == ("DRUG_A", "Drug A")
     assert (dm["ACTARMCD"], dm["ACTARM"]) == ("", "")
     assert (dm["ARMNRS"], dm["ACTARMUD"]) == ("UNPLANNED TREATMENT", "Drug A then rescue therapy")
+
+
+def test_age_without_a_reference_date(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """rule dm.AGE: with no RFSTDTC and no consent date, AGE at the first Encounter only when a study
+    definition makes the encounters its visits; an EHR record alone (whose first encounter may be the
+    birth: AGE 0 for a 59-year-old) gives no AGE, reported missing with the record."""
+    pat = {"resourceType": "Patient", "id": "p1", "identifier": [{"system": "urn:x", "value": "A1"}],
+           "gender": "male", "birthDate": "1949-04-19", "address": [{"country": "US"}]}
+    birth = {"resourceType": "Encounter", "id": "e0", "status": "finished", "subject": {"reference": "Patient/p1"},
+             "class": {"code": "AMB"}, "period": {"start": "1949-04-19T08:00:00"}}
+    later = dict(birth, id="e1", period={"start": "2008-11-11T11:00:00"})
+    monkeypatch.setenv("TRIALBRIDGE_SALT", "test-salt")
+    report = ConversionReport()
+    convert_subjects([_patient_bundle(tmp_path, pat, birth, later)], tmp_path / "ehr",
+                     options=Options(studyid="S1", sdtm_formats=("csv",)), report=report)
+    dm = pd.read_csv(tmp_path / "ehr" / "dm.csv", dtype=str, keep_default_na=False).iloc[0]
+    assert (dm["AGE"], dm["AGEU"]) == ("", "")
+    [age] = [i for i in report.issues if i.rule == "dm.AGE"]
+    assert age.kind.value == "missing" and age.record == "Patient/p1"
+    report = ConversionReport()
+    screening = dict(later, id="e2", period={"start": "2008-11-01T09:00:00"})
+    convert_subjects([_patient_bundle(tmp_path, pat, screening, later)], tmp_path / "study",
+                     options=Options(study=STUDY, sdtm_formats=("csv",)), report=report)
+    dm = pd.read_csv(tmp_path / "study" / "dm.csv", dtype=str, keep_default_na=False).iloc[0]
+    assert (dm["AGE"], dm["AGEU"]) == ("59", "YEARS")
+    assert [i.kind.value for i in report.issues if i.rule == "dm.AGE"] == ["inferred"]

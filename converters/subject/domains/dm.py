@@ -140,19 +140,26 @@ def map_dm(cols: pd.DataFrame, ctx: Ctx) -> pd.DataFrame:
     if out["DMDTC"].notna().any():
         ctx.once("dmdtc", Kind.INFERRED, "DMDTC = Patient.meta.lastUpdated (Joint IG; review history "
                  "for the collection date)", rule="dm.DMDTC", target="DMDTC")
-    # AGE at RFSTDTC, else RFICDTC, else the first encounter (rule dm.AGE)
+    # AGE at RFSTDTC, else RFICDTC, else -- with a study definition, whose visits the encounters are --
+    # the first encounter (rule dm.AGE); an EHR record without one starts at birth: no AGE, reported
     first_enc: dict[str, str] = {}
-    for key, (_, _, start) in ctx.visit_map.items():
-        enc = ctx.resources.get("Encounter", {}).get(key)
-        uid = ctx.subject_alias.get(ctx.refs.resolve(enc["subject"]) or "") if enc else None
-        if uid and start and (uid not in first_enc or start < first_enc[uid]):
-            first_enc[uid] = start
+    if ctx.study is not None:
+        for key, (_, _, start) in ctx.visit_map.items():
+            enc = ctx.resources.get("Encounter", {}).get(key)
+            uid = ctx.subject_alias.get(ctx.refs.resolve(enc["subject"]) or "") if enc else None
+            if uid and start and (uid not in first_enc or start < first_enc[uid]):
+                first_enc[uid] = start
     ref = out["RFSTDTC"].fillna(out["RFICDTC"])
     from_enc = ref.isna() & u.map(first_enc).notna()
     ref = ref.fillna(u.map(first_enc))
     if from_enc.any():
-        ctx.once("age-enc", Kind.INFERRED, "AGE derived at the first Encounter date (no RFSTDTC, no "
+        ctx.once("age-enc", Kind.INFERRED, "AGE derived at the first study visit (Encounter) date (no RFSTDTC, no "
                  "informed consent date)", rule="dm.AGE", target="AGE")
+    no_ref = ref.isna() & out["BRTHDTC"].notna()
+    if no_ref.any():
+        ctx.row_issues("DM", "age", Kind.MISSING, "AGE not derived: no reference date (no RFSTDTC, no informed "
+                       "consent date, no study visit: an EHR record's first encounter may be at birth)", cols,
+                       no_ref, rule="dm.AGE", target="AGE")
     out["AGE"] = _age_years(out["BRTHDTC"], ref)
     out["AGEU"] = np.where(pd.notna(out["AGE"]), "YEARS", NO_VALUE)
     # SEX: US Core birth sex first, then Patient.gender (rule dm.SEX, Joint IG gap decided)

@@ -151,3 +151,28 @@ def test_indication_from_the_first_reason_only(tmp_path: Path) -> None:
                for i in issues)
     nested = " ".join(json.dumps(i) for i in issues if i.get("rule") == "subject.unread-nested")
     assert "MedicationStatement.reasonCode[2+]" in nested and "Procedure.reasonCode[2+]" in nested
+
+
+def test_dose_without_unit_is_reported_missing(tmp_path: Path) -> None:
+    """SDTMIG 3.4 CM/EX: --DOSU is the unit of --DOSE. A doseQuantity with a value and neither code nor
+    unit gives --DOSE with an empty --DOSU: reported missing per record (rule cm.CMDOSU), not silently."""
+    pat = {"resourceType": "Patient", "id": "p1"}
+    rs = {"resourceType": "ResearchSubject", "id": "rs1", "status": "on-study", "study": {"reference": "ResearchStudy/x"},
+          "individual": {"reference": "Patient/p1"}, "identifier": [{"value": "S1"}]}
+    ms = {"resourceType": "MedicationStatement", "id": "ms1", "status": "completed", "subject": {"reference": "Patient/p1"},
+          "medicationCodeableConcept": {"text": "Aspirin"}, "effectiveDateTime": "2020-01-01",
+          "dosage": [{"doseAndRate": [{"doseQuantity": {"value": 500}}]}]}
+    ok = {"resourceType": "MedicationStatement", "id": "ms2", "status": "completed", "subject": {"reference": "Patient/p1"},
+          "medicationCodeableConcept": {"text": "Ibuprofen"}, "effectiveDateTime": "2020-01-01",
+          "dosage": [{"doseAndRate": [{"doseQuantity": {"value": 200, "system": "http://unitsofmeasure.org",
+                                                        "code": "mg"}}]}]}
+    src = tmp_path / "dose.json"
+    src.write_text(json.dumps({"resourceType": "Bundle", "type": "collection",
+                               "entry": [{"resource": r} for r in (pat, rs, ms, ok)]}))
+    convert([src], tmp_path / "o", "--studyid", "DOSE")
+    report = json.loads((tmp_path / "o" / "report.json").read_text())
+    got = [(i.get("record"), i["kind"], i.get("target")) for i in report["issues"] if i.get("rule") == "cm.CMDOSU"]
+    assert got == [("MedicationStatement/ms1", "missing", "CMDOSU")]
+    cm = read(tmp_path / "o", "CM").set_index("CMTRT")
+    assert cm.at["Aspirin", "CMDOSE"] == "500" and cm.at["Aspirin", "CMDOSU"] == ""
+    assert cm.at["Ibuprofen", "CMDOSU"] == "mg"

@@ -198,8 +198,11 @@ def dtc(cols: pd.DataFrame, src: str, ctx: Ctx, *, rule: str, target: str, sourc
     return out
 
 
-def ct_unit(cols: pd.DataFrame, src: str, ctx: Ctx, *, rule: str, target: str) -> pd.Series:
-    """UCUM code (or unit text when no code) -> CDISC UNIT term; misses reported."""
+def ct_unit(cols: pd.DataFrame, src: str, ctx: Ctx, *, rule: str, target: str,
+            amount: pd.Series | None = None, amount_var: str | None = None) -> pd.Series:
+    """UCUM code (or unit text when no code) -> CDISC UNIT term; misses reported. With ``amount`` (the
+    number the unit belongs to, e.g. CMDOSE), an amount given with no unit at all is reported missing
+    per record: SDTMIG 3.4 CM/EX --DOSU is the unit of --DOSE, a dose without it is not interpretable."""
     units = ucum_units()
     vals = cols[src] if src in cols else pd.Series([None] * len(cols), index=cols.index)
     out = vals.map(lambda u: units.get(u) if isinstance(u, str) else None)
@@ -209,6 +212,14 @@ def ct_unit(cols: pd.DataFrame, src: str, ctx: Ctx, *, rule: str, target: str) -
         for i in cols.index[miss]:
             ctx.report.unmapped_code(vals.at[i], "ucum_cdisc_units.csv + fhir_dose_unit_extra.csv",
                                      rule=rule, source=src.lstrip("_"), target=target, record=keys.at[i])
+    if amount is not None:
+        no_unit = amount.notna() & vals.isna()
+        if no_unit.any():
+            keys = record_key(cols)
+            for i in cols.index[no_unit]:
+                ctx.report.add(Kind.MISSING, f"{amount_var} given with no unit (Quantity without code or unit): "
+                               f"{target} empty, the dose is not interpretable without it", rule=rule,
+                               source=src.lstrip("_"), target=target, record=keys.at[i])
     return out.astype("object")
 
 

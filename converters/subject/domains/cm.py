@@ -67,7 +67,8 @@ def map_cm(cols: pd.DataFrame, ctx: Ctx) -> pd.DataFrame:
     out["CMDOSE"] = pd.to_numeric(cols["_dose"], errors="coerce")
     # SDTMIG: CMDOSTXT only for doses that are not a single number
     out["CMDOSTXT"] = cols["_dostxt"].where(out["CMDOSE"].isna(), None)
-    out["CMDOSU"] = C.ct_unit(cols, "_dose_u", ctx, rule="cm.CMDOSU", target="CMDOSU")
+    out["CMDOSU"] = C.ct_unit(cols, "_dose_u", ctx, rule="cm.CMDOSU", target="CMDOSU",
+                              amount=out["CMDOSE"], amount_var="CMDOSE")
     out["CMDOSFRM"] = C.map_codes(cols, "_form", ctx, table="fhir_dose_form.csv", codelist="FRM",
                                   rule="cm.CMDOSFRM", target="CMDOSFRM")
     freq = C.map_codes(cols, "_freq", ctx, table="fhir_frequency.csv", codelist="FREQ",

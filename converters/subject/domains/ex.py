@@ -105,7 +105,8 @@ def map_ex(cols: pd.DataFrame, ctx: Ctx) -> pd.DataFrame:
              "match to the study definition's interventions; EXTRT = the intervention name",
              rule="ex.study-drug", target="EXTRT")
     out["EXDOSE"] = pd.to_numeric(cols["_dose"], errors="coerce")
-    out["EXDOSU"] = C.ct_unit(cols, "_dose_u", ctx, rule="ex.EXDOSU", target="EXDOSU")
+    out["EXDOSU"] = C.ct_unit(cols, "_dose_u", ctx, rule="ex.EXDOSU", target="EXDOSU",
+                              amount=out["EXDOSE"], amount_var="EXDOSE")
     out["EXDOSFRM"] = C.map_codes(cols, "_form", ctx, table="fhir_dose_form.csv", codelist="FRM",
                                   rule="ex.EXDOSFRM", target="EXDOSFRM")
     # one MedicationAdministration = one administration event

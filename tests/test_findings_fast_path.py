@@ -356,6 +356,12 @@ def _awkward_lines() -> list[bytes]:
         _obs_line(151, code={"coding": [{"system": _LOINC, "code": "2345-7", "display": "Glucose", "version": "2.7"}],
                              "text": "Glucose"}),
         _obs_line(152, category=[{"coding": [{"system": "x", "code": "laboratory", "display": "Lab"}], "text": "Lab"}]),
+        # interpretation codes of another system than v3-ObservationInterpretation (not read: rule lb.NRIND),
+        # on LB (154, 155) and VS (156); a coding without system (157: the binding's system)
+        _obs_line(154, interpretation=[{"coding": [{"system": "http://snomed.info/sct", "code": "281302008"}]}]),
+        _obs_line(155, interpretation=[{"coding": [{"system": "http://example.org/interp", "code": "H"}]}]),
+        _obs_line(156, interpretation=[{"coding": [{"system": "http://snomed.info/sct", "code": "281302008"}]}]),
+        _obs_line(157, interpretation=[{"coding": [{"code": "H"}]}]),
         # units: other system, no system, comparator, empty code
         _obs_line(90, valueQuantity={"value": 7, "unit": "mmol/L", "system": "http://example.org/u", "code": "X"}),
         _obs_line(91, valueQuantity={"value": 3, "comparator": "<", "unit": "U/L"}),
@@ -471,7 +477,8 @@ def test_typed_ndjson_path_gives_the_plain_paths_rows(tmp_path: Path, chunk: int
     for i, v in ((30, False), (31, False), (32, False), (33, False), (34, False), (36, False), (40, True),
                  (41, True), (50, False), (60, True), (100, False), (111, False), (121, False), (132, False),
                  (134, False), (135, False), (136, False), (140, False), (141, False), (142, False),
-                 (143, True), (144, False), (145, True), (147, False), (148, False), (149, True), (151, True)):
+                 (143, True), (144, False), (145, True), (147, False), (148, False), (149, True), (151, True),
+                 (154, True), (157, True)):
         # (148: a number where FHIR has a uri, in an interpretation coding's system: the decoder types every
         # rendering it does not read strictly, so that floats, kept as their JSON text, occur only where
         # results are read; the dict path reads that line)

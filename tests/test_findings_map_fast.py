@@ -106,7 +106,11 @@ def _observation(rnd: random.Random, i: int) -> dict[str, Any]:
             rng["text"] = "see report"
         obs["referenceRange"] = [rng]
     if rnd.random() < 0.5:
-        obs["interpretation"] = [{"coding": [{"code": rnd.choice(["N", "H", "L", "HH", "LL", "A", "XX"])}]}]
+        coding = {"code": rnd.choice(["N", "H", "L", "HH", "LL", "A", "XX"])}
+        # the binding's own system, none, or another system (not read as an ObservationInterpretation code)
+        system = rnd.choice([None, None, "http://terminology.hl7.org/CodeSystem/v3-ObservationInterpretation",
+                             "http://snomed.info/sct"])
+        obs["interpretation"] = [{"coding": [{**coding, **({"system": system} if system else {})}]}]
     if lab and rnd.random() < 0.15:
         obs["specimen"] = {"reference": rnd.choice(["Specimen/s1", "Specimen/s2", "Specimen/s9"])}
     if not lab and rnd.random() < 0.1:

@@ -275,3 +275,31 @@ def test_exendtc_of_an_open_period_is_not_the_start(tmp_path: Path) -> None:
     assert [tuple(r) for r in ex[["EXSTDTC", "EXENDTC"]].values] == [
         ("2024-01-01T10:00:00", "2024-01-01T10:00:00"), ("2024-02-01T10:00:00", "2024-02-01T11:00:00"),
         ("2024-03-01T10:00:00", "")]
+
+
+@pytest.mark.parametrize("bulk", [False, True])
+def test_nrind_only_from_observation_interpretation_codes(tmp_path: Path, bulk: bool) -> None:
+    """LBNRIND reads interpretation codes of v3-ObservationInterpretation (or a coding without system,
+    the binding's): a SNOMED CT code (281302008 'Above reference range') is not looked up in the nrind
+    table as if it were one; it is reported unmapped-code with its system, LBNRIND left empty. On the
+    bundle path and on the streamed Bulk path alike."""
+    v3 = "http://terminology.hl7.org/CodeSystem/v3-ObservationInterpretation"
+    resources = [_lab(1, "2345-7", 250, "mg/dL", interpretation=[{"coding": [{"system": v3, "code": "H"}]}]),
+                 _lab(2, "2345-7", 251, "mg/dL", interpretation=[{"coding": [{"code": "H"}]}]),
+                 _lab(3, "2345-7", 252, "mg/dL", interpretation=[{"coding": [
+                     {"system": "http://snomed.info/sct", "code": "281302008"}]}]),
+                 _lab(4, "2345-7", 253, "mg/dL", interpretation=[{"coding": [
+                     {"system": "http://example.org/flags", "code": "H"}]}])]
+    out = tmp_path / "out"
+    src = _write_bulk(tmp_path / "bulk", resources) if bulk else None
+    if src is None:
+        _convert(tmp_path, resources)
+    else:
+        main(["convert", str(src), "--to", "sdtm", "-o", str(out), "--sdtm-format", "csv", "--studyid", "REV"])
+    lb = pd.read_csv(out / "lb.csv", dtype=str, keep_default_na=False)
+    report = json.loads((out / "report.json").read_text())
+    assert dict(zip(lb["LBORRES"], lb["LBNRIND"], strict=True)) == {"250": "HIGH", "251": "HIGH", "252": "", "253": ""}
+    got = sorted((i["record"], i["kind"]) for i in report["issues"] if i.get("rule") == "lb.NRIND")
+    assert got == [("Observation/o3", "unmapped-code"), ("Observation/o4", "unmapped-code")]
+    msgs = [i["message"] for i in report["issues"] if i.get("rule") == "lb.NRIND"]
+    assert any("http://snomed.info/sct" in m for m in msgs) and any("http://example.org/flags" in m for m in msgs)

@@ -35,6 +35,10 @@ from ._codes import NCIT_SYSTEMS
 from .dm import NO_VALUE, code_table
 
 LOINC = "http://loinc.org"
+# Observation.interpretation is bound (extensible) to the ObservationInterpretation value set, whose codes
+# are of this system: the nrind table (lb.NRIND) reads only its codes, or a coding that names no system
+V3_INTERP = "http://terminology.hl7.org/CodeSystem/v3-ObservationInterpretation"
+_NO_CODING: tuple[dict[str, Any], ...] = ({},)
 BODY_POSITION = "http://hl7.org/fhir/StructureDefinition/observation-bodyPosition"
 CATEGORIES = {"vital-signs": "VS", "laboratory": "LB"}
 FIELDS = ("_subject", "_encounter", "_cat", "_loinc", "_status", "_eff", "_v", "_vu", "_vcmp",
@@ -117,6 +121,23 @@ def _foreign_unit(res: dict[str, Any], cat: str, ctx: Ctx) -> None:
                       f"is not read: the unit text is used where given, else the value has no unit",
                       record=f"Observation/{res.get('id')}", rule=f"{cat.lower()}.ORRESU",
                       source=f"Observation.{path}.code", target=f"{cat}ORRESU")
+
+
+def _interp_code(interp: Any, cat: str, ctx: Ctx, res: dict[str, Any], path: str) -> str | None:
+    """The code of the first coding of the first interpretation (rule lb.NRIND) when its system is
+    v3-ObservationInterpretation or not given; a code of another system (SNOMED CT 281302008 'Above
+    reference range', ...) is no ObservationInterpretation code: reported unmapped-code with its system
+    and not read (a look-up in the nrind table could give a wrong LBNRIND)."""
+    if not interp or not isinstance(interp[0], dict):
+        return None
+    c = (interp[0].get("coding") or [{}])[0]
+    system = c.get("system")
+    if system is None or system == V3_INTERP or cat != "LB":
+        return c.get("code")   # (VS: interpretation is not carried at all, rule vs.interpretation)
+    ctx.row_issue(cat, "interp-system", Kind.UNMAPPED_CODE, f"{path}.coding code of the system {system} (not "
+                  f"{V3_INTERP}) is not read: LBNRIND not derived from it", record=f"Observation/{res.get('id')}",
+                  rule="lb.NRIND", source=f"Observation.{path}.coding", target="LBNRIND")
+    return None
 
 
 def _loinc(code: Any) -> str | None:
@@ -238,10 +259,7 @@ def extract_observation(res: dict[str, Any], ctx: Ctx) -> dict[str, Any] | list[
         "_grp": None, "_spec_dtc": None, "_ncit": _ncit(res.get("code")), "_pos": _position(res),
         "_loc": _ncit(res.get("bodySite")), "_cat_text": _cat_text(res.get("category")),
         "_dtc_sdtm": _dtc_sdtm(res) if "_effectiveDateTime" in res else None, "_rhu": None}
-    interp = res.get("interpretation")
-    if interp:
-        c = (interp[0].get("coding") or [{}])[0]
-        row["_interp"] = c.get("code")
+    row["_interp"] = _interp_code(res.get("interpretation"), cat, ctx, res, "interpretation")
     rr = res.get("referenceRange")
     if rr:
         r0 = rr[0]
@@ -285,7 +303,7 @@ def extract_observation(res: dict[str, Any], ctx: Ctx) -> dict[str, Any] | list[
                     _value({"dataAbsentReason": dar}, r)
             ci = comp.get("interpretation")
             if ci:
-                r["_interp"] = (ci[0].get("coding") or [{}])[0].get("code")
+                r["_interp"] = _interp_code(ci, cat, ctx, res, "component.interpretation")
             crr = comp.get("referenceRange")
             if crr:
                 r["_rlo"], lu = _q(crr[0].get("low"))
@@ -374,6 +392,7 @@ def _extract_chunk(chunk: Chunk, ctx: Ctx, on_error: Callable[[Any, Exception], 
     cat_of = CATEGORIES.get
     loinc_system = LOINC
     ncit_systems = NCIT_SYSTEMS
+    interp_systems = (UNSET, V3_INTERP)
     wide = _obs_json.ObservationWide
     unread_at = len(_obs_json.READ)
     unread_names = _obs_json.UNREAD_ELEMENTS
@@ -456,8 +475,8 @@ def _extract_chunk(chunk: Chunk, ctx: Ctx, on_error: Callable[[Any, Exception], 
                                 if len(interp) > 1:
                                     usual = False
                                 elif ic := interp[0].coding:
-                                    if len(ic) > 1:
-                                        usual = False
+                                    if len(ic) > 1 or ic[0].system not in interp_systems:
+                                        usual = False   # (another code system: reported on the row path)
                                     icode = ic[0].code
                             rr = res.referenceRange
                             rlo = rhi = ru = rtext = None
@@ -608,7 +627,8 @@ def _dict_row(item: Any, ctx: Ctx, on_error: Callable[[Any, Exception], None],
         vq = get("valueQuantity")
         if interp and (len(interp) > 1 or not interp[0].keys() <= INTERP_PARTS
                        or len(interp[0].get("coding") or ()) > 1
-                       or not (interp[0].get("coding") or ({},))[0].keys() <= CODING_PARTS):
+                       or not (interp[0].get("coding") or ({},))[0].keys() <= CODING_PARTS
+                       or (interp[0].get("coding") or _NO_CODING)[0].get("system", V3_INTERP) != V3_INTERP):
             usual = False
         if rr and (len(rr) > 1 or cat == "VS" or not rr[0].keys() <= RANGE_PARTS
                    or not (rr[0].get("low") or {}).keys() <= LIMIT_PARTS

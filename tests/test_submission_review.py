@@ -356,3 +356,63 @@ def test_te_elements_have_an_end_rule(tmp_path: Path) -> None:
     _plant(folder, "te", drop_end)
     [te] = _found(validate_folder(folder), "TB-TE-END", "TE")
     assert te["rows"] == [2] and te["severity"] == "error"
+
+
+def _dtc_types(out: Path) -> list[tuple[str, str, str]]:
+    """(dataset, --DTC variable, Dataset-JSON dataType) and the define.xml DataType beside them."""
+    root = etree.parse(str(out / "define.xml")).getroot()
+    define = {d.get("OID"): d.get("DataType") for d in root.iter(f"{ODM}ItemDef")}
+    got = []
+    for f in sorted(p for p in out.glob("*.json") if p.name != "report.json"):
+        head = json.loads(f.read_bytes())
+        for c in head["columns"]:
+            if c["name"].endswith("DTC"):
+                got.append((head["name"], c["name"], c["dataType"], define[c["itemOID"]]))
+    return got
+
+
+@pytest.mark.parametrize("bulk", [False, True])
+def test_dataset_json_dtc_types_follow_define(tmp_path: Path, bulk: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Dataset-JSON 1.1 dataType of an ISO 8601 --DTC column is the define.xml DataType of the values
+    written when that is date / datetime / time (ODM types, complete values), else "string" (Dataset-JSON
+    has no partialDate/partialDatetime; the CDISC 1.1 SDTM examples type CM's partial CMSTDTC "string"):
+    the same rule in every domain, DM and the streamed LB/VS too (they were all "string" while AE, CM ...
+    were "datetime" whatever the values)."""
+    from trialbridge.sdtm.datasetjson import dtc_json_type
+    monkeypatch.setenv("TRIALBRIDGE_SALT", "test-salt")
+    sample = ROOT / "samples" / "NCT04835883"
+    out = tmp_path / "subj"
+    if bulk:   # Bulk NDJSON: LB/VS through the typed stream; one partial LBDTC, VS complete date-times
+        src = tmp_path / "bulk"
+        src.mkdir()
+        lab = [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/observation-category",
+                            "code": "laboratory"}]}]
+        vit = [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/observation-category",
+                            "code": "vital-signs"}]}]
+
+        def obs(i: int, cat: list, loinc: str, eff: str) -> str:
+            return json.dumps({"resourceType": "Observation", "id": f"o{i}", "status": "final", "category": cat,
+                               "code": {"coding": [{"system": "http://loinc.org", "code": loinc}]},
+                               "subject": {"reference": "Patient/p1"}, "effectiveDateTime": eff,
+                               "valueQuantity": {"value": 5, "unit": "mg/dL",
+                                                 "system": "http://unitsofmeasure.org", "code": "mg/dL"}})
+        (src / "Patient.ndjson").write_text(json.dumps({"resourceType": "Patient", "id": "p1",
+                                                        "birthDate": "1970-05-01"}) + "\n")
+        (src / "Observation.ndjson").write_text("\n".join(
+            [obs(1, lab, "2345-7", "2024-01-02T08:00:00"), obs(2, lab, "2345-7", "2024-02"),
+             obs(3, vit, "8867-4", "2024-01-02T08:00:00"), obs(4, vit, "8867-4", "2024-01-03T09:10:11")]) + "\n")
+        main(["convert", str(src), "--to", "sdtm", "--studyid", "DJ", "--sdtm-format", "json", "-o", str(out)])
+    else:
+        main(["convert", str(sample / "subjects.bundle.json"), "--to", "sdtm", "--study",
+              str(sample / "ctgov.json"), "--test-codes", str(sample / "test_codes.csv"),
+              "--sdtm-format", "json", "-o", str(out)])
+    got = _dtc_types(out)
+    assert {d for d, *_ in got} >= ({"DM", "LB", "VS"} if bulk else {"DM", "LB", "VS", "AE", "CM"})
+    for dataset, name, json_type, define_type in got:
+        assert json_type == dtc_json_type(define_type), (dataset, name, json_type, define_type)
+    types = {(d, n): t for d, n, t, _ in got}
+    if bulk:
+        assert types[("LB", "LBDTC")] == "string" and types[("VS", "VSDTC")] == "datetime"
+        assert types[("DM", "BRTHDTC")] == "date"
+    else:
+        assert set(types.values()) - {"string"}, "every --DTC typed string"

@@ -29,6 +29,34 @@ NUMERIC_TYPES = {"integer", "float", "double", "decimal"}
 SDTMIG_VERSION = "3.4"
 #: where a Dataset-JSON file written beside its datasets finds the define.xml that describes it
 DEFINE_FILE = "define.xml"
+#: Dataset-JSON 1.1 dataType of an ISO 8601 --DTC column: the enumeration defers to the ODM types
+#: ("See ODM types for details"), whose date / datetime / time are complete values; Define-XML 2.1's
+#: partialDate / partialDatetime / incompleteDatetime have no Dataset-JSON counterpart, so such a
+#: column is "string" (as in the CDISC Dataset-JSON 1.1 SDTM examples: CM's partial CMSTDTC and LB's
+#: LBDTC of dates and date-times without seconds are "string", AE's complete dates "date").
+DTC_JSON_TYPES = {"date": "date", "datetime": "datetime", "time": "time"}
+
+
+def iso8601_column(name: str, data_type: str) -> bool:
+    """SDTM --DTC variables: ISO 8601 character values (SDTMIG 3.4 section 4.4)."""
+    return name.endswith("DTC") and data_type not in NUMERIC_TYPES
+
+
+def dtc_json_type(define_type: str) -> str:
+    """The Dataset-JSON dataType of an ISO 8601 column whose define.xml DataType is ``define_type``."""
+    return DTC_JSON_TYPES.get(define_type, "string")
+
+
+def dtc_json_type_by_lengths(shortest: int, longest: int) -> str:
+    """:func:`dtc_json_type` of a column of valid SDTM --DTC values (right-truncated ISO 8601, no
+    offset) from its shortest and longest non-empty value: all 'YYYY-MM-DD' is a complete date, all of
+    at least 'YYYY-MM-DDThh:mm:ss' complete date-times; anything shorter is partial. (No values: the
+    default define.xml gives such a column, datetime.)"""
+    if not longest:
+        return "datetime"
+    if shortest == longest == 10:
+        return "date"
+    return "datetime" if shortest >= 19 else "string"
 
 
 def odm_oid(*parts: str) -> str:
@@ -98,6 +126,9 @@ def build_dataset_json(df: pd.DataFrame, domain_name: str, *, study_oid: str) ->
         var = meta_by_name[c]
         col: dict[str, Any] = {"itemOID": f"IT.{domain.domain}.{c}", "name": c, "label": var.label,
                                "dataType": var.data_type}
+        if iso8601_column(c, var.data_type):   # the type define.xml gives the values written
+            from ..submission.define import iso8601_data_type
+            col["dataType"] = dtc_json_type(iso8601_data_type(frame[c], "datetime"))
         if not numeric[idx]:
             longest = max((len(r[idx].encode("utf-8")) for r in rows), default=0)
             col["length"] = max(longest, 1)

@@ -34,6 +34,8 @@ from .datasetjson import (
     NUMERIC_TYPES,
     creation_datetime,
     define_oids,
+    dtc_json_type_by_lengths,
+    iso8601_column,
     write_csv,
     write_dataset_json,
 )
@@ -163,6 +165,9 @@ class ChunkedDomainWriter:
         self.integer = [v.data_type == "integer" for v in self.domain.variables]
         self.always = [v.core in ("Req", "Exp") for v in self.domain.variables]
         self.lengths = [0] * len(self.names)
+        #: ISO 8601 --DTC columns: the shortest value written (with the longest: the Dataset-JSON dataType)
+        self.iso = {i for i, v in enumerate(self.domain.variables) if iso8601_column(v.name, v.data_type)}
+        self.shortest = [0] * len(self.names)
         self.present = [False] * len(self.names)
         self.records = 0
         #: key variables the domain has (schemas/sdtm/domains.csv), as column indexes, and the
@@ -252,6 +257,9 @@ class ChunkedDomainWriter:
                 continue
             self.present[i] = True
             self.lengths[i] = max(self.lengths[i], longest)
+            if i in self.iso:   # (a few columns; values are text here, "" where missing)
+                short = min(filter(None, map(len, vals)))
+                self.shortest[i] = min(self.shortest[i], short) if self.shortest[i] else short
             cols.append(vals)
         sel = tuple(self._selected())
         picked: list[list[Any]] = [
@@ -527,6 +535,8 @@ class ChunkedDomainWriter:
             var = d.variables[i]
             col: dict[str, Any] = {"itemOID": f"IT.{d.domain}.{var.name}", "name": var.name,
                                    "label": var.label, "dataType": var.data_type}
+            if i in self.iso:   # as build_dataset_json: the define.xml type of the values written
+                col["dataType"] = dtc_json_type_by_lengths(self.shortest[i], self.lengths[i])
             if not self.numeric[i]:
                 col["length"] = max(self.lengths[i], 1)
             if var.name in keys:

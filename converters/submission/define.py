@@ -35,7 +35,7 @@ from ..errors import ConversionError, InputError
 from ..report import ConversionReport, Kind, Severity
 from ..safeio import parse_xml, read_bytes, write_bytes_atomic
 from ..sdtm.ct import ControlledTerminology, pinned_ct
-from ..sdtm.datasetjson import NUMERIC_TYPES, SDTMIG_VERSION, creation_datetime, define_oids, odm_oid
+from ..sdtm.datasetjson import NUMERIC_TYPES, SDTMIG_VERSION, creation_datetime, define_oids, iso8601_column, odm_oid
 from ..sdtm.metadata import Domain, domain_rows
 from ..specs import mapping_text, read_csv_rows
 from .datasets import Column, Dataset, known_domain, load_folder
@@ -223,9 +223,7 @@ def iso8601_data_type(values: pd.Series, default: str) -> str:
     return "text"
 
 
-def _iso8601_column(name: str, data_type: str) -> bool:
-    """SDTM --DTC variables: ISO 8601 character values (SDTMIG 3.4 section 4.4)."""
-    return name.endswith("DTC") and data_type not in NUMERIC_TYPES
+_iso8601_column = iso8601_column
 
 
 def _char_length(values: pd.Series) -> int:

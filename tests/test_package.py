@@ -46,3 +46,37 @@ def test_package_refuses_non_ascii_with_rows(tmp_path: Path, capsys) -> None:
                  str(tmp_path / "sub")])
     assert code == 1
     assert "TSVAL: 3 value(s) with non-ASCII characters" in capsys.readouterr().err
+
+
+def test_package_splits_text_over_200_into_supp(tmp_path: Path, monkeypatch) -> None:
+    """A Dataset-JSON folder with an AETERM of 479 characters (valid: Dataset-JSON has no 200-byte
+    limit): validate says the XPT will split it (TB-XPT-LENGTH info, not an error); package writes the
+    XPT as SDTMIG 3.4 4.5.3.2 says (first part in AETERM, the rest in SUPPAE AETERM1/AETERM2, made as
+    no SUPPAE was given), the Dataset-JSON copy keeps the whole text, and the package validates without
+    TB-XPT-LENGTH. It stopped on the value before."""
+    monkeypatch.setenv("TRIALBRIDGE_SALT", "test-salt")
+    words = " ".join(f"word{i:03d}" for i in range(60))
+    subj = {"reference": "Patient/p1"}
+    ae = {"resourceType": "AdverseEvent", "id": "ae1", "actuality": "actual", "subject": subj,
+          "event": {"text": words}, "date": "2024-01-05"}
+    src = tmp_path / "in.json"
+    src.write_text(json.dumps({"resourceType": "Bundle", "type": "collection", "entry": [
+        {"resource": r} for r in ({"resourceType": "Patient", "id": "p1"}, ae)]}))
+    conv = tmp_path / "conv"
+    main(["convert", str(src), "--to", "sdtm", "-o", str(conv), "--sdtm-format", "json", "--studyid", "LONG"])
+    main(["validate", str(conv)])
+    found = json.loads((conv / "findings.json").read_text())["findings"]
+    (long,) = [f for f in found if f["check"] == "TB-XPT-LENGTH"]
+    assert long["severity"] == "info" and "SUPPAE" in long["message"]
+    out = tmp_path / "sub"
+    main(["package", str(conv), "-o", str(out)])
+    sdtm = out / "m5" / "datasets" / "long" / "tabulations" / "sdtm"
+    ae_x, _ = pyreadstat.read_xport(str(sdtm / "ae.xpt"))
+    supp, _ = pyreadstat.read_xport(str(sdtm / "suppae.xpt"))
+    assert supp["QNAM"].tolist() == ["AETERM1", "AETERM2"]
+    assert " ".join([ae_x["AETERM"].iat[0], *supp["QVAL"]]) == words
+    copy = json.loads((out / "dataset-json" / "ae.json").read_text())
+    assert words in copy["rows"][0]
+    findings = json.loads((out / "validation" / "findings.json").read_text())["findings"]
+    assert not [f for f in findings if f["check"] in ("TB-XPT-LENGTH", "TB-DEFINE-LENGTH", "TB-DEFINE-DATASET",
+                                                      "TB-DEFINE-VAR", "TB-DEFINE-XSD", "TB-TEST-PAIR")]

@@ -65,3 +65,54 @@ def test_streamed_domains_are_written_as_xpt_too(tmp_path):
                 assert (xpt[col].fillna("") == js[col]).all(), (dom, col)
             else:
                 assert (pd.to_numeric(xpt[col]).fillna(-9e9) == pd.to_numeric(js[col]).fillna(-9e9)).all(), (dom, col)
+
+
+def test_conversion_splits_text_over_200_into_supp_for_xpt(tmp_path, monkeypatch):
+    """SDTMIG 3.4 4.5.3.2: a value over 200 characters keeps its first 200 (cut between words) in the
+    variable of the XPT and the rest in SUPP-- records QNAM = name + 1, 2 ... (QLABEL the variable's,
+    IDVAR --SEQ); the Dataset-JSON keeps the whole text and no such SUPP-- rows; each split reported
+    (info). The conversion stopped on such a value before. Bundle (AE) and streamed (LB) domains."""
+    import json
+
+    from trialbridge.cli import main
+    monkeypatch.setenv("TRIALBRIDGE_SALT", "test-salt")
+    words = " ".join(f"word{i:03d}" for i in range(60))   # 479 characters
+    subj = {"reference": "Patient/p1"}
+    ae = {"resourceType": "AdverseEvent", "id": "ae1", "actuality": "actual", "subject": subj,
+          "event": {"text": words}, "date": "2024-01-05"}
+    lb = {"resourceType": "Observation", "id": "o1", "status": "final", "subject": subj,
+          "category": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/observation-category",
+                                    "code": "laboratory"}]}],
+          "code": {"coding": [{"system": "http://loinc.org", "code": "2345-7"}]},
+          "effectiveDateTime": "2024-01-05", "valueString": words}
+    src = tmp_path / "in.json"
+    src.write_text(json.dumps({"resourceType": "Bundle", "type": "collection", "entry": [
+        {"resource": r} for r in ({"resourceType": "Patient", "id": "p1"}, ae, lb)]}))
+    out = tmp_path / "out"
+    rc = main(["convert", str(src), "--to", "sdtm", "-o", str(out), "--sdtm-format", "json,xpt",
+               "--studyid", "LONG"])
+    report = json.loads((out / "report.json").read_text())
+    assert rc == 0, report["counts"]
+    for dom, var in (("ae", "AETERM"), ("lb", "LBORRES")):
+        xpt, _ = pyreadstat.read_xport(str(out / f"{dom}.xpt"))
+        first = xpt[var].iat[0]
+        assert len(first) <= 200 and words.startswith(first + " ")
+        assert read_dataset_json(out / f"{dom}.json")[0][var].iat[0] == words   # whole text kept
+        supp, _ = pyreadstat.read_xport(str(out / f"supp{dom}.xpt"))
+        rows = supp[supp["QNAM"].str.startswith(var)].sort_values("QNAM")
+        assert rows["QNAM"].tolist() == [f"{var}1", f"{var}2"]
+        assert " ".join([first, *rows["QVAL"]]) == words and (rows["QVAL"].str.len() <= 200).all()
+        label = xpt_label(out / f"{dom}.xpt", var)   # one QLABEL per QNAM (FDAB009)
+        assert rows["QLABEL"].tolist() == [f"{label} 1", f"{label} 2"]
+        assert set(rows["IDVAR"]) == {f"{dom.upper()}SEQ"} and set(rows["IDVARVAL"]) == {"1"}
+        assert set(rows["RDOMAIN"]) == {dom.upper()} and set(rows["QORIG"]) == {"Collected"}
+        if (out / f"supp{dom}.json").exists():
+            assert var not in "".join(read_dataset_json(out / f"supp{dom}.json")[0]["QNAM"].astype(str))
+    issues = [i for i in report["issues"] if i.get("rule") == "xpt.long-text"]
+    assert sorted(i["source"] for i in issues) == ["AE.AETERM", "LB.LBORRES", "LB.LBSTRESC"]
+    assert {i["severity"] for i in issues} == {"info"}
+
+
+def xpt_label(path, var):
+    _, meta = pyreadstat.read_xport(str(path), metadataonly=True)
+    return dict(zip(meta.column_names, meta.column_labels, strict=True))[var]

@@ -82,10 +82,13 @@ def key_order(df: pd.DataFrame, domain: str) -> np.ndarray:
 
 
 def write_domain(df: pd.DataFrame, domain: str, outdir: Path, formats: tuple[str, ...], *,
-                 study_oid: str, report: ConversionReport | None = None, sort: bool = False) -> list[Path]:
+                 study_oid: str, report: ConversionReport | None = None, sort: bool = False,
+                 long_text: list[pd.DataFrame] | None = None) -> list[Path]:
     """``sort``: rows in key order (subject data). Trial design datasets keep their derived order:
     their row order carries meaning the keys do not (arm order, criteria order as the sponsor gave
-    them; the CDISC pilot's TI is not in IETESTCD order)."""
+    them; the CDISC pilot's TI is not in IETESTCD order). ``long_text``: XPT text over 200 characters
+    is split into SUPP-- rows appended there (general-observation-class domains; see
+    :func:`trialbridge.sdtm.xpt.split_long_text`), else refused."""
     bad = [f for f in formats if f not in SDTM_FORMATS]
     if bad:
         raise UsageError(f"unknown --sdtm-format {', '.join(bad)} (choose from {', '.join(SDTM_FORMATS)})")
@@ -105,7 +108,8 @@ def write_domain(df: pd.DataFrame, domain: str, outdir: Path, formats: tuple[str
             # XPT v5 is ASCII only: text is spelled in ASCII and every changed value reported;
             # Char lengths are the longest value (FDA TCG), as define.xml Length and Dataset-JSON say
             importlib.import_module("trialbridge.sdtm.xpt").write_xpt(
-                df, domain, target, transliterate=True, ascii_report=report, lengths="data")
+                df, domain, target, transliterate=True, ascii_report=report, lengths="data",
+                long_text=long_text)
         written.append(target)
     return written
 
@@ -165,6 +169,8 @@ class ChunkedDomainWriter:
         self.integer = [v.data_type == "integer" for v in self.domain.variables]
         self.always = [v.core in ("Req", "Exp") for v in self.domain.variables]
         self.lengths = [0] * len(self.names)
+        #: where XPT text over 200 characters goes as SUPP-- rows (None: refused), as write_domain's
+        self.long_text: list[pd.DataFrame] | None = None
         #: ISO 8601 --DTC columns: the shortest value written (with the longest: the Dataset-JSON dataType)
         self.iso = {i for i, v in enumerate(self.domain.variables) if iso8601_column(v.name, v.data_type)}
         self.shortest = [0] * len(self.names)
@@ -517,7 +523,8 @@ class ChunkedDomainWriter:
                     frame = pd.DataFrame(xpt_rows, columns=[self.names[i] for i in sel])
                     importlib.import_module("trialbridge.sdtm.xpt").write_xpt(
                         frame, self.domain.domain, target, transliterate=True, ascii_report=self.report,
-                        lengths="data")   # the longest value, as define.xml Length says (FDA TCG)
+                        lengths="data",   # the longest value, as define.xml Length says (FDA TCG)
+                        long_text=self.long_text)
                 written.append(target)
             if self.companion is not None and self.runs:
                 written.append(self.companion)

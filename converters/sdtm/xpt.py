@@ -18,6 +18,13 @@ non-ASCII character gets the ASCII spelling in ``mappings/codes/xpt_ascii.csv`` 
 reported ``lossy`` with its row and variable (never the value), and the Dataset-JSON beside it keeps
 the UTF-8 original. ``--strict`` turns those reports into a failure.
 
+**Text over 200 characters.** A conversion (and ``package``) splits such a value of a
+general-observation-class domain as SDTMIG 3.4 section 4.5.3.2 says (:func:`split_long_text`): the
+first 200 characters, cut between words, stay in the variable; the rest goes to SUPP-- records
+QNAM = the variable name + 1, 2 ... (``AETERM1``; an 8-character name loses its last character),
+each reported (info); the Dataset-JSON keeps the whole text. Elsewhere (TS/TI have their own rules,
+DM, SV, the plain writer) such a value is refused.
+
 **Lengths.** For a domain known to ``schemas/sdtm`` a character variable's length is the metadata
 length, raised to the longest value when data is longer (``lengths="metadata"``, the default), or
 the longest value (``lengths="data"``, what the FDA TCG asks of submitted data: "the allotted length
@@ -302,14 +309,108 @@ def to_ascii(df: pd.DataFrame, domain: str, report: ConversionReport | None) -> 
     return out
 
 
+#: SUPPQUAL columns, as schemas/sdtm/suppqual.csv lists them
+SUPP_COLUMNS = ("STUDYID", "RDOMAIN", "USUBJID", "IDVAR", "IDVARVAL", "QNAM", "QLABEL", "QVAL", "QORIG", "QEVAL")
+#: QNAM digits: "a one-digit integer, beginning with 1" (SDTMIG 3.4 section 4.5.3.2)
+_MAX_PARTS = 9
+#: the domains SDTMIG 3.4 section 4.5.3.2 applies to (general-observation-class domains); any other
+#: (DM, SV, trial design: TS/TI have their own rules) still refuses a value over 200 characters
+GENERAL_CLASSES = frozenset({"Interventions", "Events", "Findings"})
+
+
+def _text_parts(text: str) -> list[str]:
+    """``text`` in pieces of at most 200 characters, each cut at the last space that keeps it within
+    200 (the space is the word boundary between the pieces and is not kept), else at 200."""
+    parts = []
+    while len(text) > XPT_CHAR_MAX:
+        cut = text.rfind(" ", 1, XPT_CHAR_MAX + 1)
+        if cut > 0:
+            parts.append(text[:cut])
+            text = text[cut + 1:]
+        else:
+            parts.append(text[:XPT_CHAR_MAX])
+            text = text[XPT_CHAR_MAX:]
+    parts.append(text)
+    return parts
+
+
+def _qlabel(label: str, digit: str) -> str:
+    """QLABEL of the n-th part: the variable's label and the digit, within 40 characters. (The SDTMIG
+    example repeats the label; QNAM/QLABEL must be one-to-one: FDA business rule FDAB009, TB-TEST-PAIR.)"""
+    return f"{label[:XPT_LABEL_MAX - 2].rstrip()} {digit}"
+
+
+def _parent_origin(name: str, dom: Domain) -> str:
+    """QORIG of a split variable's SUPP-- records: the parent variable's origin type, as define.xml
+    gives it (mappings/submission/derivations.yaml, else Collected)."""
+    from ..submission.define import derivation_for
+    entry = derivation_for(name, dom.domain)
+    return str(entry["origin"]["type"]) if entry else "Collected"
+
+
+def split_long_text(df: pd.DataFrame, dom: Domain, *, report: ConversionReport | None = None,
+                    ) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """SDTMIG 3.4 section 4.5.3.2 (text strings over 200 characters in general-observation-class
+    domains): the first 200 characters stay in the variable, each further 200 go to a SUPP-- record
+    whose QNAM is the variable name with 1, 2 ... appended (the last character of an 8-character name
+    replaced), QLABEL the variable's label with the same digit (:func:`_qlabel`), QORIG the
+    variable's origin, IDVAR/IDVARVAL --SEQ; cut between words. Other domains: unchanged. ASCII text (after
+    :func:`to_ascii`). Returns (the frame with the first parts, the SUPP-- rows); each split value is
+    reported (rule xpt.long-text, info: nothing is lost)."""
+    if dom.domain_class not in GENERAL_CLASSES:
+        return df, pd.DataFrame(columns=list(SUPP_COLUMNS))
+    seq = f"{dom.domain}SEQ" if f"{dom.domain}SEQ" in df.columns else None
+    out = df
+    rows: list[dict[str, Any]] = []
+    for name in df.columns:
+        col = df[name]
+        if col.dtype.kind in "biufcmM" or name not in dom.names or dom.var(name).type != "Char":
+            continue
+        text = col.astype("string")
+        long = text.fillna("").str.len() > XPT_CHAR_MAX
+        if not long.any():
+            continue
+        if out is df:
+            out = df.copy()
+        var = dom.var(name)
+        base = name if len(name) < XPT_NAME_MAX else name[:XPT_NAME_MAX - 1]
+        origin = _parent_origin(name, dom)
+        for i in long.to_numpy().nonzero()[0]:
+            parts = _text_parts(str(text.iat[i]))
+            key = (f"{df['USUBJID'].iat[i]}/{df[seq].iat[i]}" if seq and "USUBJID" in df.columns
+                   else f"{dom.domain} row {i + 1}")
+            if len(parts) - 1 > _MAX_PARTS:
+                raise XptError(f"{name} value of {len(text.iat[i])} characters needs {len(parts) - 1} "
+                               f"SUPP{dom.domain} records; QNAM takes one digit (SDTMIG 3.4 4.5.3.2: at "
+                               f"most {_MAX_PARTS})", record=key, field=name)
+            out.iat[i, out.columns.get_loc(name)] = parts[0]
+            qnams = [f"{base}{k}" for k in range(1, len(parts))]
+            for qnam, part in zip(qnams, parts[1:], strict=True):
+                rows.append({"STUDYID": df["STUDYID"].iat[i] if "STUDYID" in df.columns else "",
+                             "RDOMAIN": dom.domain, "USUBJID": df["USUBJID"].iat[i] if "USUBJID" in df.columns
+                             else "", "IDVAR": seq or "", "IDVARVAL": str(df[seq].iat[i]) if seq else "",
+                             "QNAM": qnam, "QLABEL": _qlabel(var.label, qnam[-1]), "QVAL": part,
+                             "QORIG": origin, "QEVAL": ""})
+            if report is not None:
+                report.add(Kind.TRUNCATED, f"{name} over {XPT_CHAR_MAX} characters: the XPT holds the first "
+                           f"{len(parts[0])} in {name} and the rest in SUPP{dom.domain} {', '.join(qnams)} "
+                           f"(SDTMIG 3.4 4.5.3.2, cut between words); the Dataset-JSON keeps the whole text",
+                           rule="xpt.long-text", source=f"{dom.domain}.{name}",
+                           target=f"supp{dom.domain.lower()}.xpt QVAL", record=key, severity=Severity.INFO)
+    return out, pd.DataFrame(rows, columns=list(SUPP_COLUMNS))
+
+
 def write_xpt(df: pd.DataFrame, domain: str, path: Path, *,
               lengths: Literal["metadata", "data"] = "metadata",
               split_bytes: int | None = None, split_by: str = "USUBJID",
-              ascii_report: ConversionReport | None = None, transliterate: bool = False) -> list[Path]:
+              ascii_report: ConversionReport | None = None, transliterate: bool = False,
+              long_text: list[pd.DataFrame] | None = None) -> list[Path]:
     """Write one SDTM domain as XPT v5 (columns, labels, types from ``schemas/sdtm``).
 
     ``transliterate=True`` spells non-ASCII text in ASCII first (:func:`to_ascii`, reported to
-    ``ascii_report``); otherwise non-ASCII text is refused.
+    ``ascii_report``); otherwise non-ASCII text is refused. With ``long_text`` (a list the caller
+    writes to the SUPP-- XPT) a value over 200 characters is split (:func:`split_long_text`, reported
+    to ``ascii_report``) and its SUPP-- rows appended to it; otherwise it is refused.
 
     With ``split_bytes`` (e.g. :data:`FDA_MAX_XPT_BYTES`) a dataset estimated larger than that is
     also written as parts in ``split/`` beside ``path``, none larger, whole ``split_by`` groups each.
@@ -317,6 +418,10 @@ def write_xpt(df: pd.DataFrame, domain: str, path: Path, *,
     dom = load_domain(domain)
     if transliterate:
         df = to_ascii(df, dom.domain, ascii_report)
+    if long_text is not None:
+        df, supp = split_long_text(df, dom, report=ascii_report)
+        if len(supp):
+            long_text.append(supp)
     meta = xpt_meta_for_domain(df, dom, lengths=lengths)
     frame = df.reindex(columns=meta.names)
     written = [write_xpt_table(frame, path, meta)]

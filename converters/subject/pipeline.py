@@ -107,6 +107,9 @@ class _Run:
         self.seq: dict[str, dict[str, int]] = defaultdict(dict)
         self.writers: dict[str, ChunkedDomainWriter] = {}
         self.supp_frames: dict[str, list[pd.DataFrame]] = defaultdict(list)
+        #: SUPP-- rows of XPT text over 200 characters (SDTMIG 3.4 4.5.3.2): the XPT only, the
+        #: Dataset-JSON keeps the whole text
+        self.xpt_supp: dict[str, list[pd.DataFrame]] = defaultdict(list)
         #: RELREC rows rebuilt from the project extension relrec (rule subject.sdtm-ext)
         self.relrec_frames: list[pd.DataFrame] = []
         #: USUBJID -> latest date of any of the subject's records (for DM.RFPENDTC, rule dm.RFPENDTC)
@@ -591,7 +594,7 @@ class _Run:
         sdtm = sdtm.iloc[order].reset_index(drop=True)
         prov = prov.iloc[order].reset_index(drop=True)
         self.written += write_domain(sdtm, p.domain, self.outdir, self.formats, study_oid=self.ctx.studyid,
-                                     report=self.ctx.report)
+                                     report=self.ctx.report, long_text=self.xpt_supp[p.domain])
         if len(supp):
             self.supp_frames[p.domain].append(supp)
         self.written.append(_write_provenance(prov, p.domain, self.outdir, append=False))
@@ -668,6 +671,7 @@ class _Run:
                     dom, self.outdir, self.formats, study_oid=self.ctx.studyid, report=self.ctx.report,
                     companion=self.outdir / f"{dom.lower()}.provenance.csv",
                     companion_csv=lambda frame, fh, header: _provenance_csv(frame, fh, header=header))
+                w.long_text = self.xpt_supp[dom]
             # the writer puts the rows in key order at close; provenance follows them row for row
             w.write(sdtm, companion=prov)
             self._note_dates(dom, frame)
@@ -688,10 +692,18 @@ class _Run:
             self._write_whole(dm_plugin, dm)
         for w in self.writers.values():
             self.written += w.close()
-        for dom, parts in sorted(self.supp_frames.items()):
-            supp = pd.concat(parts, ignore_index=True)
-            self.written += write_domain(supp, f"SUPP{dom}", self.outdir, self.formats,
-                                         study_oid=self.ctx.studyid, report=self.ctx.report, sort=True)
+        for dom in sorted(set(self.supp_frames) | {d for d, v in self.xpt_supp.items() if v}):
+            parts = self.supp_frames.get(dom, [])
+            supp = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
+            split = self.xpt_supp.get(dom)
+            formats = self.formats if not split else tuple(f for f in self.formats if f != "xpt")
+            if len(supp) and formats:
+                self.written += write_domain(supp, f"SUPP{dom}", self.outdir, formats,
+                                             study_oid=self.ctx.studyid, report=self.ctx.report, sort=True)
+            if split and "xpt" in self.formats:   # the XPT's SUPP-- holds the rest of the split text too
+                both = pd.concat([supp, *split], ignore_index=True) if len(supp) else pd.concat(split, ignore_index=True)
+                self.written += write_domain(both, f"SUPP{dom}", self.outdir, ("xpt",),
+                                             study_oid=self.ctx.studyid, report=self.ctx.report, sort=True)
         if self.relrec_frames:
             relrec = pd.concat(self.relrec_frames, ignore_index=True)
             self.written += write_domain(relrec, "RELREC", self.outdir, self.formats,

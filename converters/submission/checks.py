@@ -34,7 +34,7 @@ from .. import __version__
 from ..errors import InputError
 from ..sdtm.ct import ControlledTerminology, pinned_ct
 from ..sdtm.files import find_datasets
-from ..sdtm.xpt import XPT_CHAR_MAX, check_xpt_frame
+from ..sdtm.xpt import GENERAL_CLASSES, XPT_CHAR_MAX, check_xpt_frame
 from ..specs import mapping_text, read_csv_rows, schema_text
 from .datasets import Dataset, known_domain, read_dataset, xpt_meta
 from .define import check_define_schema, declared_keys, read_define
@@ -144,9 +144,16 @@ def check_xpt_limits(ds: Dataset) -> list[Finding]:
     ids = {"xpt-name": "TB-XPT-NAME", "xpt-label": "TB-XPT-LABEL", "xpt-length": "TB-XPT-LENGTH",
            "xpt-ascii": "TB-XPT-ASCII"}
     out = []
+    dom = known_domain(ds.name)
+    splits = dom is not None and dom.domain == ds.name and dom.domain_class in GENERAL_CLASSES
     for p in check_xpt_frame(ds.frame, xpt_meta(ds)):
         f = Finding(ids[p.check], p.message, dataset=ds.name, variable=p.variable,
                     rows=list(p.rows), file=str(ds.path))
+        if p.check == "xpt-length" and splits and ds.form != "xpt" and p.variable:
+            # (a general-observation-class domain: XPT output splits it, SDTMIG 3.4 4.5.3.2)
+            f.message += (f"; XPT output (package, --sdtm-format xpt) keeps the first 200 characters in "
+                          f"{p.variable} and the rest in SUPP{ds.name} {p.variable[:7]}1, 2 ... (SDTMIG 3.4 4.5.3.2)")
+            f.severity = "info"
         if p.variable and p.rows:
             f.values = [str(ds.frame[p.variable].iloc[r - 1]) for r in p.rows[:MAX_ROWS_LISTED]]
         out.append(f)

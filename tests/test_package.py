@@ -80,3 +80,15 @@ def test_package_splits_text_over_200_into_supp(tmp_path: Path, monkeypatch) -> 
     findings = json.loads((out / "validation" / "findings.json").read_text())["findings"]
     assert not [f for f in findings if f["check"] in ("TB-XPT-LENGTH", "TB-DEFINE-LENGTH", "TB-DEFINE-DATASET",
                                                       "TB-DEFINE-VAR", "TB-DEFINE-XSD", "TB-TEST-PAIR")]
+    # a conversion's json,xpt output packaged: the XPTs as they are (not split twice), the copies whole
+    both = tmp_path / "both"
+    main(["convert", str(src), "--to", "sdtm", "-o", str(both), "--sdtm-format", "json,xpt", "--studyid", "LONG"])
+    out2 = tmp_path / "sub2"
+    main(["package", str(both), "-o", str(out2)])
+    sdtm2 = out2 / "m5" / "datasets" / "long" / "tabulations" / "sdtm"
+    supp2, _ = pyreadstat.read_xport(str(sdtm2 / "suppae.xpt"))
+    assert supp2["QNAM"].tolist() == ["AETERM1", "AETERM2"]
+    assert not (out2 / "dataset-json" / "suppae.json").exists()
+    assert words in json.loads((out2 / "dataset-json" / "ae.json").read_text())["rows"][0]
+    findings = json.loads((out2 / "validation" / "findings.json").read_text())["findings"]
+    assert not [f for f in findings if f["check"] in ("TB-XPT-LENGTH", "TB-DEFINE-LENGTH", "TB-TEST-PAIR")]

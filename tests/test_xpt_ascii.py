@@ -111,6 +111,16 @@ def test_conversion_splits_text_over_200_into_supp_for_xpt(tmp_path, monkeypatch
     issues = [i for i in report["issues"] if i.get("rule") == "xpt.long-text"]
     assert sorted(i["source"] for i in issues) == ["AE.AETERM", "LB.LBORRES", "LB.LBSTRESC"]
     assert {i["severity"] for i in issues} == {"info"}
+    # define.xml describes the XPT its def:leaf names (AETERM as long as the XPT's, SUPPAE's AETERM1/2),
+    # and validate checks the folder as define.xml describes it
+    from trialbridge.submission.define import read_define
+    doc = read_define(out / "define.xml")
+    assert doc.datasets["AE"].leaf == "ae.xpt" and "SUPPAE" in doc.datasets
+    lengths = {i.name: i.length for d in ("AE",) for i in doc.datasets[d].items}
+    assert lengths["AETERM"] <= 200
+    main(["validate", str(out)])
+    found = json.loads((out / "findings.json").read_text())["findings"]
+    assert not [f for f in found if f["check"] in ("TB-XPT-LENGTH", "TB-DEFINE-LENGTH", "TB-TEST-PAIR")]
 
 
 def xpt_label(path, var):

@@ -37,7 +37,7 @@ from ..sdtm.files import find_datasets
 from ..sdtm.xpt import GENERAL_CLASSES, XPT_CHAR_MAX, check_xpt_frame
 from ..specs import mapping_text, read_csv_rows, schema_text
 from .datasets import Dataset, known_domain, read_dataset, xpt_meta
-from .define import check_define_schema, declared_keys, read_define
+from .define import as_the_xpt_holds_them, check_define_schema, declared_keys, leaves_for_folder, read_define
 
 MAX_ROWS_LISTED = 1000
 #: TS parameters the FDA TCG expects in every study (TSPARMCD); SSTDTC has its own (error) check.
@@ -639,6 +639,9 @@ def validate_folder(folder: Path, *, ct: ControlledTerminology | None = None,
                     core: Path | None = None) -> ValidationResult:
     ct = ct or pinned_ct()
     datasets, findings = load_for_validation(folder)
+    # (as define.xml describes them: a dataset whose Dataset-JSON holds text the XPT beside it splits
+    # is checked as the XPT holds it, with its SUPP--)
+    as_the_xpt_holds_them(folder, datasets, leaves_for_folder(folder, datasets))
     define_keys = declared_define_keys(folder)
     for name, ds in datasets.items():
         findings += check_variables(ds)

@@ -21,7 +21,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -37,8 +37,9 @@ from ..safeio import parse_xml, read_bytes, write_bytes_atomic
 from ..sdtm.ct import ControlledTerminology, pinned_ct
 from ..sdtm.datasetjson import NUMERIC_TYPES, SDTMIG_VERSION, creation_datetime, define_oids, iso8601_column, odm_oid
 from ..sdtm.metadata import Domain, domain_rows
+from ..sdtm.xpt import XPT_CHAR_MAX
 from ..specs import mapping_text, read_csv_rows
-from .datasets import Column, Dataset, known_domain, load_folder
+from .datasets import Column, Dataset, known_domain, load_folder, read_dataset
 
 ODM_NS = "http://www.cdisc.org/ns/odm/v1.3"
 DEF_NS = "http://www.cdisc.org/ns/def/v2.1"
@@ -578,11 +579,32 @@ def write_define_for_folder(folder: Path, report: ConversionReport | None = None
     datasets = load_folder(folder)
     if not datasets:
         raise InputError("no datasets (.xpt, .json, .ndjson, .csv) to describe", file=str(folder))
-    path = write_define(folder, datasets, ct=ct, leaves=leaves_for_folder(folder, datasets),
-                        report=report)
+    leaves = leaves_for_folder(folder, datasets)
+    as_the_xpt_holds_them(folder, datasets, leaves)
+    path = write_define(folder, datasets, ct=ct, leaves=leaves, report=report)
     if report is not None:
         report.outputs.append(str(path))
     return path
+
+
+def as_the_xpt_holds_them(folder: Path, datasets: dict[str, Dataset], leaves: dict[str, str]) -> None:
+    """A dataset whose def:leaf is its XPT but that was read from its Dataset-JSON, with text over 200
+    bytes: the XPT holds it split (SDTMIG 3.4 4.5.3.2, :func:`trialbridge.sdtm.xpt.split_long_text`),
+    so it and its SUPP-- are described from their XPT files (AETERM's Length is the XPT's, SUPPAE has
+    AETERM1 ...), not from the whole text of the Dataset-JSON."""
+    for name, ds in list(datasets.items()):
+        leaf = leaves.get(name, "")
+        if ds.form == "xpt" or not leaf.endswith(".xpt"):
+            continue
+        text = [c.name for c in ds.columns if c.sas_type == "Char" and c.name in ds.frame.columns]
+        if not any((ds.frame[c].astype("string").fillna("").str.len() > XPT_CHAR_MAX).any() for c in text):
+            continue
+        for n in (name, f"SUPP{name}"):
+            xpt = folder / f"{n.lower()}.xpt"
+            if xpt.exists():
+                datasets[n] = replace(read_dataset(xpt), other_forms=[p for p in (
+                    datasets[n].path, *datasets[n].other_forms) if p != xpt] if n in datasets else [])
+                leaves[n] = xpt.name
 
 
 # ------------------------------------------------------------------ reading

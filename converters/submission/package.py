@@ -29,7 +29,7 @@ from ..sdtm.ct import ControlledTerminology
 from ..sdtm.xpt import FDA_MAX_XPT_BYTES, split_long_text, split_xpt, write_xpt_table
 from .checks import ValidationResult, check_findings_json, validate_folder
 from .datasets import Column, Dataset, known_domain, load_folder, write_dataset_json_any, xpt_meta
-from .define import study_info, write_define
+from .define import as_the_xpt_holds_them, leaves_for_folder, study_info, write_define
 
 
 @dataclass(frozen=True)
@@ -54,7 +54,11 @@ def package_folder(source: Path, out: Path, *, ct: ControlledTerminology | None 
     define_ref = (Path("..") / sdtm_dir.relative_to(out) / "define.xml").as_posix()
     files: list[Path] = []
     packaged: dict[str, Dataset] = {}
-    for name, ds in split_long_text_datasets(datasets).items():
+    # the XPT: a dataset the source already holds as XPT beside its Dataset-JSON (a conversion's
+    # json,xpt output) as that XPT holds it, then text over 200 characters split
+    xpt_sets = dict(datasets)
+    as_the_xpt_holds_them(source, xpt_sets, leaves_for_folder(source, xpt_sets))
+    for name, ds in split_long_text_datasets(xpt_sets).items():
         target = sdtm_dir / f"{name.lower()}.xpt"
         meta = xpt_meta(ds)
         frame = ds.frame.reindex(columns=meta.names)
@@ -62,7 +66,9 @@ def package_folder(source: Path, out: Path, *, ct: ControlledTerminology | None 
         files.extend(split_xpt(frame, meta, target, max_bytes=split_bytes))
         # the copy names the package's define.xml (Dataset-JSON 1.1 metaDataRef, studyOID,
         # metaDataVersionOID), not the one the source folder came with; it keeps the whole text
-        if name in datasets:
+        xpt_only_supp = (name.startswith("SUPP") and datasets.get(name, ds).form == "xpt"
+                         and datasets.get(name[4:], ds).form != "xpt")   # (the rest of split text)
+        if name in datasets and not xpt_only_supp:
             files.append(write_dataset_json_any(datasets[name], out / "dataset-json" / f"{name.lower()}.json",
                                                 study_oid=study, metadata_ref=define_ref))
         packaged[name] = replace(ds, path=target, form="xpt", other_forms=[])

@@ -822,7 +822,9 @@ def build_ae(df: pd.DataFrame, ctx: Ctx, path: Path | str) -> Iterator[tuple[str
     out = _coded(table, "AEOUT", _col(df, "AEOUT"), ctx, "AE", "AEOUT", "AdverseEvent.outcome")
     sev = (_coded(table, "AESEV", _col(df, "AESEV"), ctx, "AE", "AESEV", "AdverseEvent.severity")
            if not ctx.r5 else [None] * len(df))
-    raw = {c: _col(df, c) for c in ("AETERM", "AEDECOD", "AEPTCD", "AESER", "AEOUT", "AESEV")}
+    raw = {c: _col(df, c) for c in ("AETERM", "AEDECOD", "AESER", "AEOUT", "AESEV")}
+    # AEPTCD is Num in SDTM (a float column when read): Coding.code is a string, the integer's text
+    raw["AEPTCD"] = _num_texts(df, "AEPTCD")
     sysr = f"{T.SID}/aeseq"
     for i in range(len(df)):
         if not keep[i]:

@@ -1,0 +1,63 @@
+"""SDTM -> FHIR emitted values checked one by one (value-level review of the reverse direction).
+
+- AdverseEvent code: AEPTCD is Num in SDTM (read as a float); FHIR Coding.code is a string — the
+  MedDRA code's integer text ('10019211', never 10019211.0 or '10019211.0').
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import orjson
+import pandas as pd
+import pytest
+from fhir_study_support import resources, schema_validator
+from trialbridge.fhir.subject_writer import convert_sdtm_to_fhir
+from trialbridge.report import ConversionReport
+
+DM = {"STUDYID": ["S1"], "DOMAIN": ["DM"], "USUBJID": ["S1-001"], "SUBJID": ["001"], "SITEID": ["01"],
+      "SEX": ["F"], "RFSTDTC": ["2020-01-01"]}
+
+
+def _frame(domain: str, cols: dict[str, list[Any]]) -> pd.DataFrame:
+    n = len(next(iter(cols.values())))
+    return pd.DataFrame({"STUDYID": ["S1"] * n, "DOMAIN": [domain] * n, "USUBJID": ["S1-001"] * n,
+                         f"{domain}SEQ": list(range(1, n + 1)), **cols})
+
+
+def _write(folder: Path, out: Path, version: str) -> tuple[dict[str, Any], ConversionReport]:
+    report = ConversionReport()
+    paths = convert_sdtm_to_fhir(folder, out, options=SimpleNamespace(fhir_version=version, extra={}),
+                                 report=report)
+    bundle = orjson.loads(paths[0].read_bytes())
+    assert schema_validator(version).errors(bundle) == []
+    if version == "R5":
+        from fhir.resources import get_fhir_model_class as get
+    else:
+        from fhir.resources.R4B import get_fhir_model_class as get
+    for e in bundle["entry"]:
+        get(e["resource"]["resourceType"]).model_validate(e["resource"])
+    return bundle, report
+
+
+def _folder(tmp_path: Path, **domains: dict[str, list[Any]]) -> Path:
+    folder = tmp_path / "sdtm"
+    folder.mkdir()
+    pd.DataFrame(DM).to_csv(folder / "dm.csv", index=False)
+    for dom, cols in domains.items():
+        _frame(dom, cols).to_csv(folder / f"{dom.lower()}.csv", index=False)
+    return folder
+
+
+@pytest.mark.parametrize("version", ["R4", "R5"])
+def test_meddra_code_is_the_integer_text(tmp_path: Path, version: str) -> None:
+    folder = _folder(tmp_path, AE={"AETERM": ["HEADACHE", "NAUSEA"], "AEDECOD": ["Headache", "Nausea"],
+                                   "AEPTCD": [10019211, None], "AESTDTC": ["2020-01-03", "2020-01-04"]})
+    bundle, _ = _write(folder, tmp_path / "out", version)
+    elem = "code" if version == "R5" else "event"
+    codings = {r[elem]["text"]: r[elem]["coding"][0] for r in resources(bundle, "AdverseEvent")}
+    assert codings["HEADACHE"] == {"system": "http://terminology.hl7.org/CodeSystem/mdr", "code": "10019211",
+                                   "display": "Headache"}
+    assert "code" not in codings["NAUSEA"]

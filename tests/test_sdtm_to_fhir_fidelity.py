@@ -153,9 +153,13 @@ def test_clinical_status_only_where_unambiguous(sdtm: Path, tmp_path: Path, vers
                                  "code": "refuted"}]}
     assert any(m.startswith("MHOCCUR N without MHPRESP Y, or U") and m.endswith("(1 value)")
                for m in _messages(report, "MH.MHOCCUR"))
-    # MHSEV: text + NCIt coding of the CT term (C66769); a sponsor value keeps its text only, reported
+    # MHSEV: text + NCIt coding of the CT term (C66769) + the SNOMED CT code of the condition-severity value
+    # set (preferred binding; codes/fhir_ae_severity.csv); a sponsor value keeps its text only, reported
     assert conds["Asthma"]["severity"] == {"text": "MILD", "coding": [
-        {"system": NCIT, "code": "C41338", "display": "Mild Adverse Event"}]}
+        {"system": NCIT, "code": "C41338", "display": "Mild Adverse Event"},
+        {"system": "http://snomed.info/sct", "code": "255604002"}]}
+    assert conds["Appendicitis"]["severity"]["coding"][1] == {"system": "http://snomed.info/sct", "code": "24484000"}
+    assert not any("condition-severity" in m for m in _messages(report, "MH.MHSEV"))
     assert conds["Eczema"]["severity"] == {"text": "GRADE 2"} and _sdtm_ext(conds["Eczema"])["MHSEV"] == "GRADE 2"
     assert any(m.startswith("not a term of the CDISC CT codelist AESEV") for m in _messages(report, "MH.MHSEV"))
     # the SDTM variables stay in the sdtm extension: the status says less than they do

@@ -330,10 +330,11 @@ def _ct_concept(value: Any, codelist: str, ctx: Ctx, domain: str, var: str, targ
 
 
 def _ct_concept_kept(value: Any, codelist: str, ctx: Ctx, domain: str, var: str, target: str,
-                     ext: list[dict[str, Any]] | None) -> tuple[dict[str, Any] | None, list[dict[str, Any]] | None]:
+                     ext: list[dict[str, Any]] | None, bound: tuple[str, str, str] | None = None,
+                     ) -> tuple[dict[str, Any] | None, list[dict[str, Any]] | None]:
     """:func:`_ct_concept`, and a sponsor term outside the codelist (text only) also kept as the SDTM value
     itself in the ``sdtm`` extension ``ext``, so FHIR -> SDTM gives it back exactly."""
-    cc = _ct_concept(value, codelist, ctx, domain, var, target)
+    cc = _ct_concept(value, codelist, ctx, domain, var, target, bound=bound)
     if cc and "coding" not in cc:
         ext = _merge_sdtm(ext or [], [{"url": var, "valueString": value}])
     return cc, ext
@@ -963,6 +964,8 @@ def _dose(df: pd.DataFrame, var: str, unit: str, ctx: Ctx, domain: str) -> list[
 
 # Dosage.route (R4 and R5): example binding SNOMED CT route codes (ValueSet route-codes)
 _ROUTE_BOUND = ("fhir_route.csv", T.SNOMED, "SNOMED CT route")
+#: Condition.severity: FHIR R4/R5 ValueSet condition-severity (preferred), SNOMED CT 255604002 | 6736007 | 24484000
+_SEVERITY_BOUND = ("fhir_ae_severity.csv", T.SNOMED, "SNOMED CT condition-severity")
 
 
 def _medication_subject(res: dict[str, Any], ctx: Ctx, treatment: Any, subject: Any, encounter: Any) -> None:
@@ -1061,16 +1064,14 @@ def build_mh(df: pd.DataFrame, ctx: Ctx, path: Path | str) -> Iterator[tuple[str
                                      "MHPRESP", "MHOCCUR")}
     refuted = _refuted(raw, ctx)
     status = _clinical_status(raw, en, en_o, refuted, ctx)
-    # Condition.severity: preferred binding SNOMED CT (condition-severity); no project table pairs the
-    # CDISC severity terms with it, so the NCIt coding travels alone (reported once per run, info)
-    ctx.tally(Kind.UNMAPPED_CODE, "MH", "MHSEV", "no SNOMED CT code (condition-severity) paired with the term in a "
-              "project table: NCIt coding only", sum(v is not None and v != "" for v in raw["MHSEV"]),
-              target="Condition.severity", severity=Severity.INFO)
+    # Condition.severity: preferred binding SNOMED CT (ValueSet condition-severity); the SNOMED CT code
+    # codes/fhir_ae_severity.csv pairs one-to-one with the CDISC term goes beside its NCIt coding
     for i in range(len(df)):
         if not keep[i]:
             continue
         res: dict[str, Any] = {}
-        sev, ext = _ct_concept_kept(raw["MHSEV"][i], "AESEV", ctx, "MH", "MHSEV", "Condition.severity", ex.ext(i))
+        sev, ext = _ct_concept_kept(raw["MHSEV"][i], "AESEV", ctx, "MH", "MHSEV", "Condition.severity", ex.ext(i),
+                                    bound=_SEVERITY_BOUND)
         _start(res, "Condition", ids[i], ext, f"{T.SID}/mhseq", seqs[i])
         # R5 clinicalStatus is 1..1: 'unknown' when the record does not say it
         if status[i] or ctx.r5:

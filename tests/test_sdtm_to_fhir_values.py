@@ -61,3 +61,29 @@ def test_meddra_code_is_the_integer_text(tmp_path: Path, version: str) -> None:
     assert codings["HEADACHE"] == {"system": "http://terminology.hl7.org/CodeSystem/mdr", "code": "10019211",
                                    "display": "Headache"}
     assert "code" not in codings["NAUSEA"]
+
+
+@pytest.mark.parametrize("version", ["R4", "R5"])
+def test_race_and_ethnicity_unknown_or_not_reported_as_us_core_null_flavors(tmp_path: Path, version: str) -> None:
+    """US Core ombCategory value sets (omb-race-category, omb-ethnicity-category) include v3-NullFlavor
+    UNK and ASKU: RACE/ETHNIC UNKNOWN and NOT REPORTED (CT C74457/C66790) get them, as FHIR -> SDTM
+    reads them back (codes/fhir_sdtm_codes.csv); they were text only, reported unmapped."""
+    folder = tmp_path / "sdtm"
+    folder.mkdir()
+    dm = {k: v * 2 for k, v in DM.items()}
+    dm.update(USUBJID=["S1-001", "S1-002"], SUBJID=["001", "002"], RACE=["UNKNOWN", "NOT REPORTED"],
+              ETHNIC=["NOT REPORTED", "UNKNOWN"])
+    pd.DataFrame(dm).to_csv(folder / "dm.csv", index=False)
+    bundle, report = _write(folder, tmp_path / "out", version)
+    nf = "http://terminology.hl7.org/CodeSystem/v3-NullFlavor"
+    unk = {"system": nf, "code": "UNK", "display": "unknown"}
+    asku = {"system": nf, "code": "ASKU", "display": "asked but unknown"}
+    got = {}
+    for p in resources(bundle, "Patient"):
+        ext = {e["url"].rsplit("-", 1)[1]: e["extension"] for e in p["extension"] if "us-core" in e["url"]}
+        got[p["identifier"][0]["value"]] = {k: [s.get("valueCoding") or s["valueString"] for s in v]
+                                            for k, v in ext.items()}
+    assert got == {"S1-001": {"race": [unk, "UNKNOWN"], "ethnicity": [asku, "NOT REPORTED"]},
+                   "S1-002": {"race": [asku, "NOT REPORTED"], "ethnicity": [unk, "UNKNOWN"]}}
+    assert not [i for i in report.issues if i.source in ("DM.RACE", "DM.ETHNIC")]
+

@@ -965,6 +965,8 @@ def _dose(df: pd.DataFrame, var: str, unit: str, ctx: Ctx, domain: str) -> list[
 # Dosage.route (R4 and R5): example binding SNOMED CT route codes (ValueSet route-codes)
 _ROUTE_BOUND = ("fhir_route.csv", T.SNOMED, "SNOMED CT route")
 #: Condition.severity: FHIR R4/R5 ValueSet condition-severity (preferred), SNOMED CT 255604002 | 6736007 | 24484000
+#: Procedure.bodySite: FHIR R4/R5 ValueSet body-site (example), SNOMED CT body structures
+_BODY_SITE_BOUND = ("fhir_body_site.csv", T.SNOMED, "SNOMED CT body structure")
 _SEVERITY_BOUND = ("fhir_ae_severity.csv", T.SNOMED, "SNOMED CT condition-severity")
 
 
@@ -1149,14 +1151,23 @@ def build_pr(df: pd.DataFrame, ctx: Ctx, path: Path | str) -> Iterator[tuple[str
     ids, seqs, subj, keep, enc, ex, keys = _common(df, "PR", "pr", ctx, path)
     st, st_o = _dates(df, "PRSTDTC", ctx, "PR", keys, target="Procedure.performed")
     en, en_o = _dates(df, "PRENDTC", ctx, "PR", keys, target="Procedure.performed")
-    raw = {c: _col(df, c) for c in ("PRTRT", "PROCCUR", "PRINDC", "PRLOC")}
+    raw = {c: _col(df, c) for c in ("PRTRT", "PROCCUR", "PRSTAT", "PRREASND", "PRINDC", "PRLOC")}
     occ = "occurrence" if ctx.r5 else "performed"
     for i in range(len(df)):
         if not keep[i]:
             continue
         res: dict[str, Any] = {}
-        _start(res, "Procedure", ids[i], ex.ext(i), f"{T.SID}/prseq", seqs[i])
-        res["status"] = "not-done" if raw["PROCCUR"][i] == "N" else "completed"
+        # PRLOC: a CT LOC term gets its NCIt coding (+ the SNOMED CT body structure codes/fhir_body_site.csv
+        # pairs with it); a sponsor term keeps its text and stays in the sdtm extension
+        site, ext = _ct_concept_kept(raw["PRLOC"][i], "LOC", ctx, "PR", "PRLOC", "Procedure.bodySite", ex.ext(i),
+                                     bound=_BODY_SITE_BOUND)
+        _start(res, "Procedure", ids[i], ext, f"{T.SID}/prseq", seqs[i])
+        # a procedure not done (PRSTAT NOT DONE, SDTMIG 3.4 --STAT) or that did not occur (PROCCUR N) is
+        # FHIR Procedure.status not-done, with PRREASND as statusReason — never 'completed'
+        not_done = raw["PROCCUR"][i] == "N" or raw["PRSTAT"][i] == "NOT DONE"
+        res["status"] = "not-done" if not_done else "completed"
+        if raw["PRREASND"][i]:
+            res["statusReason"] = {"text": raw["PRREASND"][i]}
         if raw["PRTRT"][i]:
             res["code"] = {"text": raw["PRTRT"][i]}
         res["subject"] = subj[i]
@@ -1168,8 +1179,8 @@ def build_pr(df: pd.DataFrame, ctx: Ctx, path: Path | str) -> Iterator[tuple[str
         if raw["PRINDC"][i]:
             res["reason" if ctx.r5 else "reasonCode"] = (
                 [{"concept": {"text": raw["PRINDC"][i]}}] if ctx.r5 else [{"text": raw["PRINDC"][i]}])
-        if raw["PRLOC"][i]:
-            res["bodySite"] = [{"text": raw["PRLOC"][i]}]
+        if site:
+            res["bodySite"] = [site]
         yield "Procedure", res
 
 

@@ -124,4 +124,8 @@ def test_sample_roundtrip_has_no_unexplained_difference(tmp_path: Path) -> None:
     assert [k for k, r in rows.items() if r.unexplained] == []
     # the one missed visit (SVOCCUR N) is the cancelled Encounter FHIR -> SDTM drops without TV (reported)
     assert (rows["SV.SVOCCUR"].equal, rows["SV.SVOCCUR"].lost) == (92, 1)
+    # LBSPEC carried in the sdtm extension wins over the LOINC-row inference (SERUM came back SERUM OR PLASMA
+    # for 288 records, "explained" by an unrelated LOINC 62238-1 entry)
+    assert rows["LB.LBSPEC"].ratio == 1.0
     assert rows["PR.PRLOC"].ratio == 1.0 and rows["PR.PRSTAT"].ratio == 1.0 and rows["PR.PRREASND"].ratio == 1.0
+

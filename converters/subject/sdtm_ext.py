@@ -55,9 +55,10 @@ KEYS = frozenset({"STUDYID", "DOMAIN", "USUBJID"})
 #: findings results and ranges: derived by UCUM conversion, while the sponsor's own are carried)
 #: (RFXSTDTC/RFXENDTC: first/last exposure; ARMNRS: from the arm assignment; AELLT/AELLTCD: the
 #: MedDRA PT coding taken as LLT; AEENTPT: END OF STUDY for an ongoing outcome; MHENTPT: the
-#: collection date MHDTC as the time point of a clinicalStatus)
+#: collection date MHDTC as the time point of a clinicalStatus; LBSPEC: from the LOINC System of the
+#: CDISC LOINC-to-LB row when no Specimen is named — the sample's SERUM came back SERUM OR PLASMA)
 INFERRED = frozenset({"VISITNUM", "VISIT", "EPOCH", "EXDOSFRQ", "RFXSTDTC", "RFXENDTC", "ARMNRS",
-                      "AELLT", "AELLTCD", "AEENTPT", "MHENTPT",
+                      "AELLT", "AELLTCD", "AEENTPT", "MHENTPT", "LBSPEC",
                       *(f"{d}{v}" for d in ("LB", "VS") for v in ("STRESC", "STRESN", "STRESU", "STNRLO",
                                                                  "STNRHI"))})
 _MARK = BASE.encode()

@@ -129,3 +129,26 @@ def test_sample_roundtrip_has_no_unexplained_difference(tmp_path: Path) -> None:
     assert rows["LB.LBSPEC"].ratio == 1.0
     assert rows["PR.PRLOC"].ratio == 1.0 and rows["PR.PRSTAT"].ratio == 1.0 and rows["PR.PRREASND"].ratio == 1.0
 
+
+@pytest.mark.parametrize("version", ["R4", "R5"])
+def test_medication_not_taken_is_no_statement_of_a_medication_taken(tmp_path: Path, version: str) -> None:
+    """CMOCCUR N / CMSTAT NOT DONE (SDTMIG 3.4): R4 MedicationStatement.status not-taken, R5 adherence
+    not-taking (CodeSystem medication-statement-adherence); both were written as taken (unknown/recorded)."""
+    folder = _folder(tmp_path, CM={"CMTRT": ["ASPIRIN", "IBUPROFEN", "PARACETAMOL"],
+                                   "CMPRESP": ["Y", "Y", None], "CMOCCUR": ["N", "Y", None],
+                                   "CMSTAT": [None, None, "NOT DONE"]})
+    bundle, _ = _write(folder, tmp_path / "out", version)
+    meds = {r["medication"]["concept"]["text"] if version == "R5" else r["medicationCodeableConcept"]["text"]: r
+            for r in resources(bundle, "MedicationStatement")}
+    if version == "R4":
+        assert {k: r["status"] for k, r in meds.items()} == {"ASPIRIN": "not-taken", "IBUPROFEN": "unknown",
+                                                             "PARACETAMOL": "not-taken"}
+    else:
+        assert {r["status"] for r in meds.values()} == {"recorded"}
+        adh = {k: r.get("adherence") for k, r in meds.items()}
+        code = {"code": {"coding": [{"system": "http://hl7.org/fhir/CodeSystem/medication-statement-adherence",
+                                     "code": "not-taking", "display": "Not Taking"}]}}
+        assert adh == {"ASPIRIN": code, "IBUPROFEN": None, "PARACETAMOL": code}
+    sdtm = {e["url"]: e["valueString"] for x in meds["ASPIRIN"]["extension"] for e in x.get("extension", [])}
+    assert sdtm["CMOCCUR"] == "N"
+

@@ -989,7 +989,8 @@ def build_cm(df: pd.DataFrame, ctx: Ctx, path: Path | str) -> Iterator[tuple[str
     en, en_o = _dates(df, "CMENDTC", ctx, "CM", keys, target="MedicationStatement.effectivePeriod")
     da, da_o = _dates(df, "CMDTC", ctx, "CM", keys, target="MedicationStatement.dateAsserted")
     dose = _dose(df, "CMDOSE", "CMDOSU", ctx, "CM")
-    raw = {c: _col(df, c) for c in ("CMTRT", "CMINDC", "CMROUTE", "CMDOSFRQ", "CMDOSTXT", "CMCAT")}
+    raw = {c: _col(df, c) for c in ("CMTRT", "CMINDC", "CMROUTE", "CMDOSFRQ", "CMDOSTXT", "CMCAT", "CMOCCUR",
+                                     "CMSTAT")}
     for i in range(len(df)):
         if not keep[i]:
             continue
@@ -997,7 +998,10 @@ def build_cm(df: pd.DataFrame, ctx: Ctx, path: Path | str) -> Iterator[tuple[str
         freq, ext = _ct_concept_kept(raw["CMDOSFRQ"][i], "FREQ", ctx, "CM", "CMDOSFRQ",
                                      "MedicationStatement.dosage.timing.code", ex.ext(i))
         _start(res, "MedicationStatement", ids[i], ext, f"{T.SID}/cmseq", seqs[i])
-        res["status"] = "recorded" if ctx.r5 else "unknown"
+        # a medication not taken (CMOCCUR N, or CMSTAT NOT DONE: SDTMIG 3.4 --OCCUR/--STAT) is no statement of a
+        # medication taken: R4 status not-taken, R5 adherence not-taking (R5 status says only recorded)
+        not_taken = raw["CMOCCUR"][i] == "N" or raw["CMSTAT"][i] == "NOT DONE"
+        res["status"] = "recorded" if ctx.r5 else "not-taken" if not_taken else "unknown"
         if raw["CMCAT"][i]:
             res["category"] = [{"text": raw["CMCAT"][i]}] if ctx.r5 else {"text": raw["CMCAT"][i]}
         _medication_subject(res, ctx, raw["CMTRT"][i] or "(no CMTRT)", subj[i], enc[i])
@@ -1020,6 +1024,10 @@ def build_cm(df: pd.DataFrame, ctx: Ctx, path: Path | str) -> Iterator[tuple[str
             dos["doseAndRate"] = [{"doseQuantity": dose[i]}]
         if dos:
             res["dosage"] = [dos]
+        if not_taken and ctx.r5:
+            res["adherence"] = {"code": {"coding": [{
+                "system": "http://hl7.org/fhir/CodeSystem/medication-statement-adherence", "code": "not-taking",
+                "display": "Not Taking"}]}}
         yield "MedicationStatement", res
     if any(v is None for v in raw["CMTRT"]):
         ctx.tally(Kind.MISSING, "CM", "CMTRT", "CMTRT empty: medication text '(no CMTRT)' written",

@@ -152,3 +152,15 @@ def test_medication_not_taken_is_no_statement_of_a_medication_taken(tmp_path: Pa
     sdtm = {e["url"]: e["valueString"] for x in meds["ASPIRIN"]["extension"] for e in x.get("extension", [])}
     assert sdtm["CMOCCUR"] == "N"
 
+
+def test_r5_adverse_event_status_of_an_ongoing_event(tmp_path: Path) -> None:
+    """R5 AdverseEvent.status is the state of the event: an AE with no end that is ongoing (AEENRTPT
+    ONGOING, AEOUT NOT RECOVERED/NOT RESOLVED or RECOVERING/RESOLVING) is in-progress; it was 'completed'."""
+    folder = _folder(tmp_path, AE={"AETERM": ["RASH", "COUGH", "HEADACHE", "FEVER"],
+                                   "AEOUT": ["NOT RECOVERED/NOT RESOLVED", None, "RECOVERED/RESOLVED",
+                                             "RECOVERING/RESOLVING"],
+                                   "AEENRTPT": [None, "ONGOING", None, None], "AEENTPT": [None, "2020-02-01", None, None],
+                                   "AESTDTC": ["2020-01-03"] * 4, "AEENDTC": [None, None, "2020-01-05", "2020-01-09"]})
+    bundle, _ = _write(folder, tmp_path / "out", "R5")
+    status = {r["code"]["text"]: r["status"] for r in resources(bundle, "AdverseEvent")}
+    assert status == {"RASH": "in-progress", "COUGH": "in-progress", "HEADACHE": "completed", "FEVER": "completed"}

@@ -823,7 +823,7 @@ def build_ae(df: pd.DataFrame, ctx: Ctx, path: Path | str) -> Iterator[tuple[str
     out = _coded(table, "AEOUT", _col(df, "AEOUT"), ctx, "AE", "AEOUT", "AdverseEvent.outcome")
     sev = (_coded(table, "AESEV", _col(df, "AESEV"), ctx, "AE", "AESEV", "AdverseEvent.severity")
            if not ctx.r5 else [None] * len(df))
-    raw = {c: _col(df, c) for c in ("AETERM", "AEDECOD", "AESER", "AEOUT", "AESEV")}
+    raw = {c: _col(df, c) for c in ("AETERM", "AEDECOD", "AESER", "AEOUT", "AESEV", "AEENRTPT")}
     # AEPTCD is Num in SDTM (a float column when read): Coding.code is a string, the integer's text
     raw["AEPTCD"] = _num_texts(df, "AEPTCD")
     sysr = f"{T.SID}/aeseq"
@@ -857,7 +857,12 @@ def build_ae(df: pd.DataFrame, ctx: Ctx, path: Path | str) -> Iterator[tuple[str
         if raw["AETERM"][i]:
             code["text"] = raw["AETERM"][i]
         if ctx.r5:
-            res["status"] = "completed"
+            # R5 AdverseEvent.status (event-status) is the state of the event: an AE with no end that is
+            # ongoing (AEENRTPT ONGOING; AEOUT NOT RECOVERED/NOT RESOLVED or RECOVERING/RESOLVING) is
+            # in-progress, not completed
+            ongoing = en[i] is None and en_o[i] is None and (
+                raw["AEENRTPT"][i] == "ONGOING" or raw["AEOUT"][i] in _AE_ONGOING_OUTCOMES)
+            res["status"] = "in-progress" if ongoing else "completed"
         res["actuality"] = "actual"
         if code:
             res["code" if ctx.r5 else "event"] = code
@@ -882,6 +887,9 @@ def build_ae(df: pd.DataFrame, ctx: Ctx, path: Path | str) -> Iterator[tuple[str
         res["study"] = [{"reference": ctx.study_ref}]
         yield "AdverseEvent", res
 
+
+#: AEOUT terms (CT C66768) of an AE not (yet) resolved
+_AE_ONGOING_OUTCOMES = frozenset({"NOT RECOVERED/NOT RESOLVED", "RECOVERING/RESOLVING"})
 
 #: the serious-event criteria flags of SDTMIG 3.4 AE (codelist NY C66742)
 SERIOUS_FLAGS = ("AESCAN", "AESCONG", "AESDISAB", "AESDTH", "AESHOSP", "AESLIFE", "AESOD", "AESMIE", "AESINTV")

@@ -164,3 +164,20 @@ def test_r5_adverse_event_status_of_an_ongoing_event(tmp_path: Path) -> None:
     bundle, _ = _write(folder, tmp_path / "out", "R5")
     status = {r["code"]["text"]: r["status"] for r in resources(bundle, "AdverseEvent")}
     assert status == {"RASH": "in-progress", "COUGH": "in-progress", "HEADACHE": "completed", "FEVER": "completed"}
+
+
+@pytest.mark.parametrize("version", ["R4", "R5"])
+def test_vs_reference_range_has_the_ucum_code_of_the_result(tmp_path: Path, version: str) -> None:
+    """The reference range limits are in the result's unit and carry its UCUM code: for heart rate the
+    '/min' the vital-signs profile fixes (valueQuantity had '/min', the range '{beats}/min')."""
+    folder = _folder(tmp_path, VS={"VSTESTCD": ["HR", "SYSBP"], "VSTEST": ["Heart Rate", "Systolic Blood Pressure"],
+                                   "VSORRES": ["72", "120"], "VSORRESU": ["beats/min", "mmHg"],
+                                   "VSORNRLO": ["60", "90"], "VSORNRHI": ["100", "140"],
+                                   "VSDTC": ["2020-01-02", "2020-01-02"]})
+    bundle, _ = _write(folder, tmp_path / "out", version)
+    for obs in resources(bundle, "Observation"):
+        (rr,) = obs["referenceRange"]
+        assert rr["low"]["code"] == rr["high"]["code"] == obs["valueQuantity"]["code"], obs["code"]
+    hr = next(o for o in resources(bundle, "Observation") if o["code"]["coding"][0]["code"] == "HR")
+    assert hr["referenceRange"][0]["low"] == {"value": 60, "unit": "beats/min", "system": "http://unitsofmeasure.org",
+                                              "code": "/min"}

@@ -1524,32 +1524,35 @@ def build_findings(df: pd.DataFrame, domain: str, ctx: Ctx, path: Path | str,
                                                                          "Observation.bodySite")) if v else "", n)
     meth = _part([method], lambda v: ',"method":' + _js({"text": v}) if v else "", n)
 
-    def ref_range(lc: int, hc: int, unit: Any, text: Any) -> str:
+    def ref_range(lc: int, hc: int, unit: Any, text: Any, testcd: Any = None) -> str:
         rr: dict[str, Any] = {}
         lv, hv = lo.distinct[lc][0], hi.distinct[hc][0]
+        # the limits in the result's unit, with the UCUM code valueQuantity has (VS: the code the
+        # vital-signs profile fixes for the test, /min for heart rate — was {beats}/min beside it)
         if lv is not None:
-            rr["low"] = _ucum_quantity(lv, unit)
+            rr["low"] = _ucum_quantity(lv, unit, testcd)
         if hv is not None:
-            rr["high"] = _ucum_quantity(hv, unit)
+            rr["high"] = _ucum_quantity(hv, unit, testcd)
         if text:
             rr["text"] = text
         return ',"referenceRange":' + _js([rr]) if rr else ""
 
-    rrange = _part([lo.codes, hi.codes, units, stnrc], ref_range, n)
+    rrange = _part([lo.codes, hi.codes, units, stnrc] + ([vs_test] if vs_test is not None else []), ref_range, n)
     # ids are FHIR-id characters: nothing to escape
     return _splice(['{"resourceType":"Observation","id":"', ids, '"', ext, ident, status, category, code_col,
                     subject, encounter, effective, value_col, dar_col, interp, body, meth, rrange, "}\n"], keep)
 
 
-def _ucum_quantity(value: Any, unit: Any) -> dict[str, Any]:
+def _ucum_quantity(value: Any, unit: Any, testcd: Any = None) -> dict[str, Any]:
     """A Quantity: the value, the CDISC unit as ``unit`` and its UCUM code when the CDISC Unit-UCUM
-    table gives one (:func:`T.ucum_for`); the caller reports a unit without a code."""
+    table gives one (:func:`T.ucum_for`; a VS ``testcd``: :func:`T.vs_ucum`); the caller reports a unit
+    without a code."""
     q: dict[str, Any] = {}
     if value is not None:
         q["value"] = value
     if unit is not None:
         q["unit"] = unit
-        code = T.ucum_for(unit)
+        code = T.vs_ucum(testcd, unit) if testcd else T.ucum_for(unit)
         if code:
             q["system"] = T.UCUM
             q["code"] = code

@@ -181,3 +181,20 @@ def test_vs_reference_range_has_the_ucum_code_of_the_result(tmp_path: Path, vers
     hr = next(o for o in resources(bundle, "Observation") if o["code"]["coding"][0]["code"] == "HR")
     assert hr["referenceRange"][0]["low"] == {"value": 60, "unit": "beats/min", "system": "http://unitsofmeasure.org",
                                               "code": "/min"}
+
+
+def test_dose_unit_without_ucum_code_comes_back(tmp_path: Path) -> None:
+    """A CMDOSU/EXDOSU with no UCUM code (the CDISC pilot's IN and % (v/v)) is Quantity.unit text only,
+    which FHIR -> SDTM does not read back: it is also kept in the sdtm extension (63 pilot CMDOSU were
+    lost on the round trip)."""
+    from trialbridge.roundtrip import run_roundtrip
+    folder = _folder(tmp_path, CM={"CMTRT": ["CREAM", "ASPIRIN"], "CMDOSE": [1, 100], "CMDOSU": ["IN", "mg"]},
+                     EX={"EXTRT": ["DRUG"], "EXDOSE": [2], "EXDOSU": ["% (v/v)"], "EXSTDTC": ["2020-01-02"]})
+    bundle, report = _write(folder, tmp_path / "out", "R5")
+    cm = {r["medication"]["concept"]["text"]: r for r in resources(bundle, "MedicationStatement")}
+    assert cm["CREAM"]["dosage"][0]["doseAndRate"][0]["doseQuantity"] == {"value": 1, "unit": "IN"}
+    sdtm = {e["url"]: e["valueString"] for x in cm["CREAM"].get("extension", []) for e in x.get("extension", [])}
+    assert sdtm == {"CMDOSU": "IN"} and "extension" not in cm["ASPIRIN"]
+    table, _, _ = run_roundtrip(folder, tmp_path / "rt", fhir_version="R5")
+    rows = {f"{r.domain}.{r.variable}": r for r in table.rows}
+    assert rows["CM.CMDOSU"].ratio == 1.0 and rows["EX.EXDOSU"].ratio == 1.0

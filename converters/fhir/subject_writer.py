@@ -958,10 +958,20 @@ def _quantity(values: list[Any], units: list[Any], ctx: Ctx, domain: str, var: s
         q = _ucum_quantity(v, u)
         if u is not None and "code" not in q:
             ctx.tally(Kind.UNMAPPED_CODE, domain, var, "unit not in the CDISC Unit-UCUM table "
-                      "(codes/ucum_cdisc_units.csv): Quantity.unit only, no UCUM code", target="Quantity.code",
-                      value=u)
+                      "(codes/ucum_cdisc_units.csv): Quantity.unit only, no UCUM code (the unit also kept in the "
+                      "sdtm extension)", target="Quantity.code", value=u)
         out.append(q)
     return out
+
+
+def _keep_uncoded_unit(ext: list[dict[str, Any]] | None, q: dict[str, Any] | None,
+                       var: str) -> list[dict[str, Any]] | None:
+    """A dose unit with no UCUM code (Quantity.unit text only, which FHIR -> SDTM does not read as a
+    CDISC unit) kept as the SDTM value in the sdtm extension: CMDOSU IN and % (v/v) of the CDISC pilot
+    were lost on the round trip."""
+    if q and "unit" in q and "code" not in q:
+        return _merge_sdtm(ext or [], [{"url": var, "valueString": q["unit"]}])
+    return ext
 
 
 def _dose(df: pd.DataFrame, var: str, unit: str, ctx: Ctx, domain: str) -> list[Any]:
@@ -972,9 +982,9 @@ def _dose(df: pd.DataFrame, var: str, unit: str, ctx: Ctx, domain: str) -> list[
 
 # Dosage.route (R4 and R5): example binding SNOMED CT route codes (ValueSet route-codes)
 _ROUTE_BOUND = ("fhir_route.csv", T.SNOMED, "SNOMED CT route")
-#: Condition.severity: FHIR R4/R5 ValueSet condition-severity (preferred), SNOMED CT 255604002 | 6736007 | 24484000
 #: Procedure.bodySite: FHIR R4/R5 ValueSet body-site (example), SNOMED CT body structures
 _BODY_SITE_BOUND = ("fhir_body_site.csv", T.SNOMED, "SNOMED CT body structure")
+#: Condition.severity: FHIR R4/R5 ValueSet condition-severity (preferred), SNOMED CT 255604002 | 6736007 | 24484000
 _SEVERITY_BOUND = ("fhir_ae_severity.csv", T.SNOMED, "SNOMED CT condition-severity")
 
 
@@ -1005,6 +1015,7 @@ def build_cm(df: pd.DataFrame, ctx: Ctx, path: Path | str) -> Iterator[tuple[str
         res: dict[str, Any] = {}
         freq, ext = _ct_concept_kept(raw["CMDOSFRQ"][i], "FREQ", ctx, "CM", "CMDOSFRQ",
                                      "MedicationStatement.dosage.timing.code", ex.ext(i))
+        ext = _keep_uncoded_unit(ext, dose[i], "CMDOSU")
         _start(res, "MedicationStatement", ids[i], ext, f"{T.SID}/cmseq", seqs[i])
         # a medication not taken (CMOCCUR N, or CMSTAT NOT DONE: SDTMIG 3.4 --OCCUR/--STAT) is no statement of a
         # medication taken: R4 status not-taken, R5 adherence not-taking (R5 status says only recorded)
@@ -1053,7 +1064,8 @@ def build_ex(df: pd.DataFrame, ctx: Ctx, path: Path | str) -> Iterator[tuple[str
         if not keep[i]:
             continue
         res: dict[str, Any] = {}
-        _start(res, "MedicationAdministration", ids[i], ex.ext(i), f"{T.SID}/exseq", seqs[i])
+        _start(res, "MedicationAdministration", ids[i], _keep_uncoded_unit(ex.ext(i), dose[i], "EXDOSU"),
+               f"{T.SID}/exseq", seqs[i])
         res["status"] = "not-done" if raw["EXOCCUR"][i] == "N" else "completed"
         _medication_subject(res, ctx, raw["EXTRT"][i], subj[i], enc[i])
         per = _period(st[i], st_o[i], en[i], en_o[i])

@@ -198,3 +198,25 @@ def test_dose_unit_without_ucum_code_comes_back(tmp_path: Path) -> None:
     table, _, _ = run_roundtrip(folder, tmp_path / "rt", fhir_version="R5")
     rows = {f"{r.domain}.{r.variable}": r for r in table.rows}
     assert rows["CM.CMDOSU"].ratio == 1.0 and rows["EX.EXDOSU"].ratio == 1.0
+
+
+@pytest.mark.parametrize("version", ["R4", "R5"])
+def test_disposition_reason_has_the_ncit_coding_of_its_codelist(tmp_path: Path, version: str) -> None:
+    """DSDECOD, a CT term of the codelist DSCAT names (NCOMPLT / PROTMLST), also gets its NCIt coding;
+    a sponsor term keeps the project coding only."""
+    folder = _folder(tmp_path, DS={"DSTERM": ["Completed", "Informed consent obtained", "Final lab visit"],
+                                   "DSDECOD": ["COMPLETED", "INFORMED CONSENT OBTAINED", "FINAL LAB VISIT"],
+                                   "DSCAT": ["DISPOSITION EVENT", "PROTOCOL MILESTONE", "OTHER EVENT"],
+                                   "DSSTDTC": ["2020-03-01", "2019-12-01", "2020-03-01"]})
+    bundle, _ = _write(folder, tmp_path / "out", version)
+    (rs,) = resources(bundle, "ResearchSubject")
+    if version == "R5":
+        reasons = [p["reason"] for p in rs["progress"]]
+    else:
+        reasons = [s["valueCodeableConcept"] for e in rs["extension"] for s in e["extension"] if s["url"] == "reason"]
+    ncit = {r["text"]: [c for c in r["coding"] if c["system"] == "http://ncicb.nci.nih.gov/xml/owl/EVS/Thesaurus.owl"]
+            for r in reasons}
+    assert ncit["Completed"] == [{"system": "http://ncicb.nci.nih.gov/xml/owl/EVS/Thesaurus.owl", "code": "C25250",
+                                  "display": "Complete"}]
+    assert ncit["Informed consent obtained"][0]["code"] == "C16735"
+    assert ncit["Final lab visit"] == []

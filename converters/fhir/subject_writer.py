@@ -509,6 +509,10 @@ def _arm_groups(dm: pd.DataFrame, ctx: Ctx) -> list[dict[str, Any]]:
     return out
 
 
+#: DSCAT -> the CDISC CT codelist of DSDECOD (SDTMIG 3.4 DS assumptions; CT C66727, C114118, C150811)
+_DS_CODELIST = {"DISPOSITION EVENT": "NCOMPLT", "PROTOCOL MILESTONE": "PROTMLST", "OTHER EVENT": "OTHEVENT"}
+
+
 def build_ds(df: pd.DataFrame, ctx: Ctx, path: Path | str) -> None:
     """DS records -> ResearchSubject.progress (R5) or its R5 cross-version extension (R4)."""
     _require(df, "DS", path)
@@ -523,6 +527,11 @@ def build_ds(df: pd.DataFrame, ctx: Ctx, path: Path | str) -> None:
         reason: dict[str, Any] = {}
         if decod:
             reason["coding"] = [T.cdisc_coding("DSDECOD", decod)]
+            # the NCIt coding of the CT term in the codelist DSCAT names (SDTMIG 3.4 DS: NCOMPLT for a
+            # disposition event, PROTMLST for a protocol milestone, OTHEVENT for another event)
+            ncit = T.ncit_coding(_DS_CODELIST[cat], decod) if cat in _DS_CODELIST else None
+            if ncit:
+                reason["coding"].append(ncit)
         if term:
             reason["text"] = term
         item: dict[str, Any] = {"type": {"coding": [{

@@ -220,3 +220,28 @@ def test_disposition_reason_has_the_ncit_coding_of_its_codelist(tmp_path: Path, 
                                   "display": "Complete"}]
     assert ncit["Informed consent obtained"][0]["code"] == "C16735"
     assert ncit["Final lab visit"] == []
+
+
+@pytest.mark.parametrize("version", ["R4", "R5"])
+def test_disposition_time_without_a_zone_comes_back(tmp_path: Path, version: str) -> None:
+    """A DSSTDTC with a time and no zone (FHIR dateTime cannot hold it: startDate is cut to the date) is
+    kept as the original SDTM text — R5: the sdtm-dtc extension of startDate; R4: carried DSSTDTC in the
+    item's sdtm extension, since an extension's value[x] takes no primitive extension in fhir.resources
+    R4B (whose models check the R4 bundle in ``_write``) — and FHIR -> SDTM gives the time back."""
+    from trialbridge.pipeline import Options
+    from trialbridge.subject.pipeline import convert_subjects
+    folder = _folder(tmp_path, DS={"DSTERM": ["Informed consent obtained"], "DSDECOD": ["INFORMED CONSENT OBTAINED"],
+                                   "DSCAT": ["PROTOCOL MILESTONE"], "DSSTDTC": ["2019-10-11T09:07:00"]})
+    bundle, _ = _write(folder, tmp_path / "out", version)
+    src = tmp_path / "b.json"
+    src.write_bytes(orjson.dumps(bundle))
+    convert_subjects([src], tmp_path / "back", options=Options(studyid="S1", sdtm_formats=("csv",)),
+                     report=ConversionReport())
+    ds = pd.read_csv(tmp_path / "back" / "ds.csv", dtype=str)
+    assert ds.loc[ds["DSDECOD"] == "INFORMED CONSENT OBTAINED", "DSSTDTC"].tolist() == ["2019-10-11T09:07:00"]
+
+
+def test_sample_r4_bundle_is_valid_for_the_r4b_models(tmp_path: Path) -> None:
+    """The project's own sample SDTM converted to R4 passes fhir.resources R4B (the DS progress dates)."""
+    root = Path(__file__).resolve().parents[1]
+    _write(root / "samples" / "NCT04835883" / "sdtm-subjects", tmp_path / "r4", "R4")

@@ -549,12 +549,21 @@ def _progress_r4(item: dict[str, Any]) -> dict[str, Any]:
     subs: list[dict[str, Any]] = [{"url": "type", "valueCodeableConcept": item["type"]}]
     if "reason" in item:
         subs.append({"url": "reason", "valueCodeableConcept": item["reason"]})
-    if "startDate" in item or "_startDate" in item:
-        sub: dict[str, Any] = {"url": "startDate"}
-        _put_date(sub, "valueDateTime", item.get("startDate"),
-                  item.get("_startDate", {}).get("extension", [{}])[0].get("valueString"))
-        subs.append(sub)
-    subs.extend(item.get("extension", []))
+    if "startDate" in item:
+        subs.append({"url": "startDate", "valueDateTime": item["startDate"]})
+    extra = [dict(e) for e in item.get("extension", [])]
+    orig = item.get("_startDate", {}).get("extension", [{}])[0].get("valueString")
+    if orig is not None:
+        # the DSSTDTC text a FHIR dateTime cannot hold (a time without a zone): in R5 the sdtm-dtc
+        # extension of the startDate primitive; an R4 extension's value[x] takes no primitive extension
+        # in the models that check our output (fhir.resources R4B), so it rides in the item's sdtm
+        # extension as DSSTDTC (read back by FHIR -> SDTM DS)
+        carried = next((e for e in extra if e.get("url") == T.EXT_SDTM), None)
+        if carried is None:
+            carried = {"url": T.EXT_SDTM, "extension": []}
+            extra.insert(0, carried)
+        carried["extension"] = [*carried.get("extension", []), {"url": "DSSTDTC", "valueString": orig}]
+    subs.extend(extra)
     return {"url": T.R5_PROGRESS, "extension": subs}
 
 

@@ -13,6 +13,7 @@ from typing import Any
 
 import pandas as pd
 
+from ...fhir.subject_terms import EXT_DTC
 from ...report import Kind
 from ...sdtm.ct import pinned_ct
 from ..base import Ctx, DomainPlugin, ref_of, register_domain
@@ -66,8 +67,24 @@ def _progress(res: dict[str, Any]) -> list[dict[str, Any]]:
             if sub:
                 item[name] = sub[0].get("valueDateTime") or sub[0].get("valueDate")
         item["extension"] = ext.get("extension")
+        # the DSSTDTC text the project's R4 writer carried when a FHIR dateTime could not hold it
+        carried = carried_values(ext.get("extension") or ())[0].get("DSSTDTC")
+        if isinstance(carried, str) and carried:
+            item["_sdtm_start"] = carried
         out.append(item)
     return out
+
+
+def _start(p: dict[str, Any]) -> Any:
+    """A progress item's DSSTDTC source: the original SDTM text the project's writer kept (R5: the
+    sdtm-dtc extension of startDate; R4: carried DSSTDTC) when the FHIR dateTime had to cut it (a time
+    without a zone), else startDate."""
+    if p.get("_sdtm_start"):
+        return p["_sdtm_start"]
+    for ext in (p.get("_startDate") or {}).get("extension") or ():
+        if isinstance(ext, dict) and ext.get("url") == EXT_DTC and ext.get("valueString"):
+            return ext["valueString"]
+    return p.get("startDate")
 
 
 def _project_cat(item: dict[str, Any], reason: C.Codings) -> str | None:
@@ -99,7 +116,7 @@ def extract_ds(res: dict[str, Any], ctx: Ctx) -> list[dict[str, Any]] | None:
             values, supp = carried_values(p.get("extension") or ())
             relrec = carried_relrec(p.get("extension") or ())
             rows.append({"_subject": subject, "_codes": reason, "_term": C.text_of(p.get("reason")),
-                         "_date": p.get("startDate"), "_kind": "progress",
+                         "_date": _start(p), "_kind": "progress",
                          # SDTM values carried on the item (rule subject.sdtm-ext); DSCAT among them
                          "_sdtm": {"values": values, "supp": supp, "relrec": relrec}
                          if values or supp or relrec else None,

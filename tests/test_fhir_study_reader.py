@@ -62,10 +62,14 @@ def test_r5_core_example_modelled_on_ctgov() -> None:
     assert s.sponsor_collaborators.lead_sponsor.name == "Alebund Pty Ltd"
     assert [a.label for a in s.arms_interventions.arm_groups] == ["AP303", "Placebo"]
     assert len(s.arms_interventions.interventions) == 8
+    # the intervention type is in the contained EvidenceVariable's useContext (FEvIR): read, not dropped
+    assert {i.type for i in s.arms_interventions.interventions} == {"DRUG"}
     assert s.outcomes.primary and s.contacts_locations.locations[0].city == "Melbourne"
     assert s.contacts_locations.locations[0].status == "RECRUITING"
     sources = {i.source for i in report.issues if i.kind is Kind.UNMAPPED_SOURCE}
     assert {"ResearchStudy.url", "ResearchStudy.name"} <= sources   # FEvIR-only elements are named
+    # ... and so are those of the intervention resources (EvidenceVariable.name was dropped silently)
+    assert "EvidenceVariable/NCT05503693-drug------ap303-50-g.name" in sources
 
 
 def test_r4_core_example() -> None:

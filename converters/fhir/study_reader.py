@@ -600,16 +600,44 @@ class _Reader:
                                    intervention_names=tuple(names)))
         url_on = ext_url("intervention-other-name")
         interventions = []
-        for u in order:
+        for n, u in enumerate(order):
             res = res_by_url[u]
             other = tuple(e["valueString"] for e in res.get("extension") or ()
                           if isinstance(e, dict) and e.get("url") == url_on and isinstance(e.get("valueString"), str))
             t = types.get(u)
+            ctx_type = self.intervention_unread(res, n, url_on)
+            if t is None:
+                t = ctx_type
             interventions.append(m.Intervention(
                 type=self.code("InterventionType", t, "ResearchStudy.focus.concept") if t else None,
                 name=res.get("title") or res.get("name"), description=res.get("description"),
                 arm_group_labels=tuple(labels[u]), other_names=other))
         return _nz(m.ArmsInterventions, arm_groups=tuple(arms), interventions=tuple(interventions))
+
+    def intervention_unread(self, res: dict[str, Any], n: int, url_on: str) -> Any:
+        """The CT.gov intervention type a FEvIR EvidenceVariable/PlanDefinition carries in useContext (code
+        https://clinicaltrials.gov#interventionType, as the HL7 R5 example modelled on a CT.gov record has it);
+        every other element of the intervention resource no rule reads is reported, not dropped silently."""
+        rtype = res.get("resourceType") or "EvidenceVariable"
+        where = f"{rtype}/{res.get('id')}" if res.get("id") else f"{rtype}[{n}]"
+        found = None
+        for i, uc in enumerate(res.get("useContext") or ()):
+            code = uc.get("code") if isinstance(uc, dict) else None
+            host = re.sub(r"^https?://", "", str(code.get("system") or "")).rstrip("/") if isinstance(code, dict) else ""
+            if host in NCT_SYSTEMS and code.get("code") == "interventionType" and found is None \
+                    and isinstance(uc.get("valueCodeableConcept"), dict):
+                found = uc["valueCodeableConcept"]
+            else:
+                self.unmapped(f"{where}.useContext[{i}]")
+        read = {"resourceType", "id", "meta", "text", "status", "title", "description", "extension", "useContext",
+                "topic" if rtype == "PlanDefinition" else "", "name" if not res.get("title") else ""}
+        for key in res:
+            if key not in read:
+                self.unmapped(f"{where}.{key}")
+        for e in res.get("extension") or ():
+            if isinstance(e, dict) and e.get("url") != url_on:
+                self.unmapped(f"{where}.extension('{e.get('url')}')")
+        return found
 
     def read_outcomes(self) -> m.Outcomes | None:
         buckets: dict[str, list[m.Outcome]] = {"PRIMARY": [], "SECONDARY": [], "OTHER": []}

@@ -343,3 +343,14 @@ def test_gap_scan_in_one_walk_equals_one_walk_per_gap() -> None:
         paths = tuple(g["path"] for g in spec()["gaps"] if version in g["versions"])
         for s in studies:
             assert leaves_under_each(s, paths) == [list(leaves_under(s, p)) for p in paths]
+
+
+def test_r4_site_contact_losses_reported_once_and_in_r4_terms() -> None:
+    """R4 Location has no contact element at all: a site contact's role is lost with the contact
+    (gap.site_contacts.r4), not a second time as an R5 ExtendedContactDetail.purpose gap R4 does not have."""
+    _, report = converted(SAMPLES / "NCT04835883" / "ctgov.json", "R4")
+    lossy = [i for i in report.issues if i.kind is Kind.LOSSY]
+    sources = [i.source for i in lossy]
+    assert "protocolSection.contactsLocationsModule.locations[0].contacts[0].role" in sources
+    assert len(sources) == len(set(sources)), sorted(s for s in sources if sources.count(s) > 1)
+    assert not [i.message for i in lossy if "ExtendedContactDetail" in i.message]

@@ -79,6 +79,10 @@ def sniff(path: Path) -> Sniffed:
             return Sniffed("fhir", "fhir-study", obj)
         if isinstance(obj, dict) and "datasetJSONVersion" in obj:
             return Sniffed("sdtm", "sdtm-dataset", obj)
+        if isinstance(obj, dict) and ("FullStudiesResponse" in obj or "ProtocolSection" in (obj.get("Study") or {})):
+            raise InputError("ClinicalTrials.gov classic API v1 JSON (FullStudiesResponse of the retired classic API) is not "
+                             "read: use the record's API v2 JSON (https://clinicaltrials.gov/api/v2/studies/<NCT id>) "
+                             "or its archived <clinical_study> XML", file=name)
         raise InputError("JSON is neither a ClinicalTrials.gov API v2 record, a FHIR resource nor "
                          "Dataset-JSON", file=name)
     if looks_like_xml(data):

@@ -92,3 +92,15 @@ def test_partial_record_reads_as_far_as_it_goes():
     assert study.status.start_date.date == "2019-09"  # partial dates stay partial
     assert study.design is None
     assert report.issues == []
+
+
+def test_classic_api_v1_json_is_refused_by_name(tmp_path) -> None:
+    """The retired classic API v1 JSON is recognised and refused with what to use instead (it was refused as
+    'neither a ClinicalTrials.gov API v2 record, a FHIR resource nor Dataset-JSON', which does not say why)."""
+    from trialbridge.pipeline import sniff
+    f = tmp_path / "v1.json"
+    f.write_text('{"FullStudiesResponse": {"APIVrs": "1.01.05", "FullStudies": [{"Rank": 1, "Study": '
+                 '{"ProtocolSection": {"IdentificationModule": {"NCTId": "NCT00023673"}}}}]}}', encoding="utf-8")
+    with pytest.raises(InputError) as exc:
+        sniff(f)
+    assert "classic API v1 JSON" in str(exc.value) and "API v2" in str(exc.value)

@@ -89,6 +89,12 @@ def test_mcode_searchset_bundle() -> None:
     assert all(s.identification.nct_id and s.identification.nct_id.startswith("NCT") for s in studies)
     assert all(s.identification.brief_title for s in studies)
     assert any(i.kind is Kind.UNMAPPED_SOURCE for i in report.issues)
+    by_nct = {s.identification.nct_id: s for s in studies}
+    # mCODE puts the primary purpose in category ("Primary Purpose: Treatment") and a bare study type
+    # ("Observational"): read, not reported unmapped and dropped (NCT01674140 lost TREATMENT, NCT03662204 its type)
+    assert by_nct["NCT01674140"].design.design_info.primary_purpose == "TREATMENT"
+    assert by_nct["NCT03662204"].design.study_type == "OBSERVATIONAL"
+    assert not [i for i in report.issues if i.source and i.source.startswith("ResearchStudy.category")]
 
 
 def test_bare_research_study_and_bad_input() -> None:

@@ -411,10 +411,16 @@ class _Reader:
         values: dict[str, list[Any]] = {}
         attrs = {label: a for a in spec()["design_attributes"] for label in [a["label"], *a.get("aliases", ())]}
         key = "studyDesign" if self.version == "R5" else "category"
+        purpose_in_design: list[tuple[int, str]] = []
         for i, cc in enumerate(self.get(key) or ()):
             text = _text(cc) or ""
             label, sep, val = text.partition(": ")
-            attr = attrs.get(label) if sep else None
+            if sep and label == "Primary Purpose":   # mCODE R4 bundles: category "Primary Purpose: Treatment"
+                purpose_in_design.append((i, val))
+                continue
+            if not sep and reverse("StudyType", {"text": text}, self.version):   # mCODE: category "Observational"
+                label, val = "Study Type", text
+            attr = attrs.get(label) if sep or label == "Study Type" else None
             if attr is None:
                 self.unmapped(f"ResearchStudy.{key}[{i}]")
                 continue
@@ -448,6 +454,18 @@ class _Reader:
             phases = tuple(phase_val.split("|")) if phase_val else ()
         pp = self.get("primaryPurposeType")
         purpose = self.code("PrimaryPurpose", pp, "ResearchStudy.primaryPurposeType") if pp else None
+        for i, val in purpose_in_design:
+            raw = reverse("PrimaryPurpose", {"text": val}, self.version)
+            if raw is None:
+                self.report.add(Kind.UNMAPPED_CODE, f"Primary Purpose: {val!r} is not a CT.gov value",
+                                rule="fhir.study.read", source=f"ResearchStudy.{key}[{i}]", record=self.key,
+                                file=self.file)
+            elif purpose is None:
+                purpose = raw
+            elif raw != purpose:
+                self.report.add(Kind.LOSSY, f"Primary Purpose {val!r} disagrees with primaryPurposeType; "
+                                "primaryPurposeType kept", rule="fhir.study.read",
+                                source=f"ResearchStudy.{key}[{i}]", record=self.key, file=self.file)
         masking = _nz(m.Masking, masking=one("design.design_info.masking.masking"),
                       masking_description=one("design.design_info.masking.masking_description"),
                       who_masked=tuple(values.get("design.design_info.masking.who_masked[]", ())))

@@ -641,7 +641,8 @@ class _Reader:
         found = None
         for i, uc in enumerate(res.get("useContext") or ()):
             code = uc.get("code") if isinstance(uc, dict) else None
-            host = re.sub(r"^https?://", "", str(code.get("system") or "")).rstrip("/") if isinstance(code, dict) else ""
+            code = code if isinstance(code, dict) else {}
+            host = re.sub(r"^https?://", "", str(code.get("system") or "")).rstrip("/")
             if host in NCT_SYSTEMS and code.get("code") == "interventionType" and found is None \
                     and isinstance(uc.get("valueCodeableConcept"), dict):
                 found = uc["valueCodeableConcept"]

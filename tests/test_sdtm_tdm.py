@@ -565,3 +565,19 @@ def test_seed_study_unused_helper_guard() -> None:
     read_ctgov_v2(json.loads(json.dumps(SEED_RECORD)), file="seed", report=report)
     assert not [i for i in report.issues if i.kind is Kind.UNMAPPED_SOURCE]
     assert replace(seed_study()) == seed_study()
+
+
+def test_studyid_fallen_back_to_the_nct_id_is_no_org_study_id(tmp_path: Path) -> None:
+    """A record without orgStudyIdInfo gets STUDYID = its NCT id; reading the SDTM back must not turn that into
+    the sponsor's protocol id (NCT04522505 came back with orgStudyIdInfo.id 'NCT04522505', a value it never had).
+    A real org study id (STUDYID != NCT id) still comes back."""
+    record = json.loads(json.dumps(SEED_RECORD))
+    del record["protocolSection"]["identificationModule"]["orgStudyIdInfo"]
+    study = read_ctgov_v2(record, file="seed", report=ConversionReport())[0]
+    back, report = roundtrip(study, tmp_path / "none")
+    assert back.identification.nct_id == "NCT04835883" and back.identification.org_study_id is None
+    assert_losses_declared(study, back, report)
+    record["protocolSection"]["identificationModule"]["orgStudyIdInfo"] = {"id": "CS20AT04-SLE201"}
+    study = read_ctgov_v2(record, file="seed", report=ConversionReport())[0]
+    back, _ = roundtrip(study, tmp_path / "org")
+    assert back.identification.org_study_id.id == "CS20AT04-SLE201"

@@ -117,7 +117,10 @@ def study_from_frames(frames: dict[str, pd.DataFrame], *, report: ConversionRepo
             ctx = ReadContext(patch=patch, report=report, rule=rule, all_rows=by_parm)
             get_transform(rule["reverse"])(ctx, rows)
     ctx = ReadContext(patch=patch, report=report, rule={}, all_rows=by_parm)
-    if studyid:   # DDF: STUDYID <- orgStudyIdInfo.id (the writer falls back to the NCT id)
+    # DDF: STUDYID <- orgStudyIdInfo.id. The writer falls back to the NCT id when the record has no org
+    # study id, so a STUDYID equal to the NCT id (TS REGID) is not read as the sponsor's protocol id: that
+    # invented orgStudyIdInfo.id = NCT id for NCT04522505, which has none.
+    if studyid and studyid != (patch.get("identification") or {}).get("nct_id"):
         ctx.set("identification.org_study_id", {"id": studyid})
     _arms_from_ta(_records(frames.get("TA")), ctx)
     crit = criteria_from_ti(_records(frames.get("TI")), report)

@@ -354,3 +354,31 @@ def test_r4_site_contact_losses_reported_once_and_in_r4_terms() -> None:
     assert "protocolSection.contactsLocationsModule.locations[0].contacts[0].role" in sources
     assert len(sources) == len(set(sources)), sorted(s for s in sources if sources.count(s) > 1)
     assert not [i.message for i in lossy if "ExtendedContactDetail" in i.message]
+
+
+@pytest.mark.parametrize("version", ["R5", "R4"])
+def test_interventions_sharing_a_name_link_to_the_arm_that_lists_them(version: str) -> None:
+    """NCT02260193 (archived XML) has three interventions named 'AKB-6548', one per dose arm; every arm names
+    'Drug: AKB-6548'. Each arm must link to the intervention listing it — all three were linked to the first
+    (dose 1) one, a wrong arm/intervention association, read back as dose 2 and 3 labels on intervention 0."""
+    from trialbridge.fhir.study_reader import read_fhir_study
+    arms = [{"label": f"Dose {k}", "type": "EXPERIMENTAL", "interventionNames": ["Drug: AKB-6548"]} for k in (1, 2, 3)]
+    ivs = [{"type": "DRUG", "name": "AKB-6548", "description": f"starting dose {k}", "armGroupLabels": [f"Dose {k}"]}
+           for k in (1, 2, 3)]
+    record = {"protocolSection": {"identificationModule": {"nctId": "NCT02260193", "briefTitle": "t"},
+                                  "armsInterventionsModule": {"armGroups": arms, "interventions": ivs}}}
+    s = read_ctgov_v2(record, file="r", report=ConversionReport())[0]
+    report = ConversionReport()
+    bundle = write_fhir_bundle(s, version=version, report=report)
+    rs = research_study(bundle)
+    by_url = {e["fullUrl"]: e["resource"] for e in bundle["entry"]}
+    if version == "R5":
+        links = [[x["reference"] for x in g["intendedExposure"]] for g in rs["comparisonGroup"]]
+    else:
+        links = [[x["valueReference"]["reference"] for x in g["extension"]] for g in rs["arm"]]
+    assert [[by_url[u]["description"] for u in arm] for arm in links] == [
+        ["starting dose 1"], ["starting dose 2"], ["starting dose 3"]]
+    assert not [i for i in report.issues if i.source.startswith("protocolSection.armsInterventionsModule")]
+    (back,) = read_fhir_study(bundle, file="b", report=ConversionReport())
+    assert [iv.arm_group_labels for iv in back.arms_interventions.interventions] == [("Dose 1",), ("Dose 2",),
+                                                                                     ("Dose 3",)]

@@ -565,7 +565,7 @@ def map_arms_interventions(ctx: Ctx) -> None:
         return
     rtype = "EvidenceVariable" if ctx.r5 else "PlanDefinition"
     urls: list[str | None] = []
-    by_label: dict[str, int] = {}
+    by_label: dict[str, list[int]] = {}
     focus: list[dict[str, Any]] = []
     protocol: list[dict[str, Any]] = []
     for i, iv in enumerate(ai.interventions):
@@ -582,9 +582,9 @@ def map_arms_interventions(ctx: Ctx) -> None:
         urls.append(url)
         if iv.type and iv.name:
             display = lookup("InterventionType", iv.type, ctx.version)
-            by_label.setdefault(f"{display.display if display else iv.type}: {iv.name}", i)
+            by_label.setdefault(f"{display.display if display else iv.type}: {iv.name}", []).append(i)
         if iv.name:
-            by_label.setdefault(iv.name, i)
+            by_label.setdefault(iv.name, []).append(i)
         if ctx.r5:
             item: dict[str, Any] = {}
             put(item, "concept", type_cc)
@@ -601,9 +601,11 @@ def map_arms_interventions(ctx: Ctx) -> None:
         exposures: list[dict[str, Any]] = []
         hits: list[int] = []
         for name in arm.intervention_names:
-            idx = by_label.get(name)
-            if idx is None and ": " in name:
-                idx = by_label.get(name.split(": ", 1)[1])
+            cands = by_label.get(name) or (by_label.get(name.split(": ", 1)[1]) if ": " in name else None) or []
+            # interventions sharing a name (NCT02260193: three 'AKB-6548', one per dose arm): the one that
+            # lists this arm, not always the first (arm 2 was linked to the dose-1 intervention)
+            idx = next((i for i in cands if arm.label and arm.label in ai.interventions[i].arm_group_labels),
+                       cands[0] if cands else None)
             if idx is not None:
                 hits.append(idx)
                 exposures.append({"reference": urls[idx], "type": rtype, "display": name})

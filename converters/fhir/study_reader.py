@@ -420,6 +420,11 @@ class _Reader:
                 continue
             if not sep and reverse("StudyType", {"text": text}, self.version):   # mCODE: category "Observational"
                 label, val = "Study Type", text
+            # labels holding ": " themselves ("Expanded Access Type: Individual Patients: Yes"): the longest
+            # label the text starts with (the first ": " split gave 'Expanded Access Type', read as unmapped)
+            long_label = max((lb for lb in attrs if ": " in lb and text.startswith(lb + ": ")), key=len, default=None)
+            if long_label:
+                label, val = long_label, text[len(long_label) + 2:]
             attr = attrs.get(label) if sep or label == "Study Type" else None
             if attr is None:
                 self.unmapped(f"ResearchStudy.{key}[{i}]")

@@ -138,3 +138,22 @@ def test_bare_research_study_and_bad_input() -> None:
         read_fhir_study({"resourceType": "Patient"}, file="p.json", report=report)
     with pytest.raises(InputError, match=r"^b.json: no ResearchStudy in the input$"):
         read_fhir_study({"resourceType": "Bundle", "type": "collection", "entry": []}, file="b.json", report=report)
+
+
+def test_foreign_datetimes_and_two_enrollment_counts_are_not_written_as_is_or_dropped_silently() -> None:
+    """CT.gov dates are partial dates: a FHIR period with a time gave startDateStruct.date
+    '2022-12-06T10:00:00+02:00' (no CT.gov date). An R5 recruitment with target and actual numbers lost the target
+    silently (CT.gov keeps one count)."""
+    rs = {"resourceType": "ResearchStudy", "status": "active", "title": "t",
+          "identifier": [{"system": "https://clinicaltrials.gov", "value": "NCT01234567"}],
+          "progressStatus": [{"state": {"coding": [{"system": "http://hl7.org/fhir/research-study-status",
+                                                    "code": "overall-study"}]}, "actual": True,
+                              "period": {"start": "2022-12-06T10:00:00+02:00", "end": "2023-06-30T00:00:00Z"}}],
+          "recruitment": {"targetNumber": 10, "actualNumber": 8}}
+    report = ConversionReport()
+    (s,) = read_fhir_study(rs, file="rs.json", report=report)
+    assert (s.status.start_date.date, s.status.completion_date.date) == ("2022-12-06", "2023-06-30")
+    assert (s.design.enrollment.count, s.design.enrollment.type) == (8, "ACTUAL")
+    lossy = {i.source for i in report.issues if i.kind is Kind.LOSSY}
+    assert lossy == {"ResearchStudy.progressStatus[0].period.start", "ResearchStudy.progressStatus[0].period.end",
+                     "ResearchStudy.recruitment.targetNumber"}

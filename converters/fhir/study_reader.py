@@ -310,6 +310,16 @@ class _Reader:
                  collaborators=tuple(collaborators))
         return ident, organization, sc, {"officials": tuple(officials), "central": tuple(central)}
 
+    def ctgov_date(self, value: Any, source: str) -> Any:
+        """CT.gov dates are partial dates (YYYY, YYYY-MM, YYYY-MM-DD: API v2 PartialDate / NormalizedDate); a FHIR
+        dateTime with a time is cut to its date as written (the local date at its offset) and the cut reported."""
+        if isinstance(value, str) and "T" in value:
+            self.report.add(Kind.LOSSY, "CT.gov dates hold no time: the time and UTC offset are dropped, the date kept "
+                            "as written", rule="fhir.study.read.date", source=source, target="statusModule date",
+                            record=self.key, file=self.file)
+            return value.split("T", 1)[0]
+        return value
+
     def read_status(self) -> m.Status | None:
         overall = None
         absent = False
@@ -325,15 +335,16 @@ class _Reader:
             period_val = p.get("period")
             period: dict[str, Any] = period_val if isinstance(period_val, dict) else {}
             milestone = reverse("Milestone", state, self.version)
+            src = f"ResearchStudy.progressStatus[{i}].period"
             if milestone == "STUDY":
                 if period.get("start"):
-                    dates["start"] = m.DateStruct(date=period["start"], type=dtype)
+                    dates["start"] = m.DateStruct(date=self.ctgov_date(period["start"], f"{src}.start"), type=dtype)
                 if period.get("end"):
-                    dates["completion"] = m.DateStruct(date=period["end"], type=dtype)
+                    dates["completion"] = m.DateStruct(date=self.ctgov_date(period["end"], f"{src}.end"), type=dtype)
             elif milestone == "PRIMARY_COMPLETION":
                 d = period.get("end") or period.get("start")
                 if d:
-                    dates["primary"] = m.DateStruct(date=d, type=dtype)
+                    dates["primary"] = m.DateStruct(date=self.ctgov_date(d, src), type=dtype)
             elif overall is None:
                 overall = self.code("Status", state, f"ResearchStudy.progressStatus[{i}].state", "R5")
         status_code = self.get("status")
@@ -345,9 +356,9 @@ class _Reader:
                                 rule="fhir.study.read", source="ResearchStudy.status", record=self.key, file=self.file)
         period = self.get("period") or {}
         if "start" not in dates and period.get("start"):
-            dates["start"] = m.DateStruct(date=period["start"])
+            dates["start"] = m.DateStruct(date=self.ctgov_date(period["start"], "ResearchStudy.period.start"))
         if "completion" not in dates and period.get("end"):
-            dates["completion"] = m.DateStruct(date=period["end"])
+            dates["completion"] = m.DateStruct(date=self.ctgov_date(period["end"], "ResearchStudy.period.end"))
         why = _text(self.get("whyStopped" if self.version == "R5" else "reasonStopped"))
         return _nz(m.Status, overall_status=overall, why_stopped=why, start_date=dates.get("start"),
                    primary_completion_date=dates.get("primary"), completion_date=dates.get("completion"))
@@ -494,6 +505,12 @@ class _Reader:
         enrollment = None
         if numbers.get("actualNumber") is not None:
             enrollment = m.Enrollment(count=numbers["actualNumber"], type="ACTUAL")
+            if numbers.get("targetNumber") is not None and numbers["targetNumber"] != numbers["actualNumber"]:
+                # CT.gov holds one enrollment: the actual count replaces the anticipated one
+                self.report.add(Kind.LOSSY, "CT.gov enrollmentInfo holds one count: the actual number is kept, the "
+                                "target number dropped", rule="fhir.study.read.enrollment",
+                                source="ResearchStudy.recruitment.targetNumber",
+                                target="designModule.enrollmentInfo", record=self.key, file=self.file)
         elif numbers.get("targetNumber") is not None:
             enrollment = m.Enrollment(count=numbers["targetNumber"], type="ESTIMATED")
         return _nz(m.Design, study_type=one("design.study_type"), expanded_access_types=eat,

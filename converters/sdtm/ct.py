@@ -55,10 +55,16 @@ class Codelist:
         return self.terms.get(value) if value is not None else None
 
     def by_code(self, ccode: str) -> Term | None:
-        for t in self.terms.values():
-            if t.code == ccode:
-                return t
-        return None
+        """The term with NCI code ``ccode`` (the first in codelist order). An index by code is made on
+        first use and made again when terms were added since (terms are only added, while loading)."""
+        index = self.__dict__.get("_by_code")
+        if index is None or index[0] != len(self.terms):
+            by: dict[str, Term] = {}
+            for t in self.terms.values():
+                by.setdefault(t.code, t)
+            index = (len(self.terms), by)
+            self.__dict__["_by_code"] = index
+        return index[1].get(ccode)
 
 
 @dataclass

@@ -99,3 +99,22 @@ def leaves(node: Any, base: str = "") -> dict[str, Any]:
             out[p] = n
     walk(node, base)
     return out
+
+
+def sdtm_to_fhir_checked(sdtm: Path, out: Path, version: str) -> tuple[dict[str, Any], ConversionReport, list[Path]]:
+    """SDTM folder -> FHIR bundle, checked by the official JSON schema and the fhir.resources models
+    (R4B package for R4, default package for R5): (bundle, report, written paths)."""
+    from types import SimpleNamespace
+
+    from trialbridge.fhir.subject_writer import convert_sdtm_to_fhir
+    report = ConversionReport()
+    paths = convert_sdtm_to_fhir(sdtm, out, options=SimpleNamespace(fhir_version=version, extra={}), report=report)
+    bundle = orjson.loads(paths[0].read_bytes())
+    assert schema_validator(version).errors(bundle) == []
+    if version == "R5":
+        from fhir.resources import get_fhir_model_class as get
+    else:
+        from fhir.resources.R4B import get_fhir_model_class as get
+    for e in bundle["entry"]:
+        get(e["resource"]["resourceType"]).model_validate(e["resource"])
+    return bundle, report, paths

@@ -14,15 +14,12 @@ definitions, valid output (official JSON schemas + fhir.resources), and SDTM -> 
 from __future__ import annotations
 
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
-import orjson
 import pandas as pd
 import pytest
-from fhir_study_support import resources, schema_validator
+from fhir_study_support import resources, sdtm_to_fhir_checked
 from trialbridge.fhir import subject_terms as T
-from trialbridge.fhir.subject_writer import convert_sdtm_to_fhir
 from trialbridge.report import ConversionReport
 
 SER = "http://terminology.hl7.org/CodeSystem/adverse-event-seriousness"
@@ -76,18 +73,7 @@ def sdtm(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _write(sdtm: Path, out: Path, version: str) -> tuple[dict[str, Any], ConversionReport, list[Path]]:
-    report = ConversionReport()
-    paths = convert_sdtm_to_fhir(sdtm, out, options=SimpleNamespace(fhir_version=version, extra={}),
-                                 report=report)
-    bundle = orjson.loads(paths[0].read_bytes())
-    assert schema_validator(version).errors(bundle) == []
-    if version == "R5":
-        from fhir.resources import get_fhir_model_class as get
-    else:
-        from fhir.resources.R4B import get_fhir_model_class as get
-    for e in bundle["entry"]:
-        get(e["resource"]["resourceType"]).model_validate(e["resource"])
-    return bundle, report, paths
+    return sdtm_to_fhir_checked(sdtm, out, version)
 
 
 def _by_text(bundle: dict[str, Any], rtype: str, path: tuple[str, ...]) -> dict[str, dict[str, Any]]:

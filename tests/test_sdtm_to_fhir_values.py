@@ -7,14 +7,12 @@
 from __future__ import annotations
 
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import orjson
 import pandas as pd
 import pytest
-from fhir_study_support import resources, schema_validator
-from trialbridge.fhir.subject_writer import convert_sdtm_to_fhir
+from fhir_study_support import resources, sdtm_to_fhir_checked
 from trialbridge.report import ConversionReport
 
 DM = {"STUDYID": ["S1"], "DOMAIN": ["DM"], "USUBJID": ["S1-001"], "SUBJID": ["001"], "SITEID": ["01"],
@@ -28,17 +26,7 @@ def _frame(domain: str, cols: dict[str, list[Any]]) -> pd.DataFrame:
 
 
 def _write(folder: Path, out: Path, version: str) -> tuple[dict[str, Any], ConversionReport]:
-    report = ConversionReport()
-    paths = convert_sdtm_to_fhir(folder, out, options=SimpleNamespace(fhir_version=version, extra={}),
-                                 report=report)
-    bundle = orjson.loads(paths[0].read_bytes())
-    assert schema_validator(version).errors(bundle) == []
-    if version == "R5":
-        from fhir.resources import get_fhir_model_class as get
-    else:
-        from fhir.resources.R4B import get_fhir_model_class as get
-    for e in bundle["entry"]:
-        get(e["resource"]["resourceType"]).model_validate(e["resource"])
+    bundle, report, _ = sdtm_to_fhir_checked(folder, out, version)
     return bundle, report
 
 

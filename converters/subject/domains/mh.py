@@ -68,12 +68,10 @@ def map_mh(cols: pd.DataFrame, ctx: Ctx) -> pd.DataFrame:
     ae_keys = _ae_condition_keys(ctx)
     as_ae = cols["_key"].isin(ae_keys)
     if as_ae.any():
-        keys = C.record_key(cols)
-        for i in cols.index[as_ae]:
-            ctx.report.add(Kind.LOSSY, "Condition an AdverseEvent points to (resultingCondition/resultingEffect): "
-                           "its text is that AE's AETERM (Joint IG), not an MH record; it comes back only as "
-                           "the AdverseEvent's event text", rule="mh.select", source="Condition",
-                           target="AETERM", record=keys.at[i])
+        ctx.row_issues("MH", "as-ae", Kind.LOSSY, "Condition an AdverseEvent points to (resultingCondition/"
+                       "resultingEffect): its text is that AE's AETERM (Joint IG), not an MH record; it comes "
+                       "back only as the AdverseEvent's event text", cols, as_ae, rule="mh.select",
+                       source="Condition", target="AETERM")
     cols = cols.loc[~as_ae].reset_index(drop=True)   # those are AE terms
     if not len(cols):
         return pd.DataFrame()

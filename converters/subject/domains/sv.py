@@ -81,12 +81,10 @@ def map_sv(cols: pd.DataFrame, ctx: Ctx) -> pd.DataFrame:
     # the reason of a visit that is neither missed (SVREASOC) nor unplanned (SVUPDES) has no SV variable
     unused = cols["_reason"].notna() & ~missed & ~unplanned
     if unused.any():
-        keys = C.record_key(cols)
-        for i in cols.index[unused]:
-            ctx.report.add(Kind.LOSSY, "Encounter reason of a visit that took place and is not unplanned: SV "
-                           "has no variable for it (SVREASOC is the reason a visit did not occur, SVUPDES "
-                           "describes an unplanned visit)", rule="sv.SVUPDES", source="Encounter.reasonCode|reason",
-                           record=keys.at[i])
+        ctx.row_issues("SV", "reason", Kind.LOSSY, "Encounter reason of a visit that took place and is not "
+                       "unplanned: SV has no variable for it (SVREASOC is the reason a visit did not occur, "
+                       "SVUPDES describes an unplanned visit)", cols, unused, rule="sv.SVUPDES",
+                       source="Encounter.reasonCode|reason")
     if unplanned.any():
         ctx.once("sv.unplanned", Kind.INFERRED, "emergency/inpatient Encounters (and, with planned "
                  "visits, Encounters matching none) taken as unplanned visits (SVUPDES from the encounter "

@@ -14,6 +14,7 @@ from lxml import etree
 from trialbridge.cli import main
 
 from tests.conftest import shared_path
+from tests.test_validate import copy_msg, plant
 
 ODM = "{http://www.cdisc.org/ns/odm/v1.3}"
 ROOT = Path(__file__).resolve().parents[1]
@@ -73,19 +74,8 @@ def test_packaged_dataset_json_names_the_package_define(tmp_path: Path) -> None:
 
 
 # ------------------------------------------------------------------ validate: checks a reviewer expects
-def _msg_copy(tmp_path: Path, names: tuple[str, ...]) -> Path:
-    import shutil
-    src = shared_path("dataset_json", "examples", "sdtm")
-    for n in names:
-        shutil.copy(src / f"{n}.json", tmp_path / f"{n}.json")
-    return tmp_path
-
-
-def _plant(folder: Path, name: str, edit) -> None:
-    from trialbridge.submission.datasets import read_dataset, write_dataset_json_any
-    ds = read_dataset(folder / f"{name}.json")
-    edit(ds.frame)
-    write_dataset_json_any(ds, folder / f"{name}.json")
+_msg_copy = copy_msg   # (tests/test_validate.py: copy MSG sample datasets, plant a defect)
+_plant = plant
 
 
 def _found(result, check: str, dataset: str) -> list[dict]:

@@ -1132,6 +1132,14 @@ def rounded_values(arr: np.ndarray) -> np.ndarray:
     return fmt_values(arr, numbers=True)[1]
 
 
+def _note_lobxfl(ctx: Ctx, d: str) -> None:
+    """--LOBXFL is a declared gap (both map paths): reported once per domain."""
+    ctx.once(f"lobxfl:{d}", Kind.LOSSY, f"{d}LOBXFL (Expected, SDTMIG 3.4: the last non-missing result before "
+             "RFXSTDTC per subject and test) is not derived: results are streamed chunk by chunk and the flag "
+             "needs all of a subject's results; left empty for the sponsor's derivation",
+             rule=f"{d.lower()}.LOBXFL", target=f"{d}LOBXFL")
+
+
 def limits_in_result_unit(texts: np.ndarray, nums: np.ndarray, own: np.ndarray, vu: np.ndarray, target: str,
                           report: Callable[..., None]) -> np.ndarray:
     """--ORNRLO/--ORNRHI hold the reference range in the result's original unit (SDTMIG 3.4 LB: the
@@ -1177,10 +1185,7 @@ def map_findings(cols: pd.DataFrame, ctx: Ctx, d: str, testcd: pd.Series, unit_c
     out["DOMAIN"] = np.full(len(cols), d, dtype=object)
     out["USUBJID"] = cols["USUBJID"]
     # rule --.LOBXFL (gap): an Expected variable left empty is said so, once per domain
-    ctx.once(f"lobxfl:{d}", Kind.LOSSY, f"{d}LOBXFL (Expected, SDTMIG 3.4: the last non-missing result before "
-             "RFXSTDTC per subject and test) is not derived: results are streamed chunk by chunk and the flag "
-             "needs all of a subject's results; left empty for the sponsor's derivation",
-             rule=f"{d.lower()}.LOBXFL", target=f"{d}LOBXFL")
+    _note_lobxfl(ctx, d)
     # --ORRES: numeric as given (comparator kept in front), else coded/text value
     v = cols["_v"].astype("object")
     num = pd.to_numeric(v, errors="coerce")     # (a float as its JSON text where given: numbers.py)
@@ -1496,10 +1501,7 @@ def map_findings_columns(cols: dict[str, Any], ctx: Ctx, d: str, testcd: np.ndar
     out["DOMAIN"] = full_object(n, d)
     out["USUBJID"] = _obj(cols["USUBJID"])
     # rule --.LOBXFL (gap): an Expected variable left empty is said so, once per domain
-    ctx.once(f"lobxfl:{d}", Kind.LOSSY, f"{d}LOBXFL (Expected, SDTMIG 3.4: the last non-missing result before "
-             "RFXSTDTC per subject and test) is not derived: results are streamed chunk by chunk and the flag "
-             "needs all of a subject's results; left empty for the sponsor's derivation",
-             rule=f"{d.lower()}.LOBXFL", target=f"{d}LOBXFL")
+    _note_lobxfl(ctx, d)
     # --ORRES: numeric as given (comparator kept in front), else coded/text value
     v = cols["_v"]
     orres, numf, v_present, reprs = _texts_and_numbers(v)

@@ -155,13 +155,7 @@ def test_lbspec_from_the_specimen(tmp_path: Path, bulk: bool) -> None:
                  _lab(3, "4485-9", 59, "mg/dL", specimen={"reference": "Specimen/s3"}),
                  _lab(4, "4485-9", 60, "mg/dL")]
     if bulk:
-        folder = tmp_path / "bulk"
-        folder.mkdir()
-        by_type: dict[str, list[str]] = {}
-        for r in [{"resourceType": "Patient", "id": "p1", "gender": "female"}, *resources]:
-            by_type.setdefault(r["resourceType"], []).append(json.dumps(r))
-        for t, lines in by_type.items():
-            (folder / f"{t}.ndjson").write_text("\n".join(lines) + "\n")
+        folder = _write_bulk(tmp_path / "bulk", resources)
         out = tmp_path / "out"
         main(["convert", str(folder), "--to", "sdtm", "-o", str(out), "--sdtm-format", "csv", "--studyid", "REV"])
         lb = pd.read_csv(out / "lb.csv", dtype=str, keep_default_na=False)
